@@ -1,0 +1,61 @@
+//! The custom resources of `writ.dev/v1alpha1` and the types they share.
+//!
+//! The CRD schemas in `crds/` are generated from these types (`writ crds`).
+
+mod capability;
+pub mod condition;
+mod delegation;
+mod duration;
+mod grant;
+mod identity;
+
+pub use capability::{AgentRef, Capability, Principal};
+pub use delegation::{ApprovalPolicy, DelegationPolicy, DelegationPolicySpec, DelegationPolicyStatus};
+pub use duration::{Duration, DurationError, DURATION_PATTERN};
+pub use grant::{
+    ApprovalDecision, CapabilityGrant, CapabilityGrantSpec, CapabilityGrantStatus, Decision, GrantPhase, Task,
+    TokenRecord, MAX_GRANT_CAPABILITIES,
+};
+pub use identity::{
+    AgentIdentity, AgentIdentitySpec, AgentIdentityStatus, AgentRole, CredentialSpec, IdentityClass, KeyAlgorithm,
+    ReviewSpec,
+};
+
+/// The API group.
+pub const GROUP: &str = "writ.dev";
+
+/// Label a pod carries to claim an AgentIdentity.
+pub const AGENT_LABEL: &str = "writ.dev/agent";
+/// Annotation naming the pod's credential Secret.
+pub const CREDENTIAL_SECRET_ANNOTATION: &str = "writ.dev/credential-secret";
+/// Admission stamp: the authenticated creator of a grant.
+pub const REQUESTED_BY_ANNOTATION: &str = "writ.dev/requested-by";
+/// Admission stamp: the authenticated approver of a grant.
+pub const APPROVED_BY_ANNOTATION: &str = "writ.dev/approved-by";
+/// Admission stamp: the groups of the authenticated creator (comma-separated).
+pub const REQUESTED_GROUPS_ANNOTATION: &str = "writ.dev/requested-by-groups";
+/// Where the credential Secret is mounted in agent containers.
+pub const CREDENTIALS_DIR: &str = "/var/run/secrets/writ.dev/";
+
+/// Every CRD, in a stable order.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![AgentIdentity::crd(), CapabilityGrant::crd(), DelegationPolicy::crd()]
+}
+
+/// The CRDs as `(file name, YAML document)` pairs, as committed in `crds/`.
+pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    crds()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
+            Ok((name, format!("---\n{}", serde_yaml::to_string(&crd)?)))
+        })
+        .collect()
+}
+
+/// Renders the CRDs as one YAML stream (what `writ crds` prints): the
+/// concatenation of `crds/*.yaml` in file-name order.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    Ok(crd_files()?.into_iter().map(|(_, yaml)| yaml).collect())
+}
