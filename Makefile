@@ -4,7 +4,7 @@ CARGO ?= cargo
 WRIT_CACHE ?= $(HOME)/.cache/writ
 export WRIT_CACHE
 
-.PHONY: build test unit integration crds crds-check lint fmt demo control-plane control-plane-down bench bench-scale clean
+.PHONY: manifests build test unit integration crds crds-check lint fmt demo control-plane control-plane-down bench bench-scale clean
 
 build:
 	$(CARGO) build --all-targets
@@ -17,6 +17,9 @@ test: build
 
 unit:
 	$(CARGO) test --lib --bins
+
+manifests:
+	$(CARGO) run --quiet -- webhooks > manifests/webhooks.yaml
 
 crds:
 	rm -f crds/*.yaml && $(CARGO) run --quiet -- crds --dir crds

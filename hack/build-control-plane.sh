@@ -24,8 +24,15 @@ as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# Bump RECIPE whenever the build below changes in a way that affects the
+# binaries: cached binaries from an older recipe are rebuilt.
+RECIPE=2
+have_kube() {
+  [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] &&
+    [ "$(cat "$BIN/.recipe" 2>/dev/null)" = "$RECIPE" ]
+}
 have_all() {
-  [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/etcd" ]
+  have_kube && [ -x "$BIN/etcd" ]
 }
 
 if have_all; then
@@ -62,7 +69,7 @@ fi
 
 ln -sf "$(command -v etcd)" "$BIN/etcd"
 
-if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ]; then
+if have_kube; then
   exit 0
 fi
 
@@ -95,10 +102,16 @@ log "building openapi-gen"
 go build -o "$WORK/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
 
 log "generating OpenAPI definitions"
-pkgs=$(grep -rl --include='*.go' '+k8s:openapi-gen=' pkg staging/src vendor/k8s.io 2>/dev/null \
-  | grep -v -e code-generator -e sample-apiserver -e '_test.go' \
+# As upstream's Makefile.generated_files does: every package with a
+# `// +k8s:openapi-gen=` tag in column 0 under pkg/ and staging/, named by its
+# import path *inside* k8s.io/kubernetes (GOPATH mode: staging/src/k8s.io/X is
+# k8s.io/kubernetes/vendor/k8s.io/X). Plain k8s.io/X paths do not resolve in
+# this GOPATH and openapi-gen silently skips them, which leaves the API server
+# failing at start-up with "unable to get openapi models".
+pkgs=$(grep -rl --include='*.go' '^// *+k8s:openapi-gen=' pkg staging/src 2>/dev/null \
+  | grep -v -e '^staging/src/k8s.io/code-generator/' -e '^staging/src/k8s.io/sample-apiserver/' -e '_test.go$' \
   | xargs -n1 dirname | sort -u \
-  | sed -e 's#^staging/src/#k8s.io/#' -e 's#^vendor/##' -e 's#^pkg/#k8s.io/kubernetes/pkg/#' \
+  | sed -e 's#^staging/src/#k8s.io/kubernetes/vendor/#' -e 's#^pkg/#k8s.io/kubernetes/pkg/#' \
   | sort -u | paste -sd, -)
 "$WORK/openapi-gen" \
   --input-dirs "$pkgs" \
@@ -108,14 +121,24 @@ pkgs=$(grep -rl --include='*.go' '+k8s:openapi-gen=' pkg staging/src vendor/k8s.
   --go-header-file hack/boilerplate/boilerplate.generatego.txt \
   --report-filename /dev/null >/dev/null 2>"$WORK/openapi-gen.log" || {
     tail -20 "$WORK/openapi-gen.log" >&2; exit 1; }
+for model in 'k8s.io/api/core/v1.Pod' 'k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1.CustomResourceDefinition'; do
+  grep -q "\"$model\"" pkg/generated/openapi/zz_generated.openapi.go || {
+    log "OpenAPI generation incomplete: no definition for $model"; tail -20 "$WORK/openapi-gen.log" >&2; exit 1; }
+done
 
-V=k8s.io/kubernetes/vendor/k8s.io/component-base/version
-LDFLAGS="-s -w -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean -X $V.buildDate=2021-01-13T00:00:00Z"
+# The version is stamped into both packages, as upstream's hack/lib/version.sh
+# does: /version is served from client-go's copy, `--version` from
+# component-base's (stamping only the latter makes /version say v0.0.0-master).
+LDFLAGS="-s -w"
+for V in k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version k8s.io/kubernetes/vendor/k8s.io/component-base/version; do
+  LDFLAGS="$LDFLAGS -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean -X $V.buildDate=2021-01-13T00:00:00Z"
+done
 for cmd in kube-apiserver kube-controller-manager; do
   log "building $cmd (takes a few minutes)"
   go build -ldflags "$LDFLAGS" -o "$BIN/$cmd.tmp" "./cmd/$cmd"
   mv "$BIN/$cmd.tmp" "$BIN/$cmd"
 done
 
+echo "$RECIPE" >"$BIN/.recipe"
 rm -rf "$WORK/src" "$WORK/gopath"
 log "done: $BIN"

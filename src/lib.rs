@@ -3,6 +3,17 @@
 //!
 //! The library surface is what a resource server or a pipeline needs without
 //! the operator: the API types ([`api`]), the pure admission rules
-//! ([`policy`]), and offline token verification ([`verify`]).
+//! ([`policy`]), credentials ([`pki`]) and offline token verification
+//! ([`verify`]). The rest runs the operator.
 
 pub mod api;
+pub mod check;
+pub mod controller;
+pub mod inspect;
+pub mod pki;
+pub mod policy;
+pub mod publish;
+pub mod runtime;
+pub mod trust;
+pub mod verify;
+pub mod webhook;

@@ -4,7 +4,7 @@
 //! namespace per test.
 //!
 //! Every test binary includes this module; not every binary uses every helper.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::{
     path::{Path, PathBuf},
@@ -198,6 +198,7 @@ impl TestNamespace {
             ..Default::default()
         };
         api.create(&PostParams::default(), &ns).await.unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        grant_test_users(client, &name).await;
         Self { name, client: client.clone() }
     }
 
@@ -206,6 +207,40 @@ impl TestNamespace {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let _ = api.delete(&self.name, &DeleteParams::background()).await;
     }
+}
+
+/// Lets the test users and the namespace's service accounts work with the
+/// writ.dev kinds in a test namespace (RBAC is on in the test cluster; the
+/// webhooks, not RBAC, are what the tests exercise).
+async fn grant_test_users(client: &Client, ns: &str) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "writ-test-user"},
+        "rules": [
+            {"apiGroups": ["writ.dev"], "resources": ["agentidentities", "capabilitygrants", "delegationpolicies"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create"]}
+        ]
+    }))
+    .expect("role");
+    roles
+        .patch("writ-test-user", &PatchParams::apply("writ-tests").force(), &Patch::Apply(&role))
+        .await
+        .expect("test role");
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let mut subjects: Vec<serde_json::Value> = ["alice", "bob", "carol", "mallory", "dave"]
+        .iter()
+        .map(|u| serde_json::json!({"kind": "User", "name": u, "apiGroup": "rbac.authorization.k8s.io"}))
+        .collect();
+    subjects.push(serde_json::json!({"kind": "Group", "name": format!("system:serviceaccounts:{ns}"), "apiGroup": "rbac.authorization.k8s.io"}));
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "writ-test-users"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "writ-test-user"},
+        "subjects": subjects
+    }))
+    .expect("binding");
+    bindings.create(&PostParams::default(), &binding).await.expect("test role binding");
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout`
@@ -226,3 +261,12 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+mod operator;
+pub use operator::*;
+
+mod scenario;
+pub use scenario::*;
+
+mod fixtures;
+pub use fixtures::*;

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# `make demo`: Writ end to end on a real API server, narrated.
+#
+# Without a reachable cluster in KUBECONFIG it starts the local control plane
+# (hack/control-plane.sh). It runs `writ run` in the background with its
+# webhooks registered, applies examples/, plays the kubelet for the agent
+# pods, and shows what happens. The cluster and the operator stay up for you
+# to explore; `hack/demo.sh down` stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STATE="${WRIT_CACHE:-$HOME/.cache/writ}/demo"
+NS=demo
+mkdir -p "$STATE"
+
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '   %s\n' "$*"; }
+run() { printf '   $ %s\n' "$*"; "$@" 2>&1 | sed 's/^/     /'; }
+
+if [ "${1:-}" = down ]; then
+  [ -f "$STATE/writ.pid" ] && kill "$(cat "$STATE/writ.pid")" 2>/dev/null || true
+  rm -f "$STATE/writ.pid"
+  hack/control-plane.sh down || true
+  exit 0
+fi
+
+if [ -n "${KUBECONFIG:-}" ] && kubectl --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
+  bold "Using the cluster in KUBECONFIG=$KUBECONFIG"
+else
+  bold "Starting a local control plane (etcd + kube-apiserver + kube-controller-manager on 127.0.0.1)"
+  eval "$(hack/control-plane.sh up)"
+fi
+export KUBECONFIG
+
+bold "Building writ"
+cargo build --quiet --bin writ
+WRIT="$ROOT/target/debug/writ"
+
+bold "Installing the CRDs"
+kubectl apply -f crds/ >/dev/null
+kubectl wait --for condition=established --timeout=30s crd/agentidentities.writ.dev crd/capabilitygrants.writ.dev crd/delegationpolicies.writ.dev >/dev/null
+say "kubectl get writ now lists AgentIdentities, DelegationPolicies and CapabilityGrants."
+
+bold "Starting the operator: writ run (webhooks at https://127.0.0.1:18443, metrics at http://127.0.0.1:19090)"
+[ -f "$STATE/writ.pid" ] && kill "$(cat "$STATE/writ.pid")" 2>/dev/null || true
+nohup "$WRIT" run --namespace writ-system --trust-domain demo.writ.dev \
+  --webhook-addr 127.0.0.1:18443 --webhook-url https://127.0.0.1:18443 \
+  --metrics-addr 127.0.0.1:19090 >"$STATE/writ.log" 2>&1 &
+echo $! >"$STATE/writ.pid"
+for _ in $(seq 1 100); do
+  curl -fs http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fs http://127.0.0.1:19090/readyz >/dev/null || { tail -30 "$STATE/writ.log"; exit 1; }
+say "ready; log in $STATE/writ.log"
+
+bold "A namespace for the agents, and who may do what there"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n "$NS" create rolebinding demo-users --clusterrole=edit --user=alice --user=bob \
+  --group="system:serviceaccounts:$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create clusterrole writ-demo-user --verb='*' --resource=capabilitygrants.writ.dev --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n "$NS" create rolebinding writ-demo-users --clusterrole=writ-demo-user --user=alice --user=bob \
+  --group="system:serviceaccounts:$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+run kubectl -n "$NS" apply -f examples/00-service-accounts.yaml -f examples/01-identities.yaml -f examples/02-delegation-policy.yaml
+
+bold "Agent pods claim their identities (label writ.dev/agent); Writ injects a credential volume"
+for agent in planner release-bot; do
+  cat <<YAML | kubectl -n "$NS" apply -f - >/dev/null
+apiVersion: v1
+kind: Pod
+metadata: {name: $agent-0, labels: {writ.dev/agent: $agent}}
+spec:
+  serviceAccountName: $agent
+  automountServiceAccountToken: false
+  containers: [{name: agent, image: registry.invalid/agent:1}]
+YAML
+  kubectl -n "$NS" patch pod "$agent-0" --subresource=status --type=merge -p '{"status":{"phase":"Running"}}' >/dev/null 2>&1 \
+    || kubectl -n "$NS" proxy >/dev/null 2>&1 &
+done
+# Play the kubelet through the raw API (older servers lack kubectl's --subresource).
+for agent in planner release-bot; do
+  kubectl get --raw "/api/v1/namespaces/$NS/pods/$agent-0" >/dev/null
+  kubectl -n "$NS" patch pod "$agent-0" --subresource=status --type=merge -p '{"status":{"phase":"Running"}}' >/dev/null 2>&1 || true
+done
+say "An impostor pod (wrong service account) is refused at admission:"
+cat <<YAML | kubectl -n "$NS" apply -f - 2>&1 | sed 's/^/     /' || true
+apiVersion: v1
+kind: Pod
+metadata: {name: impostor, labels: {writ.dev/agent: release-bot}}
+spec: {serviceAccountName: planner, automountServiceAccountToken: false, containers: [{name: a, image: registry.invalid/a:1}]}
+YAML
+sleep 2
+SECRET=$(kubectl -n "$NS" get pod release-bot-0 -o jsonpath='{.metadata.annotations.writ\.dev/credential-secret}')
+say "release-bot-0's credentials are in Secret $SECRET (mounted at /var/run/secrets/writ.dev/):"
+kubectl -n "$NS" get secret "$SECRET" -o jsonpath='{.data.tls\.crt}' | base64 -d >"$STATE/release-bot.crt"
+run "$WRIT" inspect "$STATE/release-bot.crt"
+
+bold "alice (release-managers) asks for one task: patch one deployment for 15 minutes"
+run kubectl -n "$NS" --as alice --as-group release-managers apply -f examples/03-grant.yaml
+sleep 2
+run kubectl -n "$NS" get capabilitygrant deploy-web-1234
+kubectl -n "$NS" get secret "$SECRET" -o jsonpath='{.data.grant\.deploy-web-1234\.jwt}' | base64 -d >"$STATE/deploy-web-1234.jwt"
+say "The token the pod received (claims only; it is useless without the pod's private key):"
+run "$WRIT" inspect "$STATE/deploy-web-1234.jwt"
+
+bold "An over-broad grant is rejected before it exists"
+cat <<YAML | kubectl -n "$NS" --as alice --as-group release-managers apply -f - 2>&1 | sed 's/^/     /' || true
+apiVersion: writ.dev/v1alpha1
+kind: CapabilityGrant
+metadata: {name: everything}
+spec:
+  agent: release-bot
+  task: {id: YOLO-1}
+  capabilities: [{action: "k8s:deployments.*", resource: "k8s:prod/deployments/*"}]
+  audiences: [deploy-api]
+  ttl: 2h
+YAML
+
+bold "Deleting a deployment needs an SRE's approval"
+run kubectl -n "$NS" --as alice --as-group release-managers apply -f examples/04-grant-needs-approval.yaml
+sleep 2
+run kubectl -n "$NS" get capabilitygrant cleanup-old-canary
+say "alice cannot approve her own request:"
+kubectl -n "$NS" --as alice --as-group release-managers patch capabilitygrant cleanup-old-canary --type=merge \
+  -p '{"spec":{"approval":{"decision":"Approved"}}}' 2>&1 | sed 's/^/     /' || true
+say "bob (sre-oncall) can (this is what 'writ approve cleanup-old-canary' does, as the caller):"
+run kubectl -n "$NS" --as bob --as-group sre-oncall patch capabilitygrant cleanup-old-canary --type=merge -p '{"spec":{"approval":{"decision":"Approved"}}}'
+sleep 2
+run kubectl -n "$NS" get capabilitygrant cleanup-old-canary
+
+bold "A short grant expires by itself (ttl 10s)"
+sed -e 's/name: deploy-web-1234/name: quick-look/' -e 's/ttl: 15m/ttl: 10s/' examples/03-grant.yaml \
+  | kubectl -n "$NS" --as alice --as-group release-managers apply -f - | sed 's/^/     /'
+sleep 2
+run kubectl -n "$NS" get capabilitygrant quick-look
+say "waiting 10 seconds..."
+sleep 10
+run kubectl -n "$NS" get capabilitygrant quick-look
+
+bold "Delegation: alice -> planner -> release-bot, and the cascade when the parent ends"
+cat <<YAML | kubectl -n "$NS" --as alice --as-group release-managers apply -f - | sed 's/^/     /'
+apiVersion: writ.dev/v1alpha1
+kind: CapabilityGrant
+metadata: {name: plan-web-1234}
+spec:
+  agent: planner
+  task: {id: PR-1234, intent: plan the web v2 rollout}
+  capabilities: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/web"}]
+  audiences: [deploy-api]
+  ttl: 20m
+YAML
+sleep 2
+cat <<YAML | kubectl -n "$NS" --as "system:serviceaccount:$NS:planner" --as-group system:serviceaccounts --as-group "system:serviceaccounts:$NS" apply -f - | sed 's/^/     /'
+apiVersion: writ.dev/v1alpha1
+kind: CapabilityGrant
+metadata: {name: exec-web-1234}
+spec:
+  agent: release-bot
+  parent: plan-web-1234
+  task: {id: PR-1234, intent: patch the canary}
+  capabilities: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/web"}]
+  audiences: [deploy-api]
+  ttl: 10m
+YAML
+sleep 2
+run kubectl -n "$NS" get capabilitygrant plan-web-1234 exec-web-1234
+say "the planner finishes its task; its sub-grant is revoked with it:"
+run kubectl -n "$NS" patch capabilitygrant plan-web-1234 --type=merge -p '{"spec":{"completed":true}}'
+sleep 2
+run kubectl -n "$NS" get capabilitygrant plan-web-1234 exec-web-1234
+
+bold "Everything Writ manages"
+run kubectl -n "$NS" get writ
+say "Revoked tokens and certificates are published: curl -k https://127.0.0.1:18443/revocations"
+say "JWKS: curl -k https://127.0.0.1:18443/.well-known/jwks.json"
+say "Metrics: curl http://127.0.0.1:19090/metrics"
+
+bold "The cluster and the operator are still running"
+say "export KUBECONFIG=$KUBECONFIG"
+say "kubectl -n $NS get writ; kubectl -n $NS describe capabilitygrant deploy-web-1234"
+say "Stop everything with: hack/demo.sh down"

@@ -1,0 +1,387 @@
+//! Pod credentials: for each running pod that claims an AgentIdentity, a key
+//! pair and an X.509-SVID in the Secret named by the pod's annotation, owned
+//! by the pod; rotated before expiry; revoked when the pod finishes or goes.
+//!
+//! Every decision is made from what is stored (the certificate in the
+//! Secret), never from memory, so restarts neither re-mint valid
+//! certificates nor forget to rotate.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::{Pod, Secret},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+    ByteString,
+};
+use kube::{
+    api::{Api, ObjectMeta, Patch, PatchParams},
+    runtime::controller::Action,
+    Resource, ResourceExt,
+};
+
+use super::{is_not_found, Context, Error, MANAGER};
+use crate::{
+    api::{AgentIdentity, KeyAlgorithm, AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION},
+    pki::{
+        self,
+        cert::{CertificateInfo, PodCertificateRequest},
+    },
+    verify::{RevokedCertificate, RevokedToken},
+};
+
+/// Secret data keys.
+pub mod keys {
+    /// Certificate chain (leaf first).
+    pub const CERT: &str = "tls.crt";
+    /// The pod's private key (PKCS#8 PEM).
+    pub const KEY: &str = "tls.key";
+    /// The trust bundle.
+    pub const CA: &str = "ca.crt";
+    /// The SPIFFE ID.
+    pub const SPIFFE_ID: &str = "spiffe-id";
+    /// Prefix of capability tokens: `grant.<grant-name>.jwt`.
+    pub const GRANT_PREFIX: &str = "grant.";
+    /// Suffix of capability tokens.
+    pub const GRANT_SUFFIX: &str = ".jwt";
+}
+
+/// Label on credential Secrets naming the pod.
+pub const POD_LABEL: &str = "writ.dev/pod";
+/// Field manager of token entries in credential Secrets.
+pub const TOKEN_MANAGER: &str = "writ-grants";
+
+/// What to do about one pod's credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodPlan {
+    /// Not ours to handle (no label, no Secret annotation).
+    Ignore,
+    /// The pod may not hold this identity (e.g. created while Writ was not
+    /// watching): issue nothing.
+    Reject(String),
+    /// Finished, deleted, or its identity is gone: revoke what it holds.
+    Revoke(String),
+    /// Mint a first certificate, or rotate (`rotation`).
+    Issue {
+        /// A certificate existed and is being replaced.
+        rotation: bool,
+    },
+    /// The stored certificate is good until `rotate_at`.
+    Keep {
+        /// When to rotate (unix seconds).
+        rotate_at: i64,
+    },
+}
+
+/// Whether a pod has finished (its credential must go).
+pub fn pod_finished(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        || matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// Decides what a pod's credential needs. Pure.
+pub fn plan_pod(
+    pod: &Pod,
+    identity: Option<&AgentIdentity>,
+    stored: Option<&CertificateInfo>,
+    expected_spiffe_id: &str,
+    max_ttl_secs: i64,
+    now: i64,
+) -> PodPlan {
+    let Some(agent) = pod.labels().get(AGENT_LABEL) else { return PodPlan::Ignore };
+    if !pod.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION) {
+        return PodPlan::Ignore;
+    }
+    if pod_finished(pod) {
+        return PodPlan::Revoke("pod finished".into());
+    }
+    let Some(identity) = identity else { return PodPlan::Revoke(format!("AgentIdentity {agent} does not exist")) };
+    if identity.metadata.deletion_timestamp.is_some() {
+        return PodPlan::Revoke(format!("AgentIdentity {agent} is being deleted"));
+    }
+    let sa = crate::webhook::pods::service_account(pod);
+    if sa != identity.spec.service_account_name {
+        return PodPlan::Reject(format!(
+            "pod runs as service account {sa:?}, AgentIdentity {agent} requires {:?}",
+            identity.spec.service_account_name
+        ));
+    }
+    let Some(cert) = stored else { return PodPlan::Issue { rotation: false } };
+    let ttl = identity.spec.credential.ttl.as_secs_i64().min(max_ttl_secs);
+    let rotate_before = identity.spec.credential.rotate_before.as_secs_i64().min(ttl / 2);
+    let rotate_at = cert.not_after - rotate_before;
+    let wrong_identity = cert.spiffe_id.as_deref() != Some(expected_spiffe_id);
+    if wrong_identity || now >= rotate_at || cert.not_after - cert.not_before > ttl {
+        return PodPlan::Issue { rotation: true };
+    }
+    PodPlan::Keep { rotate_at }
+}
+
+fn pki_algorithm(a: KeyAlgorithm) -> pki::cert::KeyAlgorithm {
+    match a {
+        KeyAlgorithm::EcdsaP256 => pki::cert::KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::Ed25519 => pki::cert::KeyAlgorithm::Ed25519,
+    }
+}
+
+fn object(pod: &Pod) -> String {
+    format!("Pod {}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// The stored certificate in a credential Secret, if any and parseable.
+pub fn stored_certificate(secret: Option<&Secret>) -> Option<CertificateInfo> {
+    let pem = secret?.data.as_ref()?.get(keys::CERT)?;
+    if !secret?.data.as_ref()?.contains_key(keys::KEY) {
+        return None;
+    }
+    CertificateInfo::from_pem(&String::from_utf8_lossy(&pem.0)).ok()
+}
+
+/// Token entries in a credential Secret: `(grant name, jwt)`.
+pub fn stored_tokens(secret: &Secret) -> Vec<(String, String)> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let grant = k.strip_prefix(keys::GRANT_PREFIX)?.strip_suffix(keys::GRANT_SUFFIX)?;
+            Some((grant.to_string(), String::from_utf8_lossy(&v.0).into_owned()))
+        })
+        .collect()
+}
+
+/// Reconciles one agent pod.
+pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("pod", namespace = %pod.namespace().unwrap_or_default(), name = %pod.name_any());
+    let result = tracing::Instrument::instrument(reconcile_inner(&pod, &ctx), span).await;
+    ctx.shared.metrics.reconciled("pod-credentials", started);
+    result
+}
+
+async fn reconcile_inner(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
+    let shared = &ctx.shared;
+    let namespace = pod.namespace().unwrap_or_default();
+    let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION).cloned() else {
+        return Ok(Action::await_change());
+    };
+    let agent = pod.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
+    let identity = shared.identity(&namespace, &agent);
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
+    let secret = secrets.get_opt(&secret_name).await.map_err(|source| Error::Kube {
+        op: "reading credential Secret of",
+        object: object(pod),
+        source,
+    })?;
+    let stored = stored_certificate(secret.as_ref());
+    let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &agent);
+    let now = pki::now_unix();
+    let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
+    let plan = plan_pod(pod, identity.as_deref(), stored.as_ref(), &spiffe, max_ttl, now);
+    match plan {
+        PodPlan::Ignore => Ok(Action::await_change()),
+        PodPlan::Reject(reason) => {
+            if secret.is_none() {
+                ctx.event(&pod.object_ref(&()), true, "ClaimRejected", "Claim", reason).await;
+            }
+            Ok(Action::await_change())
+        }
+        PodPlan::Revoke(reason) => {
+            if let Some(secret) = secret {
+                revoke_secret(ctx, pod, &secret, &reason).await?;
+            }
+            Ok(Action::await_change())
+        }
+        PodPlan::Keep { rotate_at } => Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64))),
+        PodPlan::Issue { rotation } => {
+            let Some(identity) = identity else { return Ok(Action::await_change()) };
+            let rotate_at = issue(ctx, pod, &identity, &secret_name, &spiffe, rotation, now).await?;
+            Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64)))
+        }
+    }
+}
+
+async fn issue(
+    ctx: &Context,
+    pod: &Pod,
+    identity: &AgentIdentity,
+    secret_name: &str,
+    spiffe: &str,
+    rotation: bool,
+    now: i64,
+) -> Result<i64, Error> {
+    let shared = &ctx.shared;
+    let namespace = pod.namespace().unwrap_or_default();
+    let ttl = identity.spec.credential.ttl.as_secs_i64().min(shared.config.max_credential_ttl.as_secs_i64());
+    let req = PodCertificateRequest {
+        spiffe_id: spiffe.to_string(),
+        namespace: namespace.clone(),
+        pod_name: pod.name_any(),
+        pod_uid: pod.uid().unwrap_or_default(),
+        key_algorithm: pki_algorithm(identity.spec.credential.key_algorithm),
+        not_before: now,
+        ttl_secs: ttl,
+    };
+    let issued = shared.trust.issue(&req).map_err(|source| Error::Pki {
+        op: "minting certificate",
+        object: object(pod),
+        source,
+    })?;
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod.name_any(),
+        uid: pod.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    let data: BTreeMap<String, ByteString> = [
+        (keys::CERT, issued.chain_pem.clone()),
+        (keys::KEY, issued.key_pem.clone()),
+        (keys::CA, shared.trust.bundle_pem()),
+        (keys::SPIFFE_ID, spiffe.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name.into()),
+            namespace: Some(namespace.clone()),
+            owner_references: Some(vec![owner]),
+            // Revocation when the garbage collector deletes the Secret with its pod.
+            finalizers: Some(vec![super::FINALIZER.to_string()]),
+            labels: Some(BTreeMap::from([
+                (AGENT_LABEL.to_string(), identity.name_any()),
+                (POD_LABEL.to_string(), pod.name_any()),
+                ("app.kubernetes.io/managed-by".to_string(), "writ".to_string()),
+            ])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    };
+    let api: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
+    let mut value = serde_json::to_value(&secret).unwrap_or_default();
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "Secret".into();
+    api.patch(secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value))
+        .await
+        .map_err(|source| Error::Kube { op: "writing credential Secret of", object: object(pod), source })?;
+    let (reason, event) = if rotation { ("CredentialRotated", "rotated") } else { ("CredentialIssued", "issued") };
+    shared.metrics.credential("certificate", event);
+    if !rotation {
+        if let Some(created) = pod.metadata.creation_timestamp.as_ref() {
+            shared.metrics.pod_to_credential.observe((now - created.0.as_second()).max(0) as f64);
+        }
+    }
+    let note = format!(
+        "certificate serial {} for {spiffe}, valid until {}",
+        issued.serial_hex,
+        super::time(issued.not_after).0
+    );
+    tracing::info!(serial = %issued.serial_hex, spiffe_id = %spiffe, rotation, "pod certificate issued");
+    ctx.event(&pod.object_ref(&()), false, reason, "Issue", note.clone()).await;
+    ctx.event(&identity.object_ref(&()), false, reason, "Issue", format!("pod {}: {note}", pod.name_any())).await;
+    Ok(issued.not_after - identity.spec.credential.rotate_before.as_secs_i64().min(ttl / 2))
+}
+
+/// Revokes everything a credential Secret holds: the certificate serial and
+/// every token `jti` go on the revocation list (durably) first, then the key
+/// and the tokens are removed from the Secret.
+pub async fn revoke_secret(ctx: &Context, pod: &Pod, secret: &Secret, reason: &str) -> Result<(), Error> {
+    let shared = &ctx.shared;
+    let now = pki::now_unix();
+    let cert = stored_certificate(Some(secret));
+    let tokens = stored_tokens(secret);
+    if cert.is_none() && tokens.is_empty() {
+        return Ok(());
+    }
+    let revoked_tokens: Vec<RevokedToken> = tokens
+        .iter()
+        .filter_map(|(_, jwt)| pki::token::decode_unverified(jwt).ok())
+        .map(|(_, claims)| RevokedToken { jti: claims.jti, expires_at: claims.exp })
+        .collect();
+    let revoked_certs: Vec<RevokedCertificate> =
+        cert.iter().map(|c| RevokedCertificate { serial: c.serial_hex.clone(), expires_at: c.not_after }).collect();
+    shared
+        .revocations
+        .revoke(revoked_tokens.clone(), revoked_certs, now)
+        .await
+        .map_err(|source| Error::Revocation { object: object(pod), source })?;
+    let namespace = secret.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
+    let mut removals = serde_json::Map::new();
+    removals.insert(keys::KEY.into(), serde_json::Value::Null);
+    for (grant, _) in &tokens {
+        removals.insert(format!("{}{grant}{}", keys::GRANT_PREFIX, keys::GRANT_SUFFIX), serde_json::Value::Null);
+    }
+    let patch = serde_json::json!({ "data": removals });
+    match api.patch(&secret.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => {}
+        Err(source) => return Err(Error::Kube { op: "removing key material of", object: object(pod), source }),
+    }
+    if let Some(c) = &cert {
+        shared.metrics.credential("certificate", "revoked");
+        tracing::info!(target: "audit", pod = %pod.name_any(), namespace = %namespace, serial = %c.serial_hex,
+            tokens = revoked_tokens.len(), reason, "pod credential revoked");
+        ctx.event(
+            &pod.object_ref(&()),
+            false,
+            "CredentialRevoked",
+            "Revoke",
+            format!("certificate serial {} revoked: {reason}", c.serial_hex),
+        )
+        .await;
+    }
+    for _ in &revoked_tokens {
+        shared.metrics.credential("token", "revoked");
+    }
+    Ok(())
+}
+
+/// Reconciles a credential Secret: when it is being deleted (its pod is
+/// gone and the garbage collector removes it), revoke what it holds, then
+/// release the finalizer. This is how deleted pods' serials get revoked
+/// even if the operator was down when the pod went.
+pub async fn reconcile_secret(secret: Arc<Secret>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if secret.metadata.deletion_timestamp.is_none() || !secret.finalizers().iter().any(|f| f == super::FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let namespace = secret.namespace().unwrap_or_default();
+    let pod_name = secret.labels().get(POD_LABEL).cloned().unwrap_or_default();
+    let pod = Pod {
+        metadata: ObjectMeta { name: Some(pod_name), namespace: Some(namespace.clone()), ..Default::default() },
+        ..Default::default()
+    };
+    revoke_secret(&ctx, &pod, &secret, "pod deleted").await?;
+    let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+    let remaining: Vec<String> = secret.finalizers().iter().filter(|f| *f != super::FINALIZER).cloned().collect();
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": remaining, "resourceVersion": secret.resource_version() }
+    });
+    match api.patch(&secret.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(e) if is_not_found(&e) => Ok(Action::await_change()),
+        Err(source) => Err(Error::Kube {
+            op: "releasing finalizer of",
+            object: format!("Secret {namespace}/{}", secret.name_any()),
+            source,
+        }),
+    }
+}
+
+/// Error policy for credential Secrets.
+pub fn secret_error_policy(_s: Arc<Secret>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "credential Secret reconcile failed");
+    ctx.shared.metrics.reconcile_error("credential-secrets", err.metric_label());
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Error policy: back off, count the error.
+pub fn error_policy(_pod: Arc<Pod>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "pod credential reconcile failed");
+    ctx.shared.metrics.reconcile_error("pod-credentials", err.metric_label());
+    Action::requeue(Duration::from_secs(2))
+}

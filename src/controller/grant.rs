@@ -1,0 +1,597 @@
+//! CapabilityGrant lifecycle: Pending → (AwaitingApproval →) Active →
+//! Completed | Expired | Revoked (or Denied), one pod-bound token per bound
+//! pod while Active, and revocation of every token when the grant ends.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{
+    api::{Api, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{finalizer, Event as Finalizer},
+    },
+    Resource, ResourceExt,
+};
+
+use super::{credentials, is_not_found, time, unix, Context, Error, FINALIZER, MANAGER};
+use crate::{
+    api::{
+        condition::{condition, set_condition},
+        AgentIdentity, CapabilityGrant, CapabilityGrantStatus, Decision, GrantPhase, TokenRecord, AGENT_LABEL,
+        APPROVED_BY_ANNOTATION, CREDENTIAL_SECRET_ANNOTATION, REQUESTED_BY_ANNOTATION,
+    },
+    pki::{self, token},
+    verify::RevokedToken,
+};
+
+/// Condition types.
+pub mod conditions {
+    /// An approver approved (or no approval was needed).
+    pub const APPROVED: &str = "Approved";
+    /// Tokens are issued.
+    pub const ISSUED: &str = "Issued";
+    /// The TTL ran out.
+    pub const EXPIRED: &str = "Expired";
+    /// Ended early.
+    pub const REVOKED: &str = "Revoked";
+}
+
+/// What the controller knows about a grant's surroundings.
+#[derive(Debug, Clone)]
+pub struct World<'a> {
+    /// The agent, if it exists.
+    pub agent: Option<&'a AgentIdentity>,
+    /// `None`: no parent named. `Some(None)`: the named parent is gone.
+    pub parent: Option<Option<&'a CapabilityGrant>>,
+    /// Some DelegationPolicy still authorises this delegation.
+    pub authorised: bool,
+    /// The authorising policy requires approval for one of the capabilities.
+    pub needs_approval: bool,
+    /// `spec.pod` is set and that pod finished or is gone.
+    pub bound_pod_finished: bool,
+    /// Now, unix seconds.
+    pub now: i64,
+}
+
+/// The phase a grant should be in, and why. Pure: the state machine.
+pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String) {
+    let status = grant.status.clone().unwrap_or_default();
+    let current = status.phase;
+    if current.is_terminal() {
+        return (current, status.reason.unwrap_or_default());
+    }
+    let was_active = current == GrantPhase::Active;
+    let end_early = |why: String| if was_active { (GrantPhase::Revoked, why) } else { (GrantPhase::Denied, why) };
+    if w.agent.is_none_or(|a| a.metadata.deletion_timestamp.is_some()) {
+        return end_early(format!("AgentIdentity {} no longer exists", grant.spec.agent));
+    }
+    match w.parent {
+        Some(None) => {
+            return end_early(format!("parent grant {} no longer exists", grant.spec.parent.as_deref().unwrap_or("")))
+        }
+        Some(Some(p)) => {
+            let pp = p.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            if pp.is_terminal() || p.metadata.deletion_timestamp.is_some() {
+                return end_early(format!("parent grant {} ended ({pp})", p.name_any()));
+            }
+            if pp != GrantPhase::Active {
+                return (current, "waiting for the parent grant to become Active".into());
+            }
+        }
+        None => {}
+    }
+    if !w.authorised {
+        return end_early("no DelegationPolicy authorises this grant any more".into());
+    }
+    if grant.spec.completed {
+        return (GrantPhase::Completed, "the agent marked the task completed".into());
+    }
+    if w.bound_pod_finished {
+        return (GrantPhase::Completed, format!("bound pod {} finished", grant.spec.pod.as_deref().unwrap_or("")));
+    }
+    match grant.spec.approval.as_ref().map(|a| a.decision) {
+        Some(Decision::Denied) => return (GrantPhase::Denied, "an approver denied the grant".into()),
+        None if w.needs_approval => return (GrantPhase::AwaitingApproval, "waiting for an approver".into()),
+        _ => {}
+    }
+    if let Some(exp) = status.expires_at.as_ref() {
+        if w.now >= unix(exp) {
+            return (GrantPhase::Expired, "the grant's TTL ran out".into());
+        }
+    }
+    (GrantPhase::Active, "tokens issued to the bound pods".into())
+}
+
+/// Whether a phase change is allowed (the state machine's edges).
+pub fn transition_allowed(from: GrantPhase, to: GrantPhase) -> bool {
+    use GrantPhase::*;
+    if from == to {
+        return true;
+    }
+    match from {
+        Pending => true,
+        AwaitingApproval => matches!(to, Active | Denied | Revoked | Completed),
+        Active => matches!(to, Completed | Expired | Revoked),
+        Completed | Expired | Revoked | Denied => false,
+    }
+}
+
+fn object(g: &CapabilityGrant) -> String {
+    format!("CapabilityGrant {}/{}", g.namespace().unwrap_or_default(), g.name_any())
+}
+
+fn token_key(grant: &str) -> String {
+    format!("{}{grant}{}", credentials::keys::GRANT_PREFIX, credentials::keys::GRANT_SUFFIX)
+}
+
+/// Reconciles a grant (with its finalizer).
+pub async fn reconcile(grant: Arc<CapabilityGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let api: Api<CapabilityGrant> = Api::namespaced(ctx.shared.client.clone(), &grant.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, grant.clone(), |event| async {
+        match event {
+            Finalizer::Apply(g) => apply(&g, &ctx).await,
+            Finalizer::Cleanup(g) => {
+                end(&g, &ctx, GrantPhase::Revoked, "the grant was deleted").await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer { object: object(&grant), message: e.to_string() });
+    ctx.shared.metrics.reconciled("grant", started);
+    result
+}
+
+/// The agent pods a grant binds: every running pod of the agent, or the one named.
+fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<Pod>> {
+    let ns = g.namespace().unwrap_or_default();
+    ctx.shared
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(&ns)
+                && p.labels().get(AGENT_LABEL) == Some(&g.spec.agent)
+                && p.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION)
+                && !credentials::pod_finished(p)
+                && g.spec.pod.as_ref().is_none_or(|name| *name == p.name_any())
+        })
+        .collect()
+}
+
+fn world<'a>(
+    ctx: &Context,
+    g: &CapabilityGrant,
+    agent: Option<&'a AgentIdentity>,
+    parent: Option<Option<&'a CapabilityGrant>>,
+) -> World<'a> {
+    let ns = g.namespace().unwrap_or_default();
+    let policies = ctx.shared.policies_in(&ns);
+    let identities = ctx.shared.identities_in(&ns);
+    let (authorised, needs_approval) = crate::policy::authorisation(g, &identities, &policies);
+    let bound_pod_finished = g.spec.pod.as_ref().is_some_and(|name| {
+        ctx.shared
+            .pods
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns))
+            .is_none_or(|p| credentials::pod_finished(&p))
+    }) && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active);
+    World { agent, parent, authorised, needs_approval, bound_pod_finished, now: pki::now_unix() }
+}
+
+async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
+    let shared = &ctx.shared;
+    let ns = g.namespace().unwrap_or_default();
+    let agent = shared.identity(&ns, &g.spec.agent);
+    let parent_obj =
+        g.spec.parent.as_ref().map(|p| shared.grants.get(&kube::runtime::reflector::ObjectRef::new(p).within(&ns)));
+    let parent = parent_obj.as_ref().map(|p| p.as_deref());
+    let w = world(ctx, g, agent.as_deref(), parent);
+    let (phase, reason) = next_phase(g, &w);
+    let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if phase.is_terminal() {
+        end(g, ctx, phase, &reason).await?;
+        return Ok(Action::await_change());
+    }
+    if phase != GrantPhase::Active {
+        write_status(ctx, g, phase, &reason, None, vec![]).await?;
+        return Ok(Action::await_change());
+    }
+    // Active: fix the expiry once, then keep every bound pod's token current.
+    let now = w.now;
+    let status = g.status.clone().unwrap_or_default();
+    let issued_at = status.issued_at.as_ref().map(unix).unwrap_or(now);
+    let mut expires_at = status.expires_at.as_ref().map(unix).unwrap_or(issued_at + g.spec.ttl.as_secs_i64());
+    if let Some(Some(p)) = parent {
+        if let Some(pexp) = p.status.as_ref().and_then(|s| s.expires_at.as_ref()) {
+            expires_at = expires_at.min(unix(pexp));
+        }
+    }
+    let tokens = issue_tokens(ctx, g, agent.as_deref(), parent, issued_at, expires_at).await?;
+    if current != GrantPhase::Active {
+        if let Some(created) = g.metadata.creation_timestamp.as_ref() {
+            shared.metrics.grant_to_active.observe((now - unix(created)).max(0) as f64);
+        }
+    }
+    write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens).await?;
+    Ok(Action::requeue(Duration::from_secs((expires_at - now).max(0) as u64) + Duration::from_millis(50)))
+}
+
+/// The RFC 8693 `act` chain: the parent's agent, its parent's, … and the human requester.
+fn actor_chain(ctx: &Context, g: &CapabilityGrant, parent: Option<Option<&CapabilityGrant>>) -> Option<token::Actor> {
+    let ns = g.namespace().unwrap_or_default();
+    let td = &ctx.shared.config.trust_domain;
+    let mut subjects = Vec::new();
+    let mut next = parent.flatten().cloned();
+    let mut root_requester = g.annotations().get(REQUESTED_BY_ANNOTATION).cloned();
+    let mut guard = 0;
+    while let Some(p) = next {
+        subjects.push(pki::cert::spiffe_id(td, &ns, &p.spec.agent));
+        root_requester = p.annotations().get(REQUESTED_BY_ANNOTATION).cloned();
+        next = p
+            .spec
+            .parent
+            .as_ref()
+            .and_then(|n| ctx.shared.grants.get(&kube::runtime::reflector::ObjectRef::new(n).within(&ns)))
+            .map(|a| (*a).clone());
+        guard += 1;
+        if guard > 16 {
+            break;
+        }
+    }
+    if let Some(r) = root_requester {
+        subjects.push(r);
+    }
+    subjects.into_iter().rev().fold(None, |inner, sub| Some(token::Actor { sub, act: inner.map(Box::new) }))
+}
+
+async fn issue_tokens(
+    ctx: &Context,
+    g: &CapabilityGrant,
+    agent: Option<&AgentIdentity>,
+    parent: Option<Option<&CapabilityGrant>>,
+    issued_at: i64,
+    expires_at: i64,
+) -> Result<Vec<TokenRecord>, Error> {
+    let shared = &ctx.shared;
+    let ns = g.namespace().unwrap_or_default();
+    let now = pki::now_unix();
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
+    let key = token_key(&g.name_any());
+    let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &ns, &g.spec.agent);
+    let mut records = Vec::new();
+    let act = actor_chain(ctx, g, parent);
+    for pod in bound_pods(ctx, g) {
+        let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { continue };
+        let secret = secrets.get_opt(secret_name).await.map_err(|source| Error::Kube {
+            op: "reading credential Secret for",
+            object: object(g),
+            source,
+        })?;
+        let Some(cert) = credentials::stored_certificate(secret.as_ref()) else { continue };
+        let existing = secret
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get(&key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
+            .and_then(|jwt| token::decode_unverified(&jwt).ok());
+        let fresh = existing.as_ref().filter(|(h, c)| {
+            c.cnf.x5t_s256 == cert.thumbprint
+                && c.grant.uid == g.uid().unwrap_or_default()
+                && c.exp == expires_at.min(cert.not_after)
+                && c.pod.uid == pod.uid().unwrap_or_default()
+                && h.kid.as_deref().is_some_and(|kid| shared.trust.has_kid(kid, now))
+        });
+        if let Some((_, c)) = fresh {
+            records.push(TokenRecord { pod: pod.name_any(), jti: c.jti.clone(), expires_at: time(c.exp) });
+            continue;
+        }
+        let claims = token::Claims {
+            iss: format!("spiffe://{}/writ", shared.config.trust_domain),
+            sub: spiffe.clone(),
+            aud: g.spec.audiences.clone(),
+            iat: now,
+            nbf: issued_at.min(now),
+            exp: expires_at.min(cert.not_after),
+            jti: token::new_jti().map_err(|source| Error::Pki {
+                op: "making a token id",
+                object: object(g),
+                source,
+            })?,
+            cap: g
+                .spec
+                .capabilities
+                .iter()
+                .map(|c| token::Capability { action: c.action.clone(), resource: c.resource.clone() })
+                .collect(),
+            task: token::Task { id: g.spec.task.id.clone(), intent: g.spec.task.intent.clone() },
+            grant: token::GrantRef { namespace: ns.clone(), name: g.name_any(), uid: g.uid().unwrap_or_default() },
+            pod: token::PodRef { name: pod.name_any(), uid: pod.uid().unwrap_or_default() },
+            cnf: token::Confirmation { x5t_s256: cert.thumbprint.clone() },
+            act: act.clone(),
+            req: g.annotations().get(REQUESTED_BY_ANNOTATION).cloned().unwrap_or_default(),
+            apr: g.annotations().get(APPROVED_BY_ANNOTATION).cloned(),
+        };
+        let jwt = token::sign(&shared.trust.signing_key(), &claims).map_err(|source| Error::Pki {
+            op: "signing token",
+            object: object(g),
+            source,
+        })?;
+        let patch = serde_json::json!({ "data": { key.clone(): base64_std(&jwt) } });
+        match secrets.patch(secret_name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => continue,
+            Err(source) => return Err(Error::Kube { op: "writing token for", object: object(g), source }),
+        }
+        if let Some((_, old)) = existing {
+            // The replaced token (older certificate or key) is revoked, not just dropped.
+            shared
+                .revocations
+                .revoke(vec![RevokedToken { jti: old.jti, expires_at: old.exp }], vec![], now)
+                .await
+                .map_err(|source| Error::Revocation { object: object(g), source })?;
+            shared.metrics.credential("token", "rotated");
+        } else {
+            shared.metrics.credential("token", "issued");
+        }
+        tracing::info!(grant = %g.name_any(), namespace = %ns, pod = %pod.name_any(), jti = %claims.jti, exp = claims.exp, "capability token issued");
+        records.push(TokenRecord { pod: pod.name_any(), jti: claims.jti, expires_at: time(claims.exp) });
+    }
+    let _ = agent;
+    // Tokens of pods that are no longer bound are revoked.
+    let gone: Vec<RevokedToken> = g
+        .status
+        .iter()
+        .flat_map(|s| s.tokens.iter())
+        .filter(|t| !records.iter().any(|r| r.pod == t.pod))
+        .map(|t| RevokedToken { jti: t.jti.clone(), expires_at: unix(&t.expires_at) })
+        .collect();
+    if !gone.is_empty() {
+        shared
+            .revocations
+            .revoke(gone, vec![], now)
+            .await
+            .map_err(|source| Error::Revocation { object: object(g), source })?;
+    }
+    Ok(records)
+}
+
+fn base64_std(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// Ends a grant: every token `jti` goes on the revocation list (durably),
+/// then the token files are removed from the pods' Secrets, then status.
+async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str) -> Result<(), Error> {
+    let shared = &ctx.shared;
+    let ns = g.namespace().unwrap_or_default();
+    let now = pki::now_unix();
+    let key = token_key(&g.name_any());
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
+    let mut revoked: Vec<RevokedToken> = g
+        .status
+        .iter()
+        .flat_map(|s| s.tokens.iter())
+        .map(|t| RevokedToken { jti: t.jti.clone(), expires_at: unix(&t.expires_at) })
+        .collect();
+    // Also whatever is stored (a token written just before a crash, before status recorded it).
+    let pods: Vec<_> = shared
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.labels().get(AGENT_LABEL) == Some(&g.spec.agent))
+        .collect();
+    let mut holding = Vec::new();
+    for pod in &pods {
+        let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { continue };
+        let Some(secret) = secrets.get_opt(secret_name).await.map_err(|source| Error::Kube {
+            op: "reading credential Secret for",
+            object: object(g),
+            source,
+        })?
+        else {
+            continue;
+        };
+        if let Some(v) = secret.data.as_ref().and_then(|d| d.get(&key)) {
+            if let Ok((_, c)) = token::decode_unverified(&String::from_utf8_lossy(&v.0)) {
+                if !revoked.iter().any(|r| r.jti == c.jti) {
+                    revoked.push(RevokedToken { jti: c.jti, expires_at: c.exp });
+                }
+            }
+            holding.push(secret_name.clone());
+        }
+    }
+    shared
+        .revocations
+        .revoke(revoked.clone(), vec![], now)
+        .await
+        .map_err(|source| Error::Revocation { object: object(g), source })?;
+    for secret_name in holding {
+        let patch = serde_json::json!({ "data": { key.clone(): null } });
+        match secrets.patch(&secret_name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => shared.metrics.credential("token", "revoked"),
+            Err(e) if is_not_found(&e) => {}
+            Err(source) => return Err(Error::Kube { op: "removing token of", object: object(g), source }),
+        }
+    }
+    let tokens = g.status.as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
+    if g.metadata.deletion_timestamp.is_none() {
+        write_status(ctx, g, phase, reason, None, tokens).await?;
+    } else if g.status.as_ref().map(|s| s.phase) != Some(phase) {
+        audit(g, phase, reason);
+        shared
+            .metrics
+            .grant_transitions
+            .get_or_create(&crate::runtime::metrics::PhaseLabels { phase: phase.as_str() })
+            .inc();
+        ctx.event(
+            &g.object_ref(&()),
+            false,
+            phase.as_str(),
+            "Revoke",
+            format!("{reason}; {} token(s) revoked", revoked.len()),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+fn audit(g: &CapabilityGrant, phase: GrantPhase, reason: &str) {
+    let caps: Vec<String> = g.spec.capabilities.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        target: "audit",
+        grant = %g.name_any(),
+        namespace = %g.namespace().unwrap_or_default(),
+        agent = %g.spec.agent,
+        requester = %g.annotations().get(REQUESTED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
+        approver = %g.annotations().get(APPROVED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
+        requested = ?caps,
+        approved = ?if phase == GrantPhase::Active || phase.is_terminal() && g.status.as_ref().is_some_and(|s| !s.approved.is_empty()) { caps.clone() } else { vec![] },
+        task_id = %g.spec.task.id,
+        task_intent = %g.spec.task.intent.as_deref().unwrap_or(""),
+        phase = %phase,
+        reason,
+        "grant transition"
+    );
+}
+
+/// Builds and writes the status for `phase`; Event, audit line and metric on transitions only.
+async fn write_status(
+    ctx: &Context,
+    g: &CapabilityGrant,
+    phase: GrantPhase,
+    reason: &str,
+    active: Option<(i64, i64)>,
+    tokens: Vec<TokenRecord>,
+) -> Result<(), Error> {
+    let shared = &ctx.shared;
+    let old = g.status.clone().unwrap_or_default();
+    let now = pki::now_unix();
+    let desired = desired_status(g, &old, phase, reason, active, tokens, now);
+    if desired == old {
+        return Ok(());
+    }
+    let api: Api<CapabilityGrant> = Api::namespaced(shared.client.clone(), &g.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "apiVersion": "writ.dev/v1alpha1", "kind": "CapabilityGrant", "status": desired });
+    api.patch_status(&g.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
+        .await
+        .map_err(|source| Error::Kube { op: "writing status of", object: object(g), source })?;
+    if old.phase != phase || g.status.is_none() {
+        audit(g, phase, reason);
+        shared
+            .metrics
+            .grant_transitions
+            .get_or_create(&crate::runtime::metrics::PhaseLabels { phase: phase.as_str() })
+            .inc();
+        let warning = matches!(phase, GrantPhase::Denied | GrantPhase::Revoked);
+        ctx.event(&g.object_ref(&()), warning, phase.as_str(), "Transition", reason.to_string()).await;
+    }
+    Ok(())
+}
+
+/// The status a grant should have. Pure.
+pub fn desired_status(
+    g: &CapabilityGrant,
+    old: &CapabilityGrantStatus,
+    phase: GrantPhase,
+    reason: &str,
+    active: Option<(i64, i64)>,
+    tokens: Vec<TokenRecord>,
+    now: i64,
+) -> CapabilityGrantStatus {
+    let mut st = old.clone();
+    let gen = g.metadata.generation;
+    let now_t = time(now);
+    st.phase = phase;
+    st.reason = Some(reason.to_string());
+    st.observed_generation = gen;
+    st.requested_by = g.annotations().get(REQUESTED_BY_ANNOTATION).cloned();
+    st.approved_by = g.annotations().get(APPROVED_BY_ANNOTATION).cloned();
+    st.requested = g.spec.capabilities.clone();
+    st.tokens = tokens;
+    if let Some((issued, expires)) = active {
+        st.issued_at = Some(time(issued));
+        st.expires_at = Some(time(expires));
+        st.approved = g.spec.capabilities.clone();
+    }
+    if matches!(phase, GrantPhase::Revoked) && st.revoked_at.is_none() {
+        st.revoked_at = Some(now_t.clone());
+    }
+    let approved = matches!(phase, GrantPhase::Active) || (old.phase == GrantPhase::Active);
+    let approval_reason = if g.spec.approval.is_some() { "ApprovedByApprover" } else { "NoApprovalRequired" };
+    match phase {
+        GrantPhase::AwaitingApproval => {
+            set_condition(
+                &mut st.conditions,
+                condition(conditions::APPROVED, false, "AwaitingApproval", reason, gen, now_t.clone()),
+            );
+        }
+        GrantPhase::Denied => {
+            set_condition(
+                &mut st.conditions,
+                condition(conditions::APPROVED, false, "Denied", reason, gen, now_t.clone()),
+            );
+        }
+        _ if approved => {
+            set_condition(
+                &mut st.conditions,
+                condition(conditions::APPROVED, true, approval_reason, "capabilities approved", gen, now_t.clone()),
+            );
+        }
+        _ => {}
+    }
+    let issued = phase == GrantPhase::Active && !st.tokens.is_empty();
+    let issued_msg = if issued { format!("{} token(s) issued", st.tokens.len()) } else { reason.to_string() };
+    set_condition(
+        &mut st.conditions,
+        condition(
+            conditions::ISSUED,
+            issued,
+            if issued { "TokensIssued" } else { "NoTokens" },
+            issued_msg,
+            gen,
+            now_t.clone(),
+        ),
+    );
+    if phase == GrantPhase::Expired {
+        set_condition(
+            &mut st.conditions,
+            condition(conditions::EXPIRED, true, "TTLElapsed", reason, gen, now_t.clone()),
+        );
+    }
+    if matches!(phase, GrantPhase::Revoked | GrantPhase::Completed | GrantPhase::Expired) {
+        set_condition(
+            &mut st.conditions,
+            condition(
+                conditions::REVOKED,
+                true,
+                phase.as_str(),
+                "every token of this grant is on the revocation list",
+                gen,
+                now_t,
+            ),
+        );
+    }
+    st
+}
+
+/// Error policy.
+pub fn error_policy(_g: Arc<CapabilityGrant>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "grant reconcile failed");
+    ctx.shared.metrics.reconcile_error("grant", err.metric_label());
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// Index helper for watches: grants of an agent, or children of a grant.
+pub fn grants_where(
+    ctx_grants: &kube::runtime::reflector::Store<CapabilityGrant>,
+    ns: &str,
+    f: impl Fn(&CapabilityGrant) -> bool,
+) -> Vec<kube::runtime::reflector::ObjectRef<CapabilityGrant>> {
+    ctx_grants
+        .state()
+        .iter()
+        .filter(|g| g.namespace().as_deref() == Some(ns) && f(g))
+        .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
+        .collect()
+}

@@ -1,0 +1,258 @@
+//! AgentIdentity: status (SPIFFE ID, bound pods, active grants, review and
+//! dormancy), the trust bundle ConfigMap in its namespace, and a finalizer
+//! that revokes every credential of the identity before it goes.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    api::{Api, ObjectMeta, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{finalizer, Event as Finalizer},
+    },
+    Resource, ResourceExt,
+};
+
+use super::{credentials, time, unix, Context, Error, FINALIZER, MANAGER};
+use crate::{
+    api::{
+        condition::{condition, set_condition},
+        AgentIdentity, AgentIdentityStatus, GrantPhase, AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION,
+    },
+    pki,
+};
+
+/// ConfigMap with the CA bundle, in the operator namespace and every namespace with an AgentIdentity.
+pub const TRUST_BUNDLE_CONFIGMAP: &str = "writ-trust-bundle";
+/// Annotation recording an access review: `<RFC 3339 time>` (set by `writ review`).
+pub const REVIEWED_AT_ANNOTATION: &str = "writ.dev/reviewed-at";
+/// Annotation recording who reviewed (set by `writ review`).
+pub const REVIEWED_BY_ANNOTATION: &str = "writ.dev/reviewed-by";
+
+/// Condition types.
+pub mod conditions {
+    /// Credentials can be issued.
+    pub const READY: &str = "Ready";
+    /// The periodic access review is overdue.
+    pub const REVIEW_OVERDUE: &str = "ReviewOverdue";
+    /// No pod and no active grant for `review.dormantAfter`.
+    pub const DORMANT: &str = "Dormant";
+}
+
+fn object(id: &AgentIdentity) -> String {
+    format!("AgentIdentity {}/{}", id.namespace().unwrap_or_default(), id.name_any())
+}
+
+/// Computes the status from the identity and what the caches hold. Pure.
+pub fn desired_status(
+    id: &AgentIdentity,
+    spiffe_id: String,
+    bound_pods: i32,
+    active_grants: i32,
+    now: i64,
+) -> (AgentIdentityStatus, Option<i64>) {
+    let old = id.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let generation = id.metadata.generation;
+    let now_t = time(now);
+    st.spiffe_id = Some(spiffe_id);
+    st.bound_pods = bound_pods;
+    st.active_grants = active_grants;
+    st.observed_generation = generation;
+    if bound_pods > 0 || active_grants > 0 {
+        st.last_active_at = Some(now_t.clone());
+    }
+    let created = id.metadata.creation_timestamp.as_ref().map(unix).unwrap_or(now);
+    let mut next_check: Option<i64> = None;
+    set_condition(
+        &mut st.conditions,
+        condition(
+            conditions::READY,
+            true,
+            "CredentialsAvailable",
+            "pods running as the identity's service account receive credentials",
+            generation,
+            now_t.clone(),
+        ),
+    );
+    if let Some(review) = &id.spec.review {
+        let reviewed_at = id
+            .annotations()
+            .get(REVIEWED_AT_ANNOTATION)
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second())
+            .unwrap_or(created);
+        let due = reviewed_at + review.every.as_secs_i64();
+        st.review_due_at = Some(time(due));
+        st.last_reviewed_by = id.annotations().get(REVIEWED_BY_ANNOTATION).cloned();
+        let overdue = now >= due;
+        set_condition(
+            &mut st.conditions,
+            condition(
+                conditions::REVIEW_OVERDUE,
+                overdue,
+                if overdue { "ReviewOverdue" } else { "ReviewCurrent" },
+                format!("access review due at {}", time(due).0),
+                generation,
+                now_t.clone(),
+            ),
+        );
+        if !overdue {
+            next_check = Some(due);
+        }
+        if let Some(after) = review.dormant_after {
+            let last = st.last_active_at.as_ref().map(unix).unwrap_or(created);
+            let dormant_at = last + after.as_secs_i64();
+            let dormant = bound_pods == 0 && active_grants == 0 && now >= dormant_at;
+            set_condition(
+                &mut st.conditions,
+                condition(
+                    conditions::DORMANT,
+                    dormant,
+                    if dormant { "NoActivity" } else { "Active" },
+                    format!("no pod and no active grant since {}", time(last).0),
+                    generation,
+                    now_t,
+                ),
+            );
+            if !dormant {
+                next_check = Some(next_check.map_or(dormant_at, |n| n.min(dormant_at)));
+            }
+        }
+    }
+    // Keep the old timestamp when nothing but timestamps moved.
+    if strip_times(&st) == strip_times(&old) {
+        st.last_active_at = old.last_active_at.clone();
+    }
+    (st, next_check)
+}
+
+fn strip_times(s: &AgentIdentityStatus) -> AgentIdentityStatus {
+    let mut s = s.clone();
+    s.last_active_at = None;
+    s
+}
+
+/// Reconciles an AgentIdentity (with its finalizer).
+pub async fn reconcile(id: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let api: Api<AgentIdentity> = Api::namespaced(ctx.shared.client.clone(), &id.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, id.clone(), |event| async {
+        match event {
+            Finalizer::Apply(id) => apply(&id, &ctx).await,
+            Finalizer::Cleanup(id) => cleanup(&id, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer { object: object(&id), message: e.to_string() });
+    ctx.shared.metrics.reconciled("identity", started);
+    result
+}
+
+async fn apply(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
+    let shared = &ctx.shared;
+    let namespace = id.namespace().unwrap_or_default();
+    let name = id.name_any();
+    let now = pki::now_unix();
+    publish_trust_bundle(ctx, &namespace).await?;
+    let bound = shared
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(&namespace)
+                && p.labels().get(AGENT_LABEL) == Some(&name)
+                && p.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION)
+                && !credentials::pod_finished(p)
+        })
+        .count();
+    let active = shared
+        .grants
+        .state()
+        .iter()
+        .filter(|g| {
+            g.namespace().as_deref() == Some(&namespace)
+                && g.spec.agent == name
+                && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active)
+        })
+        .count();
+    let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &name);
+    let (status, next) = desired_status(id, spiffe, bound as i32, active as i32, now);
+    if id.status.as_ref() != Some(&status) {
+        let api: Api<AgentIdentity> = Api::namespaced(shared.client.clone(), &namespace);
+        let patch = serde_json::json!({
+            "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity", "status": status
+        });
+        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
+            .await
+            .map_err(|source| Error::Kube { op: "writing status of", object: object(id), source })?;
+    }
+    let wait = next.map(|n| (n - now).clamp(1, 300)).unwrap_or(300);
+    Ok(Action::requeue(Duration::from_secs(wait as u64)))
+}
+
+/// Deleting an identity revokes every credential its pods hold.
+async fn cleanup(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
+    let shared = &ctx.shared;
+    let namespace = id.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
+    let pods: Vec<_> = shared
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(&namespace) && p.labels().get(AGENT_LABEL) == Some(&id.name_any()))
+        .collect();
+    for pod in pods {
+        let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { continue };
+        if let Some(secret) = secrets.get_opt(secret_name).await.map_err(|source| Error::Kube {
+            op: "reading credential Secret for",
+            object: object(id),
+            source,
+        })? {
+            credentials::revoke_secret(ctx, &pod, &secret, "AgentIdentity deleted").await?;
+        }
+    }
+    ctx.event(
+        &id.object_ref(&()),
+        false,
+        "CredentialRevoked",
+        "Revoke",
+        "identity deleted: every pod credential revoked".into(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Writes `writ-trust-bundle` (the CA bundle) into `namespace`.
+pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), namespace);
+    let bundle = ctx.shared.trust.bundle_pem();
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(TRUST_BUNDLE_CONFIGMAP.into()),
+            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("ca.crt".to_string(), bundle)])),
+        ..Default::default()
+    };
+    let mut value = serde_json::to_value(&cm).unwrap_or_default();
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "ConfigMap".into();
+    api.patch(TRUST_BUNDLE_CONFIGMAP, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await.map_err(
+        |source| Error::Kube {
+            op: "publishing trust bundle in",
+            object: format!("ConfigMap {namespace}/{TRUST_BUNDLE_CONFIGMAP}"),
+            source,
+        },
+    )?;
+    Ok(())
+}
+
+/// Error policy.
+pub fn error_policy(_id: Arc<AgentIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "identity reconcile failed");
+    ctx.shared.metrics.reconcile_error("identity", err.metric_label());
+    Action::requeue(Duration::from_secs(2))
+}

@@ -1,0 +1,114 @@
+//! The reconcilers, run by the leader: pod credentials, identity status, grants.
+
+pub mod credentials;
+pub mod grant;
+pub mod identity;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+
+use crate::runtime::Shared;
+
+/// Finalizer on AgentIdentities and CapabilityGrants: revoke before the object goes.
+pub const FINALIZER: &str = "writ.dev/revoke";
+/// Field manager of everything the controllers write.
+pub const MANAGER: &str = "writ";
+
+/// What every reconciler gets.
+pub struct Context {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Event recorder.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// Publishes an Event; failures are logged, never fatal.
+    pub async fn event(&self, on: &ObjectReference, warning: bool, reason: &str, action: &str, note: String) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, on).await {
+            tracing::debug!(error = %e, reason, "publishing event failed");
+        }
+    }
+}
+
+/// Errors of the reconcilers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{op} {object}: {source}")]
+    Kube {
+        /// What we were doing.
+        op: &'static str,
+        /// `Kind namespace/name`.
+        object: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Minting or parsing a credential failed.
+    #[error("{op} for {object}: {source}")]
+    Pki {
+        /// What we were doing.
+        op: &'static str,
+        /// `Kind namespace/name`.
+        object: String,
+        /// Cause.
+        #[source]
+        source: crate::pki::PkiError,
+    },
+    /// Persisting a revocation failed (credentials stay until it succeeds).
+    #[error("recording revocations for {object}: {source}")]
+    Revocation {
+        /// `Kind namespace/name`.
+        object: String,
+        /// Cause.
+        #[source]
+        source: crate::publish::revocations::RevocationError,
+    },
+    /// The finalizer helper failed.
+    #[error("finalizer of {object}: {message}")]
+    Finalizer {
+        /// `Kind namespace/name`.
+        object: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl Error {
+    /// A static label for metrics and Event reasons.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "kube",
+            Self::Pki { .. } => "pki",
+            Self::Revocation { .. } => "revocation",
+            Self::Finalizer { .. } => "finalizer",
+        }
+    }
+}
+
+/// Whether a kube error is a 404 (counts as success during cleanup).
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Unix seconds of a Kubernetes timestamp.
+pub fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    t.0.as_second()
+}
+
+/// A Kubernetes timestamp from unix seconds.
+pub fn time(secs: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+    )
+}

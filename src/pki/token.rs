@@ -1,0 +1,441 @@
+//! Capability tokens: Ed25519 signing keys, the claims a token carries, and compact JWS.
+//!
+//! A token is a JWT (RFC 7519) signed with EdDSA/Ed25519 (RFC 8037), header
+//! `{"alg":"EdDSA","typ":"JWT","kid":"<RFC 7638 thumbprint>"}`. It is bound to one pod's
+//! certificate through `cnf.x5t#S256` (RFC 8705), so it is useless without that pod's private key.
+//! Verification lives in [`crate::verify`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::pki::{b64url, b64url_decode, random_bytes, Jwk, PkiError};
+
+/// The only JWS algorithm Writ signs or accepts.
+pub const ALG_EDDSA: &str = "EdDSA";
+
+/// Longest token accepted by [`decode_unverified`] and the verifier, in bytes. Real tokens are a
+/// few kilobytes at most; the bound keeps hostile input cheap to reject.
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
+
+const PKCS8_PEM_TAG: &str = "PRIVATE KEY";
+
+/// An Ed25519 token-signing key.
+///
+/// Cloning shares the key. `Debug` shows only the `kid`.
+#[derive(Clone)]
+pub struct SigningKey {
+    pair: Arc<Ed25519KeyPair>,
+    pkcs8: Arc<Vec<u8>>,
+    kid: String,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey").field("kid", &self.kid).field("secret", &"<redacted>").finish()
+    }
+}
+
+impl SigningKey {
+    /// Generates a new random key.
+    pub fn generate() -> Result<Self, PkiError> {
+        let rng = ring::rand::SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| PkiError::Random)?;
+        Self::from_pkcs8_der(doc.as_ref())
+    }
+
+    /// Loads a key from unencrypted PKCS#8 DER (v2 as ring writes it, or v1 as OpenSSL writes it).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, PkiError> {
+        let pair = Ed25519KeyPair::from_pkcs8(der)
+            .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der))
+            .map_err(|e| PkiError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))?;
+        let kid = Jwk::thumbprint_for(pair.public_key().as_ref());
+        Ok(SigningKey { pair: Arc::new(pair), pkcs8: Arc::new(der.to_vec()), kid })
+    }
+
+    /// Loads a key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    pub fn from_pkcs8_pem(pem_str: &str) -> Result<Self, PkiError> {
+        let block = pem::parse(pem_str).map_err(|e| PkiError::Key(format!("reading PEM: {e}")))?;
+        if block.tag() != PKCS8_PEM_TAG {
+            return Err(PkiError::Key(format!("expected a {PKCS8_PEM_TAG} PEM block, got {}", block.tag())));
+        }
+        Self::from_pkcs8_der(block.contents())
+    }
+
+    /// The key as PKCS#8 PEM, for storing in a Secret. Secret: never log it.
+    pub fn to_pkcs8_pem(&self) -> String {
+        pem::encode(&pem::Pem::new(PKCS8_PEM_TAG, self.pkcs8.as_slice()))
+    }
+
+    /// The key ID: the RFC 7638 JWK thumbprint of the public key.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The 32-byte Ed25519 public key.
+    pub fn public_key_bytes(&self) -> &[u8] {
+        self.pair.public_key().as_ref()
+    }
+
+    /// The public key as a JWK (what the JWKS publishes).
+    pub fn public_jwk(&self) -> Jwk {
+        Jwk::ed25519(self.public_key_bytes())
+    }
+
+    /// Signs raw bytes (a JWS signing input); exposed for benchmarks and other JOSE uses.
+    pub fn sign_bytes(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
+    }
+}
+
+/// The JOSE header of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Signature algorithm; always `EdDSA` for tokens Writ signs.
+    pub alg: String,
+    /// Media type; `JWT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
+    /// Key ID of the signing key (RFC 7638 thumbprint); absent only in foreign tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+}
+
+/// One granted capability: an exact action on an exact resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Capability {
+    /// `<service>:<verb>`, e.g. `k8s:deployments.patch`.
+    pub action: String,
+    /// `<scheme>:<path>`, e.g. `k8s:staging/deployments/web`.
+    pub resource: String,
+}
+
+/// The task a grant was made for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Task identifier, e.g. a ticket or PR number.
+    pub id: String,
+    /// Free-text intent, shown to approvers and auditors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+}
+
+/// The CapabilityGrant a token was minted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRef {
+    /// Namespace of the grant.
+    pub namespace: String,
+    /// Name of the grant.
+    pub name: String,
+    /// UID of the grant (distinguishes a re-created grant of the same name).
+    pub uid: String,
+}
+
+/// The pod a token is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRef {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+}
+
+/// Proof-of-possession confirmation (RFC 7800 `cnf`), bound to a certificate (RFC 8705).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// base64url SHA-256 thumbprint of the pod certificate's DER.
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// One link of a delegation chain (RFC 8693 `act`): who acted, and on whose behalf they acted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The acting party (a user, or an agent's SPIFFE ID).
+    pub sub: String,
+    /// The party before it in the chain, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+/// The claims of a capability token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer (the operator's issuer URL or name).
+    pub iss: String,
+    /// Subject: the agent's SPIFFE ID; must equal the URI SAN of the presented certificate.
+    pub sub: String,
+    /// Audiences: the resource servers the token is for. A single string is accepted on input.
+    #[serde(deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// Not valid before, unix seconds.
+    pub nbf: i64,
+    /// Expiry, unix seconds (never after the grant's expiry).
+    pub exp: i64,
+    /// Unique token ID, used for revocation.
+    pub jti: String,
+    /// The approved capabilities.
+    pub cap: Vec<Capability>,
+    /// The task the grant is for.
+    pub task: Task,
+    /// The grant the token was minted for.
+    pub grant: GrantRef,
+    /// The pod the token is bound to.
+    pub pod: PodRef,
+    /// Certificate binding.
+    pub cnf: Confirmation,
+    /// Delegation chain, most recent actor first (RFC 8693).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+    /// Who requested the grant (authenticated user from admission).
+    pub req: String,
+    /// Who approved the grant, when approval was required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apr: Option<String>,
+}
+
+impl Claims {
+    /// Whether `cap` contains exactly this action on exactly this resource.
+    pub fn grants(&self, action: &str, resource: &str) -> bool {
+        self.cap.iter().any(|c| c.action == action && c.resource == resource)
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Signs `claims` with `key` into a compact JWS (`header.payload.signature`).
+pub fn sign(key: &SigningKey, claims: &Claims) -> Result<String, PkiError> {
+    let header = Header { alg: ALG_EDDSA.into(), typ: Some("JWT".into()), kid: Some(key.kid().to_owned()) };
+    let mut token = b64url(&serde_json::to_vec(&header)?);
+    token.push('.');
+    token.push_str(&b64url(&serde_json::to_vec(claims)?));
+    let signature = key.sign_bytes(token.as_bytes());
+    token.push('.');
+    token.push_str(&b64url(&signature));
+    Ok(token)
+}
+
+/// A compact JWS split and decoded, signature not yet checked.
+pub(crate) struct ParsedToken<'a> {
+    pub(crate) header: Header,
+    pub(crate) claims: Claims,
+    /// `base64url(header) "." base64url(payload)`: the bytes the signature covers.
+    pub(crate) signing_input: &'a str,
+    pub(crate) signature: Vec<u8>,
+}
+
+/// Splits and decodes a compact JWS without checking the signature.
+pub(crate) fn parse(token: &str) -> Result<ParsedToken<'_>, PkiError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(PkiError::Token(format!("longer than {MAX_TOKEN_LEN} bytes")));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(PkiError::Token("expected three '.'-separated parts".into()));
+    };
+    let decode = |part: &str, what: &str| {
+        b64url_decode(part).map_err(|e| PkiError::Token(format!("{what} is not base64url: {e}")))
+    };
+    let header: Header = serde_json::from_slice(&decode(h, "header")?)
+        .map_err(|e| PkiError::Token(format!("header is not a JOSE header: {e}")))?;
+    let claims: Claims = serde_json::from_slice(&decode(p, "payload")?)
+        .map_err(|e| PkiError::Token(format!("payload is not Writ claims: {e}")))?;
+    let signature = decode(s, "signature")?;
+    let signing_input = &token[..h.len() + 1 + p.len()];
+    Ok(ParsedToken { header, claims, signing_input, signature })
+}
+
+/// Decodes a token's header and claims **without verifying anything** (for `writ inspect`).
+///
+/// Never use the result for an access decision: use [`crate::verify::Verifier`].
+pub fn decode_unverified(token: &str) -> Result<(Header, Claims), PkiError> {
+    let parsed = parse(token.trim())?;
+    Ok((parsed.header, parsed.claims))
+}
+
+/// A new token ID: 128 random bits, base64url (22 characters).
+pub fn new_jti() -> Result<String, PkiError> {
+    Ok(b64url(&random_bytes::<16>()?))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Claims as the controller would mint them, for tests across the crate.
+    pub(crate) fn sample_claims(thumbprint: &str, now: i64) -> Claims {
+        Claims {
+            iss: "https://writ.writ-system.svc".into(),
+            sub: "spiffe://cluster.local/ns/ci/agent/release-bot".into(),
+            aud: vec!["deploy-api".into()],
+            iat: now,
+            nbf: now,
+            exp: now + 900,
+            jti: new_jti().expect("jti"),
+            cap: vec![Capability {
+                action: "k8s:deployments.patch".into(),
+                resource: "k8s:staging/deployments/web".into(),
+            }],
+            task: Task { id: "PR-1234".into(), intent: Some("roll out web v2".into()) },
+            grant: GrantRef { namespace: "ci".into(), name: "deploy-web-1234".into(), uid: "grant-uid".into() },
+            pod: PodRef { name: "release-bot-7d9f-abcde".into(), uid: "pod-uid".into() },
+            cnf: Confirmation { x5t_s256: thumbprint.into() },
+            act: Some(Actor {
+                sub: "spiffe://cluster.local/ns/ci/agent/planner".into(),
+                act: Some(Box::new(Actor { sub: "alice@example.com".into(), act: None })),
+            }),
+            req: "alice@example.com".into(),
+            apr: None,
+        }
+    }
+
+    #[test]
+    fn token_round_trips_through_sign_and_decode() {
+        let key = SigningKey::generate().expect("key");
+        let claims = sample_claims("thumb", 1_750_000_000);
+        let token = sign(&key, &claims).expect("sign");
+        assert_eq!(token.split('.').count(), 3);
+        let (header, decoded) = decode_unverified(&token).expect("decode");
+        assert_eq!(header, Header { alg: "EdDSA".into(), typ: Some("JWT".into()), kid: Some(key.kid().into()) });
+        assert_eq!(decoded, claims);
+        let parsed = parse(&token).expect("parse");
+        let public = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public_key_bytes());
+        public.verify(parsed.signing_input.as_bytes(), &parsed.signature).expect("signature verifies");
+    }
+
+    #[test]
+    fn claims_serialise_with_the_documented_names() {
+        let mut claims = sample_claims("thumb", 100);
+        let json = serde_json::to_value(&claims).expect("json");
+        assert_eq!(json["cnf"]["x5t#S256"], "thumb");
+        assert_eq!(json["act"]["act"]["sub"], "alice@example.com");
+        assert!(json["act"]["act"].get("act").is_none(), "empty act is skipped");
+        assert!(json.get("apr").is_none(), "absent approver is skipped");
+        assert_eq!(json["task"]["intent"], "roll out web v2");
+        claims.task.intent = None;
+        claims.act = None;
+        claims.apr = Some("bob@example.com".into());
+        let json = serde_json::to_value(&claims).expect("json");
+        assert!(json["task"].get("intent").is_none());
+        assert!(json.get("act").is_none());
+        assert_eq!(json["apr"], "bob@example.com");
+        let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
+        for k in ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cap", "task", "grant", "pod", "cnf", "req", "apr"] {
+            assert!(keys.contains(&k), "{k} missing");
+        }
+    }
+
+    #[test]
+    fn a_single_string_audience_is_accepted() {
+        let mut json = serde_json::to_value(sample_claims("t", 1)).expect("json");
+        json["aud"] = serde_json::Value::String("deploy-api".into());
+        let claims: Claims = serde_json::from_value(json).expect("claims");
+        assert_eq!(claims.aud, vec!["deploy-api".to_owned()]);
+    }
+
+    #[test]
+    fn signing_key_round_trips_through_pkcs8_pem() {
+        let key = SigningKey::generate().expect("key");
+        let pem = key.to_pkcs8_pem();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let back = SigningKey::from_pkcs8_pem(&pem).expect("load");
+        assert_eq!(back.kid(), key.kid());
+        assert_eq!(back.public_key_bytes(), key.public_key_bytes());
+        assert!(SigningKey::from_pkcs8_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+        assert!(SigningKey::from_pkcs8_der(b"junk").is_err());
+    }
+
+    #[test]
+    fn openssl_style_pkcs8_v1_keys_load() {
+        // RFC 8410 §10.3 example private key (PKCS#8 v1, no public key), as `openssl genpkey` writes.
+        let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+        let key = SigningKey::from_pkcs8_pem(pem).expect("v1 key");
+        assert_eq!(key.public_key_bytes().len(), 32);
+        // RFC 8410 §10.1 public key for that private key.
+        assert_eq!(b64url(key.public_key_bytes()), "Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE");
+    }
+
+    #[test]
+    fn kid_is_the_rfc7638_thumbprint_of_the_public_jwk() {
+        let key = SigningKey::generate().expect("key");
+        let jwk = key.public_jwk();
+        assert_eq!(jwk.kid, key.kid());
+        assert_eq!(jwk.thumbprint(), key.kid());
+        let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64url(key.public_key_bytes()));
+        let expected = b64url(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
+        assert_eq!(key.kid(), expected);
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let key = SigningKey::generate().expect("key");
+        let debug = format!("{key:?}");
+        assert!(debug.contains(key.kid()) && debug.contains("<redacted>"));
+        assert!(!debug.contains("PRIVATE"));
+    }
+
+    #[test]
+    fn jtis_are_128_bit_and_unique() {
+        let a = new_jti().expect("jti");
+        let b = new_jti().expect("jti");
+        assert_eq!(a.len(), 22);
+        assert_eq!(b64url_decode(&a).expect("b64").len(), 16);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected_with_a_reason() {
+        let key = SigningKey::generate().expect("key");
+        let token = sign(&key, &sample_claims("t", 1)).expect("sign");
+        let (h, rest) = token.split_once('.').expect("dot");
+        for bad in [
+            String::new(),
+            "a.b".into(),
+            "a.b.c.d".into(),
+            format!("{h}.!!!.sig"),
+            format!("{}.{rest}", b64url(b"not json")),
+            format!("{h}.{}.AAAA", b64url(b"{\"sub\":\"x\"}")),
+            "x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
+            assert!(matches!(decode_unverified(&bad), Err(PkiError::Token(_))), "{bad:.40}");
+        }
+    }
+
+    #[test]
+    fn grants_is_an_exact_match() {
+        let claims = sample_claims("t", 1);
+        assert!(claims.grants("k8s:deployments.patch", "k8s:staging/deployments/web"));
+        assert!(!claims.grants("k8s:deployments.patch", "k8s:staging/deployments/*"));
+        assert!(!claims.grants("k8s:deployments.*", "k8s:staging/deployments/web"));
+        assert!(!claims.grants("k8s:deployments.patch", "k8s:staging/deployments/web2"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_unverified_never_panics(s in ".{0,512}") {
+            let _ = decode_unverified(&s);
+        }
+
+        #[test]
+        fn decode_unverified_never_panics_on_jws_shaped_input(
+            h in "[A-Za-z0-9_-]{0,64}", p in "[A-Za-z0-9_-]{0,256}", s in "[A-Za-z0-9_-]{0,96}"
+        ) {
+            let _ = decode_unverified(&format!("{h}.{p}.{s}"));
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Prometheus metrics (`/metrics`), one registry per process.
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of credential events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    /// `certificate` or `token`.
+    pub kind: &'static str,
+    /// `issued`, `rotated` or `revoked`.
+    pub event: &'static str,
+}
+
+/// Labels of admission decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// Which webhook answered.
+    pub webhook: &'static str,
+    /// `allowed`, `denied` or `invalid`.
+    pub decision: &'static str,
+    /// The rule id for denials, `none` otherwise.
+    pub rule: String,
+}
+
+/// Labels naming a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `pod-credentials`, `identity` or `grant`.
+    pub controller: &'static str,
+}
+
+/// Labels of reconcile errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The controller.
+    pub controller: &'static str,
+    /// The error's metric label.
+    pub error: &'static str,
+}
+
+/// Labels of grant phases.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// The phase.
+    pub phase: &'static str,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Certificates and tokens issued, rotated and revoked.
+    pub credentials: Family<CredentialLabels, Counter>,
+    /// Admission decisions by webhook, decision and rule.
+    pub admission: Family<AdmissionLabels, Counter>,
+    /// Grant transitions into each phase.
+    pub grant_transitions: Family<PhaseLabels, Counter>,
+    /// Grants currently in each phase.
+    pub grants: Family<PhaseLabels, Gauge>,
+    /// Reconcile duration per controller.
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    /// Reconcile errors per controller and error.
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// Seconds from pod creation to its first credential.
+    pub pod_to_credential: Histogram,
+    /// Seconds from grant creation to Active.
+    pub grant_to_active: Histogram,
+    /// 1 when this replica leads (runs the controllers).
+    pub leader: Gauge,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("writ");
+        let credentials = Family::<CredentialLabels, Counter>::default();
+        registry.register("credentials", "Certificates and tokens issued, rotated and revoked", credentials.clone());
+        let admission = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_decisions",
+            "Admission decisions by webhook, decision and rule",
+            admission.clone(),
+        );
+        let grant_transitions = Family::<PhaseLabels, Counter>::default();
+        registry.register("grant_transitions", "Grant transitions into each phase", grant_transitions.clone());
+        let grants = Family::<PhaseLabels, Gauge>::default();
+        registry.register("grants", "Grants currently in each phase", grants.clone());
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration per controller",
+            reconcile_duration.clone(),
+        );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("reconcile_errors", "Reconcile errors per controller", reconcile_errors.clone());
+        let pod_to_credential = Histogram::new(latency_buckets());
+        registry.register(
+            "pod_credential_latency_seconds",
+            "Seconds from pod creation to its first credential",
+            pod_to_credential.clone(),
+        );
+        let grant_to_active = Histogram::new(latency_buckets());
+        registry.register(
+            "grant_activation_latency_seconds",
+            "Seconds from grant creation to Active",
+            grant_to_active.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register("leader", "1 when this replica runs the controllers", leader.clone());
+        Self {
+            registry,
+            credentials,
+            admission,
+            grant_transitions,
+            grants,
+            reconcile_duration,
+            reconcile_errors,
+            pod_to_credential,
+            grant_to_active,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a credential event.
+    pub fn credential(&self, kind: &'static str, event: &'static str) {
+        self.credentials.get_or_create(&CredentialLabels { kind, event }).inc();
+    }
+
+    /// Counts an admission decision.
+    pub fn admission(&self, webhook: &'static str, decision: &'static str, rule: &str) {
+        self.admission.get_or_create(&AdmissionLabels { webhook, decision, rule: rule.to_string() }).inc();
+    }
+
+    /// Counts a reconcile error.
+    pub fn reconcile_error(&self, controller: &'static str, error: &'static str) {
+        self.reconcile_errors.get_or_create(&ErrorLabels { controller, error }).inc();
+    }
+
+    /// Records one reconcile's duration.
+    pub fn reconciled(&self, controller: &'static str, started: std::time::Instant) {
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels { controller })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

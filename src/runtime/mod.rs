@@ -1,0 +1,127 @@
+//! Running the operator: configuration, shared state, leader election,
+//! metrics and health, and the `writ run` entry point.
+
+pub mod config;
+pub mod leader;
+pub mod metrics;
+mod run;
+pub mod telemetry;
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    runtime::reflector::{ObjectRef, Store},
+    Client, ResourceExt,
+};
+
+pub use config::RunConfig;
+pub use run::run;
+
+use crate::{
+    api::{AgentIdentity, CapabilityGrant, DelegationPolicy},
+    publish::revocations::RevocationStore,
+    trust::Trust,
+    webhook::server::CertSlot,
+};
+
+/// What every part of a running operator shares: the client, the
+/// configuration, caches of the watched kinds, trust material, the
+/// revocation list, metrics and readiness.
+pub struct Shared {
+    /// API client.
+    pub client: Client,
+    /// Configuration.
+    pub config: RunConfig,
+    /// Cache of AgentIdentities (all namespaces).
+    pub identities: Store<AgentIdentity>,
+    /// Cache of DelegationPolicies.
+    pub policies: Store<DelegationPolicy>,
+    /// Cache of CapabilityGrants.
+    pub grants: Store<CapabilityGrant>,
+    /// Cache of agent pods (label `writ.dev/agent`).
+    pub pods: Store<Pod>,
+    /// CA and token-signing keys.
+    pub trust: Arc<Trust>,
+    /// Revoked certificates and tokens.
+    pub revocations: Arc<RevocationStore>,
+    /// Metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The webhook serving certificate.
+    pub serving: Arc<CertSlot>,
+    synced: AtomicBool,
+}
+
+impl Shared {
+    /// Assembles the shared state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        config: RunConfig,
+        identities: Store<AgentIdentity>,
+        policies: Store<DelegationPolicy>,
+        grants: Store<CapabilityGrant>,
+        pods: Store<Pod>,
+        trust: Arc<Trust>,
+        revocations: Arc<RevocationStore>,
+        metrics: Arc<metrics::Metrics>,
+        serving: Arc<CertSlot>,
+    ) -> Self {
+        Self {
+            client,
+            config,
+            identities,
+            policies,
+            grants,
+            pods,
+            trust,
+            revocations,
+            metrics,
+            serving,
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the caches as synced.
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the caches have their initial lists (admission fails closed until then).
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Ready to serve webhooks: certificate loaded and caches synced.
+    pub fn is_ready(&self) -> bool {
+        self.is_synced() && self.serving.is_loaded()
+    }
+
+    /// An AgentIdentity from the cache.
+    pub fn identity(&self, namespace: &str, name: &str) -> Option<Arc<AgentIdentity>> {
+        self.identities.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Every AgentIdentity of a namespace.
+    pub fn identities_in(&self, namespace: &str) -> Vec<AgentIdentity> {
+        self.identities
+            .state()
+            .iter()
+            .filter(|i| i.namespace().as_deref() == Some(namespace))
+            .map(|i| (**i).clone())
+            .collect()
+    }
+
+    /// Every DelegationPolicy of a namespace (not those being deleted).
+    pub fn policies_in(&self, namespace: &str) -> Vec<DelegationPolicy> {
+        self.policies
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace) && p.metadata.deletion_timestamp.is_none())
+            .map(|p| (**p).clone())
+            .collect()
+    }
+}

@@ -1,0 +1,371 @@
+//! `writ run`: bootstrap trust material, serve webhooks and endpoints on
+//! every replica, run the controllers on the leader.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{extract::State, http::StatusCode, routing::get, Router};
+use futures::{future, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::{
+    api::{Api, ObjectMeta, PostParams},
+    runtime::{
+        controller::Controller,
+        events::{Recorder, Reporter},
+        reflector::{self, ObjectRef},
+        watcher, WatchStreamExt,
+    },
+    Client, ResourceExt,
+};
+use tokio::sync::watch;
+
+use super::{leader::LeaderElector, metrics::Metrics, RunConfig, Shared};
+use crate::{
+    api::{AgentIdentity, CapabilityGrant, DelegationPolicy, GrantPhase, AGENT_LABEL},
+    controller::{self, credentials, Context},
+    publish::{self, revocations::RevocationStore},
+    trust::Trust,
+    webhook::{self, register, server},
+};
+
+/// Lifetime of the webhook serving certificate; re-minted at half-life.
+const SERVING_CERT_TTL: i64 = 30 * 86_400;
+
+async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_none() {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([(register::IGNORE_NAMESPACE_LABEL.to_string(), "disabled".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => tracing::info!(namespace = name, "created the operator namespace"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e).context("creating the operator namespace"),
+        }
+    }
+    Ok(())
+}
+
+fn serving_names(config: &RunConfig) -> (Vec<String>, Vec<IpAddr>) {
+    let svc = &config.service_name;
+    let ns = &config.namespace;
+    let mut dns = vec!["localhost".to_string(), svc.clone(), format!("{svc}.{ns}"), format!("{svc}.{ns}.svc")];
+    dns.push(format!("{svc}.{ns}.svc.cluster.local"));
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    if !config.webhook_addr.ip().is_unspecified() && !ips.contains(&config.webhook_addr.ip()) {
+        ips.push(config.webhook_addr.ip());
+    }
+    if let Some(host) = config
+        .webhook_url
+        .as_deref()
+        .and_then(|u| u.strip_prefix("https://"))
+        .map(|r| r.split(['/']).next().unwrap_or(r))
+    {
+        let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_matches(['[', ']']);
+        match host.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) if !dns.iter().any(|d| d == host) => dns.push(host.to_string()),
+            Err(_) => {}
+        }
+    }
+    (dns, ips)
+}
+
+fn mint_serving(shared_trust: &Trust, config: &RunConfig, slot: &server::CertSlot) -> anyhow::Result<()> {
+    let (dns, ips) = serving_names(config);
+    let cert = shared_trust
+        .ca()
+        .mint_serving_certificate(&dns, &ips, crate::pki::now_unix(), SERVING_CERT_TTL)
+        .context("minting the webhook serving certificate")?;
+    slot.set(&cert.chain_pem, &cert.key_pem).context("loading the webhook serving certificate")?;
+    Ok(())
+}
+
+/// Runs the operator until SIGINT/SIGTERM.
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    tracing::info!(config = %config.summary(), "starting writ");
+    let client = Client::try_default().await.context("connecting to the API server (KUBECONFIG or in-cluster)")?;
+    let metrics = Arc::new(Metrics::default());
+    let serving = Arc::new(server::CertSlot::default());
+
+    // Listeners first, so a port clash fails fast and /healthz answers during bootstrap.
+    let tls_listener = server::bind(config.webhook_addr).await?;
+    let metrics_listener = server::bind(config.metrics_addr).await?;
+
+    ensure_namespace(&client, &config.namespace).await?;
+    let trust = Arc::new(
+        Trust::bootstrap(
+            &client,
+            &config.namespace,
+            config.ca_secret.as_deref(),
+            config.ca_ttl.as_secs_i64(),
+            &config.trust_domain,
+        )
+        .await
+        .context("loading trust material")?,
+    );
+    let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await?);
+
+    let (identities, identities_w) = reflector::store::<AgentIdentity>();
+    let (policies, policies_w) = reflector::store::<DelegationPolicy>();
+    let (grants, grants_w) = reflector::store::<CapabilityGrant>();
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let shared = Arc::new(Shared::new(
+        client.clone(),
+        config.clone(),
+        identities.clone(),
+        policies.clone(),
+        grants.clone(),
+        pods.clone(),
+        trust.clone(),
+        revocations.clone(),
+        metrics.clone(),
+        serving.clone(),
+    ));
+
+    // Health and metrics (plain HTTP) start before anything can block.
+    let health = Router::new()
+        .route("/metrics", get(|State(s): State<Arc<Shared>>| async move { s.metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<Arc<Shared>>| async move {
+                if s.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .with_state(shared.clone());
+    tokio::spawn(server::serve_plain(metrics_listener, health));
+
+    // Caches (every replica: the webhooks read them).
+    let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
+    tokio::spawn(
+        watcher(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(identities_w)
+            .for_each(|_| future::ready(())),
+    );
+    tokio::spawn(
+        watcher(Api::<DelegationPolicy>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(policies_w)
+            .for_each(|_| future::ready(())),
+    );
+    tokio::spawn(
+        watcher(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(grants_w)
+            .for_each(|_| future::ready(())),
+    );
+    tokio::spawn(
+        watcher(Api::<Pod>::all(client.clone()), agent_pods.clone())
+            .default_backoff()
+            .reflect(pods_w)
+            .for_each(|_| future::ready(())),
+    );
+
+    // Serving certificate, then the HTTPS listener (webhooks + trust endpoints).
+    mint_serving(&trust, &config, &serving)?;
+    let tls = server::tls_config(serving.clone())?;
+    let router = webhook::router(shared.clone()).merge(publish::endpoints::router(shared.clone()));
+    tokio::spawn(server::serve_tls(tls_listener, tls, router));
+
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = tokio::join!(
+                shared.identities.wait_until_ready(),
+                shared.policies.wait_until_ready(),
+                shared.grants.wait_until_ready(),
+                shared.pods.wait_until_ready()
+            );
+            shared.set_synced();
+            tracing::info!("caches synced; webhooks ready");
+        });
+    }
+
+    let ca_bundle = trust.bundle_pem().into_bytes();
+    match &config.webhook_url {
+        Some(url) => {
+            register::apply(&client, &config.webhook_config_name, &register::Endpoint::Url(url.clone()), &ca_bundle)
+                .await
+                .context("registering webhook configurations")?
+        }
+        None => register::patch_ca_bundle(&client, &config.webhook_config_name, &ca_bundle)
+            .await
+            .context("patching caBundle into the webhook configurations")?,
+    }
+    publish::publish_configmaps(&shared).await;
+
+    // Followers keep their copies of leader-written state fresh; everyone
+    // keeps the grant gauges and the published ConfigMaps current.
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let _ = shared.revocations.refresh().await;
+                let _ = shared
+                    .trust
+                    .reload(&shared.client, &shared.config.namespace, shared.config.ca_secret.as_deref())
+                    .await;
+                for phase in GrantPhase::ALL {
+                    let n = shared
+                        .grants
+                        .state()
+                        .iter()
+                        .filter(|g| g.status.as_ref().map(|s| s.phase).unwrap_or_default() == phase)
+                        .count();
+                    shared
+                        .metrics
+                        .grants
+                        .get_or_create(&super::metrics::PhaseLabels { phase: phase.as_str() })
+                        .set(n as i64);
+                }
+            }
+        });
+    }
+
+    // Leader election: the controllers run only on the leader.
+    let me = config
+        .replica_id
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("writ-{}", std::process::id()));
+    let (tx, mut rx) = watch::channel(false);
+    tokio::spawn(
+        LeaderElector::new(client.clone(), &config.namespace, me.clone(), config.lease_duration.to_std()).run(tx),
+    );
+
+    let mut running: Option<tokio::task::JoinHandle<()>> = None;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                if let Some(h) = running.take() { h.abort(); }
+                return Ok(());
+            }
+            changed = rx.changed() => {
+                if changed.is_err() { return Ok(()); }
+                let leading = *rx.borrow();
+                metrics.leader.set(i64::from(leading));
+                match (leading, running.is_some()) {
+                    (true, false) => {
+                        let _ = revocations.refresh().await;
+                        let _ = trust.reload(&client, &config.namespace, config.ca_secret.as_deref()).await;
+                        running = Some(tokio::spawn(run_controllers(shared.clone(), me.clone())));
+                    }
+                    (false, true) => {
+                        if let Some(h) = running.take() { h.abort(); }
+                        tracing::warn!("stopped controllers after losing leadership");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The controllers, on the leader.
+async fn run_controllers(shared: Arc<Shared>, me: String) {
+    let client = shared.client.clone();
+    let reporter = Reporter { controller: "writ".into(), instance: Some(me) };
+    let ctx = Arc::new(Context { shared: shared.clone(), recorder: Recorder::new(client.clone(), reporter) });
+    let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
+    let cred_secrets = watcher::Config::default().labels(credentials::POD_LABEL);
+
+    let pods_store = shared.pods.clone();
+    let pods = Controller::new(Api::<Pod>::all(client.clone()), agent_pods.clone())
+        .owns(Api::<Secret>::all(client.clone()), cred_secrets.clone())
+        .watches(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default(), move |id| {
+            let ns = id.namespace().unwrap_or_default();
+            let name = id.name_any();
+            pods_store
+                .state()
+                .iter()
+                .filter(|p| p.namespace().as_deref() == Some(&ns) && p.labels().get(AGENT_LABEL) == Some(&name))
+                .map(|p| ObjectRef::from_obj(&**p))
+                .collect::<Vec<_>>()
+        })
+        .run(credentials::reconcile, credentials::error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+
+    let secrets = Controller::new(Api::<Secret>::all(client.clone()), cred_secrets.clone())
+        .run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+
+    let identities = Controller::new(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default())
+        .watches(Api::<Pod>::all(client.clone()), agent_pods.clone(), |p| {
+            p.labels().get(AGENT_LABEL).map(|a| ObjectRef::new(a).within(&p.namespace().unwrap_or_default()))
+        })
+        .watches(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), |g| {
+            Some(ObjectRef::new(&g.spec.agent).within(&g.namespace().unwrap_or_default()))
+        })
+        .run(controller::identity::reconcile, controller::identity::error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+
+    let (g1, g2, g3, g4, g5) = (
+        shared.grants.clone(),
+        shared.grants.clone(),
+        shared.grants.clone(),
+        shared.grants.clone(),
+        shared.grants.clone(),
+    );
+    let grants = Controller::new(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default())
+        .watches(Api::<Pod>::all(client.clone()), agent_pods, move |p| {
+            let agent = p.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
+            controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| g.spec.agent == agent)
+        })
+        .watches(Api::<Secret>::all(client.clone()), cred_secrets, move |s| {
+            let agent = s.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
+            controller::grant::grants_where(&g2, &s.namespace().unwrap_or_default(), |g| g.spec.agent == agent)
+        })
+        .watches(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), move |parent| {
+            let name = parent.name_any();
+            controller::grant::grants_where(&g3, &parent.namespace().unwrap_or_default(), |g| {
+                g.spec.parent.as_deref() == Some(&name)
+            })
+        })
+        .watches(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default(), move |id| {
+            let name = id.name_any();
+            controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| g.spec.agent == name)
+        })
+        .watches(Api::<DelegationPolicy>::all(client.clone()), watcher::Config::default(), move |p| {
+            controller::grant::grants_where(&g5, &p.namespace().unwrap_or_default(), |_| true)
+        })
+        .run(controller::grant::reconcile, controller::grant::error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+
+    tracing::info!("controllers started");
+    tokio::join!(pods, secrets, identities, grants);
+}

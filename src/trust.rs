@@ -1,0 +1,247 @@
+//! Trust material in the operator's namespace: the CA and the token-signing
+//! key set, each in a Secret, created once (create-if-absent, then re-read,
+//! so two replicas starting together agree on one CA) and reused afterwards.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
+
+use k8s_openapi::{api::core::v1::Secret, ByteString};
+use kube::{
+    api::{Api, ObjectMeta, PostParams},
+    Client,
+};
+
+use crate::pki::{
+    ca::{CertificateAuthority, CertificateIssuer},
+    cert::{IssuedCertificate, PodCertificateRequest},
+    jwks::{JwkSet, KeySet},
+    token::SigningKey,
+    PkiError,
+};
+
+/// Secret holding the generated CA (`tls.crt`, `tls.key`, and `previous.crt`
+/// with earlier CA certificates still trusted after a rotation).
+pub const CA_SECRET: &str = "writ-ca";
+/// Secret holding the token-signing key set.
+pub const SIGNING_SECRET: &str = "writ-signing-keys";
+/// Key in the CA Secret with CA certificates kept in the bundle after rotation.
+pub const PREVIOUS_CA_KEY: &str = "previous.crt";
+
+/// Errors while loading or creating trust material.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The API server refused or failed.
+    #[error("{op} Secret {namespace}/{name}: {source}")]
+    Kube {
+        /// What we were doing.
+        op: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Secret's contents are not usable.
+    #[error("Secret {namespace}/{name} is not usable: {source}")]
+    Invalid {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: PkiError,
+    },
+    /// A configured Secret does not exist.
+    #[error("the configured CA Secret {namespace}/{name} does not exist (it needs tls.crt and tls.key)")]
+    Missing {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
+    },
+}
+
+/// The CA and signing keys of a running operator.
+pub struct Trust {
+    ca: RwLock<Arc<CertificateAuthority>>,
+    previous_cas: RwLock<String>,
+    keys: RwLock<KeySet>,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Trust { .. }")
+    }
+}
+
+fn data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()
+}
+
+fn text(map: &BTreeMap<String, Vec<u8>>, key: &str) -> String {
+    map.get(key).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+}
+
+fn secret(name: &str, type_: &str, data: BTreeMap<String, Vec<u8>>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())].into()),
+            ..Default::default()
+        },
+        type_: Some(type_.into()),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    }
+}
+
+/// Reads `name`, or creates it from `make()` when absent; on a lost creation
+/// race (409) reads the winner's. Never overwrites an existing Secret.
+async fn get_or_create(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    make: impl FnOnce() -> Result<Secret, PkiError>,
+) -> Result<Secret, TrustError> {
+    let kube_err = |op, source| TrustError::Kube { op, namespace: namespace.into(), name: name.into(), source };
+    if let Some(s) = api.get_opt(name).await.map_err(|e| kube_err("reading", e))? {
+        return Ok(s);
+    }
+    let new =
+        make().map_err(|source| TrustError::Invalid { namespace: namespace.into(), name: name.into(), source })?;
+    match api.create(&PostParams::default(), &new).await {
+        Ok(s) => {
+            tracing::info!(secret = name, namespace, "created trust material");
+            Ok(s)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await.map_err(|e| kube_err("re-reading", e)),
+        Err(e) => Err(kube_err("creating", e)),
+    }
+}
+
+impl Trust {
+    /// Loads or creates the CA and signing keys in `namespace`.
+    pub async fn bootstrap(
+        client: &Client,
+        namespace: &str,
+        ca_secret: Option<&str>,
+        ca_ttl_secs: i64,
+        trust_domain: &str,
+    ) -> Result<Self, TrustError> {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let now = crate::pki::now_unix();
+        let ca_secret_obj = match ca_secret {
+            Some(name) => api
+                .get_opt(name)
+                .await
+                .map_err(|source| TrustError::Kube {
+                    op: "reading",
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    source,
+                })?
+                .ok_or_else(|| TrustError::Missing { namespace: namespace.into(), name: name.into() })?,
+            None => {
+                get_or_create(&api, namespace, CA_SECRET, || {
+                    let ca = CertificateAuthority::generate(&format!("Writ CA {trust_domain}"), now, ca_ttl_secs)?;
+                    Ok(secret(
+                        CA_SECRET,
+                        "kubernetes.io/tls",
+                        [
+                            ("tls.crt".to_string(), ca.cert_pem().as_bytes().to_vec()),
+                            ("tls.key".to_string(), ca.key_pem().into_bytes()),
+                        ]
+                        .into(),
+                    ))
+                })
+                .await?
+            }
+        };
+        let name = ca_secret.unwrap_or(CA_SECRET);
+        let d = data(&ca_secret_obj);
+        let ca = CertificateAuthority::from_pem(&text(&d, "tls.crt"), &text(&d, "tls.key"))
+            .map_err(|source| TrustError::Invalid { namespace: namespace.into(), name: name.into(), source })?;
+        let previous = text(&d, PREVIOUS_CA_KEY);
+
+        let keys_secret = get_or_create(&api, namespace, SIGNING_SECRET, || {
+            let keys = KeySet::generate(now)?;
+            Ok(secret(SIGNING_SECRET, "Opaque", keys.to_secret_data()?))
+        })
+        .await?;
+        let keys = KeySet::from_secret_data(&data(&keys_secret)).map_err(|source| TrustError::Invalid {
+            namespace: namespace.into(),
+            name: SIGNING_SECRET.into(),
+            source,
+        })?;
+        Ok(Self { ca: RwLock::new(Arc::new(ca)), previous_cas: RwLock::new(previous), keys: RwLock::new(keys) })
+    }
+
+    /// The current CA.
+    pub fn ca(&self) -> Arc<CertificateAuthority> {
+        self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Issues a pod certificate with the current CA.
+    pub fn issue(&self, req: &PodCertificateRequest) -> Result<IssuedCertificate, PkiError> {
+        self.ca().issue(req)
+    }
+
+    /// The PEM bundle of every trusted CA certificate: the current CA and
+    /// those kept after a rotation until what they signed has expired.
+    pub fn bundle_pem(&self) -> String {
+        let mut out = self.ca().cert_pem().to_string();
+        let previous = self.previous_cas.read().unwrap_or_else(|e| e.into_inner());
+        if !previous.trim().is_empty() {
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&previous);
+        }
+        out
+    }
+
+    /// The current token-signing key.
+    pub fn signing_key(&self) -> SigningKey {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).current().clone()
+    }
+
+    /// The published JWKS: the current key and previous keys still needed.
+    pub fn jwks(&self, now: i64) -> JwkSet {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).jwks(now)
+    }
+
+    /// Whether a key id is in the JWKS (tokens signed with a retired key are re-minted).
+    pub fn has_kid(&self, kid: &str, now: i64) -> bool {
+        self.jwks(now).keys.iter().any(|k| k.kid == kid)
+    }
+
+    /// Re-reads both Secrets (followers pick up a rotation made by the leader).
+    pub async fn reload(&self, client: &Client, namespace: &str, ca_secret: Option<&str>) -> Result<(), TrustError> {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let name = ca_secret.unwrap_or(CA_SECRET);
+        let kube_err = |name: &str, source| TrustError::Kube {
+            op: "reading",
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        };
+        if let Some(s) = api.get_opt(name).await.map_err(|e| kube_err(name, e))? {
+            let d = data(&s);
+            if let Ok(ca) = CertificateAuthority::from_pem(&text(&d, "tls.crt"), &text(&d, "tls.key")) {
+                *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ca);
+                *self.previous_cas.write().unwrap_or_else(|e| e.into_inner()) = text(&d, PREVIOUS_CA_KEY);
+            }
+        }
+        if let Some(s) = api.get_opt(SIGNING_SECRET).await.map_err(|e| kube_err(SIGNING_SECRET, e))? {
+            if let Ok(keys) = KeySet::from_secret_data(&data(&s)) {
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+            }
+        }
+        Ok(())
+    }
+}

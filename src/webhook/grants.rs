@@ -1,0 +1,213 @@
+//! Handlers that connect admission requests to the pure policy engine.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    api::Api,
+    core::admission::{AdmissionRequest, Operation},
+    ResourceExt,
+};
+
+use super::{diff_patch, pods, Decision};
+use crate::{
+    api::{
+        AgentIdentity, CapabilityGrant, DelegationPolicy, APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
+        REQUESTED_GROUPS_ANNOTATION,
+    },
+    policy::{self, GrantContext, Requester, UpdateKind},
+    runtime::Shared,
+};
+
+/// How far up a delegation chain the webhook looks (well past any maxDepth).
+const MAX_ANCESTORS: usize = 16;
+
+fn username<T>(req: &AdmissionRequest<T>) -> String
+where
+    T: kube::Resource,
+{
+    req.user_info.username.clone().unwrap_or_default()
+}
+
+fn groups<T>(req: &AdmissionRequest<T>) -> Vec<String>
+where
+    T: kube::Resource,
+{
+    req.user_info.groups.clone().unwrap_or_default()
+}
+
+/// A fresh, random credential Secret name: unguessable, so a pod cannot be
+/// created in advance to claim another pod's Secret.
+pub fn credential_secret_name() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("writ-cred-{suffix}")
+}
+
+/// Pod CREATE: check the claim and inject the credential volume.
+pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>) -> Decision {
+    if req.operation != Operation::Create {
+        return Decision::Allow;
+    }
+    let Some(pod) = req.object.as_ref() else { return Decision::Allow };
+    let Some(agent) = pods::claimed_agent(pod) else { return Decision::Allow };
+    if !shared.is_synced() {
+        return Decision::deny("not-ready", "writ is starting and cannot check this claim yet; retry shortly");
+    }
+    let namespace = req.namespace.clone().or_else(|| pod.namespace()).unwrap_or_default();
+    let identity = shared.identity(&namespace, agent);
+    let spiffe = crate::pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, agent);
+    match pods::inject(pod, &namespace, identity.as_deref(), &spiffe, &credential_secret_name()) {
+        Ok(mutated) => match diff_patch(pod, &mutated) {
+            Ok(patch) => Decision::Patch(patch),
+            Err(e) => Decision::deny("internal", format!("writ could not build its patch: {e}")),
+        },
+        Err(e) => Decision::deny("claim-rejected", e.to_string()),
+    }
+}
+
+/// Grant CREATE/UPDATE: stamp `writ.dev/requested-by` (create) and
+/// `writ.dev/approved-by` (the approval update) from the authenticated user,
+/// overwriting whatever the client wrote.
+pub fn stamp(req: &AdmissionRequest<CapabilityGrant>) -> Decision {
+    let Some(grant) = req.object.as_ref() else { return Decision::Allow };
+    let mut stamped = grant.clone();
+    let annotations = stamped.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    match req.operation {
+        Operation::Create => {
+            annotations.insert(REQUESTED_BY_ANNOTATION.into(), username(req));
+            annotations.insert(REQUESTED_GROUPS_ANNOTATION.into(), groups(req).join(","));
+            annotations.remove(APPROVED_BY_ANNOTATION);
+        }
+        Operation::Update => {
+            let old = req.old_object.as_ref();
+            let old_ann = old.and_then(|o| o.metadata.annotations.clone()).unwrap_or_default();
+            for key in [REQUESTED_BY_ANNOTATION, REQUESTED_GROUPS_ANNOTATION, APPROVED_BY_ANNOTATION] {
+                match old_ann.get(key) {
+                    Some(v) => annotations.insert(key.into(), v.clone()),
+                    None => annotations.remove(key),
+                };
+            }
+            let approving = old.is_some_and(|o| o.spec.approval.is_none()) && grant.spec.approval.is_some();
+            if approving {
+                annotations.insert(APPROVED_BY_ANNOTATION.into(), username(req));
+            }
+        }
+        _ => return Decision::Allow,
+    }
+    if stamped.metadata.annotations == grant.metadata.annotations {
+        return Decision::Allow;
+    }
+    match diff_patch(grant, &stamped) {
+        Ok(patch) => Decision::Patch(patch),
+        Err(e) => Decision::deny("internal", format!("writ could not build its patch: {e}")),
+    }
+}
+
+/// Reads the delegation chain above a grant from the API server: parent
+/// first. Stops at a missing grant, a repeated name (cycle; the engine
+/// reports it) or `MAX_ANCESTORS`.
+pub async fn ancestors(
+    shared: &Shared,
+    req: &AdmissionRequest<CapabilityGrant>,
+) -> Result<Vec<CapabilityGrant>, kube::Error> {
+    let Some(grant) = req.object.as_ref() else { return Ok(vec![]) };
+    if req.operation != Operation::Create {
+        return Ok(vec![]);
+    }
+    let namespace = req.namespace.clone().unwrap_or_default();
+    let api: Api<CapabilityGrant> = Api::namespaced(shared.client.clone(), &namespace);
+    let mut chain: Vec<CapabilityGrant> = Vec::new();
+    let mut next = grant.spec.parent.clone();
+    while let Some(name) = next {
+        if chain.len() >= MAX_ANCESTORS || chain.iter().any(|g| g.name_any() == name) || name == req.name {
+            break;
+        }
+        match api.get_opt(&name).await? {
+            Some(parent) => {
+                next = parent.spec.parent.clone();
+                chain.push(parent);
+            }
+            None => break,
+        }
+    }
+    Ok(chain)
+}
+
+/// Grant CREATE/UPDATE validation. Fails closed: unsynced caches or an
+/// unreadable chain deny.
+pub fn validate_grant(
+    shared: &Shared,
+    req: &AdmissionRequest<CapabilityGrant>,
+    ancestors: Result<Vec<CapabilityGrant>, kube::Error>,
+) -> Decision {
+    let Some(grant) = req.object.as_ref() else { return Decision::Allow };
+    if !shared.is_synced() {
+        return Decision::deny("not-ready", "writ is starting and cannot check grants yet; retry shortly");
+    }
+    let namespace = req.namespace.clone().unwrap_or_default();
+    let identities = shared.identities_in(&namespace);
+    let policies = shared.policies_in(&namespace);
+    let requester = Requester::from_user_info(&username(req), &groups(req), &identities, &namespace);
+    match req.operation {
+        Operation::Create => {
+            let ancestors = match ancestors {
+                Ok(a) => a,
+                Err(e) => {
+                    return Decision::deny("internal", format!("writ could not read the parent grant chain: {e}"))
+                }
+            };
+            let agent = identities.iter().find(|i| i.name_any() == grant.spec.agent);
+            let limits = shared.config.limits();
+            let ctx = GrantContext {
+                namespace: &namespace,
+                requester: &requester,
+                agent,
+                policies: &policies,
+                ancestors: &ancestors,
+                now: jiff::Timestamp::now(),
+                limits: &limits,
+            };
+            match policy::admit_grant(grant, &ctx) {
+                Ok(_) => Decision::Allow,
+                Err(v) => Decision::violations(&v),
+            }
+        }
+        Operation::Update => {
+            let Some(old) = req.old_object.as_ref() else { return Decision::Allow };
+            match policy::admit_grant_update(old, grant, &requester, &policies) {
+                Ok(UpdateKind::Approval(d)) => {
+                    tracing::info!(target: "audit", grant = %grant.name_any(), namespace = %namespace,
+                        approver = %requester.username, decision = ?d, "approval decision admitted");
+                    Decision::Allow
+                }
+                Ok(_) => Decision::Allow,
+                Err(v) => Decision::violations(&v),
+            }
+        }
+        _ => Decision::Allow,
+    }
+}
+
+/// AgentIdentity well-formedness.
+pub fn validate_identity(shared: &Shared, req: &AdmissionRequest<AgentIdentity>) -> Decision {
+    let Some(id) = req.object.as_ref() else { return Decision::Allow };
+    let v = policy::validate_identity(id, &shared.config.limits());
+    if v.is_empty() {
+        Decision::Allow
+    } else {
+        Decision::violations(&v)
+    }
+}
+
+/// DelegationPolicy well-formedness.
+pub fn validate_policy(shared: &Shared, req: &AdmissionRequest<DelegationPolicy>) -> Decision {
+    let Some(p) = req.object.as_ref() else { return Decision::Allow };
+    let v = policy::validate_policy(p, &shared.config.limits());
+    if v.is_empty() {
+        Decision::Allow
+    } else {
+        Decision::violations(&v)
+    }
+}

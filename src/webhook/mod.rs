@@ -1,0 +1,169 @@
+//! Admission webhooks: pod injection, grant stamping and validation of the
+//! three kinds. Every request gets a well-formed AdmissionReview back: a body
+//! that cannot be read is answered `invalid`, a policy failure `deny(reason)`.
+
+pub mod grants;
+pub mod pods;
+pub mod register;
+pub mod server;
+
+use std::sync::Arc;
+
+use axum::{body::Bytes, extract::State, http::StatusCode, response::IntoResponse, routing::post, Json, Router};
+use kube::core::{
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+    DynamicObject,
+};
+
+use crate::runtime::Shared;
+
+/// Paths of the webhooks on the HTTPS listener.
+pub mod paths {
+    /// Mutating: pod injection.
+    pub const MUTATE_PODS: &str = "/mutate/pods";
+    /// Mutating: requester/approver stamps on grants.
+    pub const MUTATE_GRANTS: &str = "/mutate/capabilitygrants";
+    /// Validating: grants.
+    pub const VALIDATE_GRANTS: &str = "/validate/capabilitygrants";
+    /// Validating: identities.
+    pub const VALIDATE_IDENTITIES: &str = "/validate/agentidentities";
+    /// Validating: policies.
+    pub const VALIDATE_POLICIES: &str = "/validate/delegationpolicies";
+}
+
+/// The webhook routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(paths::MUTATE_PODS, post(mutate_pods))
+        .route(paths::MUTATE_GRANTS, post(mutate_grants))
+        .route(paths::VALIDATE_GRANTS, post(validate_grants))
+        .route(paths::VALIDATE_IDENTITIES, post(validate_identities))
+        .route(paths::VALIDATE_POLICIES, post(validate_policies))
+        .with_state(shared)
+}
+
+/// Parses an AdmissionReview body into a typed request, or the response to
+/// send when it cannot be read.
+pub fn parse_request<T>(body: &[u8]) -> Result<AdmissionRequest<T>, AdmissionResponse>
+where
+    T: kube::Resource + serde::de::DeserializeOwned,
+{
+    let review: AdmissionReview<T> = serde_json::from_slice(body)
+        .map_err(|e| AdmissionResponse::invalid(format!("cannot read the AdmissionReview: {e}")))?;
+    review.try_into().map_err(|e| AdmissionResponse::invalid(format!("AdmissionReview without a request: {e}")))
+}
+
+fn reply(resp: AdmissionResponse) -> impl IntoResponse {
+    (StatusCode::OK, Json(resp.into_review()))
+}
+
+/// Runs a typed handler over a raw body, counting the decision.
+fn handle<T, F>(shared: &Shared, webhook: &'static str, body: &[u8], f: F) -> AdmissionResponse
+where
+    T: kube::Resource + serde::de::DeserializeOwned,
+    F: FnOnce(&AdmissionRequest<T>) -> Decision,
+{
+    let req = match parse_request::<T>(body) {
+        Ok(req) => req,
+        Err(resp) => {
+            shared.metrics.admission(webhook, "invalid", "unreadable-request");
+            return resp;
+        }
+    };
+    let base = AdmissionResponse::from(&req);
+    match f(&req) {
+        Decision::Allow => {
+            shared.metrics.admission(webhook, "allowed", "none");
+            base
+        }
+        Decision::Patch(patch) => match base.clone().with_patch(patch) {
+            Ok(resp) => {
+                shared.metrics.admission(webhook, "allowed", "none");
+                resp
+            }
+            Err(e) => {
+                shared.metrics.admission(webhook, "denied", "internal");
+                base.deny(format!("writ could not encode its patch: {e}"))
+            }
+        },
+        Decision::Deny { rule, message } => {
+            shared.metrics.admission(webhook, "denied", &rule);
+            tracing::info!(
+                target: "audit",
+                webhook,
+                user = req.user_info.username.as_deref().unwrap_or(""),
+                namespace = req.namespace.as_deref().unwrap_or(""),
+                name = %req.name,
+                rule = %rule,
+                reason = %message,
+                "admission denied"
+            );
+            base.deny(message)
+        }
+    }
+}
+
+/// What a handler decided.
+#[derive(Debug)]
+pub enum Decision {
+    /// Admit unchanged.
+    Allow,
+    /// Admit with these changes.
+    Patch(json_patch::Patch),
+    /// Refuse; `rule` is the first rule id (for metrics), `message` every violation.
+    Deny {
+        /// Rule id.
+        rule: String,
+        /// Message shown to the client.
+        message: String,
+    },
+}
+
+impl Decision {
+    /// A denial.
+    pub fn deny(rule: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Deny { rule: rule.into(), message: message.into() }
+    }
+
+    /// A denial listing policy violations.
+    pub fn violations(violations: &[crate::policy::Violation]) -> Self {
+        let rule = violations.first().map(|v| v.rule.id().to_string()).unwrap_or_else(|| "unknown".into());
+        let message = violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        Self::Deny { rule, message }
+    }
+}
+
+/// A JSON patch turning `before` into `after` (both serialized from typed values).
+pub fn diff_patch<T: serde::Serialize>(before: &T, after: &T) -> Result<json_patch::Patch, serde_json::Error> {
+    Ok(json_patch::diff(&serde_json::to_value(before)?, &serde_json::to_value(after)?))
+}
+
+async fn mutate_pods(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+    reply(handle(&shared, "mutate-pods", &body, |req| grants::mutate_pod(&shared, req)))
+}
+
+async fn mutate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+    reply(handle(&shared, "mutate-grants", &body, grants::stamp))
+}
+
+async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+    let req = parse_request::<crate::api::CapabilityGrant>(&body);
+    // Ancestors are read from the API server (fresh), so resolve them before
+    // the synchronous decision.
+    let ancestors = match &req {
+        Ok(r) => grants::ancestors(&shared, r).await,
+        Err(_) => Ok(vec![]),
+    };
+    reply(handle(&shared, "validate-grants", &body, |r| grants::validate_grant(&shared, r, ancestors)))
+}
+
+async fn validate_identities(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+    reply(handle(&shared, "validate-identities", &body, |r| grants::validate_identity(&shared, r)))
+}
+
+async fn validate_policies(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+    reply(handle(&shared, "validate-policies", &body, |r| grants::validate_policy(&shared, r)))
+}
+
+/// The stored object of a request, typed `DynamicObject` for logs.
+pub type AnyRequest = AdmissionRequest<DynamicObject>;

@@ -1,0 +1,237 @@
+//! The webhook configurations: registered by the operator for local runs
+//! (`--webhook-url`), or only given our `caBundle` when `manifests/` installed them.
+
+use k8s_openapi::{
+    api::admissionregistration::v1::{
+        MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, ValidatingWebhook,
+        ValidatingWebhookConfiguration, WebhookClientConfig,
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
+    ByteString,
+};
+use kube::{
+    api::{Api, ObjectMeta, Patch, PatchParams},
+    Client,
+};
+
+use super::paths;
+use crate::api::AGENT_LABEL;
+
+/// Label that exempts a namespace from Writ's webhooks (set on the
+/// operator's own namespace and kube-system, so the operator can always start).
+pub const IGNORE_NAMESPACE_LABEL: &str = "writ.dev/webhooks";
+
+/// Where the API server reaches the webhooks.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// A URL (local runs): `https://127.0.0.1:8443`.
+    Url(String),
+    /// The in-cluster Service.
+    Service {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl Endpoint {
+    fn client_config(&self, path: &str, ca_bundle: &[u8]) -> WebhookClientConfig {
+        let ca = Some(ByteString(ca_bundle.to_vec()));
+        match self {
+            Self::Url(base) => WebhookClientConfig {
+                url: Some(format!("{}{}", base.trim_end_matches('/'), path)),
+                ca_bundle: ca,
+                service: None,
+            },
+            Self::Service { namespace, name } => WebhookClientConfig {
+                url: None,
+                ca_bundle: ca,
+                service: Some(ServiceReference {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    path: Some(path.into()),
+                    port: Some(443),
+                }),
+            },
+        }
+    }
+}
+
+fn rule(group: &str, resource: &str, ops: &[&str]) -> RuleWithOperations {
+    RuleWithOperations {
+        api_groups: Some(vec![group.into()]),
+        api_versions: Some(vec![if group.is_empty() { "v1" } else { "v1alpha1" }.into()]),
+        resources: Some(vec![resource.into()]),
+        operations: Some(ops.iter().map(|s| s.to_string()).collect()),
+        scope: Some("Namespaced".into()),
+    }
+}
+
+fn namespace_selector() -> LabelSelector {
+    LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: IGNORE_NAMESPACE_LABEL.into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["disabled".into()]),
+        }]),
+        match_labels: None,
+    }
+}
+
+/// The mutating configuration: pod injection (only pods with the agent
+/// label, so other pods never depend on Writ) and grant stamping.
+pub fn mutating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> MutatingWebhookConfiguration {
+    let pods = MutatingWebhook {
+        name: "pods.writ.dev".into(),
+        client_config: endpoint.client_config(paths::MUTATE_PODS, ca_bundle),
+        rules: Some(vec![rule("", "pods", &["CREATE"])]),
+        object_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: AGENT_LABEL.into(),
+                operator: "Exists".into(),
+                values: None,
+            }]),
+            match_labels: None,
+        }),
+        namespace_selector: Some(namespace_selector()),
+        failure_policy: Some("Fail".into()),
+        side_effects: "None".into(),
+        admission_review_versions: vec!["v1".into()],
+        timeout_seconds: Some(10),
+        reinvocation_policy: Some("IfNeeded".into()),
+        match_policy: Some("Equivalent".into()),
+        match_conditions: None,
+    };
+    let grants = MutatingWebhook {
+        name: "capabilitygrants.writ.dev".into(),
+        client_config: endpoint.client_config(paths::MUTATE_GRANTS, ca_bundle),
+        rules: Some(vec![rule(crate::api::GROUP, "capabilitygrants", &["CREATE", "UPDATE"])]),
+        object_selector: None,
+        namespace_selector: Some(namespace_selector()),
+        failure_policy: Some("Fail".into()),
+        side_effects: "None".into(),
+        admission_review_versions: vec!["v1".into()],
+        timeout_seconds: Some(10),
+        reinvocation_policy: Some("Never".into()),
+        match_policy: Some("Equivalent".into()),
+        match_conditions: None,
+    };
+    MutatingWebhookConfiguration {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        webhooks: Some(vec![pods, grants]),
+    }
+}
+
+/// The validating configuration for the three kinds (failurePolicy Fail).
+pub fn validating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> ValidatingWebhookConfiguration {
+    let hook = |hook: &str, resource: &str, path: &str| ValidatingWebhook {
+        name: hook.into(),
+        client_config: endpoint.client_config(path, ca_bundle),
+        rules: Some(vec![rule(crate::api::GROUP, resource, &["CREATE", "UPDATE"])]),
+        object_selector: None,
+        namespace_selector: Some(namespace_selector()),
+        failure_policy: Some("Fail".into()),
+        side_effects: "None".into(),
+        admission_review_versions: vec!["v1".into()],
+        timeout_seconds: Some(10),
+        match_policy: Some("Equivalent".into()),
+        match_conditions: None,
+    };
+    ValidatingWebhookConfiguration {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        webhooks: Some(vec![
+            hook("capabilitygrants.writ.dev", "capabilitygrants", paths::VALIDATE_GRANTS),
+            hook("agentidentities.writ.dev", "agentidentities", paths::VALIDATE_IDENTITIES),
+            hook("delegationpolicies.writ.dev", "delegationpolicies", paths::VALIDATE_POLICIES),
+        ]),
+    }
+}
+
+/// Creates or updates both configurations (server-side apply, manager `writ`).
+pub async fn apply(client: &Client, name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> Result<(), kube::Error> {
+    let pp = PatchParams::apply("writ").force();
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let mut mc = mutating(name, endpoint, ca_bundle);
+    mc.metadata.managed_fields = None;
+    m.patch(
+        name,
+        &pp,
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": mc.metadata,
+            "webhooks": mc.webhooks,
+        })),
+    )
+    .await?;
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let vc = validating(name, endpoint, ca_bundle);
+    v.patch(
+        name,
+        &pp,
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": vc.metadata,
+            "webhooks": vc.webhooks,
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// In-cluster: writes our CA bundle into every webhook of the installed
+/// configurations (whose other fields `manifests/` owns).
+pub async fn patch_ca_bundle(client: &Client, name: &str, ca_bundle: &[u8]) -> Result<(), kube::Error> {
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    if let Some(mut mc) = m.get_opt(name).await? {
+        for w in mc.webhooks.iter_mut().flatten() {
+            w.client_config.ca_bundle = Some(ByteString(ca_bundle.to_vec()));
+        }
+        mc.metadata.managed_fields = None;
+        m.replace(name, &Default::default(), &mc).await?;
+    }
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    if let Some(mut vc) = v.get_opt(name).await? {
+        for w in vc.webhooks.iter_mut().flatten() {
+            w.client_config.ca_bundle = Some(ByteString(ca_bundle.to_vec()));
+        }
+        vc.metadata.managed_fields = None;
+        v.replace(name, &Default::default(), &vc).await?;
+    }
+    Ok(())
+}
+
+/// Removes both configurations (local runs, on shutdown), so a stopped
+/// operator does not leave the API server calling a dead URL.
+pub async fn remove(client: &Client, name: &str) {
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = m.delete(name, &Default::default()).await;
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = v.delete(name, &Default::default()).await;
+}
+
+/// The webhook configurations as installed by `manifests/` (Service
+/// endpoint in `writ-system`, empty `caBundle`: the operator patches it).
+pub fn manifests_yaml() -> Result<String, serde_yaml::Error> {
+    let endpoint = Endpoint::Service { namespace: "writ-system".into(), name: "writ-webhook".into() };
+    let mut m = serde_json::to_value(mutating("writ", &endpoint, &[])).unwrap_or_default();
+    m["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    m["kind"] = "MutatingWebhookConfiguration".into();
+    let mut v = serde_json::to_value(validating("writ", &endpoint, &[])).unwrap_or_default();
+    v["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    v["kind"] = "ValidatingWebhookConfiguration".into();
+    for doc in [&mut m, &mut v] {
+        for w in doc["webhooks"].as_array_mut().into_iter().flatten() {
+            if let Some(cc) = w["clientConfig"].as_object_mut() {
+                cc.remove("caBundle");
+            }
+        }
+    }
+    Ok(format!(
+        "# Generated by `writ webhooks` (make manifests); the operator patches caBundle at start.\n---\n{}---\n{}",
+        serde_yaml::to_string(&m)?,
+        serde_yaml::to_string(&v)?
+    ))
+}

@@ -1,0 +1,231 @@
+//! Running the real `writ` binary against the test cluster, with its webhooks
+//! registered at a loopback URL so the API server's real admission path is used.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use kube::{api::Api, Client};
+
+use super::{cluster, ensure_crds, repo, Cluster};
+
+/// Name of the webhook configurations the test operator registers.
+pub const WEBHOOK_CONFIG: &str = "writ";
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A running `writ run` process.
+pub struct Operator {
+    child: Mutex<Option<Child>>,
+    /// Operator namespace.
+    pub namespace: String,
+    /// HTTPS base URL (webhooks and trust endpoints).
+    pub url: String,
+    /// Plain HTTP base URL (metrics, health).
+    pub metrics_url: String,
+    /// Its log file.
+    pub log: PathBuf,
+    /// The replica id.
+    pub id: String,
+    args: Vec<String>,
+}
+
+impl Operator {
+    /// Starts `writ run` in `namespace` and waits until `/readyz` answers 200.
+    pub async fn start(c: &Cluster, namespace: &str, id: &str, extra: &[&str]) -> Operator {
+        ensure_crds(&c.client().await).await;
+        let webhook_port = free_port();
+        let metrics_port = free_port();
+        let url = format!("https://127.0.0.1:{webhook_port}");
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--namespace".into(),
+            namespace.into(),
+            "--trust-domain".into(),
+            "test.writ.dev".into(),
+            "--webhook-addr".into(),
+            format!("127.0.0.1:{webhook_port}"),
+            "--webhook-url".into(),
+            url.clone(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--replica-id".into(),
+            id.into(),
+            "--lease-duration".into(),
+            "6s".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = repo().join("target").join(format!("operator-{namespace}-{id}.log"));
+        let op = Operator {
+            child: Mutex::new(None),
+            namespace: namespace.into(),
+            url,
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            log,
+            id: id.into(),
+            args,
+        };
+        op.spawn(c);
+        op.wait_ready().await;
+        op
+    }
+
+    fn spawn(&self, c: &Cluster) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("operator log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_writ"));
+        cmd.args(&self.args)
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env("RUST_LOG", "info,writ=debug,kube_runtime=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log clone")))
+            .stderr(Stdio::from(log));
+        // The operator dies with the test process, whatever happens to it.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting writ run");
+        *self.child.lock().expect("lock") = Some(child);
+    }
+
+    /// Waits until `/readyz` is 200 (panics with the log tail otherwise).
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.metrics_url);
+        for _ in 0..300 {
+            if let Some(child) = self.child.lock().expect("lock").as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("writ run exited with {status}:\n{}", self.log_tail());
+                }
+            }
+            if http_get(&url).await.map(|(code, _)| code == 200).unwrap_or(false) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("writ run not ready after 30s:\n{}", self.log_tail());
+    }
+
+    /// The last lines of the operator's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILLs the operator (no cleanup runs).
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().expect("lock").take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts a killed operator with the same ports and arguments.
+    pub async fn restart(&self, c: &Cluster) {
+        self.kill();
+        self.spawn(c);
+        self.wait_ready().await;
+    }
+
+    /// GETs a path on the HTTPS listener, trusting the operator's CA bundle.
+    pub async fn https_get(&self, path: &str) -> (u16, String) {
+        https_request(&self.url, path, None).await
+    }
+
+    /// POSTs a form to the HTTPS listener.
+    pub async fn https_post_form(&self, path: &str, form: &str) -> (u16, String) {
+        https_request(&self.url, path, Some(form.to_string())).await
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain HTTP GET with curl-free std networking (loopback only).
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5", url])
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+async fn https_request(base: &str, path: &str, form: Option<String>) -> (u16, String) {
+    let mut args = vec![
+        "-sk".to_string(),
+        "-o".into(),
+        "-".into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+        "--max-time".into(),
+        "10".into(),
+    ];
+    if let Some(f) = form {
+        args.push("--data".into());
+        args.push(f);
+    }
+    args.push(format!("{base}{path}"));
+    let out = tokio::process::Command::new("curl").args(&args).output().await.expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Removes the webhook configurations (for tests that must run without Writ).
+pub async fn remove_webhooks(client: &Client) {
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = m.delete(WEBHOOK_CONFIG, &Default::default()).await;
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = v.delete(WEBHOOK_CONFIG, &Default::default()).await;
+}
+
+static SHARED: tokio::sync::OnceCell<&'static Operator> = tokio::sync::OnceCell::const_new();
+
+/// The operator shared by every test of one test binary (started once,
+/// killed when the test process exits).
+pub async fn shared_operator() -> &'static Operator {
+    SHARED
+        .get_or_init(|| async {
+            let c = cluster();
+            // Start from a thread that lives as long as the process: the
+            // child's parent-death signal is tied to the spawning thread.
+            let (tx, rx) = std::sync::mpsc::channel::<&'static Operator>();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                let op: &'static Operator = Box::leak(Box::new(rt.block_on(async {
+                    let ns = format!("writ-system-{}", std::process::id());
+                    Operator::start(&c, &ns, "test-0", &[]).await
+                })));
+                let _ = tx.send(op);
+                loop {
+                    std::thread::park();
+                }
+            });
+            tokio::task::spawn_blocking(move || rx.recv().expect("the shared operator failed to start"))
+                .await
+                .expect("join")
+        })
+        .await
+}

@@ -1,0 +1,124 @@
+//! Building blocks of test scenarios: agent pods, playing the kubelet,
+//! service-account clients, reading credentials.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use kube::{
+    api::{Api, Patch, PatchParams, PostParams},
+    Client, Config, ResourceExt,
+};
+use serde_json::json;
+
+use super::{eventually, Cluster};
+
+/// Creates a service account (idempotent).
+pub async fn service_account(client: &Client, ns: &str, name: &str) {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).expect("sa");
+    match api.create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating service account {ns}/{name}: {e}"),
+    }
+}
+
+/// An agent pod manifest: label `writ.dev/agent`, running as `sa`.
+pub fn agent_pod(name: &str, agent: &str, sa: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"writ.dev/agent": agent}},
+        "spec": {
+            "serviceAccountName": sa,
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]
+        }
+    }))
+    .expect("pod")
+}
+
+/// Creates a pod and returns it as stored (after admission).
+pub async fn create_pod(client: &Client, ns: &str, pod: &Pod) -> Result<Pod, kube::Error> {
+    Api::<Pod>::namespaced(client.clone(), ns).create(&PostParams::default(), pod).await
+}
+
+/// Plays the kubelet: sets the pod's phase.
+pub async fn set_pod_phase(client: &Client, ns: &str, name: &str, phase: &str) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": phase}})))
+        .await
+        .unwrap_or_else(|e| panic!("setting pod {ns}/{name} to {phase}: {e}"));
+}
+
+/// The credential Secret name a pod was given at admission.
+pub fn credential_secret_name(pod: &Pod) -> String {
+    pod.annotations()
+        .get("writ.dev/credential-secret")
+        .cloned()
+        .expect("pod has no writ.dev/credential-secret annotation")
+}
+
+/// Decoded data of a Secret.
+pub fn secret_data(s: &Secret) -> BTreeMap<String, String> {
+    s.data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+/// Waits until the pod's credential Secret holds a certificate and key.
+pub async fn wait_for_credential(client: &Client, ns: &str, pod: &Pod) -> BTreeMap<String, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = credential_secret_name(pod);
+    eventually(Duration::from_secs(20), &format!("credential Secret {ns}/{name}"), || async {
+        let s = api.get_opt(&name).await.ok()??;
+        let d = secret_data(&s);
+        (d.contains_key("tls.crt") && d.contains_key("tls.key")).then_some(d)
+    })
+    .await
+}
+
+/// A client authenticated as a service account (its token Secret, made by
+/// the controller-manager's token controller).
+pub async fn service_account_client(c: &Cluster, ns: &str, sa: &str) -> Client {
+    let admin = c.client().await;
+    let secrets: Api<Secret> = Api::namespaced(admin, ns);
+    let token = eventually(Duration::from_secs(30), &format!("token Secret of {ns}/{sa}"), || async {
+        let list = secrets.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find_map(|s| {
+            let is_token = s.type_.as_deref() == Some("kubernetes.io/service-account-token");
+            let for_sa = s.annotations().get("kubernetes.io/service-account.name").map(String::as_str) == Some(sa);
+            if is_token && for_sa {
+                secret_data(&s).get("token").cloned()
+            } else {
+                None
+            }
+        })
+    })
+    .await;
+    let kc = kube::config::Kubeconfig::read_from(&c.kubeconfig).expect("kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+    config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
+    Client::try_from(config).expect("sa client")
+}
+
+/// Applies YAML/JSON with kubectl as `user` (None: admin) into `ns`; returns (success, output).
+pub fn apply_as(c: &Cluster, user: Option<&str>, ns: &str, manifest: &str) -> (bool, String) {
+    let file = std::env::temp_dir().join(format!("writ-test-{}-{}.yaml", ns, rand_suffix()));
+    std::fs::write(&file, manifest).expect("write manifest");
+    let path = file.to_str().expect("utf-8");
+    let args = ["create", "-n", ns, "-f", path];
+    let out = match user {
+        Some(u) => c.kubectl_as(u, &args),
+        None => c.kubectl(&args),
+    };
+    let _ = std::fs::remove_file(&file);
+    (out.status.success(), super::text(&out))
+}
+
+fn rand_suffix() -> String {
+    let mut b = [0u8; 6];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
