@@ -4,6 +4,7 @@ CARGO ?= cargo
 WRIT_CACHE ?= $(HOME)/.cache/writ
 export WRIT_CACHE
 
+.DEFAULT_GOAL := build
 .PHONY: manifests build test unit integration crds crds-check lint fmt demo control-plane control-plane-down bench bench-scale clean
 
 build:

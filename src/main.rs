@@ -44,17 +44,60 @@ enum Command {
         #[arg(long, short = 'n', default_value = "default")]
         namespace: String,
     },
-    /// Verify a capability token as a resource server would.
-    // Verify placeholder
-    /// Decode a token or a certificate and print its fields (never key material).
+    /// Verify a capability token with the client certificate it was presented with, as a resource server would.
+    ///
+    /// Exits 0 when the token is valid for the attempt, 1 with the failed check when it is not, 2 on usage or I/O
+    /// errors. Trust data defaults to the operator's ConfigMaps (read with your kubeconfig).
+    Verify(Box<VerifyArgs>),
+    /// Decode a token or a certificate and print its fields (never key material; nothing is verified).
     Inspect {
-        /// A JWT, or a PEM certificate.
+        /// A JWT, or PEM/DER certificates.
         file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Approve a grant that awaits approval, as your own Kubernetes identity.
     Approve(DecisionArgs),
     /// Deny a grant that awaits approval, as your own Kubernetes identity.
     Deny(DecisionArgs),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The token (a file holding the JWT, e.g. `grant.<name>.jwt`).
+    #[arg(long)]
+    token: PathBuf,
+    /// The client certificate it was presented with (PEM or DER, e.g. the pod's `tls.crt`).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Your audience name; must be in the token's `aud`.
+    #[arg(long)]
+    audience: String,
+    /// The action being attempted, e.g. `k8s:deployments.patch`.
+    #[arg(long)]
+    action: String,
+    /// The resource it is attempted on, e.g. `k8s:staging/deployments/web`.
+    #[arg(long)]
+    resource: String,
+    /// CA bundle: FILE or https URL (default: ConfigMap writ-trust-bundle).
+    #[arg(long, value_name = "FILE|URL")]
+    bundle: Option<String>,
+    /// JWKS: FILE or https URL (default: ConfigMap writ-jwks).
+    #[arg(long, value_name = "FILE|URL")]
+    jwks: Option<String>,
+    /// Revocation list: FILE or https URL (default: ConfigMap writ-revocations; `none` to skip, not recommended).
+    #[arg(long, value_name = "FILE|URL")]
+    revocations: Option<String>,
+    /// CA certificates (PEM) for verifying https URLs (default: the trust bundle, when it is not itself a URL).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The operator namespace, for the ConfigMap defaults.
+    #[arg(long, default_value = "writ-system", env = "WRIT_NAMESPACE")]
+    writ_namespace: String,
+    /// Tolerated clock skew in seconds (at most 300).
+    #[arg(long, default_value_t = writ::verify::DEFAULT_SKEW_SECS)]
+    skew: i64,
 }
 
 #[derive(clap::Args)]
@@ -84,11 +127,8 @@ fn main() -> ExitCode {
         }),
         Command::Check { paths, user, groups, namespace } => Ok(check(&paths, user, groups, namespace)),
 
-        Command::Inspect { file } => Ok(file).map(|_text: PathBuf| {
-            let text = String::new();
-            print!("{text}");
-            ExitCode::SUCCESS
-        }),
+        Command::Verify(args) => runtime().and_then(|rt| rt.block_on(verify(*args))),
+        Command::Inspect { file, json } => inspect(&file, json),
         Command::Approve(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Approved))),
         Command::Deny(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Denied))),
     };
@@ -96,7 +136,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
@@ -116,6 +156,76 @@ fn check(paths: &[PathBuf], user: String, groups: Vec<String>, namespace: String
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let input = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let inspected = writ::inspect::inspect(&input)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&inspected)?);
+    } else {
+        print!("{}", inspected.render(writ::pki::now_unix()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    use writ::verify::{fetch::Source, Attempt, RevocationList, Verifier};
+    let ns = &args.writ_namespace;
+    let source = |arg: &Option<String>, name: &str, key: &str| match arg {
+        Some(a) => Source::parse(a),
+        None => Source::ConfigMap { namespace: ns.clone(), name: name.into(), key: key.into() },
+    };
+    let bundle_src = source(&args.bundle, writ::publish::TRUST_BUNDLE_CONFIGMAP, "ca.crt");
+    let tls_ca = match &args.tls_ca {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let bundle = String::from_utf8(bundle_src.load(tls_ca.as_deref()).await?).context("the bundle is not PEM text")?;
+    let tls_ca = tls_ca.or_else(|| Some(bundle.clone()));
+    let jwks = source(&args.jwks, writ::publish::JWKS_CONFIGMAP, "jwks.json").load(tls_ca.as_deref()).await?;
+    let jwks: writ::pki::JwkSet = serde_json::from_slice(&jwks).context("reading the JWKS")?;
+    let revocations = match args.revocations.as_deref() {
+        Some("none") => RevocationList::default(),
+        other => {
+            let src = source(
+                &other.map(str::to_owned),
+                writ::publish::revocations::CONFIGMAP,
+                writ::publish::revocations::KEY,
+            );
+            match (&src, src.load(tls_ca.as_deref()).await) {
+                (_, Ok(bytes)) => serde_json::from_slice(&bytes).context("reading the revocation list")?,
+                // No revocation ConfigMap yet means nothing was ever revoked.
+                (Source::ConfigMap { .. }, Err(e)) if format!("{e:#}").contains("NotFound") => {
+                    RevocationList::default()
+                }
+                (_, Err(e)) => return Err(e),
+            }
+        }
+    };
+    let verifier = Verifier::new(&bundle, jwks)?.with_revocations(revocations).with_skew(args.skew)?;
+    let token = std::fs::read_to_string(&args.token).with_context(|| format!("reading {}", args.token.display()))?;
+    let cert = std::fs::read(&args.cert).with_context(|| format!("reading {}", args.cert.display()))?;
+    let attempt = Attempt { audience: &args.audience, action: &args.action, resource: &args.resource };
+    match verifier.verify(&token, &cert, &attempt, writ::pki::now_unix()) {
+        Ok(claims) => {
+            println!(
+                "valid: {} may {} on {} (grant {}/{}, task {}, expires {})",
+                claims.sub,
+                args.action,
+                args.resource,
+                claims.grant.namespace,
+                claims.grant.name,
+                claims.task.id,
+                claims.exp
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("refused ({}): {e}", e.code());
+            Ok(ExitCode::from(1))
         }
     }
 }

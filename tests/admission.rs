@@ -136,12 +136,27 @@ async fn delegation_may_only_narrow_and_stays_within_depth() {
     // A proper sub-grant is admitted.
     create(grant_yaml("sub", "release-bot", &[WEB], "5m", Some("plan"))).await.expect("narrower sub-grant admitted");
     wait_phase(&client, n, "sub", GrantPhase::Active, Duration::from_secs(15)).await;
-    // Depth 3 exceeds maxDepth 2.
+    // A policy lets release-bot hand work on to a canary bot, but only
+    // within depth 2: plan (1) -> sub (2) -> deeper (3) is one step too far.
+    service_account(&client, n, "canary-bot").await;
+    let (ok, out) = apply_as(&c, None, n, SHALLOW);
+    assert!(ok, "{out}");
     let bot = service_account_client(&c, n, "release-bot").await;
     let g: CapabilityGrant =
-        serde_yaml::from_str(&grant_yaml("deeper", "release-bot", &[WEB], "2m", Some("sub"))).expect("yaml");
-    let err = Api::<CapabilityGrant>::namespaced(bot, n).create(&Default::default(), &g).await.expect_err("too deep");
-    assert!(err.to_string().contains("max-depth"), "{err}");
+        serde_yaml::from_str(&grant_yaml("deeper", "canary-bot", &[WEB], "2m", Some("sub"))).expect("yaml");
+    let api = Api::<CapabilityGrant>::namespaced(bot, n);
+    // The webhook reads identities and policies from its cache: give it a moment.
+    let err = eventually(Duration::from_secs(10), "a max-depth refusal", || {
+        let (api, g) = (api.clone(), g.clone());
+        async move {
+            match api.create(&Default::default(), &g).await {
+                Err(e) if e.to_string().contains("max-depth") => Some(e),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(err.to_string().contains("depth 3") && err.to_string().contains("shallow"), "{err}");
     ns.cleanup().await;
 }
 
@@ -164,7 +179,7 @@ async fn stamps_come_from_the_authenticated_user_and_approval_needs_another_appr
     let g = grants.get("spoof").await.expect("grant");
     let ann = g.metadata.annotations.clone().unwrap_or_default();
     assert_eq!(ann.get("writ.dev/requested-by").map(String::as_str), Some("alice"));
-    assert!(ann.get("writ.dev/approved-by").is_none(), "client-written approved-by survived: {ann:?}");
+    assert!(!ann.contains_key("writ.dev/approved-by"), "client-written approved-by survived: {ann:?}");
     // The spec cannot change after admission (only completion and approval).
     let out = c.kubectl_as(
         "alice",
@@ -289,3 +304,27 @@ spec:
     rejected(&c, "alice", n, &grant_yaml("late", "stale", &[WEB], "5m", None), &["review-overdue"]);
     ns.cleanup().await;
 }
+
+/// A canary executor and a policy that lets release-bot delegate to it, at
+/// most two levels deep.
+const SHALLOW: &str = r#"apiVersion: writ.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: canary-bot}
+spec:
+  class: Agent
+  serviceAccountName: canary-bot
+  owner: team-platform
+  ceiling:
+    - {action: "k8s:deployments.get", resource: "k8s:staging/deployments/*"}
+---
+apiVersion: writ.dev/v1alpha1
+kind: DelegationPolicy
+metadata: {name: shallow}
+spec:
+  delegators: [{agent: release-bot}]
+  delegates: [{agent: canary-bot}]
+  capabilities:
+    - {action: "k8s:deployments.get", resource: "k8s:staging/deployments/*"}
+  maxTTL: 10m
+  maxDepth: 2
+"#;

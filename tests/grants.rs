@@ -165,14 +165,27 @@ async fn a_parent_ending_revokes_its_child_and_grandchild() {
         g.status.expect("st").requested_by.as_deref(),
         Some(format!("system:serviceaccount:{}:planner", ns.name).as_str())
     );
-    // release-bot -> planner under a policy that allows depth 3: the grandchild.
+    // release-bot -> canary-bot under a policy that allows depth 3: the grandchild.
+    service_account(&client, &ns.name, "canary-bot").await;
+    let canary = r#"
+apiVersion: writ.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: canary-bot}
+spec:
+  class: Agent
+  serviceAccountName: canary-bot
+  owner: team-platform
+  ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
+"#;
+    let (ok, out) = apply_as(&c, None, &ns.name, canary);
+    assert!(ok, "{out}");
     let deep = r#"
 apiVersion: writ.dev/v1alpha1
 kind: DelegationPolicy
 metadata: {name: deep}
 spec:
   delegators: [{agent: release-bot}]
-  delegates: [{agent: planner}]
+  delegates: [{agent: canary-bot}]
   capabilities: [{action: "k8s:deployments.*", resource: "k8s:staging/deployments/*"}]
   maxTTL: 30m
   maxDepth: 3
@@ -181,12 +194,21 @@ spec:
     assert!(ok, "{out}");
     let bot = service_account_client(&c, &ns.name, "release-bot").await;
     let grandchild: CapabilityGrant =
-        serde_yaml::from_str(&grant_yaml("sub", "planner", &[WEB], "5m", Some("exec"))).expect("yaml");
+        serde_yaml::from_str(&grant_yaml("sub", "canary-bot", &[WEB], "5m", Some("exec"))).expect("yaml");
     let api_as_bot = Api::<CapabilityGrant>::namespaced(bot, &ns.name);
-    eventually(Duration::from_secs(10), "grandchild admitted", || async {
-        api_as_bot.create(&Default::default(), &grandchild).await.ok().map(|_| ())
-    })
-    .await;
+    // (retried while the operator's caches catch up with the new identity and policy)
+    let mut last = String::new();
+    for _ in 0..50 {
+        match api_as_bot.create(&Default::default(), &grandchild).await {
+            Ok(_) => {
+                last.clear();
+                break;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(last.is_empty(), "grandchild refused: {last}");
     wait_phase(&client, &ns.name, "sub", GrantPhase::Active, Duration::from_secs(15)).await;
     // The parent ends: the child is revoked within a couple of seconds.
     let grants: Api<CapabilityGrant> = Api::namespaced(client.clone(), &ns.name);

@@ -339,7 +339,7 @@ pub fn parse_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
 /// Parses one DER certificate, rejecting trailing data.
 pub(crate) fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(PkiError::Parse { what: "certificate DER", reason: "trailing data after certificate".into() }),
         Err(e) => Err(PkiError::Parse { what: "certificate DER", reason: e.to_string() }),
     }

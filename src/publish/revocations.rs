@@ -17,6 +17,10 @@ use crate::verify::{RevocationList, RevokedCertificate, RevokedToken};
 pub const CONFIGMAP: &str = "writ-revocations";
 /// Its data key.
 pub const KEY: &str = "revocations.json";
+/// How long an entry outlives the credential's own expiry: verifiers accept a
+/// credential for up to their clock-skew allowance past `exp`, so the
+/// revocation must stay published at least that long.
+pub const RETENTION_AFTER_EXPIRY_SECS: i64 = 300;
 
 /// Errors while persisting revocations.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,16 @@ pub enum RevocationError {
         /// Cause.
         #[source]
         source: kube::Error,
+    },
+    /// The persisted list cannot be read; Writ refuses to start over with an
+    /// empty one (fix or delete the ConfigMap deliberately).
+    #[error("ConfigMap {namespace}/{CONFIGMAP} key {KEY} is not a revocation list: {source}")]
+    Corrupt {
+        /// Namespace.
+        namespace: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
     },
     /// Encoding failed.
     #[error("encoding the revocation list: {0}")]
@@ -46,26 +60,26 @@ impl RevocationStore {
     /// Loads the persisted list (an absent ConfigMap is an empty list).
     pub async fn load(client: &Client, namespace: &str) -> Result<Self, RevocationError> {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let list =
-            Self::read(&api).await.map_err(|source| RevocationError::Kube { namespace: namespace.into(), source })?;
+        let list = Self::read(&api, namespace).await?;
         Ok(Self { api, namespace: namespace.into(), list: Mutex::new(list) })
     }
 
-    async fn read(api: &Api<ConfigMap>) -> Result<RevocationList, kube::Error> {
-        Ok(api
+    /// Reads the persisted list. An unreadable list is an error, never an
+    /// empty list: forgetting revocations would re-validate revoked credentials.
+    async fn read(api: &Api<ConfigMap>, namespace: &str) -> Result<RevocationList, RevocationError> {
+        let cm = api
             .get_opt(CONFIGMAP)
-            .await?
-            .and_then(|cm| cm.data)
-            .and_then(|d| d.get(KEY).cloned())
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default())
+            .await
+            .map_err(|source| RevocationError::Kube { namespace: namespace.into(), source })?;
+        let Some(text) = cm.and_then(|cm| cm.data).and_then(|mut d| d.remove(KEY)) else {
+            return Ok(RevocationList::default());
+        };
+        serde_json::from_str(&text).map_err(|source| RevocationError::Corrupt { namespace: namespace.into(), source })
     }
 
     /// Re-reads the persisted list (followers; a new leader before writing).
     pub async fn refresh(&self) -> Result<(), RevocationError> {
-        let list = Self::read(&self.api)
-            .await
-            .map_err(|source| RevocationError::Kube { namespace: self.namespace.clone(), source })?;
+        let list = Self::read(&self.api, &self.namespace).await?;
         let mut cur = self.list.lock().await;
         if list.version >= cur.version {
             *cur = list;
@@ -95,21 +109,22 @@ impl RevocationStore {
         let mut list = self.list.lock().await;
         let mut next = list.clone();
         let mut changed = false;
+        let keep = |expires_at: i64| expires_at + RETENTION_AFTER_EXPIRY_SECS > now;
         for t in tokens {
-            if !next.tokens.iter().any(|x| x.jti == t.jti) && t.expires_at > now {
+            if !next.tokens.iter().any(|x| x.jti == t.jti) && keep(t.expires_at) {
                 next.tokens.push(t);
                 changed = true;
             }
         }
         for c in certificates {
-            if !next.certificates.iter().any(|x| x.serial == c.serial) && c.expires_at > now {
+            if !next.certificates.iter().any(|x| x.serial == c.serial) && keep(c.expires_at) {
                 next.certificates.push(c);
                 changed = true;
             }
         }
         let before = next.tokens.len() + next.certificates.len();
-        next.tokens.retain(|t| t.expires_at > now);
-        next.certificates.retain(|c| c.expires_at > now);
+        next.tokens.retain(|t| keep(t.expires_at));
+        next.certificates.retain(|c| keep(c.expires_at));
         changed |= next.tokens.len() + next.certificates.len() != before;
         if !changed {
             return Ok(());

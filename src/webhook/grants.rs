@@ -149,7 +149,7 @@ pub fn validate_grant(
     let namespace = req.namespace.clone().unwrap_or_default();
     let identities = shared.identities_in(&namespace);
     let policies = shared.policies_in(&namespace);
-    let requester = Requester::from_user_info(&username(req), &groups(req), &identities, &namespace);
+    let requester = Requester::from_user_info(username(req), groups(req), &identities, &namespace);
     match req.operation {
         Operation::Create => {
             let ancestors = match ancestors {

@@ -44,13 +44,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 /// Parses an AdmissionReview body into a typed request, or the response to
 /// send when it cannot be read.
-pub fn parse_request<T>(body: &[u8]) -> Result<AdmissionRequest<T>, AdmissionResponse>
+pub fn parse_request<T>(body: &[u8]) -> Result<AdmissionRequest<T>, Box<AdmissionResponse>>
 where
     T: kube::Resource + serde::de::DeserializeOwned,
 {
     let review: AdmissionReview<T> = serde_json::from_slice(body)
-        .map_err(|e| AdmissionResponse::invalid(format!("cannot read the AdmissionReview: {e}")))?;
-    review.try_into().map_err(|e| AdmissionResponse::invalid(format!("AdmissionReview without a request: {e}")))
+        .map_err(|e| Box::new(AdmissionResponse::invalid(format!("cannot read the AdmissionReview: {e}"))))?;
+    review
+        .try_into()
+        .map_err(|e| Box::new(AdmissionResponse::invalid(format!("AdmissionReview without a request: {e}"))))
 }
 
 fn reply(resp: AdmissionResponse) -> impl IntoResponse {
@@ -67,7 +69,7 @@ where
         Ok(req) => req,
         Err(resp) => {
             shared.metrics.admission(webhook, "invalid", "unreadable-request");
-            return resp;
+            return *resp;
         }
     };
     let base = AdmissionResponse::from(&req);

@@ -63,7 +63,9 @@ pub fn cluster() -> Cluster {
             install_crypto();
             if let Some(kc) = std::env::var_os("KUBECONFIG").map(PathBuf::from) {
                 if kc.exists() && reachable(&kc) {
-                    let dir = std::env::var_os("WRIT_CLUSTER_DIR").map(PathBuf::from);
+                    let dir = std::env::var_os("WRIT_CLUSTER_DIR")
+                        .map(PathBuf::from)
+                        .or_else(|| kc.parent().filter(|d| d.join("kubeconfig-alice").exists()).map(Path::to_path_buf));
                     return Cluster { kubeconfig: kc, dir };
                 }
             }

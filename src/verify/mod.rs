@@ -1,0 +1,563 @@
+//! Verifying a Writ capability token, for resource servers.
+//!
+//! A request from an agent carries two things: the pod's X.509-SVID (as the
+//! TLS client certificate, or forwarded by a proxy) and a capability token
+//! (`Authorization: Bearer …`). [`Verifier::verify`] checks them together,
+//! with nothing but published data: the trust bundle (`/trust-bundle`), the
+//! JWKS (`/.well-known/jwks.json`) and the revocation list (`/revocations`).
+//! It needs no access to the Kubernetes API and none of the operator's
+//! controller code.
+//!
+//! ```no_run
+//! use writ::pki::JwkSet;
+//! use writ::verify::{Attempt, RevocationList, Verifier};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bundle = std::fs::read_to_string("trust-bundle.pem")?;
+//! let jwks = JwkSet::from_json(&std::fs::read_to_string("jwks.json")?)?;
+//! let revocations: RevocationList = serde_json::from_str(&std::fs::read_to_string("revocations.json")?)?;
+//! let verifier = Verifier::new(&bundle, jwks)?.with_revocations(revocations);
+//!
+//! let token = std::fs::read_to_string("grant.deploy-web.jwt")?;
+//! let client_cert = std::fs::read("tls.crt")?; // PEM or DER
+//! let attempt = Attempt {
+//!     audience: "deploy-api",
+//!     action: "k8s:deployments.patch",
+//!     resource: "k8s:staging/deployments/web",
+//! };
+//! match verifier.verify(&token, &client_cert, &attempt, writ::pki::now_unix()) {
+//!     Ok(claims) => println!("{} may do it for task {}", claims.sub, claims.task.id),
+//!     Err(e) => println!("refused ({}): {e}", e.code()),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The checks, in order: the token is well formed, is signed `EdDSA` by a key
+//! in the JWKS, is within `nbf`..`exp` (with bounded clock skew), is not
+//! revoked and is for the audience; the certificate chains to the bundle, is
+//! within its validity, is not revoked and carries the token's `sub` as its
+//! SPIFFE ID; its SHA-256 thumbprint equals `cnf.x5t#S256`; and the token
+//! grants exactly the action on exactly the resource. The first failing check
+//! is returned as a [`VerifyError`] variant.
+
+pub mod fetch;
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use crate::pki::{
+    cert::{parse_certificates, parse_x509, serial_hex, spiffe_id_of, thumbprint},
+    normalize_serial_hex,
+    token::{self, Claims, ALG_EDDSA},
+    JwkSet,
+};
+
+/// Clock skew tolerated by default on `nbf`, `exp` and certificate validity.
+pub const DEFAULT_SKEW_SECS: i64 = 30;
+/// The largest clock skew a [`Verifier`] accepts: more would make expiry meaningless.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// The published revocation list (`/revocations`, ConfigMap `writ-revocations`).
+///
+/// Each entry stays listed until the credential's own expiry (plus a margin),
+/// after which signature and time checks refuse it anyway.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevocationList {
+    /// Increases with every change; also the HTTP ETag.
+    pub version: u64,
+    /// Revoked capability tokens.
+    #[serde(default)]
+    pub tokens: Vec<RevokedToken>,
+    /// Revoked pod certificates.
+    #[serde(default)]
+    pub certificates: Vec<RevokedCertificate>,
+}
+
+/// A revoked token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedToken {
+    /// The token's `jti`.
+    pub jti: String,
+    /// The token's `exp` (unix seconds).
+    pub expires_at: i64,
+}
+
+/// A revoked certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedCertificate {
+    /// Serial number, lowercase hex without leading zeros.
+    pub serial: String,
+    /// The certificate's `notAfter` (unix seconds).
+    pub expires_at: i64,
+}
+
+/// What the caller is about to allow.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    /// This resource server's audience name; must be in the token's `aud`.
+    pub audience: &'a str,
+    /// The action, e.g. `k8s:deployments.patch`; must be granted exactly.
+    pub action: &'a str,
+    /// The resource, e.g. `k8s:staging/deployments/web`; must be granted exactly.
+    pub resource: &'a str,
+}
+
+/// Why a token (with its certificate) was refused. Each variant is one check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The token is not a compact JWS carrying Writ claims.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The token is signed with an algorithm other than EdDSA (including `none`).
+    #[error("token algorithm {0:?} is not accepted (only EdDSA)")]
+    Algorithm(String),
+    /// No key in the JWKS has the token's `kid`.
+    #[error("no key {0:?} in the JWKS (unknown or retired signing key)")]
+    UnknownKey(String),
+    /// The signature does not verify with the key named by `kid`.
+    #[error("the token signature does not verify")]
+    Signature,
+    /// `exp` has passed (beyond the allowed skew).
+    #[error("the token expired at {exp} (now {now})")]
+    Expired {
+        /// The token's `exp`.
+        exp: i64,
+        /// The verifier's clock.
+        now: i64,
+    },
+    /// `nbf` is in the future (beyond the allowed skew).
+    #[error("the token is not valid before {nbf} (now {now})")]
+    NotYetValid {
+        /// The token's `nbf`.
+        nbf: i64,
+        /// The verifier's clock.
+        now: i64,
+    },
+    /// The token's `jti` is on the revocation list.
+    #[error("token {0} has been revoked")]
+    Revoked(String),
+    /// This resource server is not among the token's audiences.
+    #[error("the token is for {got:?}, not for audience {expected:?}")]
+    Audience {
+        /// The audience asked for.
+        expected: String,
+        /// The token's `aud`.
+        got: Vec<String>,
+    },
+    /// The presented certificate cannot be read.
+    #[error("malformed certificate: {0}")]
+    MalformedCertificate(String),
+    /// The presented certificate is not issued by a CA of the trust bundle.
+    #[error("the certificate does not chain to the trust bundle: {0}")]
+    UntrustedCertificate(String),
+    /// The presented certificate is outside its validity period.
+    #[error("the certificate is not valid now ({not_before}..{not_after}, now {now})")]
+    CertificateExpired {
+        /// `notBefore`.
+        not_before: i64,
+        /// `notAfter`.
+        not_after: i64,
+        /// The verifier's clock.
+        now: i64,
+    },
+    /// The presented certificate's serial is on the revocation list.
+    #[error("certificate {0} has been revoked")]
+    CertificateRevoked(String),
+    /// The certificate's SPIFFE ID is not the token's `sub`.
+    #[error("the certificate is for {certificate:?} but the token is for {token:?}")]
+    Subject {
+        /// The token's `sub`.
+        token: String,
+        /// The certificate's URI SAN (empty if none).
+        certificate: String,
+    },
+    /// The certificate is not the one the token is bound to (`cnf.x5t#S256`).
+    #[error("the token is bound to another certificate (cnf.x5t#S256 mismatch)")]
+    ConfirmationMismatch,
+    /// The token does not grant this action on this resource.
+    #[error("the token does not grant {action} on {resource}")]
+    NotGranted {
+        /// The attempted action.
+        action: String,
+        /// The attempted resource.
+        resource: String,
+    },
+}
+
+impl VerifyError {
+    /// A stable, machine-readable name for the failed check (for logs and metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::Algorithm(_) => "algorithm",
+            VerifyError::UnknownKey(_) => "unknown-kid",
+            VerifyError::Signature => "signature",
+            VerifyError::Expired { .. } => "expired",
+            VerifyError::NotYetValid { .. } => "not-yet-valid",
+            VerifyError::Revoked(_) => "revoked",
+            VerifyError::Audience { .. } => "audience",
+            VerifyError::MalformedCertificate(_) => "malformed-certificate",
+            VerifyError::UntrustedCertificate(_) => "untrusted-certificate",
+            VerifyError::CertificateExpired { .. } => "certificate-expired",
+            VerifyError::CertificateRevoked(_) => "certificate-revoked",
+            VerifyError::Subject { .. } => "subject-mismatch",
+            VerifyError::ConfirmationMismatch => "cnf-mismatch",
+            VerifyError::NotGranted { .. } => "not-granted",
+        }
+    }
+}
+
+/// Errors building a [`Verifier`].
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    /// The trust bundle has no usable CA certificate.
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    /// The skew is out of range.
+    #[error("clock skew {0}s is outside 0..={MAX_SKEW_SECS}s")]
+    Skew(i64),
+}
+
+/// Checks tokens and certificates against published trust data.
+///
+/// Build it once and refresh it when the JWKS, bundle or revocation list
+/// changes (they are small; poll with the ETag). It is cheap to share.
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    anchors: Vec<Vec<u8>>,
+    jwks: JwkSet,
+    revoked_tokens: HashSet<String>,
+    revoked_serials: HashSet<String>,
+    skew: i64,
+}
+
+impl Verifier {
+    /// A verifier trusting the CA certificates of `bundle_pem` and the keys of `jwks`.
+    pub fn new(bundle_pem: &str, jwks: JwkSet) -> Result<Self, VerifierError> {
+        let ders = parse_certificates(bundle_pem.as_bytes()).map_err(|e| VerifierError::Bundle(e.to_string()))?;
+        let mut anchors = Vec::new();
+        for der in ders {
+            let cert = parse_x509(&der).map_err(|e| VerifierError::Bundle(e.to_string()))?;
+            if !cert.is_ca() {
+                return Err(VerifierError::Bundle(format!("{} is not a CA certificate", cert.subject())));
+            }
+            anchors.push(der);
+        }
+        if anchors.is_empty() {
+            return Err(VerifierError::Bundle("no CERTIFICATE in the bundle".into()));
+        }
+        Ok(Verifier {
+            anchors,
+            jwks,
+            revoked_tokens: HashSet::new(),
+            revoked_serials: HashSet::new(),
+            skew: DEFAULT_SKEW_SECS,
+        })
+    }
+
+    /// Uses this revocation list (replacing any earlier one).
+    pub fn with_revocations(mut self, list: RevocationList) -> Self {
+        self.revoked_tokens = list.tokens.into_iter().map(|t| t.jti).collect();
+        self.revoked_serials = list.certificates.into_iter().map(|c| normalize_serial_hex(&c.serial)).collect();
+        self
+    }
+
+    /// Tolerates this much clock skew (default [`DEFAULT_SKEW_SECS`]).
+    pub fn with_skew(mut self, secs: i64) -> Result<Self, VerifierError> {
+        if !(0..=MAX_SKEW_SECS).contains(&secs) {
+            return Err(VerifierError::Skew(secs));
+        }
+        self.skew = secs;
+        Ok(self)
+    }
+
+    /// Verifies `token`, presented with `certificate` (PEM, leaf first, or
+    /// DER), for `attempt` at `now` (unix seconds). Returns the claims.
+    pub fn verify(
+        &self,
+        token: &str,
+        certificate: &[u8],
+        attempt: &Attempt<'_>,
+        now: i64,
+    ) -> Result<Claims, VerifyError> {
+        let claims = verify_signed(token, &self.jwks, now, self.skew)?;
+        if self.revoked_tokens.contains(&claims.jti) {
+            return Err(VerifyError::Revoked(claims.jti));
+        }
+        if !claims.aud.iter().any(|a| a == attempt.audience) {
+            return Err(VerifyError::Audience { expected: attempt.audience.into(), got: claims.aud });
+        }
+        let der = leaf_der(certificate)?;
+        let leaf = parse_x509(&der).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+        self.check_chain(&leaf, now)?;
+        let spiffe = spiffe_id_of(&leaf).unwrap_or_default();
+        if spiffe != claims.sub {
+            return Err(VerifyError::Subject { token: claims.sub, certificate: spiffe });
+        }
+        if !constant_time_eq(thumbprint(&der).as_bytes(), claims.cnf.x5t_s256.as_bytes()) {
+            return Err(VerifyError::ConfirmationMismatch);
+        }
+        if !claims.grants(attempt.action, attempt.resource) {
+            return Err(VerifyError::NotGranted { action: attempt.action.into(), resource: attempt.resource.into() });
+        }
+        Ok(claims)
+    }
+
+    /// The certificate is an end-entity certificate signed by a bundle CA,
+    /// both valid at `now`, and not revoked.
+    fn check_chain(&self, leaf: &X509Certificate<'_>, now: i64) -> Result<(), VerifyError> {
+        let (not_before, not_after) = (leaf.validity().not_before.timestamp(), leaf.validity().not_after.timestamp());
+        if leaf.is_ca() {
+            return Err(VerifyError::UntrustedCertificate("a CA certificate cannot be a client identity".into()));
+        }
+        let mut why = String::from("no CA in the bundle issued it");
+        let issued = self.anchors.iter().any(|der| {
+            let Ok((_, ca)) = X509Certificate::from_der(der) else {
+                return false;
+            };
+            if ca.subject().as_raw() != leaf.issuer().as_raw() {
+                return false;
+            }
+            if leaf.verify_signature(Some(ca.public_key())).is_err() {
+                why = format!("the signature by {} does not verify", ca.subject());
+                return false;
+            }
+            let (ca_from, ca_to) = (ca.validity().not_before.timestamp(), ca.validity().not_after.timestamp());
+            if now + self.skew < ca_from || now - self.skew > ca_to {
+                why = format!("the issuing CA {} is not valid now", ca.subject());
+                return false;
+            }
+            true
+        });
+        if !issued {
+            return Err(VerifyError::UntrustedCertificate(why));
+        }
+        if now + self.skew < not_before || now - self.skew > not_after {
+            return Err(VerifyError::CertificateExpired { not_before, not_after, now });
+        }
+        let serial = serial_hex(leaf);
+        if self.revoked_serials.contains(&serial) {
+            return Err(VerifyError::CertificateRevoked(serial));
+        }
+        Ok(())
+    }
+}
+
+/// The leaf certificate's DER from PEM (first block) or DER input.
+fn leaf_der(certificate: &[u8]) -> Result<Vec<u8>, VerifyError> {
+    let ders = parse_certificates(certificate).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+    ders.into_iter().next().ok_or_else(|| VerifyError::MalformedCertificate("no certificate".into()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks only what a token proves by itself: form, algorithm, signature by
+/// a key of `jwks`, and time (with `skew`). Used by introspection; a resource
+/// server should use [`Verifier::verify`], which also checks the holder.
+pub fn verify_signed(token: &str, jwks: &JwkSet, now: i64, skew: i64) -> Result<Claims, VerifyError> {
+    let parsed = token::parse(token.trim()).map_err(|e| match e {
+        crate::pki::PkiError::Token(m) => VerifyError::Malformed(m),
+        other => VerifyError::Malformed(other.to_string()),
+    })?;
+    if parsed.header.alg != ALG_EDDSA {
+        return Err(VerifyError::Algorithm(parsed.header.alg));
+    }
+    let kid = parsed.header.kid.clone().unwrap_or_default();
+    let key = jwks.find(&kid).and_then(|k| k.ed25519_public_key()).ok_or(VerifyError::UnknownKey(kid))?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+        .verify(parsed.signing_input.as_bytes(), &parsed.signature)
+        .map_err(|_| VerifyError::Signature)?;
+    let claims = parsed.claims;
+    if now - skew >= claims.exp {
+        return Err(VerifyError::Expired { exp: claims.exp, now });
+    }
+    if now + skew < claims.nbf {
+        return Err(VerifyError::NotYetValid { nbf: claims.nbf, now });
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{
+        token::{sign, tests::sample_claims},
+        CertificateAuthority, CertificateIssuer as _, KeyAlgorithm, PodCertificateRequest, SigningKey,
+    };
+
+    const NOW: i64 = 1_750_000_000;
+    const SPIFFE: &str = "spiffe://cluster.local/ns/ci/agent/release-bot";
+
+    struct World {
+        ca: CertificateAuthority,
+        key: SigningKey,
+        cert_pem: String,
+        token: String,
+        claims: Claims,
+    }
+
+    fn issue(ca: &CertificateAuthority, spiffe: &str) -> String {
+        let req = PodCertificateRequest {
+            spiffe_id: spiffe.into(),
+            namespace: "ci".into(),
+            pod_name: "release-bot-1".into(),
+            pod_uid: "uid-1".into(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            not_before: NOW - 60,
+            ttl_secs: 3600,
+        };
+        ca.issue(&req).expect("issue").cert_pem
+    }
+
+    fn world() -> World {
+        let ca = CertificateAuthority::generate("writ test CA", NOW - 3600, 86_400 * 365).expect("ca");
+        let cert_pem = issue(&ca, SPIFFE);
+        let thumb = crate::pki::CertificateInfo::from_pem(&cert_pem).expect("info").thumbprint;
+        let key = SigningKey::generate().expect("key");
+        let claims = sample_claims(&thumb, NOW);
+        let token = sign(&key, &claims).expect("sign");
+        World { ca, key, cert_pem, token, claims }
+    }
+
+    fn verifier(w: &World) -> Verifier {
+        Verifier::new(w.ca.cert_pem(), JwkSet { keys: vec![w.key.public_jwk()] }).expect("verifier")
+    }
+
+    const ATTEMPT: Attempt<'static> =
+        Attempt { audience: "deploy-api", action: "k8s:deployments.patch", resource: "k8s:staging/deployments/web" };
+
+    #[test]
+    fn a_good_token_with_its_certificate_verifies() {
+        let w = world();
+        let claims = verifier(&w).verify(&w.token, w.cert_pem.as_bytes(), &ATTEMPT, NOW + 10).expect("verifies");
+        assert_eq!(claims, w.claims);
+        // DER works as well as PEM.
+        let der = parse_certificates(w.cert_pem.as_bytes()).expect("der").remove(0);
+        verifier(&w).verify(&w.token, &der, &ATTEMPT, NOW + 10).expect("DER verifies");
+    }
+
+    #[test]
+    fn each_check_fails_with_its_own_error() {
+        let w = world();
+        let v = verifier(&w);
+        let cert = w.cert_pem.as_bytes();
+        let code = |r: Result<Claims, VerifyError>| r.expect_err("refused").code();
+        assert_eq!(code(v.verify(&w.token, cert, &ATTEMPT, NOW + 900 + DEFAULT_SKEW_SECS)), "expired");
+        assert_eq!(code(v.verify(&w.token, cert, &ATTEMPT, NOW - DEFAULT_SKEW_SECS - 1)), "not-yet-valid");
+        assert_eq!(code(v.verify(&w.token, cert, &Attempt { audience: "billing", ..ATTEMPT }, NOW)), "audience");
+        assert_eq!(
+            code(v.verify(&w.token, cert, &Attempt { action: "k8s:deployments.delete", ..ATTEMPT }, NOW)),
+            "not-granted"
+        );
+        assert_eq!(
+            code(v.verify(&w.token, cert, &Attempt { resource: "k8s:prod/deployments/web", ..ATTEMPT }, NOW)),
+            "not-granted"
+        );
+        // Another pod of the same agent: right SPIFFE ID, wrong certificate.
+        let other = issue(&w.ca, SPIFFE);
+        assert_eq!(code(v.verify(&w.token, other.as_bytes(), &ATTEMPT, NOW)), "cnf-mismatch");
+        // Another agent's certificate.
+        let stranger = issue(&w.ca, "spiffe://cluster.local/ns/ci/agent/auditor");
+        assert_eq!(code(v.verify(&w.token, stranger.as_bytes(), &ATTEMPT, NOW)), "subject-mismatch");
+        // A certificate from another CA with the same names.
+        let rogue = CertificateAuthority::generate("writ test CA", NOW - 3600, 86_400).expect("ca");
+        assert_eq!(code(v.verify(&w.token, issue(&rogue, SPIFFE).as_bytes(), &ATTEMPT, NOW)), "untrusted-certificate");
+        // The certificate's own expiry (one hour).
+        let late = NOW + 3600;
+        let long = sign(&w.key, &Claims { exp: late + 3600, ..w.claims.clone() }).expect("sign");
+        assert_eq!(code(v.verify(&long, cert, &ATTEMPT, late + DEFAULT_SKEW_SECS)), "certificate-expired");
+        assert_eq!(code(v.verify(&w.token, b"garbage", &ATTEMPT, NOW)), "malformed-certificate");
+        assert_eq!(code(v.verify("a.b", cert, &ATTEMPT, NOW)), "malformed");
+    }
+
+    #[test]
+    fn revoked_tokens_and_certificates_are_refused() {
+        let w = world();
+        let serial = crate::pki::CertificateInfo::from_pem(&w.cert_pem).expect("info").serial_hex;
+        let list = |tokens, certificates| RevocationList { version: 1, tokens, certificates };
+        let v = verifier(&w)
+            .with_revocations(list(vec![RevokedToken { jti: w.claims.jti.clone(), expires_at: w.claims.exp }], vec![]));
+        assert_eq!(
+            v.verify(&w.token, w.cert_pem.as_bytes(), &ATTEMPT, NOW),
+            Err(VerifyError::Revoked(w.claims.jti.clone()))
+        );
+        let v = verifier(&w).with_revocations(list(
+            vec![],
+            vec![RevokedCertificate { serial: format!("00{}", serial.to_uppercase()), expires_at: NOW + 3600 }],
+        ));
+        assert_eq!(
+            v.verify(&w.token, w.cert_pem.as_bytes(), &ATTEMPT, NOW),
+            Err(VerifyError::CertificateRevoked(serial))
+        );
+    }
+
+    #[test]
+    fn signatures_keys_and_algorithms_are_checked() {
+        let w = world();
+        let v = verifier(&w);
+        let cert = w.cert_pem.as_bytes();
+        // Signed by a key that is not in the JWKS, under a kid that is.
+        let other = SigningKey::generate().expect("key");
+        let forged = sign(&other, &w.claims).expect("sign");
+        let (_, rest) = forged.split_once('.').expect("dot");
+        let (h, _) = w.token.split_once('.').expect("dot");
+        assert_eq!(v.verify(&format!("{h}.{rest}"), cert, &ATTEMPT, NOW), Err(VerifyError::Signature));
+        assert_eq!(v.verify(&forged, cert, &ATTEMPT, NOW), Err(VerifyError::UnknownKey(other.kid().into())));
+        // A changed claim breaks the signature.
+        let (h, p_s) = w.token.split_once('.').expect("dot");
+        let (_, s) = p_s.split_once('.').expect("dot");
+        let widened = Claims { cap: vec![], ..w.claims.clone() };
+        let p = crate::pki::b64url(&serde_json::to_vec(&widened).expect("json"));
+        assert_eq!(v.verify(&format!("{h}.{p}.{s}"), cert, &ATTEMPT, NOW), Err(VerifyError::Signature));
+        // alg=none and HS256 are refused before any key lookup.
+        for alg in ["none", "HS256"] {
+            let header = crate::pki::b64url(format!(r#"{{"alg":"{alg}","kid":"{}"}}"#, w.key.kid()).as_bytes());
+            assert_eq!(
+                v.verify(&format!("{header}.{p}.{s}"), cert, &ATTEMPT, NOW),
+                Err(VerifyError::Algorithm(alg.into()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_rotated_bundle_trusts_old_and_new_cas() {
+        let w = world();
+        let next = CertificateAuthority::generate("writ test CA 2", NOW - 60, 86_400).expect("ca");
+        let bundle = format!("{}{}", w.ca.cert_pem(), next.cert_pem());
+        let v = Verifier::new(&bundle, JwkSet { keys: vec![w.key.public_jwk()] }).expect("verifier");
+        v.verify(&w.token, w.cert_pem.as_bytes(), &ATTEMPT, NOW).expect("old CA still trusted");
+        let new_cert = issue(&next, SPIFFE);
+        let thumb = crate::pki::CertificateInfo::from_pem(&new_cert).expect("info").thumbprint;
+        let token = sign(&w.key, &sample_claims(&thumb, NOW)).expect("sign");
+        v.verify(&token, new_cert.as_bytes(), &ATTEMPT, NOW).expect("new CA trusted");
+    }
+
+    #[test]
+    fn skew_is_bounded_and_bundles_must_hold_cas() {
+        let w = world();
+        assert!(verifier(&w).with_skew(MAX_SKEW_SECS + 1).is_err());
+        assert!(verifier(&w).with_skew(-1).is_err());
+        let v = verifier(&w).with_skew(0).expect("skew");
+        assert_eq!(
+            v.verify(&w.token, w.cert_pem.as_bytes(), &ATTEMPT, NOW + 900).expect_err("expired").code(),
+            "expired"
+        );
+        assert!(Verifier::new(&w.cert_pem, JwkSet::default()).is_err(), "a leaf is not a trust anchor");
+        assert!(Verifier::new("", JwkSet::default()).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_tokens_never_verify_or_panic(t in ".{0,400}") {
+            let w = world();
+            proptest::prop_assert!(verifier(&w).verify(&t, w.cert_pem.as_bytes(), &ATTEMPT, NOW).is_err());
+        }
+    }
+}
