@@ -57,6 +57,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate the token-signing key or the CA (the previous one stays trusted until what it signed has expired).
+    Rotate(RotateArgs),
     /// Approve a grant that awaits approval, as your own Kubernetes identity.
     Approve(DecisionArgs),
     /// Deny a grant that awaits approval, as your own Kubernetes identity.
@@ -101,6 +103,34 @@ struct VerifyArgs {
 }
 
 #[derive(clap::Args)]
+struct RotateArgs {
+    /// What to rotate.
+    what: RotateWhat,
+    /// The operator namespace.
+    #[arg(long, default_value = "writ-system", env = "WRIT_NAMESPACE")]
+    writ_namespace: String,
+    /// How long the previous key (CA) stays published. Must cover the longest grant TTL (for the signing key) or
+    /// the longest credential TTL (for the CA) the operator allows, plus clock skew. Defaults: 1h5m and 24h5m,
+    /// matching the operator's default `--max-grant-ttl` and `--max-credential-ttl`.
+    #[arg(long)]
+    keep: Option<writ::api::Duration>,
+    /// Trust domain, for the new CA's name.
+    #[arg(long, default_value = "cluster.local", env = "WRIT_TRUST_DOMAIN")]
+    trust_domain: String,
+    /// Lifetime of the new CA.
+    #[arg(long, default_value = "3650d")]
+    ca_ttl: writ::api::Duration,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RotateWhat {
+    /// The Ed25519 token-signing key (JWKS).
+    SigningKey,
+    /// The generated CA (trust bundle).
+    Ca,
+}
+
+#[derive(clap::Args)]
 struct DecisionArgs {
     /// The CapabilityGrant.
     grant: String,
@@ -129,6 +159,7 @@ fn main() -> ExitCode {
 
         Command::Verify(args) => runtime().and_then(|rt| rt.block_on(verify(*args))),
         Command::Inspect { file, json } => inspect(&file, json),
+        Command::Rotate(args) => runtime().and_then(|rt| rt.block_on(rotate(args))),
         Command::Approve(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Approved))),
         Command::Deny(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Denied))),
     };
@@ -228,6 +259,26 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
+    let client = kube::Client::try_default().await.context("connecting to the API server")?;
+    let now = writ::pki::now_unix();
+    let ns = &args.writ_namespace;
+    let (what, rotation) = match args.what {
+        RotateWhat::SigningKey => {
+            let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(3600 + 300);
+            ("signing key", writ::trust::rotate_signing_key(&client, ns, keep, now).await?)
+        }
+        RotateWhat::Ca => {
+            let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(86_400 + 300);
+            let ttl = args.ca_ttl.as_secs_i64();
+            ("CA", writ::trust::rotate_ca(&client, ns, &args.trust_domain, ttl, keep, now).await?)
+        }
+    };
+    let until = jiff::Timestamp::from_second(rotation.previous_kept_until).map(|t| t.to_string()).unwrap_or_default();
+    println!("rotated the {what}: {} -> {} (previous stays trusted until {until})", rotation.previous, rotation.current);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -28,6 +28,9 @@ pub const CA_SECRET: &str = "writ-ca";
 pub const SIGNING_SECRET: &str = "writ-signing-keys";
 /// Key in the CA Secret with CA certificates kept in the bundle after rotation.
 pub const PREVIOUS_CA_KEY: &str = "previous.crt";
+/// Key in the CA Secret mapping each previous CA's serial to the unix time
+/// after which nothing it signed can still be valid (it leaves the bundle then).
+pub const PREVIOUS_CA_RETIRE_KEY: &str = "previous.json";
 
 /// Errors while loading or creating trust material.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +72,39 @@ pub enum TrustError {
 /// The CA and signing keys of a running operator.
 pub struct Trust {
     ca: RwLock<Arc<CertificateAuthority>>,
-    previous_cas: RwLock<String>,
+    previous_cas: RwLock<PreviousCas>,
     keys: RwLock<KeySet>,
+}
+
+/// CA certificates kept in the bundle after a rotation, with their retirement times.
+#[derive(Debug, Default, Clone)]
+struct PreviousCas {
+    pem: String,
+    retire_after: BTreeMap<String, i64>,
+}
+
+impl PreviousCas {
+    fn from_data(d: &BTreeMap<String, Vec<u8>>) -> Self {
+        let retire_after = d.get(PREVIOUS_CA_RETIRE_KEY).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+        PreviousCas { pem: text(d, PREVIOUS_CA_KEY), retire_after }
+    }
+
+    /// The PEM of the previous CAs still needed at `now` (a CA without a
+    /// recorded retirement time is kept).
+    fn bundle(&self, now: i64) -> String {
+        let Ok(blocks) = pem::parse_many(self.pem.as_bytes()) else {
+            return self.pem.clone();
+        };
+        let mut out = String::new();
+        for block in blocks {
+            let serial = crate::pki::CertificateInfo::from_der(block.contents()).map(|i| i.serial_hex).ok();
+            let retired = serial.and_then(|s| self.retire_after.get(&s).copied()).is_some_and(|t| t < now);
+            if !retired {
+                out.push_str(&pem::encode_config(&block, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)));
+            }
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Trust {
@@ -166,7 +200,7 @@ impl Trust {
         let d = data(&ca_secret_obj);
         let ca = CertificateAuthority::from_pem(&text(&d, "tls.crt"), &text(&d, "tls.key"))
             .map_err(|source| TrustError::Invalid { namespace: namespace.into(), name: name.into(), source })?;
-        let previous = text(&d, PREVIOUS_CA_KEY);
+        let previous = PreviousCas::from_data(&d);
 
         let keys_secret = get_or_create(&api, namespace, SIGNING_SECRET, || {
             let keys = KeySet::generate(now)?;
@@ -195,7 +229,7 @@ impl Trust {
     /// those kept after a rotation until what they signed has expired.
     pub fn bundle_pem(&self) -> String {
         let mut out = self.ca().cert_pem().to_string();
-        let previous = self.previous_cas.read().unwrap_or_else(|e| e.into_inner());
+        let previous = self.previous_cas.read().unwrap_or_else(|e| e.into_inner()).bundle(crate::pki::now_unix());
         if !previous.trim().is_empty() {
             if !out.ends_with('\n') {
                 out.push('\n');
@@ -234,7 +268,7 @@ impl Trust {
             let d = data(&s);
             if let Ok(ca) = CertificateAuthority::from_pem(&text(&d, "tls.crt"), &text(&d, "tls.key")) {
                 *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ca);
-                *self.previous_cas.write().unwrap_or_else(|e| e.into_inner()) = text(&d, PREVIOUS_CA_KEY);
+                *self.previous_cas.write().unwrap_or_else(|e| e.into_inner()) = PreviousCas::from_data(&d);
             }
         }
         if let Some(s) = api.get_opt(SIGNING_SECRET).await.map_err(|e| kube_err(SIGNING_SECRET, e))? {
@@ -244,4 +278,84 @@ impl Trust {
         }
         Ok(())
     }
+}
+
+/// What a rotation changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The replaced key id or CA serial.
+    pub previous: String,
+    /// The new key id or CA serial.
+    pub current: String,
+    /// Until when (unix seconds) the previous one stays published.
+    pub previous_kept_until: i64,
+}
+
+/// Replaces the token-signing key. The previous public key stays in the JWKS
+/// for `keep_secs` (at least the longest grant TTL the operator allows, plus
+/// verifiers' clock skew), so tokens it signed keep verifying until their own
+/// `exp`; running operators pick the new key up within seconds. Uses the
+/// Secret's resourceVersion, so two concurrent rotations cannot both win.
+pub async fn rotate_signing_key(
+    client: &Client,
+    namespace: &str,
+    keep_secs: i64,
+    now: i64,
+) -> Result<Rotation, TrustError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let kube_err = |op, source| TrustError::Kube { op, namespace: namespace.into(), name: SIGNING_SECRET.into(), source };
+    let invalid = |source| TrustError::Invalid { namespace: namespace.into(), name: SIGNING_SECRET.into(), source };
+    let mut current = api.get(SIGNING_SECRET).await.map_err(|e| kube_err("reading", e))?;
+    let mut keys = KeySet::from_secret_data(&data(&current)).map_err(invalid)?;
+    let previous = keys.current().kid().to_string();
+    keys.rotate(now, keep_secs).map_err(invalid)?;
+    current.data = Some(keys.to_secret_data().map_err(invalid)?.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
+    api.replace(SIGNING_SECRET, &PostParams::default(), &current).await.map_err(|e| kube_err("replacing", e))?;
+    tracing::info!(target: "audit", previous_kid = %previous, kid = %keys.current().kid(), "rotated the token-signing key");
+    Ok(Rotation { previous, current: keys.current().kid().to_string(), previous_kept_until: now + keep_secs })
+}
+
+/// Replaces the generated CA with a new one. The previous CA certificate
+/// stays in the trust bundle for `keep_secs` (at least the longest credential
+/// TTL, so every certificate it signed expires first); pods get certificates
+/// from the new CA at their next rotation. Refused for a user-provided CA.
+pub async fn rotate_ca(
+    client: &Client,
+    namespace: &str,
+    trust_domain: &str,
+    ca_ttl_secs: i64,
+    keep_secs: i64,
+    now: i64,
+) -> Result<Rotation, TrustError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let kube_err = |op, source| TrustError::Kube { op, namespace: namespace.into(), name: CA_SECRET.into(), source };
+    let invalid = |source| TrustError::Invalid { namespace: namespace.into(), name: CA_SECRET.into(), source };
+    let mut current = api.get(CA_SECRET).await.map_err(|e| kube_err("reading", e))?;
+    let mut d = data(&current);
+    let old = CertificateAuthority::from_pem(&text(&d, "tls.crt"), &text(&d, "tls.key")).map_err(invalid)?;
+    let next = CertificateAuthority::generate(&format!("Writ CA {trust_domain}"), now, ca_ttl_secs).map_err(invalid)?;
+    let mut previous = PreviousCas::from_data(&d);
+    // Drop CAs that have retired, keep the rest, add the one being replaced.
+    previous.pem = previous.bundle(now);
+    previous.retire_after.retain(|_, t| *t >= now);
+    if !previous.pem.is_empty() && !previous.pem.ends_with('\n') {
+        previous.pem.push('\n');
+    }
+    previous.pem.push_str(old.cert_pem());
+    previous.retire_after.insert(old.serial_hex().to_string(), now + keep_secs);
+    d.insert("tls.crt".into(), next.cert_pem().as_bytes().to_vec());
+    d.insert("tls.key".into(), next.key_pem().into_bytes());
+    d.insert(PREVIOUS_CA_KEY.into(), previous.pem.into_bytes());
+    d.insert(
+        PREVIOUS_CA_RETIRE_KEY.into(),
+        serde_json::to_vec(&previous.retire_after).map_err(|e| invalid(PkiError::Json(e)))?,
+    );
+    current.data = Some(d.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
+    api.replace(CA_SECRET, &PostParams::default(), &current).await.map_err(|e| kube_err("replacing", e))?;
+    tracing::info!(target: "audit", previous = %old.serial_hex(), serial = %next.serial_hex(), "rotated the CA");
+    Ok(Rotation {
+        previous: old.serial_hex().to_string(),
+        current: next.serial_hex().to_string(),
+        previous_kept_until: now + keep_secs,
+    })
 }

@@ -87,6 +87,22 @@ fn mint_serving(shared_trust: &Trust, config: &RunConfig, slot: &server::CertSlo
     Ok(())
 }
 
+/// Registers the webhook configurations at `--webhook-url`, or (in-cluster)
+/// patches `caBundle` into the installed ones.
+async fn register_webhooks(client: &Client, config: &RunConfig, ca_bundle: &[u8]) -> anyhow::Result<()> {
+    match &config.webhook_url {
+        Some(url) => {
+            register::apply(client, &config.webhook_config_name, &register::Endpoint::Url(url.clone()), ca_bundle)
+                .await
+                .context("registering webhook configurations")?
+        }
+        None => register::patch_ca_bundle(client, &config.webhook_config_name, ca_bundle)
+            .await
+            .context("patching caBundle into the webhook configurations")?,
+    }
+    Ok(())
+}
+
 /// Runs the operator until SIGINT/SIGTERM.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(config = %config.summary(), "starting writ");
@@ -193,25 +209,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         });
     }
 
-    let ca_bundle = trust.bundle_pem().into_bytes();
-    match &config.webhook_url {
-        Some(url) => {
-            register::apply(&client, &config.webhook_config_name, &register::Endpoint::Url(url.clone()), &ca_bundle)
-                .await
-                .context("registering webhook configurations")?
-        }
-        None => register::patch_ca_bundle(&client, &config.webhook_config_name, &ca_bundle)
-            .await
-            .context("patching caBundle into the webhook configurations")?,
-    }
+    register_webhooks(&client, &config, trust.bundle_pem().as_bytes()).await?;
     publish::publish_configmaps(&shared).await;
 
     // Followers keep their copies of leader-written state fresh; everyone
     // keeps the grant gauges and the published ConfigMaps current.
     {
         let shared = shared.clone();
+        let serving = serving.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut published = (shared.trust.bundle_pem(), shared.trust.jwks(crate::pki::now_unix()));
+            let mut serving_minted = crate::pki::now_unix();
             loop {
                 tick.tick().await;
                 let _ = shared.revocations.refresh().await;
@@ -219,6 +228,28 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     .trust
                     .reload(&shared.client, &shared.config.namespace, shared.config.ca_secret.as_deref())
                     .await;
+                // A CA or signing-key rotation (or a retirement) changes what
+                // is published: re-issue the serving certificate from the
+                // current CA, re-point the webhooks' caBundle, republish.
+                let now = crate::pki::now_unix();
+                let current = (shared.trust.bundle_pem(), shared.trust.jwks(now));
+                let ca_changed = current.0 != published.0;
+                if ca_changed || now - serving_minted > SERVING_CERT_TTL / 2 {
+                    match mint_serving(&shared.trust, &shared.config, &serving) {
+                        Ok(()) => serving_minted = now,
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "re-issuing the serving certificate"),
+                    }
+                }
+                if ca_changed {
+                    if let Err(e) = register_webhooks(&shared.client, &shared.config, current.0.as_bytes()).await {
+                        tracing::error!(error = %format!("{e:#}"), "updating the webhooks' caBundle");
+                    }
+                }
+                if current != published {
+                    tracing::info!(ca_changed, "trust material changed; republishing");
+                    publish::publish_configmaps(&shared).await;
+                    published = current;
+                }
                 for phase in GrantPhase::ALL {
                     let n = shared
                         .grants

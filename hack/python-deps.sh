@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the third-party libraries the interop tests verify our tokens and
+# certificates with (PyJWT + cryptography, and the SPIFFE project's `spiffe`
+# package) into a cache directory, once. Prints the directory (for PYTHONPATH).
+set -euo pipefail
+dir="${WRIT_CACHE:-$HOME/.cache/writ}/python"
+reqs="PyJWT==2.15.1 cryptography==50.0.2 spiffe==0.3.2"
+stamp="$dir/.installed"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$reqs" ]]; then
+  mkdir -p "$dir"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --upgrade \
+    --target "$dir" $reqs >&2
+  echo "$reqs" > "$stamp"
+fi
+echo "$dir"
