@@ -42,7 +42,7 @@ demo:
 	hack/demo.sh
 
 bench:
-	$(CARGO) bench --bench crypto
+	$(CARGO) bench --bench crypto --bench webhook
 
 clean:
 	$(CARGO) clean

@@ -47,6 +47,7 @@ command -v go >/dev/null 2>&1 || need_pkgs+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need_pkgs+=(golang-github-modern-go-reflect2-dev)
 command -v dpkg-source >/dev/null 2>&1 || need_pkgs+=(dpkg-dev)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)  # the tests use curl for HTTP
 
 # A deb-src twin of the machine's own Debian source entry (never a host name
 # written here: the entry is copied from what the machine already uses).

@@ -277,7 +277,10 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let until = jiff::Timestamp::from_second(rotation.previous_kept_until).map(|t| t.to_string()).unwrap_or_default();
-    println!("rotated the {what}: {} -> {} (previous stays trusted until {until})", rotation.previous, rotation.current);
+    println!(
+        "rotated the {what}: {} -> {} (previous stays trusted until {until})",
+        rotation.previous, rotation.current
+    );
     Ok(ExitCode::SUCCESS)
 }
 

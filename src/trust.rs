@@ -85,7 +85,8 @@ struct PreviousCas {
 
 impl PreviousCas {
     fn from_data(d: &BTreeMap<String, Vec<u8>>) -> Self {
-        let retire_after = d.get(PREVIOUS_CA_RETIRE_KEY).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+        let retire_after =
+            d.get(PREVIOUS_CA_RETIRE_KEY).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
         PreviousCas { pem: text(d, PREVIOUS_CA_KEY), retire_after }
     }
 
@@ -100,7 +101,10 @@ impl PreviousCas {
             let serial = crate::pki::CertificateInfo::from_der(block.contents()).map(|i| i.serial_hex).ok();
             let retired = serial.and_then(|s| self.retire_after.get(&s).copied()).is_some_and(|t| t < now);
             if !retired {
-                out.push_str(&pem::encode_config(&block, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)));
+                out.push_str(&pem::encode_config(
+                    &block,
+                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                ));
             }
         }
         out
@@ -303,7 +307,8 @@ pub async fn rotate_signing_key(
     now: i64,
 ) -> Result<Rotation, TrustError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let kube_err = |op, source| TrustError::Kube { op, namespace: namespace.into(), name: SIGNING_SECRET.into(), source };
+    let kube_err =
+        |op, source| TrustError::Kube { op, namespace: namespace.into(), name: SIGNING_SECRET.into(), source };
     let invalid = |source| TrustError::Invalid { namespace: namespace.into(), name: SIGNING_SECRET.into(), source };
     let mut current = api.get(SIGNING_SECRET).await.map_err(|e| kube_err("reading", e))?;
     let mut keys = KeySet::from_secret_data(&data(&current)).map_err(invalid)?;

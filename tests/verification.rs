@@ -4,6 +4,8 @@
 //! `openssl verify`); signing-key rotation.
 
 mod common;
+#[path = "snippets/resource_server.rs"]
+mod resource_server;
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -130,9 +132,26 @@ async fn a_token_verifies_only_with_its_pods_certificate_for_its_audience_action
     let jwks_url = format!("{}/.well-known/jwks.json", op.url);
     let revocations_url = format!("{}/revocations", op.url);
     let mut remote = with(&args, &[]);
-    remote.extend(["--bundle", bundle.to_str().expect("utf-8"), "--jwks", &jwks_url, "--revocations", &revocations_url]);
+    remote.extend([
+        "--bundle",
+        bundle.to_str().expect("utf-8"),
+        "--jwks",
+        &jwks_url,
+        "--revocations",
+        &revocations_url,
+    ]);
     let (code, out) = writ_verify(&c, op, &remote);
     assert_eq!(code, 0, "{out}");
+
+    // The README's Rust snippet, on the same published documents.
+    let (_, jwks_json) = op.https_get("/.well-known/jwks.json").await;
+    let (_, revocations_json) = op.https_get("/revocations").await;
+    let v = resource_server::verifier(&bundle_pem, &jwks_json, &revocations_json).expect("verifier");
+    let bearer = std::fs::read_to_string(&token).expect("token");
+    let said = resource_server::authorize(&v, &bearer, &std::fs::read(&f1.cert).expect("cert")).expect("authorised");
+    assert!(said.contains("agent/release-bot may patch web for task T-1"), "{said}");
+    let refused = resource_server::authorize(&v, &bearer, &std::fs::read(&f2.cert).expect("cert"));
+    assert_eq!(refused, Err(writ::verify::VerifyError::ConfirmationMismatch));
 
     // Introspection (RFC 7662 shape).
     let (status, body) = op.https_post_form("/introspect", &introspect_form(&token)).await;
@@ -322,4 +341,19 @@ fn inspect_prints_fields_and_never_key_material() {
     let out = run(&key);
     assert!(!out.status.success(), "a private key was accepted");
     assert!(!text(&out).contains("BEGIN") && text(&out).contains("never prints key material"), "{}", text(&out));
+}
+
+/// The README shows exactly the snippets these tests run.
+#[test]
+fn readme_snippets_are_the_tested_ones() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let rust = std::fs::read_to_string(repo().join("tests/snippets/resource_server.rs")).expect("snippet");
+    assert!(readme.contains(rust.trim()), "README's Rust snippet differs from tests/snippets/resource_server.rs");
+    let python = std::fs::read_to_string(repo().join("tests/interop/verify_token.py")).expect("snippet");
+    let start = python.find("def verify(").expect("verify()");
+    let end = python.find("\n\ndef main(").expect("main()");
+    assert!(
+        readme.contains(python[start..end].trim()),
+        "README's Python snippet differs from tests/interop/verify_token.py"
+    );
 }
