@@ -101,10 +101,7 @@ impl PreviousCas {
             let serial = crate::pki::CertificateInfo::from_der(block.contents()).map(|i| i.serial_hex).ok();
             let retired = serial.and_then(|s| self.retire_after.get(&s).copied()).is_some_and(|t| t < now);
             if !retired {
-                out.push_str(&pem::encode_config(
-                    &block,
-                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-                ));
+                out.push_str(&crate::pki::pem_lf(&block));
             }
         }
         out

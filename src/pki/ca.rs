@@ -122,7 +122,8 @@ impl CertificateAuthority {
         let serial_hex = crate::pki::cert::serial_hex(&cert);
         let issuer = Issuer::from_ca_cert_der(&issuing_der.as_slice().into(), key)
             .map_err(|source| PkiError::Certificate { operation: "loading CA certificate", source })?;
-        let bundle_pem = ders.iter().map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.clone()))).collect();
+        let bundle_pem =
+            ders.iter().map(|der| crate::pki::pem_lf(&pem::Pem::new("CERTIFICATE", der.clone()))).collect();
         Ok(CertificateAuthority { issuer, bundle_pem, not_before, not_after, serial_hex })
     }
 

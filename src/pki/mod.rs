@@ -92,6 +92,12 @@ pub enum PkiError {
     Json(#[from] serde_json::Error),
 }
 
+/// PEM with `\n` line endings (the `pem` crate writes `\r\n` by default,
+/// which some tools and byte-for-byte comparisons trip over).
+pub(crate) fn pem_lf(block: &pem::Pem) -> String {
+    pem::encode_config(block, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+}
+
 /// The current time in unix seconds.
 ///
 /// The only place in the library that reads the system clock: everything else takes `now` as an

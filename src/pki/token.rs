@@ -66,7 +66,7 @@ impl SigningKey {
 
     /// The key as PKCS#8 PEM, for storing in a Secret. Secret: never log it.
     pub fn to_pkcs8_pem(&self) -> String {
-        pem::encode(&pem::Pem::new(PKCS8_PEM_TAG, self.pkcs8.as_slice()))
+        crate::pki::pem_lf(&pem::Pem::new(PKCS8_PEM_TAG, self.pkcs8.as_slice()))
     }
 
     /// The key ID: the RFC 7638 JWK thumbprint of the public key.

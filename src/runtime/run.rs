@@ -87,6 +87,35 @@ fn mint_serving(shared_trust: &Trust, config: &RunConfig, slot: &server::CertSlo
     Ok(())
 }
 
+/// Readiness before and after bootstrap.
+#[derive(Default)]
+struct Boot {
+    metrics: Arc<Metrics>,
+    shared: std::sync::OnceLock<Arc<Shared>>,
+    waiting: std::sync::Mutex<Option<String>>,
+}
+
+impl Boot {
+    fn set_waiting(&self, why: String) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    fn readiness(&self) -> (StatusCode, String) {
+        match self.shared.get() {
+            Some(s) if s.is_ready() => (StatusCode::OK, "ready".into()),
+            Some(s) if !s.serving.is_loaded() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready: no webhook serving certificate yet".into())
+            }
+            Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: caches not synced".into()),
+            None => {
+                let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let why = waiting.unwrap_or_else(|| "loading trust material".into());
+                (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}"))
+            }
+        }
+    }
+}
+
 /// Registers the webhook configurations at `--webhook-url`, or (in-cluster)
 /// patches `caBundle` into the installed ones.
 async fn register_webhooks(client: &Client, config: &RunConfig, ca_bundle: &[u8]) -> anyhow::Result<()> {
@@ -107,16 +136,27 @@ async fn register_webhooks(client: &Client, config: &RunConfig, ca_bundle: &[u8]
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(config = %config.summary(), "starting writ");
     let client = Client::try_default().await.context("connecting to the API server (KUBECONFIG or in-cluster)")?;
-    let metrics = Arc::new(Metrics::default());
     let serving = Arc::new(server::CertSlot::default());
 
     // Listeners first, so a port clash fails fast and /healthz answers during bootstrap.
     let tls_listener = server::bind(config.webhook_addr).await?;
     let metrics_listener = server::bind(config.metrics_addr).await?;
 
+    // Health and metrics (plain HTTP) answer from now on: /readyz says what
+    // the operator is waiting for until it can serve webhooks.
+    let boot = Arc::new(Boot::default());
+    let health = Router::new()
+        .route("/metrics", get(|State(b): State<Arc<Boot>>| async move { b.metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|State(b): State<Arc<Boot>>| async move { b.readiness() }))
+        .with_state(boot.clone());
+    let boot_metrics = boot.metrics.clone();
+    tokio::spawn(server::serve_plain(metrics_listener, health));
+    let metrics = boot_metrics;
+
     ensure_namespace(&client, &config.namespace).await?;
-    let trust = Arc::new(
-        Trust::bootstrap(
+    let trust = loop {
+        match Trust::bootstrap(
             &client,
             &config.namespace,
             config.ca_secret.as_deref(),
@@ -124,8 +164,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             &config.trust_domain,
         )
         .await
-        .context("loading trust material")?,
-    );
+        {
+            Ok(t) => break Arc::new(t),
+            // A configured CA Secret may be created after the operator (GitOps
+            // ordering, cert-manager): wait for it instead of crash-looping.
+            Err(e @ crate::trust::TrustError::Missing { .. }) => {
+                boot.set_waiting(e.to_string());
+                tracing::warn!(error = %e, "waiting for the CA Secret");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e).context("loading trust material"),
+        }
+    };
     let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await?);
 
     let (identities, identities_w) = reflector::store::<AgentIdentity>();
@@ -145,22 +195,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         serving.clone(),
     ));
 
-    // Health and metrics (plain HTTP) start before anything can block.
-    let health = Router::new()
-        .route("/metrics", get(|State(s): State<Arc<Shared>>| async move { s.metrics.render() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(s): State<Arc<Shared>>| async move {
-                if s.is_ready() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                }
-            }),
-        )
-        .with_state(shared.clone());
-    tokio::spawn(server::serve_plain(metrics_listener, health));
+    let _ = boot.shared.set(shared.clone());
 
     // Caches (every replica: the webhooks read them).
     let agent_pods = watcher::Config::default().labels(AGENT_LABEL);

@@ -68,13 +68,25 @@ fn rule(group: &str, resource: &str, ops: &[&str]) -> RuleWithOperations {
     }
 }
 
+/// Namespaces the webhooks never apply to, so the operator (and the control
+/// plane) can always start: `writ-system` and `kube-system` by name (the
+/// `kubernetes.io/metadata.name` label, Kubernetes ≥ 1.21), and any namespace
+/// labelled `writ.dev/webhooks: disabled` (the operator labels its own
+/// namespace so, which also covers older servers and custom namespaces).
 fn namespace_selector() -> LabelSelector {
     LabelSelector {
-        match_expressions: Some(vec![LabelSelectorRequirement {
-            key: IGNORE_NAMESPACE_LABEL.into(),
-            operator: "NotIn".into(),
-            values: Some(vec!["disabled".into()]),
-        }]),
+        match_expressions: Some(vec![
+            LabelSelectorRequirement {
+                key: IGNORE_NAMESPACE_LABEL.into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["disabled".into()]),
+            },
+            LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["kube-system".into(), "writ-system".into()]),
+            },
+        ]),
         match_labels: None,
     }
 }

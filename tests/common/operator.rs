@@ -41,6 +41,13 @@ pub struct Operator {
 impl Operator {
     /// Starts `writ run` in `namespace` and waits until `/readyz` answers 200.
     pub async fn start(c: &Cluster, namespace: &str, id: &str, extra: &[&str]) -> Operator {
+        let op = Self::launch(c, namespace, id, extra).await;
+        op.wait_ready().await;
+        op
+    }
+
+    /// Starts `writ run` in `namespace` without waiting for it to be ready.
+    pub async fn launch(c: &Cluster, namespace: &str, id: &str, extra: &[&str]) -> Operator {
         ensure_crds(&c.client().await).await;
         let webhook_port = free_port();
         let metrics_port = free_port();
@@ -74,7 +81,6 @@ impl Operator {
             args,
         };
         op.spawn(c);
-        op.wait_ready().await;
         op
     }
 
@@ -134,6 +140,20 @@ impl Operator {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// A metric's value from `/metrics` (the sum over series whose labels contain every `labels` entry).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
+        let (_, body) = http_get(&format!("{}/metrics", self.metrics_url)).await?;
+        let mut found = None;
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next().unwrap_or(series);
+            if metric == name && labels.iter().all(|l| series.contains(l)) {
+                *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+            }
+        }
+        found
     }
 
     /// Restarts a killed operator with the same ports and arguments.

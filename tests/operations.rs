@@ -1,0 +1,366 @@
+//! Running Writ for real: restarts, leader election between two processes,
+//! readiness, metrics, a user-provided CA, and the install manifests, all on
+//! the real API server. The tests of this file run one at a time: each starts
+//! its own operators, which register the webhook configurations.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::{
+    api::core::v1::{Pod, Secret},
+    ByteString,
+};
+use kube::api::{Api, PostParams};
+use writ::api::GrantPhase;
+
+const WEB: (&str, &str) = ("k8s:deployments.patch", "k8s:staging/deployments/web");
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn operator_namespace(what: &str) -> String {
+    format!("writ-{what}-{}", std::process::id())
+}
+
+async fn cert_serial(client: &kube::Client, ns: &str, pod: &Pod) -> String {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let d = secret_data(&api.get(&credential_secret_name(pod)).await.expect("credential Secret"));
+    writ::pki::CertificateInfo::from_pem(&d["tls.crt"]).expect("certificate").serial_hex
+}
+
+async fn secret_fingerprint(client: &kube::Client, ns: &str, name: &str) -> (String, String) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s = api.get(name).await.expect("Secret");
+    let d = secret_data(&s);
+    (s.metadata.uid.expect("uid"), d.get("tls.crt").or(d.get("signing-key.pem")).cloned().unwrap_or_default())
+}
+
+async fn token(client: &kube::Client, ns: &str, pod: &Pod, grant: &str) -> String {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = credential_secret_name(pod);
+    eventually(Duration::from_secs(15), "a token in the pod's Secret", || {
+        let (api, secret) = (api.clone(), secret.clone());
+        async move { secret_data(&api.get(&secret).await.ok()?).get(&format!("grant.{grant}.jwt")).cloned() }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_restarted_operator_reuses_its_trust_does_not_remint_and_catches_up_on_expiry() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    let op_ns = operator_namespace("restart");
+    let op = Operator::start(&c, &op_ns, "r-0", &[]).await;
+    let ns = TestNamespace::new(&client, "restart").await;
+    let n = &ns.name;
+    example_setup(&c, &client, n).await;
+    let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
+    for (name, ttl) in [("brief", "10s"), ("long", "15m")] {
+        let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml(name, "release-bot", &[WEB], ttl, None));
+        assert!(ok, "{out}");
+    }
+    let brief = token(&client, n, &pod, "brief").await;
+    let long = token(&client, n, &pod, "long").await;
+    let serial = cert_serial(&client, n, &pod).await;
+    let ca = secret_fingerprint(&client, &op_ns, writ::trust::CA_SECRET).await;
+    let keys = secret_fingerprint(&client, &op_ns, writ::trust::SIGNING_SECRET).await;
+    let (_, jwks) = op.https_get("/.well-known/jwks.json").await;
+    let jwks = writ::pki::JwkSet::from_json(&jwks).expect("jwks");
+    let grants: Api<writ::api::CapabilityGrant> = Api::namespaced(client.clone(), n);
+    let brief_exp = grants.get("brief").await.expect("grant").status.expect("status").expires_at.expect("expiresAt");
+
+    // Down past the brief grant's expiry.
+    op.kill();
+    let wait = brief_exp.0.as_second() + 2 - writ::pki::now_unix();
+    tokio::time::sleep(Duration::from_secs(wait.max(0) as u64)).await;
+    // The token is already unusable by its own exp, with nobody to revoke it.
+    let err = writ::verify::verify_signed(&brief, &jwks, writ::pki::now_unix(), 0).expect_err("expired");
+    assert_eq!(err.code(), "expired");
+
+    let restarted = Instant::now();
+    op.restart(&c).await;
+    wait_phase(&client, n, "brief", GrantPhase::Expired, Duration::from_secs(10)).await;
+    let caught_up = restarted.elapsed();
+    assert!(caught_up < Duration::from_secs(10), "Expired only after {caught_up:?}");
+    // The brief token is gone from the pod; the long one is untouched.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+    let d = eventually(Duration::from_secs(10), "the expired token removed", || async {
+        let d = secret_data(&secrets.get(&credential_secret_name(&pod)).await.ok()?);
+        (!d.contains_key("grant.brief.jwt")).then_some(d)
+    })
+    .await;
+    assert_eq!(d.get("grant.long.jwt"), Some(&long), "a valid token was re-minted after restart");
+    // Same certificate, same CA, same signing key: nothing regenerated.
+    assert_eq!(cert_serial(&client, n, &pod).await, serial, "a valid certificate was re-minted after restart");
+    assert_eq!(secret_fingerprint(&client, &op_ns, writ::trust::CA_SECRET).await, ca, "the CA changed");
+    assert_eq!(secret_fingerprint(&client, &op_ns, writ::trust::SIGNING_SECRET).await, keys, "the keys changed");
+    let issued = op.metric("writ_credentials_total", &[r#"kind="certificate""#, r#"event="issued""#]).await;
+    assert_eq!(issued.unwrap_or(0.0), 0.0, "certificates issued after the restart");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_second_replica_takes_over_when_the_leader_dies_without_minting_twice() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    let op_ns = operator_namespace("ha");
+    let a = Operator::start(&c, &op_ns, "a", &[]).await;
+    eventually(Duration::from_secs(20), "replica a to lead", || async {
+        (a.metric("writ_leader", &[]).await == Some(1.0)).then_some(())
+    })
+    .await;
+    // b registers the webhooks last, so admission keeps working once a is gone.
+    let b = Operator::start(&c, &op_ns, "b", &[]).await;
+    assert_eq!(b.metric("writ_leader", &[]).await, Some(0.0), "two leaders");
+    let ns = TestNamespace::new(&client, "ha").await;
+    let n = &ns.name;
+    example_setup(&c, &client, n).await;
+    let first = running_agent_pod(&client, n, "bot-1", "release-bot").await;
+    let serial = cert_serial(&client, n, &first).await;
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
+    assert!(ok, "{out}");
+    let jwt = token(&client, n, &first, "g").await;
+    assert_eq!(b.metric("writ_credentials_total", &[]).await.unwrap_or(0.0), 0.0, "the follower minted");
+
+    a.kill();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(30), "replica b to take over", || async {
+        (b.metric("writ_leader", &[]).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    // A new pod gets its credential from the new leader.
+    let second = running_agent_pod(&client, n, "bot-2", "release-bot").await;
+    token(&client, n, &second, "g").await;
+    // Nothing the old leader issued was issued again.
+    assert_eq!(cert_serial(&client, n, &first).await, serial, "the first pod's certificate was re-minted");
+    assert_eq!(token(&client, n, &first, "g").await, jwt, "the first pod's token was re-minted");
+    let certs = b.metric("writ_credentials_total", &[r#"kind="certificate""#, r#"event="issued""#]).await;
+    assert_eq!(certs, Some(1.0), "the new leader issued certificates other than the new pod's");
+    eprintln!("takeover after {takeover:?} (lease 6s)");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn readiness_waits_for_a_user_provided_ca_which_is_then_used() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    let op_ns = operator_namespace("byo-ca");
+    let op = Operator::launch(&c, &op_ns, "ca-0", &["--ca-secret", "company-ca"]).await;
+    // Live, not ready, and saying why.
+    let (code, body) = eventually(Duration::from_secs(20), "/readyz to name the missing Secret", || async {
+        http_get(&format!("{}/readyz", op.metrics_url)).await.filter(|(_, body)| body.contains("company-ca"))
+    })
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("company-ca"), "{body}");
+    assert_eq!(http_get(&format!("{}/healthz", op.metrics_url)).await.map(|r| r.0), Some(200));
+    // The Secret appears (GitOps order, cert-manager): the operator becomes ready and uses it.
+    let ca =
+        writ::pki::CertificateAuthority::generate("Company CA", writ::pki::now_unix() - 60, 86_400 * 30).expect("ca");
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("company-ca".into()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("tls.crt".to_string(), ByteString(ca.cert_pem().as_bytes().to_vec())),
+                ("tls.key".to_string(), ByteString(ca.key_pem().into_bytes())),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), &op_ns).create(&PostParams::default(), &secret).await.expect("create");
+    op.wait_ready().await;
+    let (_, bundle) = op.https_get("/trust-bundle").await;
+    assert_eq!(bundle.trim(), ca.cert_pem().trim());
+    let generated: Api<Secret> = Api::namespaced(client.clone(), &op_ns);
+    assert!(generated.get_opt(writ::trust::CA_SECRET).await.expect("get").is_none(), "a CA was generated anyway");
+    let ns = TestNamespace::new(&client, "byo").await;
+    example_setup(&c, &client, &ns.name).await;
+    let pod = running_agent_pod(&client, &ns.name, "bot-1", "release-bot").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let d = secret_data(&secrets.get(&credential_secret_name(&pod)).await.expect("Secret"));
+    let info = writ::pki::CertificateInfo::from_pem(&d["tls.crt"]).expect("cert");
+    let leaf = writ::pki::cert::parse_certificates(d["tls.crt"].as_bytes()).expect("der").remove(0);
+    let (_, leaf) =
+        <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(&leaf).expect("x509");
+    assert!(leaf.issuer().to_string().contains("Company CA"), "{}", leaf.issuer());
+    assert!(info.spiffe_id.is_some());
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn metrics_expose_every_family_after_a_small_scenario() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    let op = Operator::start(&c, &operator_namespace("metrics"), "m-0", &[]).await;
+    let ns = TestNamespace::new(&client, "metrics").await;
+    let n = &ns.name;
+    example_setup(&c, &client, n).await;
+    let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
+    assert!(ok, "{out}");
+    token(&client, n, &pod, "g").await;
+    let (ok, _) = apply_as(&c, Some("alice"), n, &grant_yaml("wild", "release-bot", &[("k8s:*", "k8s:*")], "5m", None));
+    assert!(!ok, "a wildcard grant was admitted");
+    let (_, body) = http_get(&format!("{}/metrics", op.metrics_url)).await.expect("metrics");
+    for family in [
+        "writ_credentials_total{kind=\"certificate\",event=\"issued\"}",
+        "writ_credentials_total{kind=\"token\",event=\"issued\"}",
+        "writ_admission_decisions_total{",
+        "writ_grant_transitions_total{phase=\"Active\"}",
+        "writ_grants{phase=\"Active\"}",
+        "writ_reconcile_duration_seconds_bucket{",
+        "writ_pod_credential_latency_seconds_count",
+        "writ_grant_activation_latency_seconds_count",
+        "writ_leader 1",
+    ] {
+        assert!(body.contains(family), "{family} missing from /metrics:\n{body}");
+    }
+    assert!(body.contains("decision=\"denied\""), "no denial counted:\n{body}");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_install_manifests_pass_a_server_side_dry_run() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    ensure_crds(&client).await;
+    // The test operators register configurations named like the manifests'
+    // ones, pointing at a URL; the manifests' are for an in-cluster Service.
+    remove_webhooks(&client).await;
+    // Namespaced objects can only be dry-run into a namespace that exists.
+    let out = c.kubectl(&["apply", "-f", repo().join("manifests/namespace.yaml").to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Kubernetes 1.20 has no policy/v1 (PodDisruptionBudget); the compat
+    // overlay differs from the base only in that apiVersion.
+    let versions = text(&c.kubectl(&["api-versions"]));
+    let dir = if versions.lines().any(|l| l.trim() == "policy/v1") {
+        repo().join("manifests")
+    } else {
+        repo().join("hack/kubernetes-1.20")
+    };
+    let out = c.kubectl(&["apply", "-k", dir.to_str().expect("utf-8"), "--dry-run=server"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    for kind in [
+        "deployment.apps/writ",
+        "service/writ-webhook",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/writ",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/writ",
+        "poddisruptionbudget.policy/writ",
+        "clusterrole.rbac.authorization.k8s.io/writ",
+        "customresourcedefinition.apiextensions.k8s.io/capabilitygrants.writ.dev",
+    ] {
+        assert!(all.contains(kind), "{kind} not in the dry run:\n{all}");
+    }
+}
+
+#[test]
+fn the_committed_webhook_manifests_match_the_code() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_writ")).arg("webhooks").output().expect("writ webhooks");
+    assert!(out.status.success(), "{}", text(&out));
+    let committed = std::fs::read_to_string(repo().join("manifests/webhooks.yaml")).expect("manifests/webhooks.yaml");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed, "run `make manifests`");
+}
+
+/// The operator's permissions, flattened, against the reviewed list: a change
+/// to `manifests/rbac.yaml` must change this list too, in the same review.
+#[test]
+fn rbac_is_the_reviewed_minimum_with_no_wildcards() {
+    let text = std::fs::read_to_string(repo().join("manifests/rbac.yaml")).expect("rbac.yaml");
+    let mut granted = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_yaml::Value::deserialize(doc).expect("yaml");
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        let Some(rules) = v.get("rules").and_then(|r| r.as_sequence()) else { continue };
+        let list = |rule: &serde_yaml::Value, key: &str| -> Vec<String> {
+            let items: Vec<String> = rule
+                .get(key)
+                .and_then(|x| x.as_sequence())
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect();
+            assert!(!items.iter().any(|i| i.contains('*')), "wildcard in {key} of {kind}: {items:?}");
+            items
+        };
+        for rule in rules {
+            let names = list(rule, "resourceNames");
+            for group in list(rule, "apiGroups") {
+                for resource in list(rule, "resources") {
+                    for verb in list(rule, "verbs") {
+                        let scope = if names.is_empty() { String::new() } else { format!("[{}]", names.join(",")) };
+                        granted.push(format!("{kind} {group}/{resource}{scope} {verb}"));
+                    }
+                }
+            }
+        }
+    }
+    granted.sort();
+    let mut reviewed: Vec<String> =
+        REVIEWED_PERMISSIONS.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    reviewed.sort();
+    assert_eq!(granted, reviewed);
+}
+
+const REVIEWED_PERMISSIONS: &str = r#"
+ClusterRole /configmaps create
+ClusterRole /configmaps get
+ClusterRole /configmaps patch
+ClusterRole /configmaps update
+ClusterRole /namespaces[writ-system] get
+ClusterRole /pods get
+ClusterRole /pods list
+ClusterRole /pods watch
+ClusterRole /secrets create
+ClusterRole /secrets get
+ClusterRole /secrets list
+ClusterRole /secrets patch
+ClusterRole /secrets update
+ClusterRole /secrets watch
+ClusterRole admissionregistration.k8s.io/mutatingwebhookconfigurations[writ] get
+ClusterRole admissionregistration.k8s.io/mutatingwebhookconfigurations[writ] patch
+ClusterRole admissionregistration.k8s.io/mutatingwebhookconfigurations[writ] update
+ClusterRole admissionregistration.k8s.io/validatingwebhookconfigurations[writ] get
+ClusterRole admissionregistration.k8s.io/validatingwebhookconfigurations[writ] patch
+ClusterRole admissionregistration.k8s.io/validatingwebhookconfigurations[writ] update
+ClusterRole events.k8s.io/events create
+ClusterRole events.k8s.io/events patch
+ClusterRole writ.dev/agentidentities get
+ClusterRole writ.dev/agentidentities list
+ClusterRole writ.dev/agentidentities patch
+ClusterRole writ.dev/agentidentities update
+ClusterRole writ.dev/agentidentities watch
+ClusterRole writ.dev/agentidentities/status get
+ClusterRole writ.dev/agentidentities/status patch
+ClusterRole writ.dev/agentidentities/status update
+ClusterRole writ.dev/capabilitygrants get
+ClusterRole writ.dev/capabilitygrants list
+ClusterRole writ.dev/capabilitygrants patch
+ClusterRole writ.dev/capabilitygrants update
+ClusterRole writ.dev/capabilitygrants watch
+ClusterRole writ.dev/capabilitygrants/status get
+ClusterRole writ.dev/capabilitygrants/status patch
+ClusterRole writ.dev/capabilitygrants/status update
+ClusterRole writ.dev/delegationpolicies get
+ClusterRole writ.dev/delegationpolicies list
+ClusterRole writ.dev/delegationpolicies patch
+ClusterRole writ.dev/delegationpolicies update
+ClusterRole writ.dev/delegationpolicies watch
+ClusterRole writ.dev/delegationpolicies/status get
+ClusterRole writ.dev/delegationpolicies/status patch
+ClusterRole writ.dev/delegationpolicies/status update
+Role coordination.k8s.io/leases create
+Role coordination.k8s.io/leases get
+Role coordination.k8s.io/leases update
+"#;
+
+use serde::Deserialize as _;
