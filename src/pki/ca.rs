@@ -84,7 +84,7 @@ impl CertificateAuthority {
             issuer: Issuer::new(params, key),
             not_before: now,
             not_after,
-            serial_hex: to_hex(&serial),
+            serial_hex: crate::pki::normalize_serial_hex(&to_hex(&serial)),
         })
     }
 
@@ -229,7 +229,7 @@ impl CertificateAuthority {
             cert_pem,
             chain_pem,
             key_pem: key.serialize_pem(),
-            serial_hex: to_hex(serial),
+            serial_hex: crate::pki::normalize_serial_hex(&to_hex(serial)),
             not_before,
             not_after,
         })

@@ -364,12 +364,13 @@ pub(crate) fn spiffe_id_of(cert: &X509Certificate<'_>) -> Option<String> {
     }
 }
 
-/// A random positive 128-bit serial number whose first byte is non-zero, so that its hex form is
-/// always 32 characters and round-trips through DER unchanged.
+/// A random positive serial number (about 126 random bits) whose first byte is in `0x10..=0x7f`:
+/// positive, so DER adds no padding byte, and without a leading zero nibble, so its hex form is
+/// always 32 characters and equal to its normalised form (see [`crate::pki::normalize_serial_hex`]).
 pub(crate) fn random_serial() -> Result<[u8; 16], PkiError> {
     loop {
         let serial = random_bytes::<16>()?;
-        if serial[0] != 0 {
+        if (0x10..=0x7f).contains(&serial[0]) {
             return Ok(serial);
         }
     }

@@ -263,7 +263,7 @@ mod tests {
         let mut id = identity("ci", "release-bot", &[("k8s:*", "k8s:staging/web"), ("k8s:pods.get", "k8s:a/../b")]);
         id.spec.service_account_name = "Release_Bot".into();
         id.spec.owner = " ".into();
-        id.spec.credential.ttl = Duration::from_mins(1);
+        id.spec.credential.ttl = Duration::from_secs(5);
         id.spec.review =
             Some(ReviewSpec { every: Duration::from_secs(0), dormant_after: Some(Duration::from_secs(0)) });
         let v = validate_identity(&id, &limits());
