@@ -37,7 +37,7 @@ cargo build --quiet --bin writ
 WRIT="$ROOT/target/debug/writ"
 
 bold "Installing the CRDs"
-kubectl apply -f crds/ >/dev/null
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
 kubectl wait --for condition=established --timeout=30s crd/agentidentities.writ.dev crd/capabilitygrants.writ.dev crd/delegationpolicies.writ.dev >/dev/null
 say "kubectl get writ now lists AgentIdentities, DelegationPolicies and CapabilityGrants."
 
@@ -55,6 +55,8 @@ curl -fs http://127.0.0.1:19090/readyz >/dev/null || { tail -30 "$STATE/writ.log
 say "ready; log in $STATE/writ.log"
 
 bold "A namespace for the agents, and who may do what there"
+# A previous run's namespace goes first (the operator revokes what it held).
+kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=90s >/dev/null
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl -n "$NS" create rolebinding demo-users --clusterrole=edit --user=alice --user=bob \
   --group="system:serviceaccounts:$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -102,6 +104,13 @@ run kubectl -n "$NS" get capabilitygrant deploy-web-1234
 kubectl -n "$NS" get secret "$SECRET" -o jsonpath='{.data.grant\.deploy-web-1234\.jwt}' | base64 -d >"$STATE/deploy-web-1234.jwt"
 say "The token the pod received (claims only; it is useless without the pod's private key):"
 run "$WRIT" inspect "$STATE/deploy-web-1234.jwt"
+say "A resource server checks it with the certificate the agent presented (trust data from writ-system):"
+VERIFY=(--token "$STATE/deploy-web-1234.jwt" --audience deploy-api --action k8s:deployments.patch --resource k8s:staging/deployments/web)
+run "$WRIT" verify "${VERIFY[@]}" --cert "$STATE/release-bot.crt" || true
+PLANNER_SECRET=$(kubectl -n "$NS" get pod planner-0 -o jsonpath='{.metadata.annotations.writ\.dev/credential-secret}')
+kubectl -n "$NS" get secret "$PLANNER_SECRET" -o jsonpath='{.data.tls\.crt}' | base64 -d >"$STATE/planner.crt"
+say "Stolen and replayed from another pod, it is refused:"
+run "$WRIT" verify "${VERIFY[@]}" --cert "$STATE/planner.crt" || true
 
 bold "An over-broad grant is rejected before it exists"
 cat <<YAML | kubectl -n "$NS" --as alice --as-group release-managers apply -f - 2>&1 | sed 's/^/     /' || true

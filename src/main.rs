@@ -250,7 +250,9 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 claims.grant.namespace,
                 claims.grant.name,
                 claims.task.id,
-                claims.exp
+                jiff::Timestamp::from_second(claims.exp)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| claims.exp.to_string())
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -236,6 +236,10 @@ async fn the_install_manifests_pass_a_server_side_dry_run() {
     // The test operators register configurations named like the manifests'
     // ones, pointing at a URL; the manifests' are for an in-cluster Service.
     remove_webhooks(&client).await;
+    // The CRDs alone, as `kubectl apply -f crds/` (no CEL rules a 1.20 server refuses).
+    let out = c.kubectl(&["apply", "-f", repo().join("crds").to_str().expect("utf-8"), "--dry-run=server"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).matches("customresourcedefinition.apiextensions.k8s.io/").count(), 3, "{}", text(&out));
     // Namespaced objects can only be dry-run into a namespace that exists.
     let out = c.kubectl(&["apply", "-f", repo().join("manifests/namespace.yaml").to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
