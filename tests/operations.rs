@@ -75,6 +75,9 @@ async fn a_restarted_operator_reuses_its_trust_does_not_remint_and_catches_up_on
     op.kill();
     let wait = brief_exp.0.as_second() + 2 - writ::pki::now_unix();
     tokio::time::sleep(Duration::from_secs(wait.max(0) as u64)).await;
+    // While the operator is down, grants are refused, not admitted unchecked.
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("unchecked", "release-bot", &[WEB], "5m", None));
+    assert!(!ok && out.contains("capabilitygrants.writ.dev"), "admitted while the webhook was down: {out}");
     // The token is already unusable by its own exp, with nobody to revoke it.
     let err = writ::verify::verify_signed(&brief, &jwks, writ::pki::now_unix(), 0).expect_err("expired");
     assert_eq!(err.code(), "expired");
@@ -368,3 +371,46 @@ Role coordination.k8s.io/leases update
 "#;
 
 use serde::Deserialize as _;
+
+/// No key or token appears in anything a scenario leaves behind that is not a
+/// Secret: the operator's log, Events, the objects' status, metrics.
+#[tokio::test]
+async fn nothing_secret_leaks_into_logs_events_status_or_metrics() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    let op = Operator::start(&c, &operator_namespace("leaks"), "l-0", &["--log-format", "json"]).await;
+    let ns = TestNamespace::new(&client, "leaks").await;
+    let n = &ns.name;
+    example_setup(&c, &client, n).await;
+    let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
+    assert!(ok, "{out}");
+    let jwt = token(&client, n, &pod, "g").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+    let secret = secrets.get(&credential_secret_name(&pod)).await.expect("Secret");
+    // Credential Secrets are owned by their pod (garbage-collected with it).
+    let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+    assert!(owners.iter().any(|o| o.kind == "Pod" && Some(&o.uid) == pod.metadata.uid.as_ref()), "{owners:?}");
+    let d = secret_data(&secret);
+    let key_body: String = d["tls.key"].lines().filter(|l| !l.starts_with("-----")).collect();
+    let signature = jwt.rsplit('.').next().expect("signature").to_string();
+    // End the grant too, so revocation paths have logged what they log.
+    Api::<writ::api::CapabilityGrant>::namespaced(client.clone(), n)
+        .delete("g", &Default::default())
+        .await
+        .expect("delete");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut produced = op.log_text();
+    assert!(produced.contains(r#""target":"audit""#), "no JSON audit lines in the log");
+    for kind in ["events", "capabilitygrants", "agentidentities", "configmaps"] {
+        produced.push_str(&text(&c.kubectl(&["get", kind, "-n", n, "-o", "yaml"])));
+    }
+    produced.push_str(&http_get(&format!("{}/metrics", op.metrics_url)).await.expect("metrics").1);
+    for (what, needle) in [("a token", jwt.as_str()), ("a token signature", &signature), ("a private key", &key_body)] {
+        assert!(!produced.contains(needle), "{what} leaked");
+    }
+    assert!(!produced.contains("PRIVATE KEY"), "key material leaked");
+    ns.cleanup().await;
+}
