@@ -206,6 +206,18 @@ pub fn check_paths(paths: &[PathBuf], opts: &CheckOptions) -> Result<CheckReport
     Ok(check_set(&set, opts))
 }
 
+/// [`check_paths`] over one YAML text (as if read from `name`).
+pub fn check_str(name: &str, text: &str, opts: &CheckOptions) -> Result<CheckReport, CheckError> {
+    let namespace = opts.namespace.as_deref().unwrap_or("default");
+    let mut set = ObjectSet::default();
+    let mut errors = Vec::new();
+    load_documents(Path::new(name), text, namespace, &mut set, &mut errors);
+    if !errors.is_empty() {
+        return Err(CheckError::Documents(errors));
+    }
+    Ok(check_set(&set, opts))
+}
+
 fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), CheckError> {
     let io = |source| CheckError::Io { path: path.to_path_buf(), source };
     if !path.is_dir() {
