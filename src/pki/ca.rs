@@ -219,21 +219,63 @@ impl CertificateAuthority {
         not_after: i64,
         operation: &'static str,
     ) -> Result<IssuedCertificate, PkiError> {
-        let key = algorithm.generate_key()?;
-        let cert =
-            params.signed_by(&key, &self.issuer).map_err(|source| PkiError::Certificate { operation, source })?;
+        let err = |source| PkiError::Certificate { operation, source };
+        let (cert, key_pem) = match fresh_p256_key(algorithm)? {
+            // The pod key never signs here: hand rcgen only its public half
+            // (loading it as a signing key would re-derive the public key, a
+            // second P-256 multiplication per mint).
+            Some((pkcs8, public)) => (
+                params.signed_by(&public, &self.issuer).map_err(err)?,
+                crate::pki::pem_lf(&pem::Pem::new("PRIVATE KEY", pkcs8)),
+            ),
+            None => {
+                let key = algorithm.generate_key()?;
+                (params.signed_by(&key, &self.issuer).map_err(err)?, key.serialize_pem())
+            }
+        };
         let cert_pem = cert.pem();
         let chain_pem = format!("{cert_pem}{}", self.bundle_pem);
         Ok(IssuedCertificate {
             thumbprint: thumbprint(cert.der()),
             cert_pem,
             chain_pem,
-            key_pem: key.serialize_pem(),
+            key_pem,
             serial_hex: crate::pki::normalize_serial_hex(&to_hex(serial)),
             not_before,
             not_after,
         })
     }
+}
+
+/// An uncompressed P-256 public key, for rcgen.
+struct RawP256(Vec<u8>);
+
+impl rcgen::PublicKeyData for RawP256 {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// For ECDSA P-256: a new PKCS#8 key from ring and its public key, read from
+/// the document ring wrote (it ends with `BIT STRING 00 04 x y`). `None` for
+/// other algorithms, or if the layout is not the expected one (then the
+/// caller takes the general path).
+fn fresh_p256_key(algorithm: KeyAlgorithm) -> Result<Option<(Vec<u8>, RawP256)>, PkiError> {
+    if algorithm != KeyAlgorithm::EcdsaP256 {
+        return Ok(None);
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let doc = ring::signature::EcdsaKeyPair::generate_pkcs8(&ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| PkiError::Random)?;
+    let der = doc.as_ref();
+    if der.len() < 68 || der[der.len() - 68..der.len() - 64] != [0x03, 0x42, 0x00, 0x04] {
+        return Ok(None);
+    }
+    Ok(Some((der.to_vec(), RawP256(der[der.len() - 65..].to_vec()))))
 }
 
 impl CertificateIssuer for CertificateAuthority {
