@@ -414,3 +414,82 @@ async fn nothing_secret_leaks_into_logs_events_status_or_metrics() {
     assert!(!produced.contains("PRIVATE KEY"), "key material leaked");
     ns.cleanup().await;
 }
+
+/// `writ rotate ca`: the new CA issues from then on, the old one stays in the
+/// bundle (so certificates it signed keep verifying), and every published copy
+/// of the bundle follows.
+#[tokio::test]
+async fn a_rotated_ca_issues_new_certificates_while_the_old_one_stays_trusted() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    let op_ns = operator_namespace("ca-rotation");
+    let op = Operator::start(&c, &op_ns, "c-0", &[]).await;
+    let ns = TestNamespace::new(&client, "carot").await;
+    let n = &ns.name;
+    example_setup(&c, &client, n).await;
+    let old_pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
+    let (_, old_bundle) = op.https_get("/trust-bundle").await;
+    assert_eq!(old_bundle.matches("BEGIN CERTIFICATE").count(), 1);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["rotate", "ca", "--writ-namespace", &op_ns, "--trust-domain", "test.writ.dev"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .expect("writ rotate ca");
+    assert!(out.status.success(), "{}", text(&out));
+    let bundle = eventually(Duration::from_secs(20), "a bundle with both CAs", || async {
+        let (_, b) = op.https_get("/trust-bundle").await;
+        (b.matches("BEGIN CERTIFICATE").count() == 2).then_some(b)
+    })
+    .await;
+    assert!(bundle.contains(old_bundle.trim()), "the old CA left the bundle");
+    // The endpoint still answers TLS (its serving certificate was re-issued by the new CA).
+    let (code, _) = op.https_get("/.well-known/jwks.json").await;
+    assert_eq!(code, 200);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle_file = dir.path().join("bundle.pem");
+    std::fs::write(&bundle_file, &bundle).expect("write");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+    let openssl_verify = |pem: &str, name: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, pem).expect("write");
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .args([&bundle_file, &f])
+            .output()
+            .expect("openssl");
+        (out.status.success(), text(&out))
+    };
+    let old = secret_data(&secrets.get(&credential_secret_name(&old_pod)).await.expect("Secret"));
+    let (ok, out) = openssl_verify(&old["tls.crt"], "old.crt");
+    assert!(ok, "a certificate from the previous CA no longer verifies: {out}");
+    // A new pod gets a certificate from the new CA, and the bundle in its Secret has both.
+    let new_pod = running_agent_pod(&client, n, "bot-2", "release-bot").await;
+    let new = secret_data(&secrets.get(&credential_secret_name(&new_pod)).await.expect("Secret"));
+    let (ok, out) = openssl_verify(&new["tls.crt"], "new.crt");
+    assert!(ok, "{out}");
+    let (ok, _) = {
+        let only_old = dir.path().join("old-ca.pem");
+        std::fs::write(&only_old, &old_bundle).expect("write");
+        let f = dir.path().join("new2.crt");
+        std::fs::write(&f, &new["tls.crt"]).expect("write");
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .args([&only_old, &f])
+            .output()
+            .expect("openssl");
+        (out.status.success(), text(&out))
+    };
+    assert!(!ok, "the new pod's certificate was issued by the old CA");
+    assert_eq!(new["ca.crt"].matches("BEGIN CERTIFICATE").count(), 2, "the pod's ca.crt lacks a CA");
+    // The published ConfigMap follows.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &op_ns);
+    eventually(Duration::from_secs(15), "the bundle ConfigMap with both CAs", || async {
+        let cm = cms.get("writ-trust-bundle").await.ok()?;
+        (cm.data?.get("ca.crt")?.matches("BEGIN CERTIFICATE").count() == 2).then_some(())
+    })
+    .await;
+    ns.cleanup().await;
+}
