@@ -16,6 +16,7 @@ mkdir -p "$STATE"
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '   %s\n' "$*"; }
 run() { printf '   $ %s\n' "$*"; "$@" 2>&1 | sed 's/^/     /'; }
+play_kubelet() { kubectl -n "$NS" patch pod "$1" --subresource=status --type=merge -p "{\"status\":{\"phase\":\"$2\"}}" >/dev/null; }
 
 if [ "${1:-}" = down ]; then
   [ -f "$STATE/writ.pid" ] && kill "$(cat "$STATE/writ.pid")" 2>/dev/null || true
@@ -76,13 +77,10 @@ spec:
   automountServiceAccountToken: false
   containers: [{name: agent, image: registry.invalid/agent:1}]
 YAML
-  kubectl -n "$NS" patch pod "$agent-0" --subresource=status --type=merge -p '{"status":{"phase":"Running"}}' >/dev/null 2>&1 \
-    || kubectl -n "$NS" proxy >/dev/null 2>&1 &
 done
-# Play the kubelet through the raw API (older servers lack kubectl's --subresource).
+# There is no kubelet: the demo plays it, marking the pods Running.
 for agent in planner release-bot; do
-  kubectl get --raw "/api/v1/namespaces/$NS/pods/$agent-0" >/dev/null
-  kubectl -n "$NS" patch pod "$agent-0" --subresource=status --type=merge -p '{"status":{"phase":"Running"}}' >/dev/null 2>&1 || true
+  play_kubelet "$agent-0" Running
 done
 say "An impostor pod (wrong service account) is refused at admission:"
 cat <<YAML | kubectl -n "$NS" apply -f - 2>&1 | sed 's/^/     /' || true
@@ -96,6 +94,38 @@ SECRET=$(kubectl -n "$NS" get pod release-bot-0 -o jsonpath='{.metadata.annotati
 say "release-bot-0's credentials are in Secret $SECRET (mounted at /var/run/secrets/writ.dev/):"
 kubectl -n "$NS" get secret "$SECRET" -o jsonpath='{.data.tls\.crt}' | base64 -d >"$STATE/release-bot.crt"
 run "$WRIT" inspect "$STATE/release-bot.crt"
+
+bold "Certificates rotate before they expire (an identity with 20-second certificates, rotateBefore 10s)"
+kubectl -n "$NS" create serviceaccount heartbeat --dry-run=client -o yaml | kubectl -n "$NS" apply -f - >/dev/null
+cat <<YAML | kubectl -n "$NS" apply -f - >/dev/null
+apiVersion: writ.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: heartbeat}
+spec:
+  class: Agent
+  serviceAccountName: heartbeat
+  owner: team-platform
+  credential: {ttl: 20s, rotateBefore: 10s, keyAlgorithm: Ed25519}
+  ceiling: [{action: "k8s:deployments.get", resource: "k8s:staging/deployments/*"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: heartbeat-0, labels: {writ.dev/agent: heartbeat}}
+spec: {serviceAccountName: heartbeat, automountServiceAccountToken: false, containers: [{name: a, image: registry.invalid/a:1}]}
+YAML
+play_kubelet heartbeat-0 Running
+HB_SECRET=""
+for _ in $(seq 1 50); do
+  HB_SECRET=$(kubectl -n "$NS" get pod heartbeat-0 -o jsonpath='{.metadata.annotations.writ\.dev/credential-secret}' 2>/dev/null)
+  [ -n "$HB_SECRET" ] && kubectl -n "$NS" get secret "$HB_SECRET" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+serial() { kubectl -n "$NS" get secret "$HB_SECRET" -o jsonpath='{.data.tls\.crt}' | base64 -d >"$STATE/hb.crt"; "$WRIT" inspect "$STATE/hb.crt" | grep -m1 '^  serial:' | awk '{print $2}'; }
+say "heartbeat-0's certificate now: $(serial)"
+say "waiting 12 seconds..."
+sleep 12
+say "heartbeat-0's certificate now: $(serial)  (new key, new serial; the old serial is on the revocation list)"
+run kubectl -n "$NS" get events --field-selector involvedObject.name=heartbeat-0 -o custom-columns=REASON:.reason,MESSAGE:.message
 
 bold "alice (release-managers) asks for one task: patch one deployment for 15 minutes"
 run kubectl -n "$NS" --as alice --as-group release-managers apply -f examples/03-grant.yaml
