@@ -15,6 +15,12 @@
 //!   is charged for the requests it delayed (no coordinated omission);
 //! * closed loop: N connections send back-to-back for the saturation rate.
 //!
+//! Each runs in rounds that alternate between the static responder and the
+//! webhook, so noise from other processes hits both alike; the targets are
+//! judged on the median round (every round and the best are printed too).
+//! The `other procs` column shows how many cores other processes used during
+//! a round: on a shared machine, compare runs only when it is near zero.
+//!
 //! The load generator and the server share the machine's cores, so the
 //! saturation rate is a lower bound of what the server alone could do; the
 //! per-thread CPU time of each side is reported to show how the cores were
@@ -75,8 +81,10 @@ const TARGET_SATURATION: f64 = 10_000.0;
 const OPEN_CONNECTIONS: usize = 8;
 const SATURATION_CONNECTIONS: usize = 16;
 const WARMUP: Duration = Duration::from_secs(1);
-const OPEN_DURATION: Duration = Duration::from_secs(6);
-const SATURATION_DURATION: Duration = Duration::from_secs(5);
+/// Each target runs `ROUNDS` open-loop and `ROUNDS` closed-loop rounds, alternating targets.
+const ROUNDS: usize = 3;
+const OPEN_ROUND: Duration = Duration::from_secs(2);
+const SATURATION_ROUND: Duration = Duration::from_millis(1500);
 
 const USER: &str = "alice@example.com";
 const GROUPS: [&str; 3] = ["release-managers", "team-3", "system:authenticated"];
@@ -96,7 +104,8 @@ fn main() {
         .expect("client runtime");
 
     let setup = server_rt.block_on(setup());
-    client_rt.block_on(bench(setup));
+    let handlers = handler_costs(&setup.shared, &setup.requests);
+    client_rt.block_on(bench(setup, handlers));
     // Leave the server tasks to die with their runtime.
     server_rt.shutdown_background();
 }
@@ -114,7 +123,8 @@ struct Setup {
     requests: Arc<Vec<(&'static str, Bytes)>>,
 }
 
-/// `writ run`'s configuration with its defaults (as `writ run` without flags).
+/// `writ run`'s configuration with its defaults (as `writ run` without flags;
+/// `WRIT_*` environment variables apply, as they would to the operator).
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
@@ -259,6 +269,7 @@ async fn canned_response(State(resp): State<Bytes>, body: Bytes) -> impl axum::r
 // ---------------------------------------------------------------------------
 
 const CREATED: &str = "2025-06-01T09:00:00Z";
+const KEY_ALGORITHMS: [&str; 2] = ["Ed25519", "ECDSA-P256"];
 
 fn identity(ns: &str, i: usize) -> AgentIdentity {
     let name = format!("agent-{i:02}");
@@ -281,7 +292,7 @@ fn identity(ns: &str, i: usize) -> AgentIdentity {
             "serviceAccountName": name,
             "owner": format!("team-{}", i % 8),
             "role": roles[i % 3],
-            "credential": {"ttl": "1h", "rotateBefore": "20m", "keyAlgorithm": if i % 2 == 0 { "Ed25519" } else { "ECDSA-P256" }},
+            "credential": {"ttl": "1h", "rotateBefore": "20m", "keyAlgorithm": KEY_ALGORITHMS[i % 2]},
             "ceiling": [
                 {"action": "k8s:deployments.get", "resource": "k8s:staging/deployments/*"},
                 {"action": "k8s:deployments.patch", "resource": "k8s:staging/deployments/*"},
@@ -709,6 +720,69 @@ async fn open_loop(
 }
 
 // ---------------------------------------------------------------------------
+// Handler cost without TLS and HTTP
+// ---------------------------------------------------------------------------
+
+/// CPU time of the calling thread (Linux), else `None`.
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
+}
+
+/// CPU µs per call of `f`, on this thread (wall time where CPU time is unavailable).
+fn cpu_per_call(n: usize, mut f: impl FnMut(usize)) -> f64 {
+    let (c0, t0) = (thread_cpu(), Instant::now());
+    for i in 0..n {
+        f(i);
+    }
+    let spent = match (c0, thread_cpu()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => t0.elapsed(),
+    };
+    spent.as_secs_f64() * 1e6 / n as f64
+}
+
+/// The handlers alone: the webhook router called in-process (no TLS, no
+/// HTTP), and the parts of a validate-grants request, on one thread.
+fn handler_costs(shared: &Arc<Shared>, requests: &[(&'static str, Bytes)]) -> Vec<String> {
+    use tower::ServiceExt;
+    const N: usize = 2_000;
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let router = webhook::router(shared.clone());
+    let bodies =
+        |path: &str| -> Vec<Bytes> { requests.iter().filter(|(p, _)| *p == path).map(|(_, b)| b.clone()).collect() };
+    let mut out = Vec::new();
+    for path in [paths::VALIDATE_GRANTS, paths::MUTATE_PODS] {
+        let bodies = bodies(path);
+        let us = cpu_per_call(N, |i| {
+            let req = Request::post(path)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(bodies[i % bodies.len()].clone()))
+                .expect("request");
+            let body = rt.block_on(async {
+                let resp = router.clone().oneshot(req).await.expect("infallible");
+                resp.into_body().collect().await.expect("body").to_bytes()
+            });
+            assert!(allowed(StatusCode::OK, &body), "{path}: {}", String::from_utf8_lossy(&body));
+        });
+        out.push(format!("handler only (router, no TLS/HTTP) {path:<28} {us:>7.1} µs CPU/request"));
+    }
+    let grants = bodies(paths::VALIDATE_GRANTS);
+    let parse = cpu_per_call(N, |i| {
+        let r = webhook::parse_request::<writ::api::CapabilityGrant>(&grants[i % grants.len()]);
+        std::hint::black_box(r.is_ok());
+    });
+    let caches = cpu_per_call(N, |_| {
+        std::hint::black_box((shared.identities_in(NAMESPACE), shared.policies_in(NAMESPACE)));
+    });
+    out.push(format!(
+        "  validate-grants parts: parse_request {parse:.1} µs (the handler parses the body twice), \
+         identities_in + policies_in (clone {IDENTITIES} + {POLICIES} objects) {caches:.1} µs"
+    ));
+    out
+}
+
+// ---------------------------------------------------------------------------
 // CPU accounting per thread group (Linux; zeros elsewhere)
 // ---------------------------------------------------------------------------
 
@@ -716,6 +790,11 @@ async fn open_loop(
 struct Cpu {
     server: Duration,
     client: Duration,
+    /// Every thread of this process.
+    process: Duration,
+    /// Machine-wide busy and total jiffies (`/proc/stat`), to see what other processes used.
+    machine_busy: u64,
+    machine_total: u64,
 }
 
 impl Cpu {
@@ -729,17 +808,42 @@ impl Cpu {
                 .ok()
                 .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
                 .unwrap_or(0);
+            cpu.process += Duration::from_nanos(ns);
             if comm.starts_with("bench-server") {
                 cpu.server += Duration::from_nanos(ns);
             } else if comm.starts_with("bench-client") || comm.starts_with("bench-pacer") {
                 cpu.client += Duration::from_nanos(ns);
             }
         }
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        if let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) {
+            // user nice system idle iowait irq softirq steal ...
+            let v: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|x| x.parse().ok()).collect();
+            if v.len() == 8 {
+                cpu.machine_total = v.iter().sum();
+                cpu.machine_busy = cpu.machine_total - v[3] - v[4];
+            }
+        }
         cpu
     }
 
     fn since(&self, earlier: &Cpu) -> Cpu {
-        Cpu { server: self.server.saturating_sub(earlier.server), client: self.client.saturating_sub(earlier.client) }
+        Cpu {
+            server: self.server.saturating_sub(earlier.server),
+            client: self.client.saturating_sub(earlier.client),
+            process: self.process.saturating_sub(earlier.process),
+            machine_busy: self.machine_busy.saturating_sub(earlier.machine_busy),
+            machine_total: self.machine_total.saturating_sub(earlier.machine_total),
+        }
+    }
+
+    /// Cores busy with other processes over `wall` (machine busy minus this process).
+    fn others(&self, wall: Duration, cores: usize) -> f64 {
+        if self.machine_total == 0 {
+            return 0.0;
+        }
+        let machine = self.machine_busy as f64 / self.machine_total as f64 * cores as f64;
+        (machine - self.process.as_secs_f64() / wall.as_secs_f64()).max(0.0)
     }
 }
 
@@ -763,6 +867,7 @@ struct Row {
     server_cpu_us: f64,
     client_cpu_us: f64,
     server_cores: f64,
+    other_cores: f64,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> Duration {
@@ -796,6 +901,7 @@ fn row(phase: impl Into<String>, target: &'static str, conns: usize, mut o: Outc
         server_cpu_us: per_req(o.cpu.server),
         client_cpu_us: per_req(o.cpu.client),
         server_cores: o.cpu.server.as_secs_f64() / secs,
+        other_cores: o.cpu.others(o.elapsed, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
     }
 }
 
@@ -805,7 +911,7 @@ fn ms(d: Duration) -> String {
 
 fn print_rows(rows: &[Row]) {
     println!(
-        "{:<22} {:<8} {:>5} {:>7} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}",
+        "{:<22} {:<8} {:>5} {:>7} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>11}",
         "phase",
         "target",
         "conns",
@@ -820,11 +926,12 @@ fn print_rows(rows: &[Row]) {
         "svc99 ms",
         "srv µs/r",
         "cli µs/r",
-        "srv cores"
+        "srv cores",
+        "other procs"
     );
     for r in rows {
         println!(
-            "{:<22} {:<8} {:>5} {:>7} {:>4} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8.1} {:>8.1} {:>6.2}",
+            "{:<22} {:<8} {:>5} {:>7} {:>4} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8.1} {:>8.1} {:>9.2} {:>11.2}",
             r.phase,
             r.target,
             r.conns,
@@ -839,7 +946,8 @@ fn print_rows(rows: &[Row]) {
             ms(r.service_p99),
             r.server_cpu_us,
             r.client_cpu_us,
-            r.server_cores
+            r.server_cores,
+            r.other_cores
         );
     }
 }
@@ -852,7 +960,7 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-async fn bench(setup: Setup) {
+async fn bench(setup: Setup, handlers: Vec<String>) {
     let Setup { webhook, floor, tls, shared, api_calls, requests } = setup;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let grant_bytes: Vec<usize> =
@@ -882,39 +990,40 @@ async fn bench(setup: Setup) {
     println!("TLS: rustls/ring via writ::webhook::server::serve_tls on 127.0.0.1, HTTP/1.1 keep-alive");
     println!();
 
-    let targets = [("static", floor), ("webhook", webhook)];
-    let api_before = api_calls.load(Ordering::Relaxed);
-    let mut rows = Vec::new();
-    let mut sat = BTreeMap::new();
-    let mut open_p99 = Duration::ZERO;
-    let mut errors = 0;
+    for line in handlers {
+        println!("{line}");
+    }
+    println!();
 
+    let targets = [("static", floor), ("webhook", webhook)];
+    let mut pools = Vec::new();
     for (name, addr) in targets {
         let conns = connections(addr, &tls, SATURATION_CONNECTIONS).await;
         // Warm-up (not reported): caches, allocator, connection buffers.
         let (_, conns) = closed_loop(conns, requests.clone(), WARMUP).await;
-        let (open_conns, rest) = {
-            let mut conns = conns;
-            let rest = conns.split_off(OPEN_CONNECTIONS);
-            (conns, rest)
-        };
-        let (o, open_conns) = open_loop(open_conns, requests.clone(), TARGET_RATE, OPEN_DURATION).await;
-        let r = row(format!("open loop {TARGET_RATE}/s"), name, OPEN_CONNECTIONS, o);
-        if name == "webhook" {
-            open_p99 = r.p99;
-        }
-        errors += r.errors;
-        rows.push(r);
-
-        let mut conns = open_conns;
-        conns.extend(rest);
-        let (o, _) = closed_loop(conns, requests.clone(), SATURATION_DURATION).await;
-        let r = row("closed loop (saturate)", name, SATURATION_CONNECTIONS, o);
-        sat.insert(name, (r.rate, r.server_cpu_us));
-        errors += r.errors;
-        rows.push(r);
+        pools.push((name, conns));
     }
-    rows.sort_by_key(|r| (!r.phase.starts_with("open"), r.target != "static"));
+    let api_before = api_calls.load(Ordering::Relaxed);
+    let mut rows = Vec::new();
+
+    // Rounds alternate between the targets, so noise from other processes
+    // on the machine hits both sides alike.
+    for round in 1..=ROUNDS {
+        for (name, pool) in &mut pools {
+            let rest = pool.split_off(OPEN_CONNECTIONS);
+            let (o, mut conns) = open_loop(std::mem::take(pool), requests.clone(), TARGET_RATE, OPEN_ROUND).await;
+            conns.extend(rest);
+            *pool = conns;
+            rows.push(row(format!("open {TARGET_RATE}/s #{round}"), name, OPEN_CONNECTIONS, o));
+        }
+    }
+    for round in 1..=ROUNDS {
+        for (name, pool) in &mut pools {
+            let (o, conns) = closed_loop(std::mem::take(pool), requests.clone(), SATURATION_ROUND).await;
+            *pool = conns;
+            rows.push(row(format!("saturate #{round}"), name, SATURATION_CONNECTIONS, o));
+        }
+    }
     print_rows(&rows);
     println!();
     println!(
@@ -923,40 +1032,82 @@ async fn bench(setup: Setup) {
     println!(
         "srv/cli µs/r: CPU time of the server / load-generator threads per request; srv cores: server CPU / wall time"
     );
+    println!("other procs: cores busy with other processes on the machine during the phase (noise; ideally ~0)");
     println!();
 
     let api_during = api_calls.load(Ordering::Relaxed) - api_before;
+    let errors: usize = rows.iter().map(|r| r.errors).sum();
     println!("API server requests during load: {api_during} (grants without parent: no ancestor lookups)");
     println!("responses not `allowed: true`: {errors}");
-
-    let (static_rate, static_cpu) = sat["static"];
-    let (webhook_rate, webhook_cpu) = sat["webhook"];
     println!();
-    println!(
-        "ratio webhook/static saturation: {:.2} ({webhook_rate:.0} / {static_rate:.0} req/s)",
-        webhook_rate / static_rate
-    );
-    println!(
-        "ratio webhook/static server CPU per request: {:.2} ({webhook_cpu:.1} / {static_cpu:.1} µs)",
-        webhook_cpu / static_cpu
-    );
-    if webhook_cpu > 0.0 {
+
+    let pick = |target: &str, open: bool| -> Vec<&Row> {
+        rows.iter().filter(|r| r.target == target && r.phase.starts_with("open") == open).collect()
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let list = |v: &[f64], f: &dyn Fn(f64) -> String| v.iter().map(|x| f(*x)).collect::<Vec<_>>().join(" / ");
+    let as_ms = |x: f64| format!("{x:.3}");
+    let as_rate = |x: f64| format!("{x:.0}");
+    let mut p99 = BTreeMap::new();
+    let mut sat = BTreeMap::new();
+    let mut cpu = BTreeMap::new();
+    for target in ["static", "webhook"] {
+        let v: Vec<f64> = pick(target, true).iter().map(|r| r.p99.as_secs_f64() * 1e3).collect();
         println!(
-            "server-only capacity estimate ({cores} cores / server CPU per request, no load generator): webhook ~{:.0} req/s, static ~{:.0} req/s",
-            cores as f64 * 1e6 / webhook_cpu,
-            cores as f64 * 1e6 / static_cpu
+            "open loop {TARGET_RATE}/s p99 ms by round, {target:<7}: {}  (median {:.3}, best {:.3})",
+            list(&v, &as_ms),
+            median(v.clone()),
+            v.iter().copied().fold(f64::INFINITY, f64::min)
+        );
+        p99.insert(target, v);
+    }
+    for target in ["static", "webhook"] {
+        let v: Vec<f64> = pick(target, false).iter().map(|r| r.rate).collect();
+        println!(
+            "saturation req/s by round,      {target:<7}: {}  (median {:.0}, best {:.0})",
+            list(&v, &as_rate),
+            median(v.clone()),
+            v.iter().copied().fold(0.0, f64::max)
+        );
+        sat.insert(target, v);
+        cpu.insert(target, median(pick(target, false).iter().map(|r| r.server_cpu_us).collect()));
+    }
+    println!();
+
+    let (s_med, w_med) = (median(sat["static"].clone()), median(sat["webhook"].clone()));
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (s_best, w_best) = (best(&sat["static"]), best(&sat["webhook"]));
+    println!(
+        "ratio webhook/static saturation: {:.3} (median rounds {w_med:.0} / {s_med:.0} req/s); best rounds {:.3} ({w_best:.0} / {s_best:.0})",
+        w_med / s_med,
+        w_best / s_best
+    );
+    let (s_cpu, w_cpu) = (cpu["static"], cpu["webhook"]);
+    println!(
+        "ratio webhook/static server CPU per request at saturation: {:.1} ({w_cpu:.1} / {s_cpu:.1} µs, median rounds)",
+        w_cpu / s_cpu
+    );
+    if w_cpu > 0.0 && s_cpu > 0.0 {
+        println!(
+            "server-only capacity estimate ({cores} cores / server CPU per request; not a measurement): webhook ~{:.0} req/s, static ~{:.0} req/s",
+            cores as f64 * 1e6 / w_cpu,
+            cores as f64 * 1e6 / s_cpu
         );
     }
     println!();
+    let w_p99 = median(p99["webhook"].clone());
+    let w_p99_best = p99["webhook"].iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "target p99 <= {} ms at {TARGET_RATE} req/s: webhook p99 = {} ms -> {}",
+        "target p99 <= {} ms at {TARGET_RATE} req/s: webhook p99 = {w_p99:.3} ms (median of {ROUNDS} rounds; best {w_p99_best:.3}) -> {}",
         ms(TARGET_P99),
-        ms(open_p99),
-        verdict(open_p99 <= TARGET_P99)
+        verdict(w_p99 <= TARGET_P99.as_secs_f64() * 1e3)
     );
     println!(
-        "target saturation >= {TARGET_SATURATION:.0} req/s: webhook {webhook_rate:.0} req/s (load generator in-process on the same {cores} cores) -> {}",
-        verdict(webhook_rate >= TARGET_SATURATION)
+        "target saturation >= {TARGET_SATURATION:.0} req/s: webhook {w_med:.0} req/s (median of {ROUNDS} rounds; best {w_best:.0}; load generator in-process on the same {cores} cores) -> {}",
+        verdict(w_med >= TARGET_SATURATION)
     );
 
     assert_eq!(errors, 0, "some responses were not `allowed: true`");
