@@ -147,7 +147,13 @@ pub fn validate_grant(
         return Decision::deny("not-ready", "writ is starting and cannot check grants yet; retry shortly");
     }
     let namespace = req.namespace.clone().unwrap_or_default();
-    let identities = shared.identities_in(&namespace);
+    // Only a service-account requester needs the namespace's identities (to
+    // find the agent it runs as); everything else is looked up by name.
+    let identities = if username(req).starts_with(policy::SERVICE_ACCOUNT_PREFIX) {
+        shared.identities_in(&namespace)
+    } else {
+        Vec::new()
+    };
     let policies = shared.policies_in(&namespace);
     let requester = Requester::from_user_info(username(req), groups(req), &identities, &namespace);
     match req.operation {
@@ -158,7 +164,8 @@ pub fn validate_grant(
                     return Decision::deny("internal", format!("writ could not read the parent grant chain: {e}"))
                 }
             };
-            let agent = identities.iter().find(|i| i.name_any() == grant.spec.agent);
+            let agent = shared.identity(&namespace, &grant.spec.agent);
+            let agent = agent.as_deref();
             let limits = shared.config.limits();
             let ctx = GrantContext {
                 namespace: &namespace,
