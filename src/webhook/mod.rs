@@ -48,11 +48,19 @@ pub fn parse_request<T>(body: &[u8]) -> Result<AdmissionRequest<T>, Box<Admissio
 where
     T: kube::Resource + serde::de::DeserializeOwned,
 {
-    let review: AdmissionReview<T> = serde_json::from_slice(body)
-        .map_err(|e| Box::new(AdmissionResponse::invalid(format!("cannot read the AdmissionReview: {e}"))))?;
-    review
-        .try_into()
-        .map_err(|e| Box::new(AdmissionResponse::invalid(format!("AdmissionReview without a request: {e}"))))
+    // A refusal must echo the request's uid, or the API server discards it
+    // (and the user sees a generic webhook error instead of the reason).
+    let refuse = |message: String| {
+        let mut resp = AdmissionResponse::invalid(message);
+        resp.uid = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.pointer("/request/uid").and_then(|u| u.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        Box::new(resp)
+    };
+    let review: AdmissionReview<T> =
+        serde_json::from_slice(body).map_err(|e| refuse(format!("cannot read the AdmissionReview: {e}")))?;
+    review.try_into().map_err(|e| refuse(format!("AdmissionReview without a request: {e}")))
 }
 
 fn reply(resp: AdmissionResponse) -> impl IntoResponse {
