@@ -5,7 +5,7 @@ WRIT_CACHE ?= $(HOME)/.cache/writ
 export WRIT_CACHE
 
 .DEFAULT_GOAL := build
-.PHONY: manifests build test unit integration crds crds-check lint fmt demo control-plane control-plane-down bench bench-scale clean
+.PHONY: deploy manifests build test unit integration crds crds-check lint fmt demo control-plane control-plane-down bench bench-scale clean
 
 build:
 	$(CARGO) build --all-targets
@@ -38,11 +38,17 @@ control-plane:
 control-plane-down:
 	hack/control-plane.sh down
 
+## Install into the cluster in KUBECONFIG (build and push the image first; IMAGE overrides it).
+IMAGE ?= ghcr.io/writ-dev/writ:0.1.0
+deploy:
+	@kubectl --request-timeout=5s get --raw /readyz >/dev/null 2>&1 || { echo "make deploy needs a reachable cluster in KUBECONFIG" >&2; exit 1; }
+	kubectl kustomize manifests/ | sed 's#ghcr.io/writ-dev/writ:0.1.0#$(IMAGE)#' | kubectl apply --server-side -f -
+
 demo:
 	hack/demo.sh
 
 bench:
-	$(CARGO) bench --bench crypto --bench webhook
+	hack/bench.sh
 
 clean:
 	$(CARGO) clean

@@ -224,3 +224,73 @@ spec:
     assert!(started.elapsed() < Duration::from_secs(4), "cascade to the grandchild took {:?}", started.elapsed());
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_certificate_rotation_re_mints_the_token_with_the_new_thumbprint() {
+    let c = cluster();
+    let op = shared_operator().await;
+    let client = c.client().await;
+    let ns = TestNamespace::new(&client, "remint").await;
+    let n = &ns.name;
+    service_account(&client, n, "flash").await;
+    let (ok, out) = apply_as(&c, None, n, FLASH);
+    assert!(ok, "{out}");
+    let pod = running_agent_pod(&client, n, "flash-1", "flash").await;
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "flash", &[WEB], "10m", None));
+    assert!(ok, "{out}");
+    let first = eventually(Duration::from_secs(15), "a token", || token_in(&client, n, &pod, "g")).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+    let thumbprint = |d: &std::collections::BTreeMap<String, String>| {
+        writ::pki::cert::CertificateInfo::from_pem(&d["tls.crt"]).expect("cert").thumbprint
+    };
+    let before = thumbprint(&secret_data(&secrets.get(&credential_secret_name(&pod)).await.expect("Secret")));
+    assert_eq!(writ::pki::token::decode_unverified(&first).expect("jwt").1.cnf.x5t_s256, before);
+    // 20 s certificates rotate 10 s before expiry; the token follows the new certificate.
+    let (cert, token) = eventually(Duration::from_secs(30), "a rotated certificate with a re-minted token", || async {
+        let d = secret_data(&secrets.get(&credential_secret_name(&pod)).await.ok()?);
+        let now = thumbprint(&d);
+        let jwt = d.get("grant.g.jwt")?.clone();
+        let cnf = writ::pki::token::decode_unverified(&jwt).ok()?.1.cnf.x5t_s256;
+        (now != before && cnf == now).then_some((now, jwt))
+    })
+    .await;
+    assert_ne!(token, first);
+    let (_, old_claims) = writ::pki::token::decode_unverified(&first).expect("jwt");
+    let (_, new_claims) = writ::pki::token::decode_unverified(&token).expect("jwt");
+    assert_eq!(new_claims.cnf.x5t_s256, cert);
+    assert_ne!(new_claims.jti, old_claims.jti);
+    // The replaced token is revoked, not just overwritten.
+    let grants: Api<CapabilityGrant> = Api::namespaced(client.clone(), n);
+    let g = grants.get("g").await.expect("grant");
+    assert_eq!(g.status.as_ref().map(|s| s.phase), Some(GrantPhase::Active));
+    eventually(Duration::from_secs(10), "the old jti on the revocation list", || async {
+        let (_, list) = op.https_get("/revocations").await;
+        list.contains(&old_claims.jti).then_some(())
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+/// An agent with 20-second certificates, and a policy letting alice grant to it.
+const FLASH: &str = r#"apiVersion: writ.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: flash}
+spec:
+  class: Agent
+  serviceAccountName: flash
+  owner: team-platform
+  credential: {ttl: 20s, rotateBefore: 10s}
+  ceiling:
+    - {action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}
+---
+apiVersion: writ.dev/v1alpha1
+kind: DelegationPolicy
+metadata: {name: flash}
+spec:
+  delegators: [{group: release-managers}]
+  delegates: [{agent: flash}]
+  capabilities:
+    - {action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}
+  maxTTL: 30m
+  maxDepth: 1
+"#;

@@ -17,9 +17,11 @@ use super::{cluster, ensure_crds, repo, Cluster};
 /// Name of the webhook configurations the test operator registers.
 pub const WEBHOOK_CONFIG: &str = "writ";
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+/// Distinct free loopback ports (held open together while chosen, so the
+/// kernel cannot hand out the same one twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("addr").port())
 }
 
 /// A running `writ run` process.
@@ -49,8 +51,7 @@ impl Operator {
     /// Starts `writ run` in `namespace` without waiting for it to be ready.
     pub async fn launch(c: &Cluster, namespace: &str, id: &str, extra: &[&str]) -> Operator {
         ensure_crds(&c.client().await).await;
-        let webhook_port = free_port();
-        let metrics_port = free_port();
+        let [webhook_port, metrics_port] = free_ports();
         let url = format!("https://127.0.0.1:{webhook_port}");
         let mut args: Vec<String> = vec![
             "run".into(),
