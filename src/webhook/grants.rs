@@ -1,6 +1,6 @@
 //! Handlers that connect admission requests to the pure policy engine.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -46,7 +46,26 @@ pub fn credential_secret_name() -> String {
 }
 
 /// Pod CREATE: check the claim and inject the credential volume.
-pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>) -> Decision {
+/// The AgentIdentity a request names, read from the API server when the
+/// cache does not have it yet (an identity applied together with its pods or
+/// grants may not have reached the watch). `None` when it does not exist or
+/// cannot be read; the caller then refuses, as with any unknown identity.
+pub async fn identity_fallback(shared: &Shared, namespace: &str, name: Option<&str>) -> Option<Arc<AgentIdentity>> {
+    let name = name?;
+    if let Some(found) = shared.identity(namespace, name) {
+        return Some(found);
+    }
+    let api: Api<AgentIdentity> = Api::namespaced(shared.client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(found) => found.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, namespace, name, "reading an AgentIdentity missing from the cache");
+            None
+        }
+    }
+}
+
+pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>, fetched: Option<Arc<AgentIdentity>>) -> Decision {
     if req.operation != Operation::Create {
         return Decision::Allow;
     }
@@ -56,7 +75,7 @@ pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>) -> Decision {
         return Decision::deny("not-ready", "writ is starting and cannot check this claim yet; retry shortly");
     }
     let namespace = req.namespace.clone().or_else(|| pod.namespace()).unwrap_or_default();
-    let identity = shared.identity(&namespace, agent);
+    let identity = shared.identity(&namespace, agent).or(fetched);
     let spiffe = crate::pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, agent);
     match pods::inject(pod, &namespace, identity.as_deref(), &spiffe, &credential_secret_name()) {
         Ok(mutated) => match diff_patch(pod, &mutated) {
@@ -141,6 +160,7 @@ pub fn validate_grant(
     shared: &Shared,
     req: &AdmissionRequest<CapabilityGrant>,
     ancestors: Result<Vec<CapabilityGrant>, kube::Error>,
+    fetched_agent: Option<Arc<AgentIdentity>>,
 ) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
     if !shared.is_synced() {
@@ -164,7 +184,7 @@ pub fn validate_grant(
                     return Decision::deny("internal", format!("writ could not read the parent grant chain: {e}"))
                 }
             };
-            let agent = shared.identity(&namespace, &grant.spec.agent);
+            let agent = shared.identity(&namespace, &grant.spec.agent).or(fetched_agent);
             let agent = agent.as_deref();
             let limits = shared.config.limits();
             let ctx = GrantContext {

@@ -149,7 +149,17 @@ pub fn diff_patch<T: serde::Serialize>(before: &T, after: &T) -> Result<json_pat
 }
 
 async fn mutate_pods(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
-    reply(handle(&shared, "mutate-pods", &body, |req| grants::mutate_pod(&shared, req)))
+    let fetched = match parse_request::<k8s_openapi::api::core::v1::Pod>(&body) {
+        Ok(r) => match r.object.as_ref() {
+            Some(pod) => {
+                let ns = r.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_default();
+                grants::identity_fallback(&shared, &ns, pods::claimed_agent(pod)).await
+            }
+            None => None,
+        },
+        Err(_) => None,
+    };
+    reply(handle(&shared, "mutate-pods", &body, |req| grants::mutate_pod(&shared, req, fetched)))
 }
 
 async fn mutate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
@@ -160,11 +170,15 @@ async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl
     let req = parse_request::<crate::api::CapabilityGrant>(&body);
     // Ancestors are read from the API server (fresh), so resolve them before
     // the synchronous decision.
-    let ancestors = match &req {
-        Ok(r) => grants::ancestors(&shared, r).await,
-        Err(_) => Ok(vec![]),
+    let (ancestors, agent) = match &req {
+        Ok(r) => {
+            let ns = r.namespace.clone().unwrap_or_default();
+            let agent = r.object.as_ref().map(|g| g.spec.agent.as_str());
+            (grants::ancestors(&shared, r).await, grants::identity_fallback(&shared, &ns, agent).await)
+        }
+        Err(_) => (Ok(vec![]), None),
     };
-    reply(handle(&shared, "validate-grants", &body, |r| grants::validate_grant(&shared, r, ancestors)))
+    reply(handle(&shared, "validate-grants", &body, |r| grants::validate_grant(&shared, r, ancestors, agent)))
 }
 
 async fn validate_identities(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
