@@ -595,3 +595,38 @@ pub fn grants_where(
         .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
         .collect()
 }
+
+/// Grants a credential-Secret change concerns: those of its agent that should
+/// hold a token there and whose token is missing or bound to another
+/// certificate (the certificate rotated), plus ended grants whose token is
+/// still there. Mapping every change to every grant of the agent would make
+/// activation quadratic in the number of grants (each token write is itself a
+/// Secret change).
+pub fn grants_for_secret(
+    ctx_grants: &kube::runtime::reflector::Store<CapabilityGrant>,
+    secret: &Secret,
+) -> Vec<kube::runtime::reflector::ObjectRef<CapabilityGrant>> {
+    let agent = secret.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
+    let ns = secret.namespace().unwrap_or_default();
+    let data = secret.data.clone().unwrap_or_default();
+    let thumbprint = data
+        .get(credentials::keys::CERT)
+        .and_then(|c| crate::pki::CertificateInfo::from_pem(&String::from_utf8_lossy(&c.0)).ok())
+        .map(|i| i.thumbprint);
+    grants_where(ctx_grants, &ns, |g| {
+        if g.spec.agent != agent {
+            return false;
+        }
+        let key = format!("{}{}{}", credentials::keys::GRANT_PREFIX, g.name_any(), credentials::keys::GRANT_SUFFIX);
+        let active = g.status.as_ref().map(|s| s.phase) == Some(GrantPhase::Active);
+        match data.get(&key) {
+            None => active,
+            Some(jwt) if active => {
+                let bound =
+                    token::decode_unverified(&String::from_utf8_lossy(&jwt.0)).ok().map(|(_, c)| c.cnf.x5t_s256);
+                bound != thumbprint
+            }
+            Some(_) => true,
+        }
+    })
+}

@@ -112,3 +112,48 @@ pub fn time(secs: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
         jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
     )
 }
+
+/// Lets through only the watch events of an object that change what other
+/// objects depend on: its first sighting, a new `metadata.generation` (spec
+/// changes; custom resources also bump it when deletion starts) and the start
+/// of its deletion. Status-only updates pass no further, which keeps a status
+/// write on an AgentIdentity (e.g. its grant count) from re-queueing every
+/// grant of that agent.
+#[derive(Default)]
+pub struct GenerationGate(std::sync::Mutex<std::collections::HashMap<String, (i64, bool)>>);
+
+impl GenerationGate {
+    /// Whether this sighting of `obj` is a change dependents must see.
+    pub fn changed<K: kube::Resource>(&self, obj: &K) -> bool {
+        let meta = obj.meta();
+        let key = meta.uid.clone().unwrap_or_default();
+        let now = (meta.generation.unwrap_or_default(), meta.deletion_timestamp.is_some());
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(key, now) != Some(now)
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::GenerationGate;
+    use crate::api::AgentIdentity;
+
+    #[test]
+    fn status_updates_do_not_pass_spec_changes_and_deletion_do() {
+        let gate = GenerationGate::default();
+        let mut id: AgentIdentity = serde_json::from_value(serde_json::json!({
+            "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": {"name": "a", "uid": "u1", "generation": 1},
+            "spec": {"class": "Agent", "serviceAccountName": "a", "owner": "o", "ceiling": []}
+        }))
+        .expect("identity");
+        assert!(gate.changed(&id), "first sighting");
+        assert!(!gate.changed(&id), "same generation (a status update)");
+        id.metadata.generation = Some(2);
+        assert!(gate.changed(&id), "spec change");
+        id.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        assert!(gate.changed(&id), "deletion started");
+        assert!(!gate.changed(&id));
+    }
+}

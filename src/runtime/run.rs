@@ -407,14 +407,14 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
         shared.grants.clone(),
         shared.grants.clone(),
     );
+    let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
     let grants = Controller::new(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default())
         .watches(Api::<Pod>::all(client.clone()), agent_pods, move |p| {
             let agent = p.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
             controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| g.spec.agent == agent)
         })
         .watches(Api::<Secret>::all(client.clone()), cred_secrets, move |s| {
-            let agent = s.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
-            controller::grant::grants_where(&g2, &s.namespace().unwrap_or_default(), |g| g.spec.agent == agent)
+            controller::grant::grants_for_secret(&g2, &s)
         })
         .watches(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), move |parent| {
             let name = parent.name_any();
@@ -423,10 +423,16 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
             })
         })
         .watches(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default(), move |id| {
+            if !identity_gate.changed(&id) {
+                return Vec::new();
+            }
             let name = id.name_any();
             controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| g.spec.agent == name)
         })
         .watches(Api::<DelegationPolicy>::all(client.clone()), watcher::Config::default(), move |p| {
+            if !policy_gate.changed(&p) {
+                return Vec::new();
+            }
             controller::grant::grants_where(&g5, &p.namespace().unwrap_or_default(), |_| true)
         })
         .run(controller::grant::reconcile, controller::grant::error_policy, ctx.clone())
