@@ -197,7 +197,7 @@ async fn main() {
         latencies.last().expect("latencies").as_secs_f64() * 1e3
     );
     let verdict = if ratio >= 0.5 { "MET" } else { "MISSED" };
-    println!("RATIO grants_to_active_vs_raw_creates {ratio:.2}x (target >= 0.5x) {verdict}");
+    println!("RATIO grants_to_active_vs_raw_creates {ratio:.4}x (target >= 0.5x) {verdict}");
 
     // Clean up while the operator still runs (the grants' finalizers need it).
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
