@@ -357,3 +357,35 @@ fn readme_snippets_are_the_tested_ones() {
         "README's Python snippet differs from tests/interop/verify_token.py"
     );
 }
+
+/// The HTTPS listener (webhooks and trust endpoints) speaks TLS 1.2 and 1.3 only.
+#[tokio::test]
+async fn the_https_listener_refuses_tls_below_1_2() {
+    let op = shared_operator().await;
+    let addr = op.url.trim_start_matches("https://").to_string();
+    let handshake = |version: &str| {
+        let mut child = Command::new("openssl")
+            // SECLEVEL=0: let the client offer old versions at all (OpenSSL 3
+            // refuses them itself by default), so the server is what refuses.
+            .args(["s_client", "-connect", &addr, version, "-cipher", "DEFAULT@SECLEVEL=0"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl s_client");
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("s_client");
+        let all = text(&out);
+        (all.contains("Cipher is ") && !all.contains("Cipher is (NONE)"), all)
+    };
+    for ok in ["-tls1_2", "-tls1_3"] {
+        let (negotiated, out) = handshake(ok);
+        assert!(negotiated, "{ok} refused:\n{out}");
+    }
+    for old in ["-tls1", "-tls1_1"] {
+        let (negotiated, out) = handshake(old);
+        assert!(!negotiated, "{old} accepted:\n{out}");
+        // Refused by the server (a protocol alert), not by our own client.
+        assert!(out.contains("SSL alert number"), "not refused by the server (no alert):\n{out}");
+    }
+}
