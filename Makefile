@@ -5,7 +5,7 @@ WRIT_CACHE ?= $(HOME)/.cache/writ
 export WRIT_CACHE
 
 .DEFAULT_GOAL := build
-.PHONY: deploy manifests build test unit integration crds crds-check lint fmt demo control-plane control-plane-down bench bench-scale clean
+.PHONY: deploy manifests build test unit crds lint fmt demo control-plane control-plane-down bench clean
 
 build:
 	$(CARGO) build --all-targets
