@@ -493,3 +493,75 @@ async fn a_rotated_ca_issues_new_certificates_while_the_old_one_stays_trusted() 
     .await;
     ns.cleanup().await;
 }
+
+/// Resumes a paused process when dropped (also when the test fails).
+struct Paused(i32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+/// The API server stops answering for 30 s (SIGSTOP: connections hang, the
+/// harder case than refusals). The operator stays up, loses and regains its
+/// lease by itself, and converges: a grant that expired meanwhile is Expired,
+/// new grants and pods get their credentials. Needs the local control plane
+/// (set WRIT_SKIP_API_PAUSE=1 to run the suite against a cluster you cannot pause).
+#[tokio::test]
+async fn the_operator_survives_an_api_server_outage_and_converges() {
+    let _serial = SERIAL.lock().await;
+    if std::env::var_os("WRIT_SKIP_API_PAUSE").is_some() {
+        eprintln!("skipped on request (WRIT_SKIP_API_PAUSE)");
+        return;
+    }
+    let c = cluster();
+    let dir = c.dir.clone().expect("this test pauses the local control plane's kube-apiserver (hack/control-plane.sh)");
+    let pid: i32 = std::fs::read_to_string(dir.join("kube-apiserver.pid"))
+        .expect("kube-apiserver.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let client = c.client().await;
+    let op = Operator::start(&c, &operator_namespace("outage"), "o-0", &[]).await;
+    let ns = TestNamespace::new(&client, "outage").await;
+    let n = &ns.name;
+    example_setup(&c, &client, n).await;
+    let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
+    for (name, ttl) in [("brief", "10s"), ("long", "15m")] {
+        let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml(name, "release-bot", &[WEB], ttl, None));
+        assert!(ok, "{out}");
+    }
+    token(&client, n, &pod, "long").await;
+
+    {
+        let _paused = Paused(pid);
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "pausing kube-apiserver");
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let health = http_get(&format!("{}/healthz", op.metrics_url)).await.map(|r| r.0);
+            assert_eq!(health, Some(200), "the operator is not serving health during the outage:\n{}", op.log_tail());
+        }
+    }
+    // Back: the operator recovers by itself.
+    let recovered = Instant::now();
+    eventually(Duration::from_secs(40), "the operator to lead again", || async {
+        (op.metric("writ_leader", &[]).await == Some(1.0)).then_some(())
+    })
+    .await;
+    wait_phase(&client, n, "brief", GrantPhase::Expired, Duration::from_secs(30)).await;
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("after", "release-bot", &[WEB], "15m", None));
+    assert!(ok, "{out}");
+    token(&client, n, &pod, "after").await;
+    let second = running_agent_pod(&client, n, "bot-2", "release-bot").await;
+    token(&client, n, &second, "long").await;
+    // It stopped leading while it could not renew (no split brain with a
+    // replica that could reach the API server), and took the lease back after.
+    let log = op.log_text();
+    let down = log.find("could not renew the lease in time; stepping down").expect("no step-down during the outage");
+    assert!(log[down..].contains("acquired leadership"), "leadership not regained:\n{}", op.log_tail());
+    eprintln!("converged {:?} after the API server came back", recovered.elapsed());
+    ns.cleanup().await;
+}

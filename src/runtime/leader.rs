@@ -104,12 +104,20 @@ impl LeaderElector {
     }
 
     /// Runs rounds forever. `tx` carries true while we lead. A leader that
-    /// cannot renew within the lease duration steps down (publishes false).
+    /// cannot renew within the renew deadline (two thirds of the lease
+    /// duration, like client-go's RenewDeadline) steps down, so it has stopped
+    /// before another replica may take the expired lease. A round that hangs
+    /// (an API server that accepts but does not answer) counts as failed.
     pub async fn run(self, tx: watch::Sender<bool>) {
         let period = self.lease_duration / 3;
+        let renew_deadline = self.lease_duration * 2 / 3;
         let mut last_renewed = tokio::time::Instant::now();
         loop {
-            match self.round().await {
+            let round = match tokio::time::timeout(period, self.round()).await {
+                Ok(result) => result,
+                Err(_) => Err(kube::Error::Service(format!("no answer within {period:?}").into())),
+            };
+            match round {
                 Ok(Round::Leading) => {
                     last_renewed = tokio::time::Instant::now();
                     if !*tx.borrow() {
@@ -125,7 +133,7 @@ impl LeaderElector {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election round failed");
-                    if *tx.borrow() && last_renewed.elapsed() >= self.lease_duration {
+                    if *tx.borrow() && last_renewed.elapsed() >= renew_deadline {
                         tracing::warn!(replica = %self.me, "could not renew the lease in time; stepping down");
                         tx.send_replace(false);
                     }
