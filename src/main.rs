@@ -229,7 +229,9 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             match (&src, src.load(tls_ca.as_deref()).await) {
                 (_, Ok(bytes)) => serde_json::from_slice(&bytes).context("reading the revocation list")?,
                 // No revocation ConfigMap yet means nothing was ever revoked.
-                (Source::ConfigMap { .. }, Err(e)) if format!("{e:#}").contains("NotFound") => {
+                (Source::ConfigMap { .. }, Err(e))
+                    if e.chain().any(|c| matches!(c.downcast_ref(), Some(kube::Error::Api(r)) if r.code == 404)) =>
+                {
                     RevocationList::default()
                 }
                 (_, Err(e)) => return Err(e),

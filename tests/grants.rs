@@ -15,17 +15,6 @@ use writ::api::{CapabilityGrant, GrantPhase};
 
 const WEB: (&str, &str) = ("k8s:deployments.patch", "k8s:staging/deployments/web");
 
-async fn token_in(
-    client: &kube::Client,
-    ns: &str,
-    pod: &k8s_openapi::api::core::v1::Pod,
-    grant: &str,
-) -> Option<String> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let d = secret_data(&api.get(&credential_secret_name(pod)).await.ok()?);
-    d.get(&format!("grant.{grant}.jwt")).cloned()
-}
-
 #[tokio::test]
 async fn an_active_grant_gives_the_pod_a_token_bound_to_its_certificate() {
     let c = cluster();

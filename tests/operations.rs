@@ -36,16 +36,6 @@ async fn secret_fingerprint(client: &kube::Client, ns: &str, name: &str) -> (Str
     (s.metadata.uid.expect("uid"), d.get("tls.crt").or(d.get("signing-key.pem")).cloned().unwrap_or_default())
 }
 
-async fn token(client: &kube::Client, ns: &str, pod: &Pod, grant: &str) -> String {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = credential_secret_name(pod);
-    eventually(Duration::from_secs(15), "a token in the pod's Secret", || {
-        let (api, secret) = (api.clone(), secret.clone());
-        async move { secret_data(&api.get(&secret).await.ok()?).get(&format!("grant.{grant}.jwt")).cloned() }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_restarted_operator_reuses_its_trust_does_not_remint_and_catches_up_on_expiry() {
     let _serial = SERIAL.lock().await;
@@ -61,8 +51,8 @@ async fn a_restarted_operator_reuses_its_trust_does_not_remint_and_catches_up_on
         let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml(name, "release-bot", &[WEB], ttl, None));
         assert!(ok, "{out}");
     }
-    let brief = token(&client, n, &pod, "brief").await;
-    let long = token(&client, n, &pod, "long").await;
+    let brief = wait_for_token(&client, n, &pod, "brief").await;
+    let long = wait_for_token(&client, n, &pod, "long").await;
     let serial = cert_serial(&client, n, &pod).await;
     let ca = secret_fingerprint(&client, &op_ns, writ::trust::CA_SECRET).await;
     let keys = secret_fingerprint(&client, &op_ns, writ::trust::SIGNING_SECRET).await;
@@ -125,7 +115,7 @@ async fn a_second_replica_takes_over_when_the_leader_dies_without_minting_twice(
     let serial = cert_serial(&client, n, &first).await;
     let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
     assert!(ok, "{out}");
-    let jwt = token(&client, n, &first, "g").await;
+    let jwt = wait_for_token(&client, n, &first, "g").await;
     assert_eq!(b.metric("writ_credentials_total", &[]).await.unwrap_or(0.0), 0.0, "the follower minted");
 
     a.kill();
@@ -137,10 +127,10 @@ async fn a_second_replica_takes_over_when_the_leader_dies_without_minting_twice(
     let takeover = killed.elapsed();
     // A new pod gets its credential from the new leader.
     let second = running_agent_pod(&client, n, "bot-2", "release-bot").await;
-    token(&client, n, &second, "g").await;
+    wait_for_token(&client, n, &second, "g").await;
     // Nothing the old leader issued was issued again.
     assert_eq!(cert_serial(&client, n, &first).await, serial, "the first pod's certificate was re-minted");
-    assert_eq!(token(&client, n, &first, "g").await, jwt, "the first pod's token was re-minted");
+    assert_eq!(wait_for_token(&client, n, &first, "g").await, jwt, "the first pod's token was re-minted");
     let certs = b.metric("writ_credentials_total", &[r#"kind="certificate""#, r#"event="issued""#]).await;
     assert_eq!(certs, Some(1.0), "the new leader issued certificates other than the new pod's");
     eprintln!("takeover after {takeover:?} (lease 6s)");
@@ -209,7 +199,7 @@ async fn metrics_expose_every_family_after_a_small_scenario() {
     let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
     let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
     assert!(ok, "{out}");
-    token(&client, n, &pod, "g").await;
+    wait_for_token(&client, n, &pod, "g").await;
     let (ok, _) = apply_as(&c, Some("alice"), n, &grant_yaml("wild", "release-bot", &[("k8s:*", "k8s:*")], "5m", None));
     assert!(!ok, "a wildcard grant was admitted");
     let (_, body) = http_get(&format!("{}/metrics", op.metrics_url)).await.expect("metrics");
@@ -386,7 +376,7 @@ async fn nothing_secret_leaks_into_logs_events_status_or_metrics() {
     let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
     let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
     assert!(ok, "{out}");
-    let jwt = token(&client, n, &pod, "g").await;
+    let jwt = wait_for_token(&client, n, &pod, "g").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
     let secret = secrets.get(&credential_secret_name(&pod)).await.expect("Secret");
     // Credential Secrets are owned by their pod (garbage-collected with it).
@@ -448,40 +438,16 @@ async fn a_rotated_ca_issues_new_certificates_while_the_old_one_stays_trusted() 
     let (code, _) = op.https_get("/.well-known/jwks.json").await;
     assert_eq!(code, 200);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bundle_file = dir.path().join("bundle.pem");
-    std::fs::write(&bundle_file, &bundle).expect("write");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
-    let openssl_verify = |pem: &str, name: &str| {
-        let f = dir.path().join(name);
-        std::fs::write(&f, pem).expect("write");
-        let out = std::process::Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .args([&bundle_file, &f])
-            .output()
-            .expect("openssl");
-        (out.status.success(), text(&out))
-    };
     let old = secret_data(&secrets.get(&credential_secret_name(&old_pod)).await.expect("Secret"));
-    let (ok, out) = openssl_verify(&old["tls.crt"], "old.crt");
+    let (ok, out) = openssl_verify(&bundle, &old["tls.crt"]);
     assert!(ok, "a certificate from the previous CA no longer verifies: {out}");
     // A new pod gets a certificate from the new CA, and the bundle in its Secret has both.
     let new_pod = running_agent_pod(&client, n, "bot-2", "release-bot").await;
     let new = secret_data(&secrets.get(&credential_secret_name(&new_pod)).await.expect("Secret"));
-    let (ok, out) = openssl_verify(&new["tls.crt"], "new.crt");
+    let (ok, out) = openssl_verify(&bundle, &new["tls.crt"]);
     assert!(ok, "{out}");
-    let (ok, _) = {
-        let only_old = dir.path().join("old-ca.pem");
-        std::fs::write(&only_old, &old_bundle).expect("write");
-        let f = dir.path().join("new2.crt");
-        std::fs::write(&f, &new["tls.crt"]).expect("write");
-        let out = std::process::Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .args([&only_old, &f])
-            .output()
-            .expect("openssl");
-        (out.status.success(), text(&out))
-    };
+    let (ok, _) = openssl_verify(&old_bundle, &new["tls.crt"]);
     assert!(!ok, "the new pod's certificate was issued by the old CA");
     assert_eq!(new["ca.crt"].matches("BEGIN CERTIFICATE").count(), 2, "the pod's ca.crt lacks a CA");
     // The published ConfigMap follows.
@@ -534,7 +500,7 @@ async fn the_operator_survives_an_api_server_outage_and_converges() {
         let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml(name, "release-bot", &[WEB], ttl, None));
         assert!(ok, "{out}");
     }
-    token(&client, n, &pod, "long").await;
+    wait_for_token(&client, n, &pod, "long").await;
 
     {
         let _paused = Paused(pid);
@@ -554,9 +520,9 @@ async fn the_operator_survives_an_api_server_outage_and_converges() {
     wait_phase(&client, n, "brief", GrantPhase::Expired, Duration::from_secs(30)).await;
     let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("after", "release-bot", &[WEB], "15m", None));
     assert!(ok, "{out}");
-    token(&client, n, &pod, "after").await;
+    wait_for_token(&client, n, &pod, "after").await;
     let second = running_agent_pod(&client, n, "bot-2", "release-bot").await;
-    token(&client, n, &second, "long").await;
+    wait_for_token(&client, n, &second, "long").await;
     // It stopped leading while it could not renew (no split brain with a
     // replica that could reach the API server), and took the lease back after.
     let log = op.log_text();

@@ -34,14 +34,7 @@ async fn pod_files(client: &kube::Client, ns: &str, pod: &Pod, dir: &Path) -> Po
 }
 
 async fn token_of(client: &kube::Client, ns: &str, pod: &Pod, grant: &str, dir: &Path) -> std::path::PathBuf {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let secret = credential_secret_name(pod);
-    let key = format!("grant.{grant}.jwt");
-    let jwt = eventually(Duration::from_secs(15), "the grant's token in the pod's Secret", || {
-        let (api, secret, key) = (api.clone(), secret.clone(), key.clone());
-        async move { secret_data(&api.get(&secret).await.ok()?).get(&key).cloned() }
-    })
-    .await;
+    let jwt = wait_for_token(client, ns, pod, grant).await;
     let path = dir.join(format!("{}.{grant}.jwt", pod.metadata.name.as_deref().expect("name")));
     std::fs::write(&path, jwt).expect("write");
     path
@@ -221,15 +214,11 @@ async fn tokens_and_certificates_verify_with_libraries_that_are_not_ours() {
     let jwks_file = dir.path().join("jwks.json");
     let bundle_file = dir.path().join("bundle.pem");
     std::fs::write(&jwks_file, jwks).expect("write");
-    std::fs::write(&bundle_file, bundle).expect("write");
+    std::fs::write(&bundle_file, &bundle).expect("write");
 
     // openssl verify: the pod certificate chains to the published bundle.
-    let out = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .args([&bundle_file, &f1.cert])
-        .output()
-        .expect("openssl (install the openssl package)");
-    assert!(out.status.success() && text(&out).contains(": OK"), "{}", text(&out));
+    let (ok, out) = openssl_verify(&bundle, &std::fs::read_to_string(&f1.cert).expect("cert"));
+    assert!(ok, "{out}");
 
     // PyJWT + cryptography for the token, the `spiffe` package for the SVID.
     let deps = Command::new(repo().join("hack/python-deps.sh")).output().expect("hack/python-deps.sh");

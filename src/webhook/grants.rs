@@ -45,7 +45,6 @@ pub fn credential_secret_name() -> String {
     format!("writ-cred-{suffix}")
 }
 
-/// Pod CREATE: check the claim and inject the credential volume.
 /// The AgentIdentity a request names, read from the API server when the
 /// cache does not have it yet (an identity applied together with its pods or
 /// grants may not have reached the watch). `None` when it does not exist or
@@ -65,7 +64,9 @@ pub async fn identity_fallback(shared: &Shared, namespace: &str, name: Option<&s
     }
 }
 
-pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>, fetched: Option<Arc<AgentIdentity>>) -> Decision {
+/// Pod CREATE: check the claim and inject the credential volume. `identity`
+/// is the claimed AgentIdentity as [`identity_fallback`] found it.
+pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>, identity: Option<Arc<AgentIdentity>>) -> Decision {
     if req.operation != Operation::Create {
         return Decision::Allow;
     }
@@ -75,7 +76,6 @@ pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>, fetched: Option<
         return Decision::deny("not-ready", "writ is starting and cannot check this claim yet; retry shortly");
     }
     let namespace = req.namespace.clone().or_else(|| pod.namespace()).unwrap_or_default();
-    let identity = shared.identity(&namespace, agent).or(fetched);
     let spiffe = crate::pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, agent);
     match pods::inject(pod, &namespace, identity.as_deref(), &spiffe, &credential_secret_name()) {
         Ok(mutated) => match diff_patch(pod, &mutated) {
@@ -160,7 +160,7 @@ pub fn validate_grant(
     shared: &Shared,
     req: &AdmissionRequest<CapabilityGrant>,
     ancestors: Result<Vec<CapabilityGrant>, kube::Error>,
-    fetched_agent: Option<Arc<AgentIdentity>>,
+    agent: Option<Arc<AgentIdentity>>,
 ) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
     if !shared.is_synced() {
@@ -184,7 +184,6 @@ pub fn validate_grant(
                     return Decision::deny("internal", format!("writ could not read the parent grant chain: {e}"))
                 }
             };
-            let agent = shared.identity(&namespace, &grant.spec.agent).or(fetched_agent);
             let agent = agent.as_deref();
             let limits = shared.config.limits();
             let ctx = GrantContext {

@@ -264,6 +264,21 @@ where
     }
 }
 
+/// `openssl verify -CAfile <bundle PEM> <certificate PEM>` (both given as
+/// text): whether it chains, and what openssl said.
+pub fn openssl_verify(bundle_pem: &str, cert_pem: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, cert) = (dir.path().join("bundle.pem"), dir.path().join("cert.pem"));
+    std::fs::write(&bundle, bundle_pem).expect("write");
+    std::fs::write(&cert, cert_pem).expect("write");
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .args([&bundle, &cert])
+        .output()
+        .expect("openssl (hack/build-control-plane.sh installs it)");
+    (out.status.success() && text(&out).contains(": OK"), text(&out))
+}
+
 mod operator;
 pub use operator::*;
 

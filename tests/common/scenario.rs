@@ -79,6 +79,20 @@ pub async fn wait_for_credential(client: &Client, ns: &str, pod: &Pod) -> BTreeM
     .await
 }
 
+/// The token of `grant` in the pod's credential Secret, if it is there now.
+pub async fn token_in(client: &Client, ns: &str, pod: &Pod, grant: &str) -> Option<String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secret_data(&api.get(&credential_secret_name(pod)).await.ok()?).remove(&format!("grant.{grant}.jwt"))
+}
+
+/// Waits until the pod's credential Secret holds a token for `grant`.
+pub async fn wait_for_token(client: &Client, ns: &str, pod: &Pod, grant: &str) -> String {
+    eventually(Duration::from_secs(15), &format!("a token of grant {grant} in the pod's Secret"), || {
+        token_in(client, ns, pod, grant)
+    })
+    .await
+}
+
 /// A client authenticated as a service account (its token Secret, made by
 /// the controller-manager's token controller).
 pub async fn service_account_client(c: &Cluster, ns: &str, sa: &str) -> Client {
