@@ -53,6 +53,65 @@ fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_yaml::from_str(text).expect("yaml")
 }
 
+/// Successful writes the API server has answered so far, per `verb resource[/subresource]`.
+async fn api_writes(client: &Client) -> HashMap<String, f64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let text = client.request_text(req).await.expect("API server /metrics");
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let label = |k: &str| {
+            let start = line.find(&format!("{k}=\"")).map(|i| i + k.len() + 2)?;
+            line[start..].split('"').next().map(str::to_string)
+        };
+        let (Some(verb), Some(code), Some(resource)) = (label("verb"), label("code"), label("resource")) else {
+            continue;
+        };
+        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE") || !code.starts_with('2') {
+            continue;
+        }
+        let sub = label("subresource").unwrap_or_default();
+        let key = if sub.is_empty() { format!("{verb} {resource}") } else { format!("{verb} {resource}/{sub}") };
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *out.entry(key).or_insert(0.0) += value;
+    }
+    out
+}
+
+/// Writes between two snapshots, largest first.
+fn write_delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> Vec<(String, f64)> {
+    let mut d: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    d.sort_by(|a, b| b.1.total_cmp(&a.1));
+    d
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The processes whose CPU the bench reports: the operator, and the local
+/// control plane's etcd and API server when it is the one in use.
+fn processes(operator: u32) -> Vec<(&'static str, u32)> {
+    let mut out = vec![("writ run", operator)];
+    if let Ok(dir) = std::env::var("WRIT_CLUSTER_DIR") {
+        for name in ["kube-apiserver", "etcd"] {
+            if let Some(pid) =
+                std::fs::read_to_string(format!("{dir}/{name}.pid")).ok().and_then(|p| p.trim().parse().ok())
+            {
+                out.push((name, pid));
+            }
+        }
+    }
+    out
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -160,6 +219,9 @@ async fn main() {
             }
         })
     };
+    let writes_before = api_writes(&client).await;
+    let procs = processes(_op.0.id());
+    let cpu_before: Vec<Option<f64>> = procs.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
     let grant_start = Instant::now();
     futures::stream::iter(0..N)
         .map(|i| {
@@ -176,7 +238,11 @@ async fn main() {
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
+    let creates_done = grant_start.elapsed();
     tokio::time::timeout(Duration::from_secs(300), watch).await.expect("all grants Active in 5 min").expect("watch");
+    let cpu: Vec<Option<f64>> =
+        procs.iter().zip(&cpu_before).map(|((_, pid), b)| Some(cpu_seconds(*pid)? - (*b)?)).collect();
+    let writes = write_delta(&writes_before, &api_writes(&client).await);
     let (created, active) = (created.lock().expect("lock").clone(), active.lock().expect("lock").clone());
     let last = active.values().max().copied().expect("some Active");
     let grants_elapsed = last - grant_start;
@@ -190,12 +256,29 @@ async fn main() {
     println!("grants bench: {N} objects each, concurrency {CONCURRENCY}, one client, real API server");
     println!("raw ConfigMap creates            {raw_rate:>8.1} /s  ({:.2} s)", raw.as_secs_f64());
     println!("grants created -> Active (token) {grant_rate:>8.1} /s  ({:.2} s)", grants_elapsed.as_secs_f64());
+    println!("  (the {N} creates themselves returned after {:.2} s)", creates_done.as_secs_f64());
+    for ((name, _), cpu) in procs.iter().zip(&cpu) {
+        if let Some(cpu) = cpu {
+            println!(
+                "  CPU during the grant phase: {name:<15} {cpu:>6.2} s ({:.0} % of one core)",
+                100.0 * cpu / grants_elapsed.as_secs_f64()
+            );
+        }
+    }
     println!(
         "time to Active: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().expect("latencies").as_secs_f64() * 1e3
     );
+    let total: f64 = writes.iter().filter(|(k, _)| !k.ends_with(" leases")).map(|(_, v)| v).sum();
+    println!(
+        "API writes during the grant phase (all clients, leases excluded): {total:.0} = {:.2} per grant",
+        total / N as f64
+    );
+    for (k, v) in &writes {
+        println!("  {k:<40} {v:>8.0}  ({:.2} per grant)", v / N as f64);
+    }
     let verdict = if ratio >= 0.5 { "MET" } else { "MISSED" };
     println!("RATIO grants_to_active_vs_raw_creates {ratio:.4}x (target >= 0.5x) {verdict}");
 

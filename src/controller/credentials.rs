@@ -166,13 +166,12 @@ async fn reconcile_inner(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
     };
     let agent = pod.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
     let identity = shared.identity(&namespace, &agent);
-    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
-    let secret = secrets.get_opt(&secret_name).await.map_err(|source| Error::Kube {
+    let secret = ctx.secret_writes.read(&namespace, &secret_name).await.map_err(|source| Error::Kube {
         op: "reading credential Secret of",
         object: object(pod),
         source,
     })?;
-    let stored = stored_certificate(secret.as_ref());
+    let stored = stored_certificate(secret.as_deref());
     let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &agent);
     let now = pki::now_unix();
     let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
@@ -265,9 +264,11 @@ async fn issue(
     let mut value = serde_json::to_value(&secret).unwrap_or_default();
     value["apiVersion"] = "v1".into();
     value["kind"] = "Secret".into();
-    api.patch(secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value))
+    let written = api
+        .patch(secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value))
         .await
         .map_err(|source| Error::Kube { op: "writing credential Secret of", object: object(pod), source })?;
+    ctx.secret_writes.note_written(&written);
     let (reason, event) = if rotation { ("CredentialRotated", "rotated") } else { ("CredentialIssued", "issued") };
     shared.metrics.credential("certificate", event);
     if !rotation {
@@ -310,17 +311,14 @@ pub async fn revoke_secret(ctx: &Context, pod: &Pod, secret: &Secret, reason: &s
         .await
         .map_err(|source| Error::Revocation { object: object(pod), source })?;
     let namespace = secret.namespace().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
-    let mut removals = serde_json::Map::new();
-    removals.insert(keys::KEY.into(), serde_json::Value::Null);
-    for (grant, _) in &tokens {
-        removals.insert(format!("{}{grant}{}", keys::GRANT_PREFIX, keys::GRANT_SUFFIX), serde_json::Value::Null);
-    }
-    let patch = serde_json::json!({ "data": removals });
-    match api.patch(&secret.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(_) => {}
+    // Through the token writer, so that removals and token writes to this
+    // Secret go out one patch at a time, in the order they were asked for.
+    let removals = std::iter::once((keys::KEY.to_string(), None))
+        .chain(tokens.iter().map(|(grant, _)| (format!("{}{grant}{}", keys::GRANT_PREFIX, keys::GRANT_SUFFIX), None)));
+    match ctx.secret_writes.write_keys(&namespace, &secret.name_any(), removals).await {
+        Ok(()) => {}
         Err(e) if is_not_found(&e) => {}
-        Err(source) => return Err(Error::Kube { op: "removing key material of", object: object(pod), source }),
+        Err(source) => return Err(Error::Write { op: "removing key material of", object: object(pod), source }),
     }
     if let Some(c) = &cert {
         shared.metrics.credential("certificate", "revoked");

@@ -208,7 +208,7 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
             expires_at = expires_at.min(unix(pexp));
         }
     }
-    let tokens = issue_tokens(ctx, g, agent.as_deref(), parent, issued_at, expires_at).await?;
+    let tokens = issue_tokens(ctx, g, parent, issued_at, expires_at).await?;
     if current != GrantPhase::Active {
         if let Some(created) = g.metadata.creation_timestamp.as_ref() {
             shared.metrics.grant_to_active.observe((now - unix(created)).max(0) as f64);
@@ -249,115 +249,118 @@ fn actor_chain(ctx: &Context, g: &CapabilityGrant, parent: Option<Option<&Capabi
 async fn issue_tokens(
     ctx: &Context,
     g: &CapabilityGrant,
-    agent: Option<&AgentIdentity>,
     parent: Option<Option<&CapabilityGrant>>,
     issued_at: i64,
     expires_at: i64,
 ) -> Result<Vec<TokenRecord>, Error> {
     let shared = &ctx.shared;
-    let ns = g.namespace().unwrap_or_default();
     let now = pki::now_unix();
-    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
-    let key = token_key(&g.name_any());
-    let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &ns, &g.spec.agent);
-    let mut records = Vec::new();
     let act = actor_chain(ctx, g, parent);
-    for pod in bound_pods(ctx, g) {
-        let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { continue };
-        let secret = secrets.get_opt(secret_name).await.map_err(|source| Error::Kube {
-            op: "reading credential Secret for",
-            object: object(g),
-            source,
-        })?;
-        let Some(cert) = credentials::stored_certificate(secret.as_ref()) else { continue };
-        let existing = secret
-            .as_ref()
-            .and_then(|s| s.data.as_ref()?.get(&key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
-            .and_then(|jwt| token::decode_unverified(&jwt).ok());
-        let fresh = existing.as_ref().filter(|(h, c)| {
-            c.cnf.x5t_s256 == cert.thumbprint
-                && c.grant.uid == g.uid().unwrap_or_default()
-                && c.exp == expires_at.min(cert.not_after)
-                && c.pod.uid == pod.uid().unwrap_or_default()
-                && h.kid.as_deref().is_some_and(|kid| shared.trust.has_kid(kid, now))
-        });
-        if let Some((_, c)) = fresh {
-            records.push(TokenRecord { pod: pod.name_any(), jti: c.jti.clone(), expires_at: time(c.exp) });
-            continue;
+    // Every bound pod at once: their Secrets are independent, and writes to
+    // one Secret from concurrent grants are batched by the writer.
+    let issued = futures::future::join_all(
+        bound_pods(ctx, g).into_iter().map(|pod| issue_token(ctx, g, pod, act.clone(), issued_at, expires_at, now)),
+    )
+    .await;
+    let mut records = Vec::new();
+    let mut replaced = Vec::new();
+    for result in issued {
+        if let Some((record, old)) = result? {
+            records.push(record);
+            replaced.extend(old);
         }
-        let claims = token::Claims {
-            iss: format!("spiffe://{}/writ", shared.config.trust_domain),
-            sub: spiffe.clone(),
-            aud: g.spec.audiences.clone(),
-            iat: now,
-            nbf: issued_at.min(now),
-            exp: expires_at.min(cert.not_after),
-            jti: token::new_jti().map_err(|source| Error::Pki {
-                op: "making a token id",
-                object: object(g),
-                source,
-            })?,
-            cap: g
-                .spec
-                .capabilities
-                .iter()
-                .map(|c| token::Capability { action: c.action.clone(), resource: c.resource.clone() })
-                .collect(),
-            task: token::Task { id: g.spec.task.id.clone(), intent: g.spec.task.intent.clone() },
-            grant: token::GrantRef { namespace: ns.clone(), name: g.name_any(), uid: g.uid().unwrap_or_default() },
-            pod: token::PodRef { name: pod.name_any(), uid: pod.uid().unwrap_or_default() },
-            cnf: token::Confirmation { x5t_s256: cert.thumbprint.clone() },
-            act: act.clone(),
-            req: g.annotations().get(REQUESTED_BY_ANNOTATION).cloned().unwrap_or_default(),
-            apr: g.annotations().get(APPROVED_BY_ANNOTATION).cloned(),
-        };
-        let jwt = token::sign(&shared.trust.signing_key(), &claims).map_err(|source| Error::Pki {
-            op: "signing token",
-            object: object(g),
-            source,
-        })?;
-        let patch = serde_json::json!({ "data": { key.clone(): base64_std(&jwt) } });
-        match secrets.patch(secret_name, &PatchParams::default(), &Patch::Merge(patch)).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => continue,
-            Err(source) => return Err(Error::Kube { op: "writing token for", object: object(g), source }),
-        }
-        if let Some((_, old)) = existing {
-            // The replaced token (older certificate or key) is revoked, not just dropped.
-            shared
-                .revocations
-                .revoke(vec![RevokedToken { jti: old.jti, expires_at: old.exp }], vec![], now)
-                .await
-                .map_err(|source| Error::Revocation { object: object(g), source })?;
-            shared.metrics.credential("token", "rotated");
-        } else {
-            shared.metrics.credential("token", "issued");
-        }
-        tracing::info!(grant = %g.name_any(), namespace = %ns, pod = %pod.name_any(), jti = %claims.jti, exp = claims.exp, "capability token issued");
-        records.push(TokenRecord { pod: pod.name_any(), jti: claims.jti, expires_at: time(claims.exp) });
     }
-    let _ = agent;
-    // Tokens of pods that are no longer bound are revoked.
-    let gone: Vec<RevokedToken> = g
-        .status
-        .iter()
-        .flat_map(|s| s.tokens.iter())
-        .filter(|t| !records.iter().any(|r| r.pod == t.pod))
-        .map(|t| RevokedToken { jti: t.jti.clone(), expires_at: unix(&t.expires_at) })
-        .collect();
-    if !gone.is_empty() {
+    // Tokens of pods that are no longer bound are revoked, and so are the
+    // tokens just replaced (older certificate or key): revoked, not just dropped.
+    replaced.extend(
+        g.status
+            .iter()
+            .flat_map(|s| s.tokens.iter())
+            .filter(|t| !records.iter().any(|r| r.pod == t.pod))
+            .map(|t| RevokedToken { jti: t.jti.clone(), expires_at: unix(&t.expires_at) }),
+    );
+    if !replaced.is_empty() {
         shared
             .revocations
-            .revoke(gone, vec![], now)
+            .revoke(replaced, vec![], now)
             .await
             .map_err(|source| Error::Revocation { object: object(g), source })?;
     }
     Ok(records)
 }
 
-fn base64_std(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+/// Makes sure `pod` holds a current token for `g`: the record, and the token it
+/// replaced (if any). `None` when the pod has no credential (yet) or its Secret
+/// is gone.
+async fn issue_token(
+    ctx: &Context,
+    g: &CapabilityGrant,
+    pod: Arc<Pod>,
+    act: Option<token::Actor>,
+    issued_at: i64,
+    expires_at: i64,
+    now: i64,
+) -> Result<Option<(TokenRecord, Option<RevokedToken>)>, Error> {
+    let shared = &ctx.shared;
+    let ns = g.namespace().unwrap_or_default();
+    let key = token_key(&g.name_any());
+    let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { return Ok(None) };
+    let secret = ctx.secret_writes.read(&ns, secret_name).await.map_err(|source| Error::Kube {
+        op: "reading credential Secret for",
+        object: object(g),
+        source,
+    })?;
+    let Some(cert) = credentials::stored_certificate(secret.as_deref()) else { return Ok(None) };
+    let existing = secret
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get(&key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
+        .and_then(|jwt| token::decode_unverified(&jwt).ok());
+    let fresh = existing.as_ref().filter(|(h, c)| {
+        c.cnf.x5t_s256 == cert.thumbprint
+            && c.grant.uid == g.uid().unwrap_or_default()
+            && c.exp == expires_at.min(cert.not_after)
+            && c.pod.uid == pod.uid().unwrap_or_default()
+            && h.kid.as_deref().is_some_and(|kid| shared.trust.has_kid(kid, now))
+    });
+    if let Some((_, c)) = fresh {
+        return Ok(Some((TokenRecord { pod: pod.name_any(), jti: c.jti.clone(), expires_at: time(c.exp) }, None)));
+    }
+    let claims = token::Claims {
+        iss: format!("spiffe://{}/writ", shared.config.trust_domain),
+        sub: pki::cert::spiffe_id(&shared.config.trust_domain, &ns, &g.spec.agent),
+        aud: g.spec.audiences.clone(),
+        iat: now,
+        nbf: issued_at.min(now),
+        exp: expires_at.min(cert.not_after),
+        jti: token::new_jti().map_err(|source| Error::Pki { op: "making a token id", object: object(g), source })?,
+        cap: g
+            .spec
+            .capabilities
+            .iter()
+            .map(|c| token::Capability { action: c.action.clone(), resource: c.resource.clone() })
+            .collect(),
+        task: token::Task { id: g.spec.task.id.clone(), intent: g.spec.task.intent.clone() },
+        grant: token::GrantRef { namespace: ns.clone(), name: g.name_any(), uid: g.uid().unwrap_or_default() },
+        pod: token::PodRef { name: pod.name_any(), uid: pod.uid().unwrap_or_default() },
+        cnf: token::Confirmation { x5t_s256: cert.thumbprint.clone() },
+        act,
+        req: g.annotations().get(REQUESTED_BY_ANNOTATION).cloned().unwrap_or_default(),
+        apr: g.annotations().get(APPROVED_BY_ANNOTATION).cloned(),
+    };
+    let jwt = token::sign(&shared.trust.signing_key(), &claims).map_err(|source| Error::Pki {
+        op: "signing token",
+        object: object(g),
+        source,
+    })?;
+    match ctx.secret_writes.write(&ns, secret_name, &key, Some(jwt)).await {
+        Ok(()) => {}
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(source) => return Err(Error::Write { op: "writing token for", object: object(g), source }),
+    }
+    let replaced = existing.map(|(_, old)| RevokedToken { jti: old.jti, expires_at: old.exp });
+    shared.metrics.credential("token", if replaced.is_some() { "rotated" } else { "issued" });
+    tracing::info!(grant = %g.name_any(), namespace = %ns, pod = %pod.name_any(), jti = %claims.jti, exp = claims.exp, "capability token issued");
+    Ok(Some((TokenRecord { pod: pod.name_any(), jti: claims.jti, expires_at: time(claims.exp) }, replaced)))
 }
 
 /// Ends a grant: every token `jti` goes on the revocation list (durably),
@@ -367,7 +370,6 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
     let ns = g.namespace().unwrap_or_default();
     let now = pki::now_unix();
     let key = token_key(&g.name_any());
-    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &ns);
     let mut revoked: Vec<RevokedToken> = g
         .status
         .iter()
@@ -384,7 +386,7 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
     let mut holding = Vec::new();
     for pod in &pods {
         let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { continue };
-        let Some(secret) = secrets.get_opt(secret_name).await.map_err(|source| Error::Kube {
+        let Some(secret) = ctx.secret_writes.read(&ns, secret_name).await.map_err(|source| Error::Kube {
             op: "reading credential Secret for",
             object: object(g),
             source,
@@ -406,12 +408,12 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
         .revoke(revoked.clone(), vec![], now)
         .await
         .map_err(|source| Error::Revocation { object: object(g), source })?;
-    for secret_name in holding {
-        let patch = serde_json::json!({ "data": { key.clone(): null } });
-        match secrets.patch(&secret_name, &PatchParams::default(), &Patch::Merge(patch)).await {
-            Ok(_) => shared.metrics.credential("token", "revoked"),
+    let removals = holding.iter().map(|secret_name| ctx.secret_writes.write(&ns, secret_name, &key, None));
+    for outcome in futures::future::join_all(removals).await {
+        match outcome {
+            Ok(()) => shared.metrics.credential("token", "revoked"),
             Err(e) if is_not_found(&e) => {}
-            Err(source) => return Err(Error::Kube { op: "removing token of", object: object(g), source }),
+            Err(source) => return Err(Error::Write { op: "removing token of", object: object(g), source }),
         }
     }
     let tokens = g.status.as_ref().map(|s| s.tokens.clone()).unwrap_or_default();

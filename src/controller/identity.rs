@@ -224,19 +224,33 @@ async fn cleanup(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Writes `writ-trust-bundle` (the CA bundle) into `namespace`.
+/// How long a published trust bundle is trusted to still be there before it
+/// is written again (someone may have deleted the ConfigMap).
+const BUNDLE_REFRESH_SECS: i64 = 300;
+
+/// Writes `writ-trust-bundle` (the CA bundle) into `namespace`, unless this
+/// leader wrote the same bundle there less than five minutes ago (every
+/// identity reconcile calls this, and grants re-queue identities).
 pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), Error> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), namespace);
     let bundle = ctx.shared.trust.bundle_pem();
+    let now = pki::now_unix();
+    let fresh = |published: &std::collections::HashMap<String, (String, i64)>| {
+        published.get(namespace).is_some_and(|(b, at)| *b == bundle && now - at < BUNDLE_REFRESH_SECS)
+    };
+    if fresh(&ctx.published_bundles.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(());
+    }
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(TRUST_BUNDLE_CONFIGMAP.into()),
             labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())])),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([("ca.crt".to_string(), bundle)])),
+        data: Some(BTreeMap::from([("ca.crt".to_string(), bundle.clone())])),
         ..Default::default()
     };
+    let bundle_copy = bundle;
     let mut value = serde_json::to_value(&cm).unwrap_or_default();
     value["apiVersion"] = "v1".into();
     value["kind"] = "ConfigMap".into();
@@ -247,6 +261,7 @@ pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), 
             source,
         },
     )?;
+    ctx.published_bundles.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string(), (bundle_copy, now));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The reconcilers, run by the leader: pod credentials, identity status, grants.
 
+pub mod batch;
 pub mod credentials;
 pub mod grant;
 pub mod identity;
@@ -22,9 +23,23 @@ pub struct Context {
     pub shared: Arc<Shared>,
     /// Event recorder.
     pub recorder: Recorder,
+    /// Batched writes of tokens into credential Secrets, and cached reads of them.
+    pub secret_writes: batch::SecretWriter,
+    /// Trust bundle last published per namespace, and when (unix seconds).
+    pub published_bundles: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
 
 impl Context {
+    /// The context for one leadership term.
+    pub fn new(
+        shared: Arc<Shared>,
+        recorder: Recorder,
+        secrets: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Secret>,
+    ) -> Self {
+        let secret_writes = batch::SecretWriter::new(shared.client.clone(), secrets);
+        Self { shared, recorder, secret_writes, published_bundles: Default::default() }
+    }
+
     /// Publishes an Event; failures are logged, never fatal.
     pub async fn event(&self, on: &ObjectReference, warning: bool, reason: &str, action: &str, note: String) {
         let ev = Event {
@@ -53,6 +68,17 @@ pub enum Error {
         /// Cause.
         #[source]
         source: kube::Error,
+    },
+    /// A batched Secret write failed (shared by every change it carried).
+    #[error("{op} {object}: {source}")]
+    Write {
+        /// What we were doing.
+        op: &'static str,
+        /// `Kind namespace/name`.
+        object: String,
+        /// Cause.
+        #[source]
+        source: Arc<kube::Error>,
     },
     /// Minting or parsing a credential failed.
     #[error("{op} for {object}: {source}")]
@@ -88,7 +114,7 @@ impl Error {
     /// A static label for metrics and Event reasons.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube { .. } => "kube",
+            Self::Kube { .. } | Self::Write { .. } => "kube",
             Self::Pki { .. } => "pki",
             Self::Revocation { .. } => "revocation",
             Self::Finalizer { .. } => "finalizer",

@@ -366,9 +366,12 @@ async fn shutdown_signal() {
 async fn run_controllers(shared: Arc<Shared>, me: String) {
     let client = shared.client.clone();
     let reporter = Reporter { controller: "writ".into(), instance: Some(me) };
-    let ctx = Arc::new(Context { shared: shared.clone(), recorder: Recorder::new(client.clone(), reporter) });
-    let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
+    // The credential-Secret controller's cache also serves the other
+    // reconcilers' reads of those Secrets.
     let cred_secrets = watcher::Config::default().labels(credentials::POD_LABEL);
+    let secrets = Controller::new(Api::<Secret>::all(client.clone()), cred_secrets.clone());
+    let ctx = Arc::new(Context::new(shared.clone(), Recorder::new(client.clone(), reporter), secrets.store()));
+    let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
 
     let pods_store = shared.pods.clone();
     let pods = Controller::new(Api::<Pod>::all(client.clone()), agent_pods.clone())
@@ -386,7 +389,7 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
         .run(credentials::reconcile, credentials::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let secrets = Controller::new(Api::<Secret>::all(client.clone()), cred_secrets.clone())
+    let secrets = secrets
         .run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
@@ -397,6 +400,9 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
         .watches(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), |g| {
             Some(ObjectRef::new(&g.spec.agent).within(&g.namespace().unwrap_or_default()))
         })
+        // An identity's status counts its pods and active grants: during a
+        // burst of grants, one status write a second instead of one per grant.
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
         .run(controller::identity::reconcile, controller::identity::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 

@@ -88,7 +88,10 @@ pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>, identity: Option
 
 /// Grant CREATE/UPDATE: stamp `writ.dev/requested-by` (create) and
 /// `writ.dev/approved-by` (the approval update) from the authenticated user,
-/// overwriting whatever the client wrote.
+/// overwriting whatever the client wrote. A created grant also gets the
+/// controller's finalizer here, so the controller does not spend an API write
+/// (and a second reconcile) per grant adding it; the controller still adds it
+/// to any grant that lacks it.
 pub fn stamp(req: &AdmissionRequest<CapabilityGrant>) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
     let mut stamped = grant.clone();
@@ -98,6 +101,10 @@ pub fn stamp(req: &AdmissionRequest<CapabilityGrant>) -> Decision {
             annotations.insert(REQUESTED_BY_ANNOTATION.into(), username(req));
             annotations.insert(REQUESTED_GROUPS_ANNOTATION.into(), groups(req).join(","));
             annotations.remove(APPROVED_BY_ANNOTATION);
+            let finalizers = stamped.metadata.finalizers.get_or_insert_with(Vec::new);
+            if !finalizers.iter().any(|f| f == crate::controller::FINALIZER) {
+                finalizers.push(crate::controller::FINALIZER.into());
+            }
         }
         Operation::Update => {
             let old = req.old_object.as_ref();
@@ -115,7 +122,7 @@ pub fn stamp(req: &AdmissionRequest<CapabilityGrant>) -> Decision {
         }
         _ => return Decision::Allow,
     }
-    if stamped.metadata.annotations == grant.metadata.annotations {
+    if stamped.metadata == grant.metadata {
         return Decision::Allow;
     }
     match diff_patch(grant, &stamped) {
@@ -235,5 +242,68 @@ pub fn validate_policy(shared: &Shared, req: &AdmissionRequest<DelegationPolicy>
         Decision::Allow
     } else {
         Decision::violations(&v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::admission::{AdmissionRequest, AdmissionReview};
+    use serde_json::json;
+
+    use super::{stamp, CapabilityGrant, Decision, REQUESTED_BY_ANNOTATION};
+
+    fn request(
+        operation: &str,
+        object: serde_json::Value,
+        old: Option<serde_json::Value>,
+    ) -> AdmissionRequest<CapabilityGrant> {
+        let review: AdmissionReview<CapabilityGrant> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "operation": operation, "name": "g", "namespace": "ns",
+                "kind": {"group": "writ.dev", "version": "v1alpha1", "kind": "CapabilityGrant"},
+                "resource": {"group": "writ.dev", "version": "v1alpha1", "resource": "capabilitygrants"},
+                "userInfo": {"username": "alice", "groups": ["release-managers"]},
+                "object": object, "oldObject": old, "dryRun": false
+            }
+        }))
+        .expect("review");
+        review.try_into().expect("request")
+    }
+
+    fn grant(finalizers: &[&str], annotations: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "writ.dev/v1alpha1", "kind": "CapabilityGrant",
+            "metadata": {"name": "g", "namespace": "ns", "finalizers": finalizers, "annotations": annotations},
+            "spec": {"agent": "bot", "task": {"id": "T"}, "capabilities": [{"action": "a", "resource": "r"}], "audiences": ["api"], "ttl": "5m"}
+        })
+    }
+
+    fn patched(d: Decision, original: serde_json::Value) -> serde_json::Value {
+        let Decision::Patch(patch) = d else { panic!("expected a patch, got {d:?}") };
+        let mut doc = original;
+        json_patch::patch(&mut doc, &patch).expect("patch applies");
+        doc
+    }
+
+    #[test]
+    fn a_created_grant_gets_the_finalizer_and_the_requester_stamp() {
+        let original = grant(&[], json!({REQUESTED_BY_ANNOTATION: "bob"}));
+        let out = patched(stamp(&request("CREATE", original.clone(), None)), original);
+        assert_eq!(out["metadata"]["finalizers"], json!([crate::controller::FINALIZER]));
+        assert_eq!(out["metadata"]["annotations"][REQUESTED_BY_ANNOTATION], "alice");
+        assert_eq!(out["metadata"]["annotations"]["writ.dev/requested-by-groups"], "release-managers");
+    }
+
+    #[test]
+    fn the_finalizer_is_not_added_twice_nor_on_update() {
+        let with = grant(&["other/f", crate::controller::FINALIZER], json!({}));
+        let out = patched(stamp(&request("CREATE", with.clone(), None)), with);
+        assert_eq!(out["metadata"]["finalizers"], json!(["other/f", crate::controller::FINALIZER]));
+        // An update that removes it (the controller, after revoking) keeps it removed.
+        let old = grant(&[crate::controller::FINALIZER], json!({REQUESTED_BY_ANNOTATION: "alice"}));
+        let new = grant(&[], json!({REQUESTED_BY_ANNOTATION: "alice"}));
+        let d = stamp(&request("UPDATE", new, Some(old)));
+        assert!(matches!(d, Decision::Allow), "{d:?}");
     }
 }

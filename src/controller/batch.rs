@@ -1,0 +1,286 @@
+//! Group commit of token writes into credential Secrets.
+//!
+//! Every capability token of a pod lives in that pod's one credential Secret
+//! (`grant.<name>.jwt`), so that the pod sees new tokens in its mounted volume.
+//! Activating many grants of one agent at once would otherwise rewrite that
+//! Secret once per grant: each write re-sends the whole (growing) object to
+//! etcd and to every watcher, which makes a burst quadratic in bytes and kept
+//! the API server saturated in the grants benchmark. Here, writes to one Secret
+//! queue up while a write to it is in flight and then go out together as one
+//! merge patch. Nothing waits on a timer: a lone write goes out at once.
+//!
+//! Each caller gets the outcome of the patch that carried its change.
+//!
+//! Reads come from the operator's watch cache of credential Secrets, unless
+//! the cache has not yet seen this writer's last write to that Secret (its
+//! `resourceVersion` is older), in which case the Secret is read from the API:
+//! a stale read would re-mint a token that was just written.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use tokio::sync::oneshot;
+
+/// The outcome of a batched write, shared by every change the patch carried.
+pub type Outcome = Result<(), Arc<kube::Error>>;
+
+#[derive(Default)]
+struct Pending {
+    /// Key → new value (`None` removes the key). Later changes to a key win.
+    data: BTreeMap<String, Option<String>>,
+    waiters: Vec<oneshot::Sender<Outcome>>,
+    /// A flusher task owns this Secret's writes.
+    flushing: bool,
+}
+
+/// Coalesces concurrent writes of `data` keys per Secret.
+#[derive(Clone)]
+pub struct SecretWriter {
+    client: kube::Client,
+    pending: Arc<Mutex<HashMap<(String, String), Pending>>>,
+    patches: Arc<std::sync::atomic::AtomicU64>,
+    /// `resourceVersion` of our last write per Secret, until the cache has it.
+    written: Arc<Mutex<HashMap<(String, String), u64>>>,
+    cache: kube::runtime::reflector::Store<Secret>,
+}
+
+fn resource_version(s: &Secret) -> Option<u64> {
+    s.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+impl SecretWriter {
+    /// A writer using `client`, reading through `cache` (credential Secrets).
+    pub fn new(client: kube::Client, cache: kube::runtime::reflector::Store<Secret>) -> Self {
+        Self { client, pending: Arc::default(), patches: Arc::default(), written: Arc::default(), cache }
+    }
+
+    /// Records a write of a Secret made elsewhere (the certificate issuer), so
+    /// that reads do not return a cached version older than it.
+    pub fn note_written(&self, secret: &Secret) {
+        let (Some(ns), Some(name), Some(rv)) =
+            (secret.metadata.namespace.clone(), secret.metadata.name.clone(), resource_version(secret))
+        else {
+            return;
+        };
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let at = written.entry((ns, name)).or_insert(rv);
+        *at = (*at).max(rv);
+    }
+
+    /// The Secret `namespace/name` as of at least our last write to it.
+    pub async fn read(&self, namespace: &str, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+        let cached = self.cache.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace));
+        let id = (namespace.to_string(), name.to_string());
+        if let Some(cached) = cached {
+            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            match (written.get(&id).copied(), resource_version(&cached)) {
+                (None, _) => return Ok(Some(cached)),
+                (Some(ours), Some(rv)) if rv >= ours => {
+                    written.remove(&id);
+                    return Ok(Some(cached));
+                }
+                _ => {}
+            }
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api.get_opt(name).await?.map(Arc::new))
+    }
+
+    /// Patches sent so far (for tests and metrics).
+    pub fn patches_sent(&self) -> u64 {
+        self.patches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets (`Some`) or removes (`None`) `key` in Secret `namespace/name`;
+    /// resolves once a patch carrying the change was answered. A 404 comes
+    /// back as the API's error (the Secret is gone).
+    pub async fn write(&self, namespace: &str, name: &str, key: &str, value: Option<String>) -> Outcome {
+        self.write_keys(namespace, name, [(key.to_string(), value)]).await
+    }
+
+    /// [`write`](Self::write) for several keys, carried by the same patch.
+    pub async fn write_keys(
+        &self,
+        namespace: &str,
+        name: &str,
+        changes: impl IntoIterator<Item = (String, Option<String>)>,
+    ) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        let id = (namespace.to_string(), name.to_string());
+        let start = {
+            let mut all = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let p = all.entry(id.clone()).or_default();
+            p.data.extend(changes);
+            p.waiters.push(tx);
+            !std::mem::replace(&mut p.flushing, true)
+        };
+        if start {
+            let this = self.clone();
+            tokio::spawn(async move { this.flush(id).await });
+        }
+        // The flusher always answers; a dropped sender means the runtime is shutting down.
+        rx.await.unwrap_or_else(|_| Err(Arc::new(kube::Error::Service("token writer stopped".into()))))
+    }
+
+    /// Sends batches for one Secret until none is pending.
+    async fn flush(&self, id: (String, String)) {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &id.0);
+        loop {
+            let (data, waiters) = {
+                let mut all = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(p) = all.get_mut(&id) else { return };
+                if p.waiters.is_empty() {
+                    all.remove(&id);
+                    return;
+                }
+                (std::mem::take(&mut p.data), std::mem::take(&mut p.waiters))
+            };
+            let data: serde_json::Map<String, serde_json::Value> = data
+                .into_iter()
+                .map(|(k, v)| (k, v.map_or(serde_json::Value::Null, |v| base64_std(&v).into())))
+                .collect();
+            let patch = serde_json::json!({ "data": data });
+            self.patches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let outcome = match api.patch(&id.1, &PatchParams::default(), &Patch::Merge(patch)).await {
+                Ok(written) => {
+                    self.note_written(&written);
+                    Ok(())
+                }
+                Err(e) => Err(Arc::new(e)),
+            };
+            for w in waiters {
+                let _ = w.send(outcome.clone());
+            }
+        }
+    }
+}
+
+fn base64_std(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{Request, Response};
+    use http_body_util::BodyExt;
+    use kube::{client::Body, runtime::reflector, runtime::watcher};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn writer() -> (SecretWriter, Handle, reflector::store::Writer<Secret>) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (cache, feed) = reflector::store::<Secret>();
+        (SecretWriter::new(kube::Client::new(service, "default"), cache), handle, feed)
+    }
+
+    fn secret(rv: u64, data: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "cred", "namespace": "ns", "resourceVersion": rv.to_string()}, "data": data})
+    }
+
+    async fn next(handle: &mut Handle) -> (String, String, Value, tower_test::mock::SendResponse<Response<Body>>) {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("a request in time")
+            .expect("a request");
+        let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+        let body = req.into_body().collect().await.expect("body").to_bytes();
+        (method, path, serde_json::from_slice(&body).unwrap_or(Value::Null), send)
+    }
+
+    fn respond(send: tower_test::mock::SendResponse<Response<Body>>, v: &Value) {
+        send.send_response(
+            Response::builder().body(Body::from(serde_json::to_vec(v).expect("json"))).expect("response"),
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_queued_behind_an_inflight_patch_go_out_together_in_order() {
+        let (w, mut handle, _feed) = writer();
+        let spawn = |key: &'static str, value: Option<&'static str>| {
+            let w = w.clone();
+            tokio::spawn(async move { w.write("ns", "cred", key, value.map(str::to_string)).await })
+        };
+        let a = spawn("grant.a.jwt", Some("A"));
+        let (method, path, body, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("PATCH", "/api/v1/namespaces/ns/secrets/cred"));
+        assert_eq!(body, json!({"data": {"grant.a.jwt": base64_std("A")}}), "a lone write goes out at once");
+        // While that patch is in flight, three more changes queue up; the
+        // later change of a key wins.
+        let b = spawn("grant.b.jwt", Some("B"));
+        let c = spawn("grant.c.jwt", Some("C"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let c2 = spawn("grant.c.jwt", None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        respond(send, &secret(5, json!({})));
+        let (_, _, body, send) = next(&mut handle).await;
+        assert_eq!(body, json!({"data": {"grant.b.jwt": base64_std("B"), "grant.c.jwt": null}}));
+        respond(send, &secret(6, json!({})));
+        for h in [a, b, c, c2] {
+            h.await.expect("task").expect("written");
+        }
+        assert_eq!(w.patches_sent(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_patch_fails_every_change_it_carried() {
+        let (w, mut handle, _feed) = writer();
+        let first = {
+            let w = w.clone();
+            tokio::spawn(async move { w.write("ns", "cred", "grant.a.jwt", Some("A".into())).await })
+        };
+        let (_, _, _, send) = next(&mut handle).await;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                            "message": "secrets \"cred\" not found", "code": 404});
+        send.send_response(
+            Response::builder()
+                .status(404)
+                .body(Body::from(serde_json::to_vec(&status).expect("json")))
+                .expect("response"),
+        );
+        let err = first.await.expect("task").expect_err("the 404 reaches the caller");
+        assert!(crate::controller::is_not_found(&err), "{err}");
+    }
+
+    #[tokio::test]
+    async fn reads_come_from_the_cache_unless_it_has_not_seen_our_last_write() {
+        let (w, mut handle, mut feed) = writer();
+        let cached: Secret = serde_json::from_value(secret(3, json!({}))).expect("secret");
+        feed.apply_watcher_event(&watcher::Event::Apply(cached));
+        // Nothing written by us: the cache answers, no request.
+        let got = w.read("ns", "cred").await.expect("read").expect("found");
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("3"));
+        // Our write produced resourceVersion 5; the cache still has 3: read from the API.
+        let writing = {
+            let w = w.clone();
+            tokio::spawn(async move { w.write("ns", "cred", "grant.a.jwt", Some("A".into())).await })
+        };
+        let (_, _, _, send) = next(&mut handle).await;
+        respond(send, &secret(5, json!({"grant.a.jwt": base64_std("A")})));
+        writing.await.expect("task").expect("written");
+        let reading = {
+            let w = w.clone();
+            tokio::spawn(async move { w.read("ns", "cred").await })
+        };
+        let (method, path, _, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("GET", "/api/v1/namespaces/ns/secrets/cred"));
+        respond(send, &secret(5, json!({"grant.a.jwt": base64_std("A")})));
+        let got = reading.await.expect("task").expect("read").expect("found");
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("5"));
+        // Once the cache has caught up, it answers again.
+        let newer: Secret = serde_json::from_value(secret(5, json!({"grant.a.jwt": base64_std("A")}))).expect("secret");
+        feed.apply_watcher_event(&watcher::Event::Apply(newer));
+        let got = w.read("ns", "cred").await.expect("read").expect("found");
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("5"));
+    }
+}
