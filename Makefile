@@ -5,7 +5,7 @@ WRIT_CACHE ?= $(HOME)/.cache/writ
 export WRIT_CACHE
 
 .DEFAULT_GOAL := build
-.PHONY: deploy manifests build test unit crds lint fmt demo control-plane control-plane-down bench clean
+.PHONY: deploy manifests build test unit crds lint fmt demo control-plane control-plane-down bench bench-scale clean
 
 build:
 	$(CARGO) build --all-targets
@@ -49,6 +49,10 @@ demo:
 
 bench:
 	hack/bench.sh
+
+## 10,000 pods and grants on the real control plane; writes bench/RESULTS.md.
+bench-scale:
+	hack/bench-scale.sh
 
 clean:
 	$(CARGO) clean

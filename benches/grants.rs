@@ -14,9 +14,10 @@
 //! Reports grants/s (first create to last Active) over raw creates/s, and the
 //! p50/p99 time from create to Active. Target in the issue: ratio >= 0.5.
 
+mod support;
+
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -26,136 +27,21 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams},
     runtime::{watcher, WatchStreamExt},
-    Client, ResourceExt,
+    ResourceExt,
 };
+use support::*;
 use writ::api::{CapabilityGrant, GrantPhase};
 
 const N: usize = 200;
 const CONCURRENCY: usize = 8;
 
-/// Two distinct free loopback ports (held together while chosen).
-fn free_ports() -> (u16, u16) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    (a.local_addr().expect("addr").port(), b.local_addr().expect("addr").port())
-}
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    serde_yaml::from_str(text).expect("yaml")
-}
-
-/// Successful writes the API server has answered so far, per `verb resource[/subresource]`.
-async fn api_writes(client: &Client) -> HashMap<String, f64> {
-    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(req).await.expect("API server /metrics");
-    let mut out = HashMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let label = |k: &str| {
-            let start = line.find(&format!("{k}=\"")).map(|i| i + k.len() + 2)?;
-            line[start..].split('"').next().map(str::to_string)
-        };
-        let (Some(verb), Some(code), Some(resource)) = (label("verb"), label("code"), label("resource")) else {
-            continue;
-        };
-        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE") || !code.starts_with('2') {
-            continue;
-        }
-        let sub = label("subresource").unwrap_or_default();
-        let key = if sub.is_empty() { format!("{verb} {resource}") } else { format!("{verb} {resource}/{sub}") };
-        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        *out.entry(key).or_insert(0.0) += value;
-    }
-    out
-}
-
-/// Writes between two snapshots, largest first.
-fn write_delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> Vec<(String, f64)> {
-    let mut d: Vec<(String, f64)> = after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
-        .collect();
-    d.sort_by(|a, b| b.1.total_cmp(&a.1));
-    d
-}
-
-/// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-/// The processes whose CPU the bench reports: the operator, and the local
-/// control plane's etcd and API server when it is the one in use.
-fn processes(operator: u32) -> Vec<(&'static str, u32)> {
-    let mut out = vec![("writ run", operator)];
-    if let Ok(dir) = std::env::var("WRIT_CLUSTER_DIR") {
-        for name in ["kube-apiserver", "etcd"] {
-            if let Some(pid) =
-                std::fs::read_to_string(format!("{dir}/{name}.pid")).ok().and_then(|p| p.trim().parse().ok())
-            {
-                out.push((name, pid));
-            }
-        }
-    }
-    out
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match Client::try_default().await {
-        Ok(c) if c.apiserver_version().await.is_ok() => c,
-        _ => {
-            eprintln!("grants bench: no reachable API server (run it through `make bench`, which starts one)");
-            std::process::exit(2);
-        }
-    };
+    let client = cluster_client("grants").await;
     let pid = std::process::id();
     let op_ns = format!("writ-bench-{pid}");
     let ns = format!("bench-{pid}");
-    let (webhook, metrics) = free_ports();
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("writ-bench-{pid}.log"))).expect("log");
-    let _op = Operator(
-        Command::new(env!("CARGO_BIN_EXE_writ"))
-            .args(["run", "--namespace", &op_ns, "--trust-domain", "bench.writ.dev"])
-            .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
-            .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}"), "--lease-duration", "6s"])
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("writ run"),
-    );
-    let ready = format!("http://127.0.0.1:{metrics}/readyz");
-    let started = Instant::now();
-    while !Command::new("curl").args(["-fs", &ready]).output().is_ok_and(|o| o.status.success()) {
-        assert!(started.elapsed() < Duration::from_secs(60), "writ run not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let leader = format!("http://127.0.0.1:{metrics}/metrics");
-    while !Command::new("curl")
-        .args(["-fs", &leader])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("writ_leader 1"))
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let op = Operator::start(&op_ns, &["--lease-duration", "6s"]).await;
 
     // The scenario: an agent with one running pod, and a policy for the bench user.
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -220,7 +106,7 @@ async fn main() {
         })
     };
     let writes_before = api_writes(&client).await;
-    let procs = processes(_op.0.id());
+    let procs = processes(op.pid());
     let cpu_before: Vec<Option<f64>> = procs.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
     let grant_start = Instant::now();
     futures::stream::iter(0..N)

@@ -269,21 +269,18 @@ async fn issue(
         .await
         .map_err(|source| Error::Kube { op: "writing credential Secret of", object: object(pod), source })?;
     ctx.secret_writes.note_written(&written);
-    let (reason, event) = if rotation { ("CredentialRotated", "rotated") } else { ("CredentialIssued", "issued") };
-    shared.metrics.credential("certificate", event);
+    // Routine issuance and rotation are recorded in the audit log and the
+    // metrics, not as Events: an Event per credential would double the API
+    // writes per pod (and per rotation, every hour, for every pod). Events
+    // are kept for what needs attention: rejected claims and revocations.
+    shared.metrics.credential("certificate", if rotation { "rotated" } else { "issued" });
     if !rotation {
         if let Some(created) = pod.metadata.creation_timestamp.as_ref() {
             shared.metrics.pod_to_credential.observe((now - created.0.as_second()).max(0) as f64);
         }
     }
-    let note = format!(
-        "certificate serial {} for {spiffe}, valid until {}",
-        issued.serial_hex,
-        super::time(issued.not_after).0
-    );
-    tracing::info!(serial = %issued.serial_hex, spiffe_id = %spiffe, rotation, "pod certificate issued");
-    ctx.event(&pod.object_ref(&()), false, reason, "Issue", note.clone()).await;
-    ctx.event(&identity.object_ref(&()), false, reason, "Issue", format!("pod {}: {note}", pod.name_any())).await;
+    tracing::info!(target: "audit", pod = %pod.name_any(), namespace = %namespace, serial = %issued.serial_hex,
+        spiffe_id = %spiffe, not_after = issued.not_after, rotation, "pod certificate issued");
     Ok(issued.not_after - identity.spec.credential.rotate_before.as_secs_i64().min(ttl / 2))
 }
 
@@ -354,6 +351,15 @@ pub async fn reconcile_secret(secret: Arc<Secret>, ctx: Arc<Context>) -> Result<
         ..Default::default()
     };
     revoke_secret(&ctx, &pod, &secret, "pod deleted").await?;
+    // Revoking rewrote the Secret: release the finalizer on that version.
+    let Some(secret) = ctx.secret_writes.read(&namespace, &secret.name_any()).await.map_err(|source| Error::Kube {
+        op: "reading credential Secret",
+        object: format!("Secret {namespace}/{}", secret.name_any()),
+        source,
+    })?
+    else {
+        return Ok(Action::await_change());
+    };
     let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     let remaining: Vec<String> = secret.finalizers().iter().filter(|f| *f != super::FINALIZER).cloned().collect();
     let patch = serde_json::json!({

@@ -201,13 +201,17 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     // Active: fix the expiry once, then keep every bound pod's token current.
     let now = w.now;
     let status = g.status.clone().unwrap_or_default();
-    let issued_at = status.issued_at.as_ref().map(unix).unwrap_or(now);
-    let mut expires_at = status.expires_at.as_ref().map(unix).unwrap_or(issued_at + g.spec.ttl.as_secs_i64());
+    let uid = g.uid().unwrap_or_default();
+    let decided = ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).copied();
+    let issued_at = status.issued_at.as_ref().map(unix).or(decided.map(|d| d.0)).unwrap_or(now);
+    let mut expires_at =
+        status.expires_at.as_ref().map(unix).or(decided.map(|d| d.1)).unwrap_or(issued_at + g.spec.ttl.as_secs_i64());
     if let Some(Some(p)) = parent {
         if let Some(pexp) = p.status.as_ref().and_then(|s| s.expires_at.as_ref()) {
             expires_at = expires_at.min(unix(pexp));
         }
     }
+    ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, (issued_at, expires_at));
     let tokens = issue_tokens(ctx, g, parent, issued_at, expires_at).await?;
     if current != GrantPhase::Active {
         if let Some(created) = g.metadata.creation_timestamp.as_ref() {
@@ -367,6 +371,7 @@ async fn issue_token(
 /// then the token files are removed from the pods' Secrets, then status.
 async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str) -> Result<(), Error> {
     let shared = &ctx.shared;
+    ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).remove(&g.uid().unwrap_or_default());
     let ns = g.namespace().unwrap_or_default();
     let now = pki::now_unix();
     let key = token_key(&g.name_any());

@@ -25,6 +25,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// Batched writes of tokens into credential Secrets, and cached reads of them.
     pub secret_writes: batch::SecretWriter,
+    /// `(issuedAt, expiresAt)` this term decided per grant uid, until its
+    /// status shows them: a reconcile that runs on a cached grant from before
+    /// its own status write must not pick a new issue time (and re-mint).
+    pub activations: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
     /// Trust bundle last published per namespace, and when (unix seconds).
     pub published_bundles: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
@@ -37,7 +41,7 @@ impl Context {
         secrets: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Secret>,
     ) -> Self {
         let secret_writes = batch::SecretWriter::new(shared.client.clone(), secrets);
-        Self { shared, recorder, secret_writes, published_bundles: Default::default() }
+        Self { shared, recorder, secret_writes, activations: Default::default(), published_bundles: Default::default() }
     }
 
     /// Publishes an Event; failures are logged, never fatal.

@@ -3,6 +3,7 @@
 //! (so a restart or a new leader never forgets one), served on `/revocations`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -44,6 +45,14 @@ pub enum RevocationError {
         #[source]
         source: serde_json::Error,
     },
+    /// The batched write that carried these revocations failed.
+    #[error("writing ConfigMap {namespace}/{CONFIGMAP}: {message}")]
+    Batch {
+        /// Namespace.
+        namespace: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Encoding failed.
     #[error("encoding the revocation list: {0}")]
     Encode(#[from] serde_json::Error),
@@ -54,6 +63,20 @@ pub struct RevocationStore {
     api: Api<ConfigMap>,
     namespace: String,
     list: Mutex<RevocationList>,
+    /// Revocations waiting for the next write, and who waits for it.
+    pending: std::sync::Mutex<Pending>,
+}
+
+/// Group commit of revocations: while one write of the list is in flight,
+/// further revocations queue here and the next write carries them all (the
+/// list is one ConfigMap, so a write per revocation would be quadratic in
+/// bytes when thousands of credentials end together).
+#[derive(Default)]
+struct Pending {
+    tokens: Vec<RevokedToken>,
+    certificates: Vec<RevokedCertificate>,
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    flushing: bool,
 }
 
 impl RevocationStore {
@@ -61,7 +84,7 @@ impl RevocationStore {
     pub async fn load(client: &Client, namespace: &str) -> Result<Self, RevocationError> {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let list = Self::read(&api, namespace).await?;
-        Ok(Self { api, namespace: namespace.into(), list: Mutex::new(list) })
+        Ok(Self { api, namespace: namespace.into(), list: Mutex::new(list), pending: Default::default() })
     }
 
     /// Reads the persisted list. An unreadable list is an error, never an
@@ -101,6 +124,57 @@ impl RevocationStore {
     /// persists the result before returning: callers remove credentials only
     /// after their revocation is durable.
     pub async fn revoke(
+        self: &Arc<Self>,
+        tokens: Vec<RevokedToken>,
+        certificates: Vec<RevokedCertificate>,
+        now: i64,
+    ) -> Result<(), RevocationError> {
+        if tokens.is_empty() && certificates.is_empty() {
+            // Nothing to add; still prunes expired entries.
+            return self.apply(Vec::new(), Vec::new(), now).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let flush = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.tokens.extend(tokens);
+            p.certificates.extend(certificates);
+            p.waiters.push(tx);
+            !std::mem::replace(&mut p.flushing, true)
+        };
+        if flush {
+            // A task of its own, so that a cancelled caller (a reconcile
+            // aborted on losing leadership) cannot strand the queue.
+            let this = self.clone();
+            tokio::spawn(async move { this.flush(now).await });
+        }
+        let namespace = self.namespace.clone();
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(RevocationError::Batch { namespace, message }),
+            Err(_) => Err(RevocationError::Batch { namespace, message: "the write was abandoned".into() }),
+        }
+    }
+
+    /// Writes queued revocations, one batch per write, until none is left.
+    async fn flush(&self, now: i64) {
+        loop {
+            let (tokens, certificates, waiters) = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if p.waiters.is_empty() {
+                    p.flushing = false;
+                    return;
+                }
+                (std::mem::take(&mut p.tokens), std::mem::take(&mut p.certificates), std::mem::take(&mut p.waiters))
+            };
+            let outcome =
+                self.apply(tokens, certificates, now.max(crate::pki::now_unix())).await.map_err(|e| e.to_string());
+            for w in waiters {
+                let _ = w.send(outcome.clone());
+            }
+        }
+    }
+
+    async fn apply(
         &self,
         tokens: Vec<RevokedToken>,
         certificates: Vec<RevokedCertificate>,
@@ -110,14 +184,17 @@ impl RevocationStore {
         let mut next = list.clone();
         let mut changed = false;
         let keep = |expires_at: i64| expires_at + RETENTION_AFTER_EXPIRY_SECS > now;
+        let mut jtis: std::collections::HashSet<String> = next.tokens.iter().map(|t| t.jti.clone()).collect();
         for t in tokens {
-            if !next.tokens.iter().any(|x| x.jti == t.jti) && keep(t.expires_at) {
+            if keep(t.expires_at) && jtis.insert(t.jti.clone()) {
                 next.tokens.push(t);
                 changed = true;
             }
         }
+        let mut serials: std::collections::HashSet<String> =
+            next.certificates.iter().map(|c| c.serial.clone()).collect();
         for c in certificates {
-            if !next.certificates.iter().any(|x| x.serial == c.serial) && keep(c.expires_at) {
+            if keep(c.expires_at) && serials.insert(c.serial.clone()) {
                 next.certificates.push(c);
                 changed = true;
             }

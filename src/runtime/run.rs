@@ -202,24 +202,28 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     tokio::spawn(
         watcher(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(strip)
             .reflect(identities_w)
             .for_each(|_| future::ready(())),
     );
     tokio::spawn(
         watcher(Api::<DelegationPolicy>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(strip)
             .reflect(policies_w)
             .for_each(|_| future::ready(())),
     );
     tokio::spawn(
         watcher(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(strip)
             .reflect(grants_w)
             .for_each(|_| future::ready(())),
     );
     tokio::spawn(
         watcher(Api::<Pod>::all(client.clone()), agent_pods.clone())
             .default_backoff()
+            .modify(strip_pod)
             .reflect(pods_w)
             .for_each(|_| future::ready(())),
     );
@@ -362,6 +366,36 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// What the caches keep of an object: everything but `managedFields` (the
+/// field-ownership bookkeeping of server-side apply, often the larger part of
+/// an object, which nothing in Writ reads).
+fn strip<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// What the caches keep of an agent pod: its metadata, service account and
+/// phase, which is all Writ reads of a pod (a full pod is several KB).
+fn strip_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+    strip(pod);
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        service_account_name: s.service_account_name,
+        service_account: s.service_account,
+        ..Default::default()
+    });
+    pod.status = pod.status.take().map(|s| PodStatus { phase: s.phase, ..Default::default() });
+}
+
+/// A controller whose cache keeps objects as `trim` leaves them.
+fn controller<K>(api: Api<K>, config: watcher::Config, trim: fn(&mut K)) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(api, config).default_backoff().modify(trim).reflect(writer).applied_objects();
+    Controller::for_stream(trigger, reader)
+}
+
 /// The controllers, on the leader.
 async fn run_controllers(shared: Arc<Shared>, me: String) {
     let client = shared.client.clone();
@@ -369,12 +403,12 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
     // The credential-Secret controller's cache also serves the other
     // reconcilers' reads of those Secrets.
     let cred_secrets = watcher::Config::default().labels(credentials::POD_LABEL);
-    let secrets = Controller::new(Api::<Secret>::all(client.clone()), cred_secrets.clone());
+    let secrets = controller(Api::<Secret>::all(client.clone()), cred_secrets.clone(), strip);
     let ctx = Arc::new(Context::new(shared.clone(), Recorder::new(client.clone(), reporter), secrets.store()));
     let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
 
     let pods_store = shared.pods.clone();
-    let pods = Controller::new(Api::<Pod>::all(client.clone()), agent_pods.clone())
+    let pods = controller(Api::<Pod>::all(client.clone()), agent_pods.clone(), strip_pod)
         .owns(Api::<Secret>::all(client.clone()), cred_secrets.clone())
         .watches(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default(), move |id| {
             let ns = id.namespace().unwrap_or_default();
@@ -393,7 +427,7 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
         .run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let identities = Controller::new(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default())
+    let identities = controller(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default(), strip)
         .watches(Api::<Pod>::all(client.clone()), agent_pods.clone(), |p| {
             p.labels().get(AGENT_LABEL).map(|a| ObjectRef::new(a).within(&p.namespace().unwrap_or_default()))
         })
@@ -414,7 +448,7 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
         shared.grants.clone(),
     );
     let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
-    let grants = Controller::new(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default())
+    let grants = controller(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), strip)
         .watches(Api::<Pod>::all(client.clone()), agent_pods, move |p| {
             let agent = p.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
             controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| g.spec.agent == agent)

@@ -1,0 +1,389 @@
+//! Writ at scale on a real API server: N agent pods with credentials and N
+//! active grants (N = 10,000 unless `WRIT_SCALE_N` says otherwise), measured
+//! against a plain client on the same API server in the same run. Writes
+//! `bench/RESULTS.md` (or `WRIT_SCALE_RESULTS`).
+//!
+//! Run it with `make bench-scale` (starts the local control plane unless
+//! KUBECONFIG points at a reachable cluster). It measures:
+//!
+//! 1. raw: N Secrets of a credential's size created by a plain client;
+//! 2. credentials: N agent pods created (through the pod webhook); time from
+//!    the first create to the last pod's credential Secret holding its
+//!    certificate, and the API writes the operator made per credential;
+//! 3. grants: N grants, one per pod (`spec.pod`), created → Active;
+//! 4. memory: the operator's RSS idle, at N/2 and N credentials, with N
+//!    grants; the slope per credential;
+//! 5. revocation → enforcement: a grant is deleted and its token's
+//!    introspection polled until `active: false` (R samples, one at a time);
+//! 6. cold start: the operator killed and started again on that state; time
+//!    to `/readyz`, and the API writes it makes in the 15 s after (a restart
+//!    must not re-issue anything).
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::{
+    api::{Api, DeleteParams, PostParams},
+    runtime::{watcher, WatchStreamExt},
+    Client, ResourceExt,
+};
+use support::*;
+use writ::api::{CapabilityGrant, GrantPhase};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Writes that are not the operator's: leader-election renewals, and the
+/// namespace controller cleaning up namespaces of earlier runs (deletes).
+fn background(k: &str) -> bool {
+    k.ends_with(" leases") || k.starts_with("DELETE ") || k.contains(" namespaces/")
+}
+
+/// Writes by everyone but the bench's own client (its creates and deletes),
+/// background excluded.
+fn operator_writes(delta: &[(String, f64)], own: &[(&str, f64)]) -> f64 {
+    delta
+        .iter()
+        .filter(|(k, _)| !background(k))
+        .map(|(k, v)| v - own.iter().filter(|(o, _)| o == k).map(|(_, n)| n).sum::<f64>())
+        .sum()
+}
+
+fn breakdown(delta: &[(String, f64)], per: usize) -> String {
+    delta
+        .iter()
+        .filter(|(k, _)| !background(k))
+        .map(|(k, v)| format!("| `{k}` | {v:.0} | {:.3} |\n", v / per as f64))
+        .collect()
+}
+
+struct Phase {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    writes: Vec<(String, f64)>,
+    rss_half: u64,
+}
+
+/// Creates `n` objects with `create(i)` at `concurrency`, while a watch
+/// records when `done(obj)` first holds for each; returns when all are done.
+async fn timed<K, C, F>(
+    watch_api: Api<K>,
+    watch_config: watcher::Config,
+    (n, concurrency): (usize, usize),
+    client: &Client,
+    op: &Operator,
+    key: impl Fn(&K) -> Option<String> + Send + 'static,
+    create: C,
+) -> Phase
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default,
+    C: Fn(usize) -> F,
+    F: std::future::Future<Output = String>,
+{
+    let done: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let half_rss = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let pid = op.pid();
+    let watch = {
+        let (done, half_rss) = (done.clone(), half_rss.clone());
+        tokio::spawn(async move {
+            let mut stream = watcher(watch_api, watch_config).applied_objects().boxed();
+            while let Some(obj) = stream.try_next().await.expect("watch") {
+                if let Some(k) = key(&obj) {
+                    let mut d = done.lock().expect("lock");
+                    d.entry(k).or_insert_with(Instant::now);
+                    if d.len() == n / 2 {
+                        half_rss.store(rss_of(pid), std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if d.len() == n {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let before = api_writes(client).await;
+    let start = Instant::now();
+    let created: Vec<(String, Instant)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let f = create(i);
+            async move {
+                let t = Instant::now();
+                (f.await, t)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    tokio::time::timeout(Duration::from_secs(1800), watch).await.expect("all done in 30 min").expect("watch");
+    let writes = write_delta(&before, &api_writes(client).await);
+    let done = done.lock().expect("lock").clone();
+    let last = done.values().max().copied().expect("some done");
+    let mut latencies: Vec<Duration> =
+        created.iter().filter_map(|(k, t)| Some(done.get(k)?.saturating_duration_since(*t))).collect();
+    latencies.sort();
+    Phase { elapsed: last - start, latencies, writes, rss_half: half_rss.load(std::sync::atomic::Ordering::Relaxed) }
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let client = cluster_client("scale").await;
+    let n = env_usize("WRIT_SCALE_N", 10_000);
+    let concurrency = env_usize("WRIT_SCALE_CONCURRENCY", 16);
+    let samples = env_usize("WRIT_SCALE_REVOCATIONS", 100).min(n);
+    let pid = std::process::id();
+    let (op_ns, ns, raw_ns) = (format!("writ-scale-{pid}"), format!("scale-{pid}"), format!("scale-raw-{pid}"));
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut op = Operator::start(&op_ns, &[]).await;
+    for name in [&ns, &raw_ns] {
+        namespaces.create(&PostParams::default(), &yaml(&format!("metadata: {{name: {name}}}"))).await.expect("ns");
+    }
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    sas.create(&PostParams::default(), &yaml("metadata: {name: worker}")).await.expect("sa");
+    let identity: writ::api::AgentIdentity = yaml(
+        "metadata: {name: worker}\nspec: {class: Agent, serviceAccountName: worker, owner: bench, ceiling: [{action: \"k8s:deployments.patch\", resource: \"k8s:staging/deployments/*\"}]}",
+    );
+    Api::namespaced(client.clone(), &ns).create(&PostParams::default(), &identity).await.expect("identity");
+    let policy: writ::api::DelegationPolicy = yaml(
+        "metadata: {name: bench}\nspec: {delegators: [{group: \"system:masters\"}], delegates: [{agent: worker}], capabilities: [{action: \"k8s:deployments.patch\", resource: \"k8s:staging/deployments/*\"}], maxTTL: 30m, maxDepth: 1}",
+    );
+    Api::namespaced(client.clone(), &ns).create(&PostParams::default(), &policy).await.expect("policy");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_idle = op.rss_kib();
+    eprintln!("[scale] N={n}, concurrency {concurrency}; operator idle RSS {rss_idle} KiB");
+
+    // 1. Raw Secret creates of a credential's size (certificate, key, CA).
+    let raw_secrets: Api<Secret> = Api::namespaced(client.clone(), &raw_ns);
+    let filler = "A".repeat(1500);
+    let raw_before = api_writes(&client).await;
+    let raw_start = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (api, filler) = (raw_secrets.clone(), filler.clone());
+            async move {
+                let s: Secret = yaml(&format!("metadata: {{name: raw-{i}}}\nstringData: {{tls.crt: {filler}}}"));
+                api.create(&PostParams::default(), &s).await.expect("secret");
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let raw = raw_start.elapsed();
+    let raw_writes = write_delta(&raw_before, &api_writes(&client).await);
+    let raw_rate = n as f64 / raw.as_secs_f64();
+    eprintln!("[scale] raw Secret creates: {raw_rate:.1}/s");
+
+    // 2. Pods -> credentials.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let creds = timed(
+        secrets.clone(),
+        watcher::Config::default().labels(writ::controller::credentials::POD_LABEL),
+        (n, concurrency),
+        &client,
+        &op,
+        |s: &Secret| {
+            let has_cert = s.data.as_ref().is_some_and(|d| d.contains_key("tls.crt"));
+            has_cert.then(|| s.labels().get(writ::controller::credentials::POD_LABEL).cloned()).flatten()
+        },
+        |i| {
+            let pods = pods.clone();
+            async move {
+                let pod: Pod = yaml(&format!(
+                    "metadata: {{name: p-{i}, labels: {{writ.dev/agent: worker}}}}\nspec: {{serviceAccountName: worker, automountServiceAccountToken: false, containers: [{{name: a, image: x}}]}}"
+                ));
+                pods.create(&PostParams::default(), &pod).await.expect("pod admitted");
+                format!("p-{i}")
+            }
+        },
+    )
+    .await;
+    let rss_creds = op.rss_kib();
+    let cred_rate = n as f64 / creds.elapsed.as_secs_f64();
+    let cred_op_writes = operator_writes(&creds.writes, &[("POST pods", n as f64)]) / n as f64;
+    eprintln!("[scale] credentials: {cred_rate:.1}/s, {cred_op_writes:.2} operator writes each, RSS {rss_creds} KiB");
+
+    // 3. Grants, one per pod -> Active.
+    let grants: Api<CapabilityGrant> = Api::namespaced(client.clone(), &ns);
+    let active = timed(
+        grants.clone(),
+        watcher::Config::default(),
+        (n, concurrency),
+        &client,
+        &op,
+        |g: &CapabilityGrant| {
+            (g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active && !s.tokens.is_empty()))
+                .then(|| g.name_any())
+        },
+        |i| {
+            let grants = grants.clone();
+            async move {
+                let g: CapabilityGrant = yaml(&format!(
+                    "metadata: {{name: g-{i}}}\nspec: {{agent: worker, pod: p-{i}, task: {{id: S-{i}}}, capabilities: [{{action: \"k8s:deployments.patch\", resource: \"k8s:staging/deployments/web\"}}], audiences: [deploy-api], ttl: 30m}}"
+                ));
+                grants.create(&PostParams::default(), &g).await.expect("grant admitted");
+                format!("g-{i}")
+            }
+        },
+    )
+    .await;
+    let rss_grants = op.rss_kib();
+    let grant_rate = n as f64 / active.elapsed.as_secs_f64();
+    let grant_op_writes = operator_writes(&active.writes, &[("POST capabilitygrants", n as f64)]) / n as f64;
+    eprintln!(
+        "[scale] grants: {grant_rate:.1}/s to Active, {grant_op_writes:.2} operator writes each, RSS {rss_grants} KiB"
+    );
+
+    // 4. Revocation -> introspection says inactive.
+    let mut revocations = Vec::new();
+    for i in 0..samples {
+        let pod = pods.get(&format!("p-{i}")).await.expect("pod");
+        let secret_name = pod.annotations().get(writ::api::CREDENTIAL_SECRET_ANNOTATION).cloned().expect("annotated");
+        let s = secrets.get(&secret_name).await;
+        let token = s
+            .ok()
+            .and_then(|s| s.data?.get(&format!("grant.g-{i}.jwt")).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
+            .expect("token in the pod's Secret");
+        assert!(op.introspect_active(&token), "token of g-{i} active before revocation");
+        let t = Instant::now();
+        grants.delete(&format!("g-{i}"), &DeleteParams::default()).await.expect("delete grant");
+        while op.introspect_active(&token) {
+            assert!(t.elapsed() < Duration::from_secs(30), "g-{i} still active 30 s after deletion");
+        }
+        revocations.push(t.elapsed());
+    }
+    revocations.sort();
+    let rev_p50 = percentile(&revocations, 0.5);
+    let rev_p99 = percentile(&revocations, 0.99);
+    eprintln!("[scale] revocation -> inactive: p50 {:.0} ms, p99 {:.0} ms", ms(rev_p50), ms(rev_p99));
+
+    // 5. Cold start on that state.
+    let restart_before = api_writes(&client).await;
+    let cold = op.restart().await;
+    op.wait_leading().await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let restart_writes = write_delta(&restart_before, &api_writes(&client).await);
+    let restart_total = operator_writes(&restart_writes, &[]);
+    let restart_secrets: f64 = restart_writes.iter().filter(|(k, _)| k.ends_with(" secrets")).map(|(_, v)| v).sum();
+    let rss_restarted = op.rss_kib();
+    eprintln!(
+        "[scale] cold start to /readyz: {:.2} s; writes in the 15 s after: {restart_total:.0}",
+        cold.as_secs_f64()
+    );
+
+    // The report.
+    let slope_cred = (rss_creds.saturating_sub(creds.rss_half)) as f64 / (n - n / 2) as f64;
+    let slope_all = (rss_grants.saturating_sub(rss_idle)) as f64 / n as f64;
+    let ratio = cred_rate / raw_rate;
+    let raw_per = operator_writes(&raw_writes, &[]) / n as f64;
+    let machine = machine();
+    let date = std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().expect("date");
+    let date = String::from_utf8_lossy(&date.stdout).trim().to_string();
+    let version = client.apiserver_version().await.map(|v| v.git_version).unwrap_or_default();
+    let report = format!(
+        "# Writ scale benchmark\n\n\
+         - Date: {date}\n- Machine: {machine}\n- API server: kube-apiserver {version} with etcd, on loopback (`hack/control-plane.sh`)\n\
+         - Command: `make bench-scale` (= `hack/bench-scale.sh`; N via `WRIT_SCALE_N`, here **N = {n}**, concurrency {concurrency})\n\
+         - One run; ratios are the pass criteria (both sides measured in this run on this machine).\n\n\
+         ## Results\n\n\
+         | What | Measured | Target | |\n|---|---|---|---|\n\
+         | Credentials/s end to end (pod create → Secret with certificate) vs raw Secret creates/s | {cred_rate:.1} / {raw_rate:.1} = **{ratio:.2}×** | ≥ 0.8× | {} |\n\
+         | Operator API writes per credential | **{cred_op_writes:.2}** (plain client: {raw_per:.2} per Secret) | ≤ 1.2 | {} |\n\
+         | Operator RSS with {n} credentials + {n} grants | **{:.1} MiB** (idle {:.1} MiB) | ≤ 60 MiB | {} |\n\
+         | RSS slope per credential (from N/2 to N pods) | **{slope_cred:.2} KiB** | ≤ 5 KB | {} |\n\
+         | RSS per object (credential + grant + token), idle → all | {slope_all:.2} KiB | | |\n\
+         | Cold start to serving (`/readyz`) with that state | **{:.2} s** | ≤ 5 s | {} |\n\
+         | Secret writes in the 15 s after the restart (nothing re-issued) | {restart_secrets:.0} (all writes: {restart_total:.0}, see below) | 0 | {} |\n\
+         | Revocation → introspection `active: false`, p50 / p99 ({samples} samples) | {:.0} ms / **{:.0} ms** | p99 ≤ 1 s | {} |\n\
+         | Grants created → Active (one token each) | {grant_rate:.1}/s ({:.2}× raw Secret creates), p50 {:.0} ms, p99 {:.0} ms; {grant_op_writes:.2} operator writes per grant | | |\n\
+         | Credential latency, pod create → Secret | p50 {:.0} ms, p99 {:.0} ms | | |\n\n\
+         ## API writes during the credential phase ({n} pods)\n\n| Request | Count | Per credential |\n|---|---|---|\n{}\n\
+         ## API writes during the grant phase ({n} grants)\n\n| Request | Count | Per grant |\n|---|---|---|\n{}\n\
+         ## API writes after the cold start\n\n| Request | Count | |\n|---|---|---|\n{}",
+        verdict(ratio >= 0.8),
+        verdict(cred_op_writes <= 1.2),
+        rss_grants as f64 / 1024.0,
+        rss_idle as f64 / 1024.0,
+        verdict(rss_grants as f64 / 1024.0 <= 60.0),
+        verdict(slope_cred * 1024.0 <= 5000.0),
+        cold.as_secs_f64(),
+        verdict(cold <= Duration::from_secs(5)),
+        verdict(restart_secrets == 0.0),
+        ms(rev_p50),
+        ms(rev_p99),
+        verdict(rev_p99 <= Duration::from_secs(1)),
+        grant_rate / raw_rate,
+        ms(percentile(&active.latencies, 0.5)),
+        ms(percentile(&active.latencies, 0.99)),
+        ms(percentile(&creds.latencies, 0.5)),
+        ms(percentile(&creds.latencies, 0.99)),
+        breakdown(&creds.writes, n),
+        breakdown(&active.writes, n),
+        breakdown(&restart_writes, 1),
+    );
+    let _ = rss_restarted;
+    let out = std::env::var("WRIT_SCALE_RESULTS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/bench/RESULTS.md").into());
+    std::fs::write(&out, &report).expect("write results");
+    println!("{report}");
+    eprintln!("[scale] written to {out}");
+
+    // Clean up while the operator still runs (finalizers need it).
+    for name in [&ns, &raw_ns, &op_ns] {
+        let _ = namespaces.delete(name, &DeleteParams::default()).await;
+    }
+    let gone = Instant::now();
+    while namespaces.get_opt(&ns).await.ok().flatten().is_some() && gone.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    format!("{cpus} CPUs ({model}), {:.0} GiB RAM", mem_kib as f64 / 1048576.0)
+}

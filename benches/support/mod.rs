@@ -1,0 +1,207 @@
+//! What the benchmarks that need a cluster share: the real operator as a
+//! child process, the API server's write counters, and /proc readings.
+#![allow(dead_code)] // each bench uses a different part
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use kube::Client;
+
+/// A client for the cluster in KUBECONFIG, or exit 2 with a hint.
+pub async fn cluster_client(bench: &str) -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Client::try_default().await {
+        Ok(c) if c.apiserver_version().await.is_ok() => c,
+        _ => {
+            eprintln!("{bench} bench: no reachable API server (run it through make, which starts one)");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Two distinct free loopback ports (held together while chosen).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    (a.local_addr().expect("addr").port(), b.local_addr().expect("addr").port())
+}
+
+/// `writ run` (the release build) as a child process; killed when dropped.
+pub struct Operator {
+    child: Child,
+    /// The HTTPS listener (webhooks, JWKS, introspection).
+    pub url: String,
+    metrics: u16,
+    namespace: String,
+    extra: Vec<String>,
+}
+
+impl Operator {
+    /// Starts it with its state in `namespace` and waits until it leads.
+    pub async fn start(namespace: &str, extra: &[&str]) -> Operator {
+        let (webhook, metrics) = free_ports();
+        let child = Self::spawn(namespace, webhook, metrics, extra);
+        let op = Operator {
+            child,
+            url: format!("https://127.0.0.1:{webhook}"),
+            metrics,
+            namespace: namespace.into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        op.wait_ready(Duration::from_secs(120)).await;
+        op.wait_leading().await;
+        op
+    }
+
+    fn spawn(namespace: &str, webhook: u16, metrics: u16, extra: &[impl AsRef<str>]) -> Child {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("writ-bench-{namespace}.log")))
+            .expect("log");
+        Command::new(env!("CARGO_BIN_EXE_writ"))
+            .args(["run", "--namespace", namespace, "--trust-domain", "bench.writ.dev"])
+            .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
+            .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(extra.iter().map(AsRef::as_ref))
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("writ run")
+    }
+
+    /// Kills it (SIGKILL) and starts a new process on the same ports and
+    /// state; returns how long the new one took to answer `/readyz`.
+    pub async fn restart(&mut self) -> Duration {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let webhook: u16 = self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let started = Instant::now();
+        self.child = Self::spawn(&self.namespace, webhook, self.metrics, &self.extra);
+        self.wait_ready(Duration::from_secs(300)).await;
+        started.elapsed()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn wait_ready(&self, timeout: Duration) {
+        let ready = format!("http://127.0.0.1:{}/readyz", self.metrics);
+        let started = Instant::now();
+        while !Command::new("curl").args(["-fs", &ready]).output().is_ok_and(|o| o.status.success()) {
+            assert!(started.elapsed() < timeout, "writ run not ready after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until this replica holds the lease (its controllers run).
+    pub async fn wait_leading(&self) {
+        let metrics = format!("http://127.0.0.1:{}/metrics", self.metrics);
+        while !Command::new("curl")
+            .args(["-fs", &metrics])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("writ_leader 1"))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POSTs an introspection request; whether the operator says `active`.
+    pub fn introspect_active(&self, token: &str) -> bool {
+        let out = Command::new("curl")
+            .args(["-sk", "--data-urlencode", &format!("token={token}"), &format!("{}/introspect", self.url)])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).contains("\"active\":true")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_yaml::from_str(text).expect("yaml")
+}
+
+/// Successful writes the API server has answered so far, per `verb resource[/subresource]`.
+pub async fn api_writes(client: &Client) -> HashMap<String, f64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let text = client.request_text(req).await.expect("API server /metrics");
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let label = |k: &str| {
+            let start = line.find(&format!("{k}=\"")).map(|i| i + k.len() + 2)?;
+            line[start..].split('"').next().map(str::to_string)
+        };
+        let (Some(verb), Some(code), Some(resource)) = (label("verb"), label("code"), label("resource")) else {
+            continue;
+        };
+        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE") || !code.starts_with('2') {
+            continue;
+        }
+        let sub = label("subresource").unwrap_or_default();
+        let key = if sub.is_empty() { format!("{verb} {resource}") } else { format!("{verb} {resource}/{sub}") };
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *out.entry(key).or_insert(0.0) += value;
+    }
+    out
+}
+
+/// Writes between two snapshots, largest first.
+pub fn write_delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> Vec<(String, f64)> {
+    let mut d: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    d.sort_by(|a, b| b.1.total_cmp(&a.1));
+    d
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The processes whose CPU the bench reports: the operator, and the local
+/// control plane's etcd and API server when it is the one in use.
+pub fn processes(operator: u32) -> Vec<(&'static str, u32)> {
+    let mut out = vec![("writ run", operator)];
+    if let Ok(dir) = std::env::var("WRIT_CLUSTER_DIR") {
+        for name in ["kube-apiserver", "etcd"] {
+            if let Some(pid) =
+                std::fs::read_to_string(format!("{dir}/{name}.pid")).ok().and_then(|p| p.trim().parse().ok())
+            {
+                out.push((name, pid));
+            }
+        }
+    }
+    out
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
