@@ -267,26 +267,24 @@ async fn issue_tokens(
     )
     .await;
     let mut records = Vec::new();
-    let mut replaced = Vec::new();
     for result in issued {
-        if let Some((record, old)) = result? {
+        if let Some((record, _replaced)) = result? {
             records.push(record);
-            replaced.extend(old);
         }
     }
-    // Tokens of pods that are no longer bound are revoked, and so are the
-    // tokens just replaced (older certificate or key): revoked, not just dropped.
-    replaced.extend(
-        g.status
-            .iter()
-            .flat_map(|s| s.tokens.iter())
-            .filter(|t| !records.iter().any(|r| r.pod == t.pod))
-            .map(|t| RevokedToken { jti: t.jti.clone(), expires_at: unix(&t.expires_at) }),
-    );
-    if !replaced.is_empty() {
+    // Tokens of pods that are no longer bound are revoked (tokens replaced
+    // in place were revoked before they were overwritten).
+    let gone: Vec<RevokedToken> = g
+        .status
+        .iter()
+        .flat_map(|s| s.tokens.iter())
+        .filter(|t| !records.iter().any(|r| r.pod == t.pod))
+        .map(|t| RevokedToken { jti: t.jti.clone(), expires_at: unix(&t.expires_at) })
+        .collect();
+    if !gone.is_empty() {
         shared
             .revocations
-            .revoke(replaced, vec![], now)
+            .revoke(gone, vec![], now)
             .await
             .map_err(|source| Error::Revocation { object: object(g), source })?;
     }
@@ -356,12 +354,21 @@ async fn issue_token(
         object: object(g),
         source,
     })?;
+    // The token being replaced (older certificate, key or expiry) is revoked
+    // durably before it is overwritten: a crash in between must not lose it.
+    let replaced = existing.map(|(_, old)| RevokedToken { jti: old.jti, expires_at: old.exp });
+    if let Some(old) = &replaced {
+        shared
+            .revocations
+            .revoke(vec![old.clone()], vec![], now)
+            .await
+            .map_err(|source| Error::Revocation { object: object(g), source })?;
+    }
     match ctx.secret_writes.write(&ns, secret_name, &key, Some(jwt)).await {
         Ok(()) => {}
         Err(e) if is_not_found(&e) => return Ok(None),
         Err(source) => return Err(Error::Write { op: "writing token for", object: object(g), source }),
     }
-    let replaced = existing.map(|(_, old)| RevokedToken { jti: old.jti, expires_at: old.exp });
     shared.metrics.credential("token", if replaced.is_some() { "rotated" } else { "issued" });
     tracing::info!(grant = %g.name_any(), namespace = %ns, pod = %pod.name_any(), jti = %claims.jti, exp = claims.exp, "capability token issued");
     Ok(Some((TokenRecord { pod: pod.name_any(), jti: claims.jti, expires_at: time(claims.exp) }, replaced)))

@@ -398,6 +398,14 @@ where
 
 /// The controllers, on the leader.
 async fn run_controllers(shared: Arc<Shared>, me: String) {
+    // Decisions read the shared caches (does this pod's identity exist?): a
+    // controller that ran before they are filled would revoke and re-issue
+    // on the word of an empty cache (found by the SIGKILL churn test).
+    // (Polled: kube's `Store::wait_until_ready` wakes only its latest waiter,
+    // and the boot task already waits on it.)
+    while !shared.is_synced() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let client = shared.client.clone();
     let reporter = Reporter { controller: "writ".into(), instance: Some(me) };
     // The credential-Secret controller's cache also serves the other
