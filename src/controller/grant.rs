@@ -147,9 +147,14 @@ pub async fn reconcile(grant: Arc<CapabilityGrant>, ctx: Arc<Context>) -> Result
 /// The agent pods a grant binds: every running pod of the agent, or the one named.
 fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<Pod>> {
     let ns = g.namespace().unwrap_or_default();
-    ctx.shared
-        .pods
-        .state()
+    // A grant bound to one pod looks that pod up instead of scanning every pod.
+    let candidates = match &g.spec.pod {
+        Some(name) => {
+            ctx.shared.pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)).into_iter().collect()
+        }
+        None => ctx.shared.pods.state(),
+    };
+    candidates
         .into_iter()
         .filter(|p| {
             p.namespace().as_deref() == Some(&ns)
@@ -627,8 +632,9 @@ pub fn grants_for_secret(
         .get(credentials::keys::CERT)
         .and_then(|c| crate::pki::CertificateInfo::from_pem(&String::from_utf8_lossy(&c.0)).ok())
         .map(|i| i.thumbprint);
+    let pod = secret.labels().get(credentials::POD_LABEL).cloned().unwrap_or_default();
     grants_where(ctx_grants, &ns, |g| {
-        if g.spec.agent != agent {
+        if g.spec.agent != agent || g.spec.pod.as_ref().is_some_and(|bound| *bound != pod) {
             return false;
         }
         let key = format!("{}{}{}", credentials::keys::GRANT_PREFIX, g.name_any(), credentials::keys::GRANT_SUFFIX);

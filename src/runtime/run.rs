@@ -458,8 +458,12 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
     let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
     let grants = controller(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), strip)
         .watches(Api::<Pod>::all(client.clone()), agent_pods, move |p| {
+            // The grants that bind this pod: its agent's, unless bound to another pod.
             let agent = p.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
-            controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| g.spec.agent == agent)
+            let pod = p.name_any();
+            controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| {
+                g.spec.agent == agent && g.spec.pod.as_ref().is_none_or(|bound| *bound == pod)
+            })
         })
         .watches(Api::<Secret>::all(client.clone()), cred_secrets, move |s| {
             controller::grant::grants_for_secret(&g2, &s)
