@@ -293,7 +293,8 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     let restart_writes = write_delta(&restart_before, &api_writes(&client).await);
     let restart_total = operator_writes(&restart_writes, &[]);
-    let restart_secrets: f64 = restart_writes.iter().filter(|(k, _)| k.ends_with(" secrets")).map(|(_, v)| v).sum();
+    let restart_secrets: f64 =
+        restart_writes.iter().filter(|(k, _)| k.ends_with(" secrets")).map(|(_, v)| v).sum::<f64>() + 0.0;
     let rss_restarted = op.rss_kib();
     eprintln!(
         "[scale] cold start to /readyz: {:.2} s; writes in the 15 s after: {restart_total:.0}",
