@@ -71,7 +71,7 @@ impl Operator {
             "6s".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log = repo().join("target").join(format!("operator-{namespace}-{id}.log"));
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{namespace}-{id}.log"));
         let op = Operator {
             child: Mutex::new(None),
             namespace: namespace.into(),
