@@ -188,9 +188,30 @@ fn world<'a>(
 async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     let shared = &ctx.shared;
     let ns = g.namespace().unwrap_or_default();
-    let agent = shared.identity(&ns, &g.spec.agent);
-    let parent_obj =
-        g.spec.parent.as_ref().map(|p| shared.grants.get(&kube::runtime::reflector::ObjectRef::new(p).within(&ns)));
+    // Ending a grant is final, so "gone" is never taken from a cache alone:
+    // a watch that lags (another stream than the one that triggered this
+    // reconcile) would deny a grant whose agent or parent was just created.
+    let agent = match shared.identity(&ns, &g.spec.agent) {
+        Some(a) => Some(a),
+        None => {
+            let api: Api<AgentIdentity> = Api::namespaced(shared.client.clone(), &ns);
+            api.get_opt(&g.spec.agent)
+                .await
+                .map_err(|source| Error::Kube { op: "reading the agent of", object: object(g), source })?
+                .map(Arc::new)
+        }
+    };
+    let parent_obj = match &g.spec.parent {
+        None => None,
+        Some(p) => Some(match shared.grants.get(&kube::runtime::reflector::ObjectRef::new(p).within(&ns)) {
+            Some(found) => Some(found),
+            None => api_grant(ctx, &ns, p).await.map_err(|source| Error::Kube {
+                op: "reading the parent of",
+                object: object(g),
+                source,
+            })?,
+        }),
+    };
     let parent = parent_obj.as_ref().map(|p| p.as_deref());
     let w = world(ctx, g, agent.as_deref(), parent);
     let (phase, reason) = next_phase(g, &w);
@@ -225,6 +246,11 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     }
     write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens).await?;
     Ok(Action::requeue(Duration::from_secs((expires_at - now).max(0) as u64) + Duration::from_millis(50)))
+}
+
+async fn api_grant(ctx: &Context, ns: &str, name: &str) -> Result<Option<Arc<CapabilityGrant>>, kube::Error> {
+    let api: Api<CapabilityGrant> = Api::namespaced(ctx.shared.client.clone(), ns);
+    Ok(api.get_opt(name).await?.map(Arc::new))
 }
 
 /// The RFC 8693 `act` chain: the parent's agent, its parent's, … and the human requester.
