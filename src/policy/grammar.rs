@@ -342,6 +342,12 @@ fn parse_resource_in(s: &str, mode: Mode) -> Result<Resource<'_>, GrammarError> 
     if scheme.contains('/') {
         return Err(malformed("has a '/' before its first ':': the scheme comes first"));
     }
+    if scheme.contains("..") {
+        return Err(GrammarError::new(
+            Rule::DotSegment,
+            format!("resource {s:?} has \"..\" in its scheme; it is refused anywhere in a resource"),
+        ));
+    }
     if path.is_empty() {
         return Err(malformed("has an empty path (the part after ':')"));
     }
@@ -495,6 +501,8 @@ mod tests {
         assert_eq!(rule_of(parse_resource("k8s:staging/..")), Rule::DotSegment);
         assert_eq!(rule_of(parse_resource("k8s:staging/web:..")), Rule::DotSegment);
         assert_eq!(rule_of(parse_resource("k8s:staging/a..b")), Rule::DotSegment);
+        assert_eq!(rule_of(parse_resource("..::")), Rule::DotSegment);
+        assert_eq!(rule_of(parse_resource("a..b:staging/web")), Rule::DotSegment);
         assert_eq!(rule_of(parse_resource("k8s:/staging")), Rule::EmptySegment);
         assert_eq!(rule_of(parse_resource("k8s:staging/")), Rule::EmptySegment);
         assert_eq!(rule_of(parse_resource("k8s:staging//web")), Rule::EmptySegment);
