@@ -101,7 +101,7 @@ where
                     let mut d = done.lock().expect("lock");
                     d.entry(k).or_insert_with(Instant::now);
                     if d.len() == n / 2 {
-                        half_rss.store(rss_of(pid), std::sync::atomic::Ordering::Relaxed);
+                        half_rss.store(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
                     }
                     if d.len() == n {
                         return;
@@ -131,15 +131,6 @@ where
         created.iter().filter_map(|(k, t)| Some(done.get(k)?.saturating_duration_since(*t))).collect();
     latencies.sort();
     Phase { elapsed: last - start, latencies, writes, rss_half: half_rss.load(std::sync::atomic::Ordering::Relaxed) }
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -295,7 +286,6 @@ async fn main() {
     let restart_total = operator_writes(&restart_writes, &[]);
     let restart_secrets: f64 =
         restart_writes.iter().filter(|(k, _)| k.ends_with(" secrets")).map(|(_, v)| v).sum::<f64>() + 0.0;
-    let rss_restarted = op.rss_kib();
     eprintln!(
         "[scale] cold start to /readyz: {:.2} s; writes in the 15 s after: {restart_total:.0}",
         cold.as_secs_f64()
@@ -351,7 +341,6 @@ async fn main() {
         breakdown(&active.writes, n),
         breakdown(&restart_writes, 1),
     );
-    let _ = rss_restarted;
     let out = std::env::var("WRIT_SCALE_RESULTS")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/bench/RESULTS.md").into());
     std::fs::write(&out, &report).expect("write results");

@@ -93,12 +93,7 @@ impl Operator {
 
     /// Resident memory, KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kib(self.pid())
     }
 
     async fn wait_ready(&self, timeout: Duration) {
@@ -176,6 +171,16 @@ pub fn write_delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>) 
         .collect();
     d.sort_by(|a, b| b.1.total_cmp(&a.1));
     d
+}
+
+/// Resident memory of a process, KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.

@@ -191,16 +191,11 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     // Ending a grant is final, so "gone" is never taken from a cache alone:
     // a watch that lags (another stream than the one that triggered this
     // reconcile) would deny a grant whose agent or parent was just created.
-    let agent = match shared.identity(&ns, &g.spec.agent) {
-        Some(a) => Some(a),
-        None => {
-            let api: Api<AgentIdentity> = Api::namespaced(shared.client.clone(), &ns);
-            api.get_opt(&g.spec.agent)
-                .await
-                .map_err(|source| Error::Kube { op: "reading the agent of", object: object(g), source })?
-                .map(Arc::new)
-        }
-    };
+    let agent = shared.identity_or_api(&ns, &g.spec.agent).await.map_err(|source| Error::Kube {
+        op: "reading the agent of",
+        object: object(g),
+        source,
+    })?;
     let parent_obj = match &g.spec.parent {
         None => None,
         Some(p) => Some(match shared.grants.get(&kube::runtime::reflector::ObjectRef::new(p).within(&ns)) {
@@ -299,9 +294,7 @@ async fn issue_tokens(
     .await;
     let mut records = Vec::new();
     for result in issued {
-        if let Some((record, _replaced)) = result? {
-            records.push(record);
-        }
+        records.extend(result?);
     }
     // Tokens of pods that are no longer bound are revoked (tokens replaced
     // in place were revoked before they were overwritten).
@@ -322,9 +315,8 @@ async fn issue_tokens(
     Ok(records)
 }
 
-/// Makes sure `pod` holds a current token for `g`: the record, and the token it
-/// replaced (if any). `None` when the pod has no credential (yet) or its Secret
-/// is gone.
+/// Makes sure `pod` holds a current token for `g` and returns its record;
+/// `None` when the pod has no credential (yet) or its Secret is gone.
 async fn issue_token(
     ctx: &Context,
     g: &CapabilityGrant,
@@ -333,7 +325,7 @@ async fn issue_token(
     issued_at: i64,
     expires_at: i64,
     now: i64,
-) -> Result<Option<(TokenRecord, Option<RevokedToken>)>, Error> {
+) -> Result<Option<TokenRecord>, Error> {
     let shared = &ctx.shared;
     let ns = g.namespace().unwrap_or_default();
     let key = token_key(&g.name_any());
@@ -356,7 +348,7 @@ async fn issue_token(
             && h.kid.as_deref().is_some_and(|kid| shared.trust.has_kid(kid, now))
     });
     if let Some((_, c)) = fresh {
-        return Ok(Some((TokenRecord { pod: pod.name_any(), jti: c.jti.clone(), expires_at: time(c.exp) }, None)));
+        return Ok(Some(TokenRecord { pod: pod.name_any(), jti: c.jti.clone(), expires_at: time(c.exp) }));
     }
     let claims = token::Claims {
         iss: format!("spiffe://{}/writ", shared.config.trust_domain),
@@ -402,7 +394,7 @@ async fn issue_token(
     }
     shared.metrics.credential("token", if replaced.is_some() { "rotated" } else { "issued" });
     tracing::info!(grant = %g.name_any(), namespace = %ns, pod = %pod.name_any(), jti = %claims.jti, exp = claims.exp, "capability token issued");
-    Ok(Some((TokenRecord { pod: pod.name_any(), jti: claims.jti, expires_at: time(claims.exp) }, replaced)))
+    Ok(Some(TokenRecord { pod: pod.name_any(), jti: claims.jti, expires_at: time(claims.exp) }))
 }
 
 /// Ends a grant: every token `jti` goes on the revocation list (durably),

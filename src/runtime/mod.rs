@@ -105,6 +105,21 @@ impl Shared {
         self.identities.get(&ObjectRef::new(name).within(namespace))
     }
 
+    /// The AgentIdentity from the cache, or from the API server when the cache
+    /// does not have it (yet): a lagging watch must not make an identity that
+    /// exists look absent.
+    pub async fn identity_or_api(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<AgentIdentity>>, kube::Error> {
+        if let Some(found) = self.identity(namespace, name) {
+            return Ok(Some(found));
+        }
+        let api: kube::Api<AgentIdentity> = kube::Api::namespaced(self.client.clone(), namespace);
+        Ok(api.get_opt(name).await?.map(Arc::new))
+    }
+
     /// Every AgentIdentity of a namespace.
     pub fn identities_in(&self, namespace: &str) -> Vec<AgentIdentity> {
         self.identities

@@ -51,17 +51,10 @@ pub fn credential_secret_name() -> String {
 /// cannot be read; the caller then refuses, as with any unknown identity.
 pub async fn identity_fallback(shared: &Shared, namespace: &str, name: Option<&str>) -> Option<Arc<AgentIdentity>> {
     let name = name?;
-    if let Some(found) = shared.identity(namespace, name) {
-        return Some(found);
-    }
-    let api: Api<AgentIdentity> = Api::namespaced(shared.client.clone(), namespace);
-    match api.get_opt(name).await {
-        Ok(found) => found.map(Arc::new),
-        Err(e) => {
-            tracing::warn!(error = %e, namespace, name, "reading an AgentIdentity missing from the cache");
-            None
-        }
-    }
+    shared.identity_or_api(namespace, name).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, namespace, name, "reading an AgentIdentity missing from the cache");
+        None
+    })
 }
 
 /// Pod CREATE: check the claim and inject the credential volume. `identity`
