@@ -107,13 +107,23 @@ impl Operator {
 
     /// Waits until this replica holds the lease (its controllers run).
     pub async fn wait_leading(&self) {
+        self.wait_leader_gauge(1).await;
+    }
+
+    /// Waits until this replica has stopped leading (its controllers stopped).
+    pub async fn wait_following(&self) {
+        self.wait_leader_gauge(0).await;
+    }
+
+    async fn wait_leader_gauge(&self, value: u8) {
         let metrics = format!("http://127.0.0.1:{}/metrics", self.metrics);
+        let line = format!("writ_leader {value}");
         while !Command::new("curl")
             .args(["-fs", &metrics])
             .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("writ_leader 1"))
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&line))
         {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

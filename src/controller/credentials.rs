@@ -14,7 +14,7 @@ use k8s_openapi::{
     ByteString,
 };
 use kube::{
-    api::{Api, ObjectMeta, Patch, PatchParams},
+    api::{Api, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::controller::Action,
     Resource, ResourceExt,
 };
@@ -193,7 +193,8 @@ async fn reconcile_inner(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
         PodPlan::Keep { rotate_at } => Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64))),
         PodPlan::Issue { rotation } => {
             let Some(identity) = identity else { return Ok(Action::await_change()) };
-            let rotate_at = issue(ctx, pod, &identity, &secret_name, &spiffe, rotation, now).await?;
+            let first = secret.is_none();
+            let rotate_at = issue(ctx, pod, &identity, &secret_name, &spiffe, (rotation, first), now).await?;
             Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64)))
         }
     }
@@ -205,7 +206,7 @@ async fn issue(
     identity: &AgentIdentity,
     secret_name: &str,
     spiffe: &str,
-    rotation: bool,
+    (rotation, first): (bool, bool),
     now: i64,
 ) -> Result<i64, Error> {
     let shared = &ctx.shared;
@@ -261,13 +262,32 @@ async fn issue(
         ..Default::default()
     };
     let api: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
-    let mut value = serde_json::to_value(&secret).unwrap_or_default();
-    value["apiVersion"] = "v1".into();
-    value["kind"] = "Secret".into();
-    let written = api
-        .patch(secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value))
-        .await
-        .map_err(|source| Error::Kube { op: "writing credential Secret of", object: object(pod), source })?;
+    // A first credential is a plain create (about twice as cheap for the API
+    // server as an apply that creates); a rotation, or a create that finds
+    // the Secret already there, is a server-side apply.
+    let created = if first {
+        let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+        match api.create(&params, &secret).await {
+            Ok(written) => Some(written),
+            Err(kube::Error::Api(e)) if e.code == 409 => None,
+            Err(source) => {
+                return Err(Error::Kube { op: "creating credential Secret of", object: object(pod), source })
+            }
+        }
+    } else {
+        None
+    };
+    let written = match created {
+        Some(written) => written,
+        None => {
+            let mut value = serde_json::to_value(&secret).unwrap_or_default();
+            value["apiVersion"] = "v1".into();
+            value["kind"] = "Secret".into();
+            api.patch(secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value))
+                .await
+                .map_err(|source| Error::Kube { op: "writing credential Secret of", object: object(pod), source })?
+        }
+    };
     ctx.secret_writes.note_written(&written);
     // Routine issuance and rotation are recorded in the audit log and the
     // metrics, not as Events: an Event per credential would double the API

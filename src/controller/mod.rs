@@ -2,13 +2,13 @@
 
 pub mod batch;
 pub mod credentials;
+pub mod events;
 pub mod grant;
 pub mod identity;
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
 
 use crate::runtime::Shared;
 
@@ -21,8 +21,8 @@ pub const MANAGER: &str = "writ";
 pub struct Context {
     /// Shared state.
     pub shared: Arc<Shared>,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Events.
+    pub events: events::Events,
     /// Batched writes of tokens into credential Secrets, and cached reads of them.
     pub secret_writes: batch::SecretWriter,
     /// `(issuedAt, expiresAt)` this term decided per grant uid, until its
@@ -37,25 +37,16 @@ impl Context {
     /// The context for one leadership term.
     pub fn new(
         shared: Arc<Shared>,
-        recorder: Recorder,
+        events: events::Events,
         secrets: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Secret>,
     ) -> Self {
         let secret_writes = batch::SecretWriter::new(shared.client.clone(), secrets);
-        Self { shared, recorder, secret_writes, activations: Default::default(), published_bundles: Default::default() }
+        Self { shared, events, secret_writes, activations: Default::default(), published_bundles: Default::default() }
     }
 
     /// Publishes an Event; failures are logged, never fatal.
     pub async fn event(&self, on: &ObjectReference, warning: bool, reason: &str, action: &str, note: String) {
-        let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, on).await {
-            tracing::debug!(error = %e, reason, "publishing event failed");
-        }
+        self.events.publish(events::Event { regarding: on, warning, reason, action, note }).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Running the operator: configuration, shared state, leader election,
 //! metrics and health, and the `writ run` entry point.
 
+pub mod cache;
 pub mod config;
 pub mod leader;
 pub mod metrics;

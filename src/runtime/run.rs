@@ -9,17 +9,17 @@ use futures::{future, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{
     api::{Api, ObjectMeta, PostParams},
-    runtime::{
-        controller::Controller,
-        events::{Recorder, Reporter},
-        reflector::{self, ObjectRef},
-        watcher, WatchStreamExt,
-    },
+    runtime::{controller::Controller, reflector::ObjectRef, watcher},
     Client, ResourceExt,
 };
 use tokio::sync::watch;
 
-use super::{leader::LeaderElector, metrics::Metrics, RunConfig, Shared};
+use super::{
+    cache::{Cache, Resync},
+    leader::LeaderElector,
+    metrics::Metrics,
+    RunConfig, Shared,
+};
 use crate::{
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy, GrantPhase, AGENT_LABEL},
     controller::{self, credentials, Context},
@@ -178,17 +178,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await?);
 
-    let (identities, identities_w) = reflector::store::<AgentIdentity>();
-    let (policies, policies_w) = reflector::store::<DelegationPolicy>();
-    let (grants, grants_w) = reflector::store::<CapabilityGrant>();
-    let (pods, pods_w) = reflector::store::<Pod>();
+    // Caches (every replica: the webhooks read them; the leader's
+    // controllers share them).
+    let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
+    let caches = Arc::new(Caches {
+        identities: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
+        policies: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
+        grants: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
+        pods: Cache::spawn(Api::all(client.clone()), agent_pods, strip_pod),
+    });
     let shared = Arc::new(Shared::new(
         client.clone(),
         config.clone(),
-        identities.clone(),
-        policies.clone(),
-        grants.clone(),
-        pods.clone(),
+        caches.identities.store(),
+        caches.policies.store(),
+        caches.grants.store(),
+        caches.pods.store(),
         trust.clone(),
         revocations.clone(),
         metrics.clone(),
@@ -196,37 +201,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     ));
 
     let _ = boot.shared.set(shared.clone());
-
-    // Caches (every replica: the webhooks read them).
-    let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
-    tokio::spawn(
-        watcher(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(strip)
-            .reflect(identities_w)
-            .for_each(|_| future::ready(())),
-    );
-    tokio::spawn(
-        watcher(Api::<DelegationPolicy>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(strip)
-            .reflect(policies_w)
-            .for_each(|_| future::ready(())),
-    );
-    tokio::spawn(
-        watcher(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(strip)
-            .reflect(grants_w)
-            .for_each(|_| future::ready(())),
-    );
-    tokio::spawn(
-        watcher(Api::<Pod>::all(client.clone()), agent_pods.clone())
-            .default_backoff()
-            .modify(strip_pod)
-            .reflect(pods_w)
-            .for_each(|_| future::ready(())),
-    );
 
     // Serving certificate, then the HTTPS listener (webhooks + trust endpoints).
     mint_serving(&trust, &config, &serving)?;
@@ -262,6 +236,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let mut serving_minted = crate::pki::now_unix();
             loop {
                 tick.tick().await;
+                release_free_memory();
                 let _ = shared.revocations.refresh().await;
                 let _ = shared
                     .trust
@@ -336,7 +311,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     (true, false) => {
                         let _ = revocations.refresh().await;
                         let _ = trust.reload(&client, &config.namespace, config.ca_secret.as_deref()).await;
-                        running = Some(tokio::spawn(run_controllers(shared.clone(), me.clone())));
+                        running = Some(tokio::spawn(run_controllers(shared.clone(), caches.clone(), me.clone())));
                     }
                     (false, true) => {
                         if let Some(h) = running.take() { h.abort(); }
@@ -366,6 +341,18 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Hands memory that the allocator holds free back to the system. glibc
+/// returns only the top of its heap by itself: after a burst (a re-list, ten
+/// thousand admissions) the freed middle stays resident. A pass over a heap
+/// of a few hundred MiB takes a few milliseconds; this runs every 5 s.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What the caches keep of an object: everything but `managedFields` (the
 /// field-ownership bookkeeping of server-side apply, often the larger part of
 /// an object, which nothing in Writ reads).
@@ -386,18 +373,35 @@ fn strip_pod(pod: &mut Pod) {
     pod.status = pod.status.take().map(|s| PodStatus { phase: s.phase, ..Default::default() });
 }
 
-/// A controller whose cache keeps objects as `trim` leaves them.
-fn controller<K>(api: Api<K>, config: watcher::Config, trim: fn(&mut K)) -> Controller<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let trigger = watcher(api, config).default_backoff().modify(trim).reflect(writer).applied_objects();
-    Controller::for_stream(trigger, reader)
+/// What the cache keeps of a credential Secret: the certificate chain and
+/// the tokens (read to decide on rotation and to revoke), and only the
+/// presence of the private key, the CA bundle and the SPIFFE ID (never read
+/// from the cache: the key's presence is what marks a live credential).
+fn strip_secret(secret: &mut Secret) {
+    use credentials::keys;
+    strip(secret);
+    if let Some(data) = secret.data.as_mut() {
+        for key in [keys::KEY, keys::CA, keys::SPIFFE_ID] {
+            if let Some(v) = data.get_mut(key) {
+                *v = k8s_openapi::ByteString(Vec::new());
+            }
+        }
+    }
+}
+
+/// Reconciles in flight per controller.
+const RECONCILES_IN_FLIGHT: u16 = 32;
+
+/// The kinds every replica watches.
+struct Caches {
+    identities: Cache<AgentIdentity>,
+    policies: Cache<DelegationPolicy>,
+    grants: Cache<CapabilityGrant>,
+    pods: Cache<Pod>,
 }
 
 /// The controllers, on the leader.
-async fn run_controllers(shared: Arc<Shared>, me: String) {
+async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // Decisions read the shared caches (does this pod's identity exist?): a
     // controller that ran before they are filled would revoke and re-issue
     // on the word of an empty cache (found by the SIGKILL churn test).
@@ -407,18 +411,33 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let client = shared.client.clone();
-    let reporter = Reporter { controller: "writ".into(), instance: Some(me) };
-    // The credential-Secret controller's cache also serves the other
-    // reconcilers' reads of those Secrets.
-    let cred_secrets = watcher::Config::default().labels(credentials::POD_LABEL);
-    let secrets = controller(Api::<Secret>::all(client.clone()), cred_secrets.clone(), strip);
-    let ctx = Arc::new(Context::new(shared.clone(), Recorder::new(client.clone(), reporter), secrets.store()));
-    let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
+    // Credential Secrets are watched by the leader only (for as long as it leads).
+    let secrets = Cache::spawn(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(credentials::POD_LABEL),
+        strip_secret,
+    );
+    if secrets.store().wait_until_ready().await.is_err() {
+        return;
+    }
+    let ctx = Arc::new(Context::new(
+        shared.clone(),
+        controller::events::Events::new(client.clone(), "writ", &me),
+        secrets.store(),
+    ));
 
+    // Every controller starts with one full pass (its `Resync` channel holds
+    // the first request), then follows the changes. Reconciles in flight are
+    // bounded: each holds an API connection, and a backlog of thousands of
+    // pods (a new leader, a re-list) reconciled all at once had the operator
+    // open thousands of TLS connections, several times the memory of its
+    // caches, for a slower result than a few dozen at a time.
+    let bounded = || kube::runtime::controller::Config::default().concurrency(RECONCILES_IN_FLIGHT);
+    let (resync, all) = Resync::channel();
     let pods_store = shared.pods.clone();
-    let pods = controller(Api::<Pod>::all(client.clone()), agent_pods.clone(), strip_pod)
-        .owns(Api::<Secret>::all(client.clone()), cred_secrets.clone())
-        .watches(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default(), move |id| {
+    let pods = Controller::for_shared_stream(caches.pods.changes(&resync), caches.pods.store())
+        .owns_shared_stream(secrets.changes(&resync))
+        .watches_shared_stream(caches.identities.changes(&resync), move |id| {
             let ns = id.namespace().unwrap_or_default();
             let name = id.name_any();
             pods_store
@@ -428,23 +447,30 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
                 .map(|p| ObjectRef::from_obj(&**p))
                 .collect::<Vec<_>>()
         })
+        .reconcile_all_on(all)
+        .with_config(bounded())
         .run(credentials::reconcile, credentials::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let secrets = secrets
+    let (resync, all) = Resync::channel();
+    let secrets_controller = Controller::for_shared_stream(secrets.changes(&resync), secrets.store())
+        .reconcile_all_on(all)
+        .with_config(bounded())
         .run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let identities = controller(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default(), strip)
-        .watches(Api::<Pod>::all(client.clone()), agent_pods.clone(), |p| {
+    let (resync, all) = Resync::channel();
+    let identities = Controller::for_shared_stream(caches.identities.changes(&resync), caches.identities.store())
+        .watches_shared_stream(caches.pods.changes(&resync), |p| {
             p.labels().get(AGENT_LABEL).map(|a| ObjectRef::new(a).within(&p.namespace().unwrap_or_default()))
         })
-        .watches(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), |g| {
+        .watches_shared_stream(caches.grants.changes(&resync), |g| {
             Some(ObjectRef::new(&g.spec.agent).within(&g.namespace().unwrap_or_default()))
         })
+        .reconcile_all_on(all)
         // An identity's status counts its pods and active grants: during a
         // burst of grants, one status write a second instead of one per grant.
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+        .with_config(bounded().debounce(Duration::from_secs(1)))
         .run(controller::identity::reconcile, controller::identity::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
@@ -456,8 +482,9 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
         shared.grants.clone(),
     );
     let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
-    let grants = controller(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), strip)
-        .watches(Api::<Pod>::all(client.clone()), agent_pods, move |p| {
+    let (resync, all) = Resync::channel();
+    let grants = Controller::for_shared_stream(caches.grants.changes(&resync), caches.grants.store())
+        .watches_shared_stream(caches.pods.changes(&resync), move |p| {
             // The grants that bind this pod: its agent's, unless bound to another pod.
             let agent = p.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
             let pod = p.name_any();
@@ -465,31 +492,32 @@ async fn run_controllers(shared: Arc<Shared>, me: String) {
                 g.spec.agent == agent && g.spec.pod.as_ref().is_none_or(|bound| *bound == pod)
             })
         })
-        .watches(Api::<Secret>::all(client.clone()), cred_secrets, move |s| {
-            controller::grant::grants_for_secret(&g2, &s)
-        })
-        .watches(Api::<CapabilityGrant>::all(client.clone()), watcher::Config::default(), move |parent| {
+        .watches_shared_stream(secrets.changes(&resync), move |s| controller::grant::grants_for_secret(&g2, &s))
+        .watches_shared_stream(caches.grants.changes(&resync), move |parent| {
             let name = parent.name_any();
             controller::grant::grants_where(&g3, &parent.namespace().unwrap_or_default(), |g| {
                 g.spec.parent.as_deref() == Some(&name)
             })
         })
-        .watches(Api::<AgentIdentity>::all(client.clone()), watcher::Config::default(), move |id| {
-            if !identity_gate.changed(&id) {
+        .watches_shared_stream(caches.identities.changes(&resync), move |id| {
+            if !identity_gate.changed(id.as_ref()) {
                 return Vec::new();
             }
             let name = id.name_any();
             controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| g.spec.agent == name)
         })
-        .watches(Api::<DelegationPolicy>::all(client.clone()), watcher::Config::default(), move |p| {
-            if !policy_gate.changed(&p) {
+        .watches_shared_stream(caches.policies.changes(&resync), move |p| {
+            if !policy_gate.changed(p.as_ref()) {
                 return Vec::new();
             }
             controller::grant::grants_where(&g5, &p.namespace().unwrap_or_default(), |_| true)
         })
+        .reconcile_all_on(all)
+        .with_config(bounded())
         .run(controller::grant::reconcile, controller::grant::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
     tracing::info!("controllers started");
-    tokio::join!(pods, secrets, identities, grants);
+    tokio::join!(pods, secrets_controller, identities, grants);
+    drop(secrets);
 }

@@ -1,0 +1,196 @@
+//! One watch and one cache per kind, shared by the webhooks and every
+//! controller.
+//!
+//! kube's `Controller::new`/`watches`/`owns` each open a watch of their own,
+//! and each `Controller` keeps its own store: with Writ's four controllers
+//! that was four watches of pods, four of grants and three of Secrets, and two
+//! full copies of every pod and grant in memory. Here each kind is watched
+//! once; the store is what the webhooks read and what the controllers look
+//! objects up in, and every change is fanned out to the controllers.
+//!
+//! kube's own shared streams (`store_shared`) are not used: they do not pass
+//! deletions on (a deleted pod must re-queue the grants that bound it, a
+//! deleted credential Secret its pod), and they push back on the watch when a
+//! subscriber is slow, which would leave the webhooks reading a stale cache.
+//! Here the fan-out is a bounded broadcast: a subscriber that falls behind
+//! loses the missed changes and is told to re-examine everything instead
+//! (reconciles are level-based, so that is always correct), and so is every
+//! subscriber after a re-list, whose deletions the watch does not report.
+
+use std::{fmt::Debug, sync::Arc};
+
+use futures::{Stream, StreamExt};
+use kube::{
+    api::Api,
+    runtime::{
+        reflector::{self, ObjectRef, Store},
+        watcher, WatchStreamExt,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, mpsc};
+
+/// Changes kept for subscribers that have not yet read them.
+const FAN_OUT: usize = 4096;
+
+#[derive(Clone)]
+enum Signal<K> {
+    /// Created, updated or deleted (the last state seen).
+    Changed(Arc<K>),
+    /// The watch re-listed: deletions in between were not reported.
+    Relisted,
+}
+
+/// A watched kind: its store and a fan-out of its changes.
+pub struct Cache<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    tx: broadcast::Sender<Signal<K>>,
+    /// The watch; stopped when the cache is dropped (the leader's Secret
+    /// cache lives as long as its leadership term).
+    watch: Option<tokio::task::AbortHandle>,
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Drop for Cache<K> {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.watch {
+            watch.abort();
+        }
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts watching `api` (filtered by `config`); the cache keeps each
+    /// object as `trim` leaves it.
+    pub fn spawn(api: Api<K>, config: watcher::Config, trim: fn(&mut K)) -> Self {
+        let (store, mut writer) = reflector::store();
+        let (tx, _) = broadcast::channel(FAN_OUT);
+        let fan_out = tx.clone();
+        let reader = store.clone();
+        let watch = tokio::spawn(async move {
+            let events = watcher(api, config).default_backoff().modify(trim);
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { continue };
+                writer.apply_watcher_event(&event);
+                let signal = match &event {
+                    // The store's own copy, not a second one.
+                    watcher::Event::Apply(obj) => reader.get(&ObjectRef::from_obj(obj)).map(Signal::Changed),
+                    watcher::Event::Delete(obj) => Some(Signal::Changed(Arc::new(obj.clone()))),
+                    watcher::Event::InitDone => Some(Signal::Relisted),
+                    watcher::Event::Init | watcher::Event::InitApply(_) => None,
+                };
+                if let Some(signal) = signal {
+                    // No subscriber (not leading) is not an error.
+                    let _ = fan_out.send(signal);
+                }
+            }
+        });
+        Self { store, tx, watch: Some(watch.abort_handle()) }
+    }
+
+    /// The cache.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Every change from now on (deletions included, as the last state
+    /// seen). When this subscriber falls behind, or the watch re-lists,
+    /// `resync` is told instead: whoever reads it re-examines everything.
+    pub fn changes(&self, resync: &Resync) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let rx = self.tx.subscribe();
+        let resync = resync.0.clone();
+        futures::stream::unfold(rx, move |mut rx| {
+            let resync = resync.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(Signal::Changed(obj)) => return Some((obj, rx)),
+                        Ok(Signal::Relisted) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = resync.send(());
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// "Re-examine everything" requests of one controller, fed by its
+/// subscriptions ([`Cache::changes`]); the first one is queued at creation
+/// (a controller starting on filled caches has seen no change yet).
+pub struct Resync(mpsc::UnboundedSender<()>);
+
+impl Resync {
+    /// A request channel, and the stream to hand to `Controller::reconcile_all_on`.
+    pub fn channel() -> (Self, impl Stream<Item = ()> + Send + 'static) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(());
+        let requests = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await?;
+            // Requests queued meanwhile are answered by this one.
+            while rx.try_recv().is_ok() {}
+            Some(((), rx))
+        });
+        (Self(tx), requests)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn cache_with_sender(
+    ) -> (Cache<k8s_openapi::api::core::v1::ConfigMap>, broadcast::Sender<Signal<k8s_openapi::api::core::v1::ConfigMap>>)
+    {
+        let (store, _writer) = reflector::store();
+        let (tx, _) = broadcast::channel(2);
+        (Cache { store, tx: tx.clone(), watch: None }, tx)
+    }
+
+    fn cm(name: &str) -> Arc<k8s_openapi::api::core::v1::ConfigMap> {
+        let mut c = k8s_openapi::api::core::v1::ConfigMap::default();
+        c.metadata.name = Some(name.into());
+        Arc::new(c)
+    }
+
+    #[tokio::test]
+    async fn changes_pass_through_and_relists_become_resync_requests() {
+        let (cache, tx) = cache_with_sender();
+        let (resync, requests) = Resync::channel();
+        let mut requests = Box::pin(requests);
+        // The start-up request.
+        assert_eq!(requests.next().await, Some(()));
+        let mut changes = Box::pin(cache.changes(&resync));
+        assert!(tx.send(Signal::Changed(cm("a"))).is_ok(), "subscribed");
+        assert_eq!(changes.next().await.and_then(|c| c.metadata.name.clone()).as_deref(), Some("a"));
+        assert!(tx.send(Signal::Relisted).is_ok(), "subscribed");
+        assert!(tx.send(Signal::Changed(cm("b"))).is_ok(), "subscribed");
+        assert_eq!(changes.next().await.and_then(|c| c.metadata.name.clone()).as_deref(), Some("b"));
+        assert_eq!(requests.next().await, Some(()), "a re-list asks for a full resync");
+        assert!(requests.next().now_or_never().is_none(), "nothing else was asked");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_to_resync() {
+        let (cache, tx) = cache_with_sender();
+        let (resync, requests) = Resync::channel();
+        let mut requests = Box::pin(requests);
+        assert_eq!(requests.next().await, Some(()));
+        let mut changes = Box::pin(cache.changes(&resync));
+        // Capacity 2: the first of three changes is lost.
+        for name in ["a", "b", "c"] {
+            assert!(tx.send(Signal::Changed(cm(name))).is_ok(), "subscribed");
+        }
+        assert_eq!(changes.next().await.and_then(|c| c.metadata.name.clone()).as_deref(), Some("b"));
+        assert_eq!(requests.next().await, Some(()), "the lost change is covered by a resync");
+        assert_eq!(changes.next().await.and_then(|c| c.metadata.name.clone()).as_deref(), Some("c"));
+        drop(tx);
+        drop(cache);
+        assert!(changes.next().await.is_none(), "the stream ends with its cache");
+    }
+}
