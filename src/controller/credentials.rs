@@ -262,9 +262,9 @@ async fn issue(
         ..Default::default()
     };
     let api: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
-    // A first credential is a plain create (about twice as cheap for the API
-    // server as an apply that creates); a rotation, or a create that finds
-    // the Secret already there, is a server-side apply.
+    // A first credential is a plain create (no field-ownership merge in the
+    // API server, unlike an apply that creates); a rotation, or a create that
+    // finds the Secret already there, is a server-side apply.
     let created = if first {
         let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
         match api.create(&params, &secret).await {
