@@ -12,10 +12,12 @@
 //! deletions on (a deleted pod must re-queue the grants that bound it, a
 //! deleted credential Secret its pod), and they push back on the watch when a
 //! subscriber is slow, which would leave the webhooks reading a stale cache.
-//! Here the fan-out is a bounded broadcast: a subscriber that falls behind
-//! loses the missed changes and is told to re-examine everything instead
-//! (reconciles are level-based, so that is always correct), and so is every
-//! subscriber after a re-list, whose deletions the watch does not report.
+//! Here the fan-out is a bounded broadcast that a task per subscriber drains
+//! at once into that subscriber's own queue, so a busy controller neither
+//! holds the watch back nor misses changes. After a re-list (whose deletions
+//! the watch does not report), or should a subscriber still fall behind the
+//! broadcast, it is told to re-examine everything instead (reconciles are
+//! level-based, so that is always correct).
 
 use std::{fmt::Debug, sync::Arc};
 
