@@ -30,7 +30,7 @@ fn looks_canonical(resource: &str) -> bool {
     !scheme.is_empty()
         && !scheme.contains('/')
         && resource.bytes().all(|b| b.is_ascii_graphic() && b != b'%' && b != b'*')
-        && !path.contains("..")
+        && !resource.contains("..")
         && path.split('/').all(|seg| !seg.is_empty() && seg != ".")
 }
 
@@ -86,8 +86,13 @@ fn granted_capability() -> impl Strategy<Value = Granted> {
     ]
 }
 
+/// 2000 cases per property unless `PROPTEST_CASES` asks for more (or fewer).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// (b) The two-pointer matcher agrees with the reference on random inputs.
     #[test]
