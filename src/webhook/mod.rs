@@ -60,6 +60,14 @@ where
     };
     let review: AdmissionReview<T> =
         serde_json::from_slice(body).map_err(|e| refuse(format!("cannot read the AdmissionReview: {e}")))?;
+    // The webhooks are registered for v1 only; the answer's apiVersion and
+    // kind are copied from the request, so anything else is refused here.
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return Err(refuse(format!(
+            "apiVersion/kind: must be admission.k8s.io/v1 AdmissionReview, not {:?} {:?}",
+            review.types.api_version, review.types.kind
+        )));
+    }
     review.try_into().map_err(|e| refuse(format!("AdmissionReview without a request: {e}")))
 }
 
@@ -191,3 +199,37 @@ async fn validate_policies(State(shared): State<Arc<Shared>>, body: Bytes) -> im
 
 /// The stored object of a request, typed `DynamicObject` for logs.
 pub type AnyRequest = AdmissionRequest<DynamicObject>;
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+
+    use super::parse_request;
+
+    fn review(api_version: &str, kind: &str) -> Vec<u8> {
+        format!(
+            r#"{{"apiVersion":"{api_version}","kind":"{kind}","request":{{"uid":"u-1","kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"operation":"CREATE","userInfo":{{}},"object":{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"p"}}}}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn only_v1_admission_reviews_are_read_and_every_answer_is_one() {
+        assert!(parse_request::<Pod>(&review("admission.k8s.io/v1", "AdmissionReview")).is_ok());
+        for (api_version, kind) in
+            [("admission.k8s.io/v1", " AdmissionReview"), ("admission.k8s.io/v1beta1", "AdmissionReview")]
+        {
+            let refused = parse_request::<Pod>(&review(api_version, kind)).expect_err("refused");
+            assert!(!refused.allowed);
+            assert_eq!(refused.uid, "u-1", "the refusal echoes the uid");
+            assert!(
+                refused.result.message.starts_with("apiVersion/kind: must be admission.k8s.io/v1"),
+                "{}",
+                refused.result.message
+            );
+            let answer = serde_json::to_value(refused.into_review()).expect("json");
+            assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+            assert_eq!(answer["kind"], "AdmissionReview");
+        }
+    }
+}
