@@ -5,7 +5,7 @@ WRIT_CACHE ?= $(HOME)/.cache/writ
 export WRIT_CACHE
 
 .DEFAULT_GOAL := build
-.PHONY: deploy manifests build test unit crds lint fmt demo control-plane control-plane-down bench bench-scale clean
+.PHONY: image-check deploy manifests build test unit crds lint fmt demo control-plane control-plane-down bench bench-scale clean
 
 build:
 	$(CARGO) build --all-targets
@@ -46,6 +46,10 @@ deploy:
 
 demo:
 	hack/demo.sh
+
+## The Dockerfile without a container runtime (part of `make test`).
+image-check:
+	hack/with-cluster.sh image-check hack/image-check.sh
 
 bench:
 	hack/bench.sh

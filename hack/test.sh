@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make test`: unit tests and integration tests against a real kube-apiserver.
+# `make test`: unit tests and integration tests against a real kube-apiserver,
+# then the image check.
 #
 # The API server: KUBECONFIG if it points at a reachable cluster, otherwise the
 # local control plane from hack/control-plane.sh (built from Debian's packages
@@ -8,4 +9,10 @@
 # without an API server the integration tests fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hack/with-cluster.sh test cargo test --all-features -- "$@"
+# A full run (no test filter) also checks the Dockerfile (hack/image-check.sh):
+# a static release build from its context, run as its USER on the same API server.
+if [ "$#" -eq 0 ]; then
+  hack/with-cluster.sh test bash -c 'cargo test --all-features && hack/image-check.sh'
+else
+  hack/with-cluster.sh test cargo test --all-features -- "$@"
+fi
