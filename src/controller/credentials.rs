@@ -8,11 +8,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    api::core::v1::{Pod, Secret},
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-    ByteString,
-};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference, ByteString};
 use kube::{
     api::{Api, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::controller::Action,
@@ -26,6 +22,7 @@ use crate::{
         self,
         cert::{CertificateInfo, PodCertificateRequest},
     },
+    runtime::AgentPod,
     verify::{RevokedCertificate, RevokedToken},
 };
 
@@ -73,14 +70,13 @@ pub enum PodPlan {
 }
 
 /// Whether a pod has finished (its credential must go).
-pub fn pod_finished(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
-        || matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+pub fn pod_finished(pod: &AgentPod) -> bool {
+    pod.finished()
 }
 
 /// Decides what a pod's credential needs. Pure.
 pub fn plan_pod(
-    pod: &Pod,
+    pod: &AgentPod,
     identity: Option<&AgentIdentity>,
     stored: Option<&CertificateInfo>,
     expected_spiffe_id: &str,
@@ -98,7 +94,7 @@ pub fn plan_pod(
     if identity.metadata.deletion_timestamp.is_some() {
         return PodPlan::Revoke(format!("AgentIdentity {agent} is being deleted"));
     }
-    let sa = crate::webhook::pods::service_account(pod);
+    let sa = pod.service_account();
     if sa != identity.spec.service_account_name {
         return PodPlan::Reject(format!(
             "pod runs as service account {sa:?}, AgentIdentity {agent} requires {:?}",
@@ -123,7 +119,7 @@ fn pki_algorithm(a: KeyAlgorithm) -> pki::cert::KeyAlgorithm {
     }
 }
 
-fn object(pod: &Pod) -> String {
+fn object(pod: &AgentPod) -> String {
     format!("Pod {}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
@@ -150,7 +146,7 @@ pub fn stored_tokens(secret: &Secret) -> Vec<(String, String)> {
 }
 
 /// Reconciles one agent pod.
-pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(pod: Arc<AgentPod>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let span = tracing::info_span!("pod", namespace = %pod.namespace().unwrap_or_default(), name = %pod.name_any());
     let result = tracing::Instrument::instrument(reconcile_inner(&pod, &ctx), span).await;
@@ -158,7 +154,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
     result
 }
 
-async fn reconcile_inner(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error> {
     let shared = &ctx.shared;
     let namespace = pod.namespace().unwrap_or_default();
     let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION).cloned() else {
@@ -202,7 +198,7 @@ async fn reconcile_inner(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
 
 async fn issue(
     ctx: &Context,
-    pod: &Pod,
+    pod: &AgentPod,
     identity: &AgentIdentity,
     secret_name: &str,
     spiffe: &str,
@@ -307,7 +303,7 @@ async fn issue(
 /// Revokes everything a credential Secret holds: the certificate serial and
 /// every token `jti` go on the revocation list (durably) first, then the key
 /// and the tokens are removed from the Secret.
-pub async fn revoke_secret(ctx: &Context, pod: &Pod, secret: &Secret, reason: &str) -> Result<(), Error> {
+pub async fn revoke_secret(ctx: &Context, pod: &AgentPod, secret: &Secret, reason: &str) -> Result<(), Error> {
     let shared = &ctx.shared;
     let now = pki::now_unix();
     let cert = stored_certificate(Some(secret));
@@ -366,7 +362,7 @@ pub async fn reconcile_secret(secret: Arc<Secret>, ctx: Arc<Context>) -> Result<
     }
     let namespace = secret.namespace().unwrap_or_default();
     let pod_name = secret.labels().get(POD_LABEL).cloned().unwrap_or_default();
-    let pod = Pod {
+    let pod = AgentPod {
         metadata: ObjectMeta { name: Some(pod_name), namespace: Some(namespace.clone()), ..Default::default() },
         ..Default::default()
     };
@@ -404,7 +400,7 @@ pub fn secret_error_policy(_s: Arc<Secret>, err: &Error, ctx: Arc<Context>) -> A
 }
 
 /// Error policy: back off, count the error.
-pub fn error_policy(_pod: Arc<Pod>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(_pod: Arc<AgentPod>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "pod credential reconcile failed");
     ctx.shared.metrics.reconcile_error("pod-credentials", err.metric_label());
     Action::requeue(Duration::from_secs(2))

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{
@@ -22,6 +22,7 @@ use crate::{
         APPROVED_BY_ANNOTATION, CREDENTIAL_SECRET_ANNOTATION, REQUESTED_BY_ANNOTATION,
     },
     pki::{self, token},
+    runtime::AgentPod,
     verify::RevokedToken,
 };
 
@@ -145,7 +146,7 @@ pub async fn reconcile(grant: Arc<CapabilityGrant>, ctx: Arc<Context>) -> Result
 }
 
 /// The agent pods a grant binds: every running pod of the agent, or the one named.
-fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<Pod>> {
+fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
     let ns = g.namespace().unwrap_or_default();
     // A grant bound to one pod looks that pod up instead of scanning every pod.
     let candidates = match &g.spec.pod {
@@ -320,7 +321,7 @@ async fn issue_tokens(
 async fn issue_token(
     ctx: &Context,
     g: &CapabilityGrant,
-    pod: Arc<Pod>,
+    pod: Arc<AgentPod>,
     act: Option<token::Actor>,
     issued_at: i64,
     expires_at: i64,

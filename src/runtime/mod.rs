@@ -1,6 +1,7 @@
 //! Running the operator: configuration, shared state, leader election,
 //! metrics and health, and the `writ run` entry point.
 
+mod agent_pod;
 pub mod cache;
 pub mod config;
 pub mod leader;
@@ -13,12 +14,12 @@ use std::sync::{
     Arc,
 };
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::{
     runtime::reflector::{ObjectRef, Store},
     Client, ResourceExt,
 };
 
+pub use agent_pod::{AgentPod, AgentPodSpec, AgentPodStatus};
 pub use config::RunConfig;
 pub use run::run;
 
@@ -44,7 +45,7 @@ pub struct Shared {
     /// Cache of CapabilityGrants.
     pub grants: Store<CapabilityGrant>,
     /// Cache of agent pods (label `writ.dev/agent`).
-    pub pods: Store<Pod>,
+    pub pods: Store<AgentPod>,
     /// CA and token-signing keys.
     pub trust: Arc<Trust>,
     /// Revoked certificates and tokens.
@@ -65,7 +66,7 @@ impl Shared {
         identities: Store<AgentIdentity>,
         policies: Store<DelegationPolicy>,
         grants: Store<CapabilityGrant>,
-        pods: Store<Pod>,
+        pods: Store<AgentPod>,
         trust: Arc<Trust>,
         revocations: Arc<RevocationStore>,
         metrics: Arc<metrics::Metrics>,

@@ -6,7 +6,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
 use futures::{future, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     api::{Api, ObjectMeta, PostParams},
     runtime::{controller::Controller, reflector::ObjectRef, watcher},
@@ -18,7 +18,7 @@ use super::{
     cache::{Cache, Resync},
     leader::LeaderElector,
     metrics::Metrics,
-    RunConfig, Shared,
+    AgentPod, RunConfig, Shared,
 };
 use crate::{
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy, GrantPhase, AGENT_LABEL},
@@ -185,7 +185,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         identities: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
         policies: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
         grants: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
-        pods: Cache::spawn(Api::all(client.clone()), agent_pods, strip_pod),
+        pods: Cache::spawn(Api::all(client.clone()), agent_pods, AgentPod::trim),
     });
     let shared = Arc::new(Shared::new(
         client.clone(),
@@ -355,23 +355,22 @@ fn release_free_memory() {
 
 /// What the caches keep of an object: everything but `managedFields` (the
 /// field-ownership bookkeeping of server-side apply, often the larger part of
-/// an object, which nothing in Writ reads).
+/// an object) and `kubectl apply`'s copy of the whole object in the
+/// `last-applied-configuration` annotation (grants and policies applied from
+/// GitOps carry one). Nothing in Writ reads either.
 fn strip<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
 
-/// What the caches keep of an agent pod: its metadata, service account and
-/// phase, which is all Writ reads of a pod (a full pod is several KB).
-fn strip_pod(pod: &mut Pod) {
-    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
-    strip(pod);
-    pod.spec = pod.spec.take().map(|s| PodSpec {
-        service_account_name: s.service_account_name,
-        service_account: s.service_account,
-        ..Default::default()
-    });
-    pod.status = pod.status.take().map(|s| PodStatus { phase: s.phase, ..Default::default() });
-}
+/// The annotation where client-side `kubectl apply` keeps the applied object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// What the cache keeps of a credential Secret: the certificate chain and
 /// the tokens (read to decide on rotation and to revoke), and only the
@@ -401,7 +400,7 @@ struct Caches {
     identities: Cache<AgentIdentity>,
     policies: Cache<DelegationPolicy>,
     grants: Cache<CapabilityGrant>,
-    pods: Cache<Pod>,
+    pods: Cache<AgentPod>,
 }
 
 /// The controllers, on the leader.
@@ -524,4 +523,31 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     tracing::info!("controllers started");
     tokio::join!(pods, secrets_controller, identities, grants);
     drop(secrets);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_drop_field_ownership_and_kubectls_copy_but_keep_writs_annotations() {
+        let mut g: CapabilityGrant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "writ.dev/v1alpha1", "kind": "CapabilityGrant",
+            "metadata": {
+                "name": "g", "namespace": "ci",
+                "annotations": {LAST_APPLIED: "{\"whole\":\"object\"}", "writ.dev/requested-by": "alice"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": {"agent": "a", "task": {"id": "T"}, "capabilities": [], "audiences": ["x"], "ttl": "5m"}
+        }))
+        .expect("grant");
+        strip(&mut g);
+        assert!(g.metadata.managed_fields.is_none());
+        assert_eq!(g.annotations().len(), 1);
+        assert_eq!(g.annotations().get("writ.dev/requested-by").map(String::as_str), Some("alice"));
+        let mut only_kubectl = g.clone();
+        only_kubectl.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
+        strip(&mut only_kubectl);
+        assert!(only_kubectl.metadata.annotations.is_none());
+    }
 }

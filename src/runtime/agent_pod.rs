@@ -1,0 +1,194 @@
+//! What the operator keeps of an agent pod.
+//!
+//! A `k8s_openapi` `Pod` is about 2.5 KB before any of its fields are filled
+//! (its spec and status are inline structs of dozens of optional fields), and
+//! the pod cache holds one per agent pod: at 10,000 pods that alone was
+//! 25 MB. [`AgentPod`] is the same API object read as only what Writ looks at
+//! (serde skips the rest while the watch is decoded), served by the same
+//! `pods` endpoint, so it watches, caches and owns Secrets like a `Pod`.
+
+use std::{borrow::Cow, collections::BTreeMap};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope};
+use serde::{Deserialize, Serialize};
+
+/// An agent pod as Writ reads it: metadata, service account and phase.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct AgentPod {
+    /// The pod's metadata, trimmed by [`AgentPod::trim`] when cached.
+    pub metadata: ObjectMeta,
+    /// The part of the spec Writ reads.
+    #[serde(default)]
+    pub spec: AgentPodSpec,
+    /// The part of the status Writ reads.
+    #[serde(default)]
+    pub status: AgentPodStatus,
+}
+
+/// `spec.serviceAccountName` (and its deprecated alias `serviceAccount`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPodSpec {
+    /// `spec.serviceAccountName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// `spec.serviceAccount` (deprecated alias).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+/// `status.phase`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct AgentPodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+impl kube::Resource for AgentPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn api_version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl AgentPod {
+    /// The service account the pod runs as (`default` when unset).
+    pub fn service_account(&self) -> &str {
+        self.spec
+            .service_account_name
+            .as_deref()
+            .or(self.spec.service_account.as_deref())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+    }
+
+    /// Whether the pod has finished (its credential must go).
+    pub fn finished(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+            || matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+
+    /// Drops the metadata nothing in Writ reads: field-ownership records,
+    /// owner references, and labels and annotations outside `writ.dev/`
+    /// (a workload's own labels, `kubectl` and tool annotations).
+    pub fn trim(&mut self) {
+        let m = &mut self.metadata;
+        m.managed_fields = None;
+        m.owner_references = None;
+        m.generate_name = None;
+        m.finalizers = None;
+        keep_writ_keys(&mut m.labels);
+        keep_writ_keys(&mut m.annotations);
+    }
+}
+
+/// The prefix of every label and annotation Writ reads or writes.
+const WRIT_PREFIX: &str = "writ.dev/";
+
+fn keep_writ_keys(map: &mut Option<BTreeMap<String, String>>) {
+    if let Some(m) = map.as_mut() {
+        m.retain(|k, _| k.starts_with(WRIT_PREFIX));
+        if m.is_empty() {
+            *map = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+
+    use super::*;
+    use crate::api::{AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION};
+
+    fn pod(yaml: &str) -> (Pod, AgentPod) {
+        let json =
+            serde_json::to_string(&serde_yaml::from_str::<serde_json::Value>(yaml).expect("yaml")).expect("json");
+        (serde_json::from_str(&json).expect("pod"), serde_json::from_str(&json).expect("agent pod"))
+    }
+
+    #[test]
+    fn reads_what_writ_reads_of_a_full_pod_and_drops_the_rest() {
+        let (full, mut agent) = pod(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  namespace: ci
+  uid: 7c1d
+  resourceVersion: "42"
+  generateName: web-
+  labels: {{"{AGENT_LABEL}": release-bot, app: web, pod-template-hash: abc}}
+  annotations: {{"{CREDENTIAL_SECRET_ANNOTATION}": writ-cred-1, kubectl.kubernetes.io/restartedAt: now}}
+  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: web, uid: r1}}]
+  managedFields: [{{manager: kubectl, operation: Apply}}]
+spec:
+  serviceAccountName: release-bot
+  containers: [{{name: a, image: x, env: [{{name: A, value: b}}]}}]
+status:
+  phase: Running
+  podIP: 10.0.0.1
+  conditions: [{{type: Ready, status: "True"}}]
+"#
+        ));
+        assert_eq!(agent.metadata, full.metadata, "metadata is read whole, then trimmed");
+        assert_eq!(agent.service_account(), "release-bot");
+        assert_eq!(agent.status.phase.as_deref(), Some("Running"));
+        assert!(!agent.finished());
+        agent.trim();
+        let m = &agent.metadata;
+        assert_eq!(
+            (m.name.as_deref(), m.namespace.as_deref(), m.uid.as_deref()),
+            (Some("web-0"), Some("ci"), Some("7c1d"))
+        );
+        assert_eq!(m.resource_version.as_deref(), Some("42"));
+        assert_eq!(m.labels, Some([(AGENT_LABEL.to_string(), "release-bot".to_string())].into()));
+        assert_eq!(m.annotations, Some([(CREDENTIAL_SECRET_ANNOTATION.to_string(), "writ-cred-1".to_string())].into()));
+        assert!(m.owner_references.is_none() && m.managed_fields.is_none() && m.generate_name.is_none());
+        assert!(std::mem::size_of::<AgentPod>() * 4 < std::mem::size_of::<Pod>(), "the point of the projection");
+    }
+
+    #[test]
+    fn service_account_falls_back_like_the_api_server_and_phases_finish() {
+        let (_, bare) = pod("metadata: {name: p}");
+        assert_eq!(bare.service_account(), "default");
+        let (_, old) = pod("metadata: {name: p}\nspec: {serviceAccount: legacy}");
+        assert_eq!(old.service_account(), "legacy");
+        for (status, finished) in [("Succeeded", true), ("Failed", true), ("Running", false), ("Pending", false)] {
+            let (_, p) = pod(&format!("metadata: {{name: p}}\nstatus: {{phase: {status}}}"));
+            assert_eq!(p.finished(), finished, "{status}");
+        }
+        let (_, deleting) =
+            pod("metadata: {name: p, deletionTimestamp: '2026-01-01T00:00:00Z'}\nstatus: {phase: Running}");
+        assert!(deleting.finished());
+    }
+
+    #[test]
+    fn it_is_the_pods_resource() {
+        use kube::Resource as _;
+        assert_eq!(AgentPod::url_path(&(), Some("ci")), Pod::url_path(&(), Some("ci")));
+        assert_eq!((AgentPod::kind(&()), AgentPod::api_version(&())), (Pod::kind(&()), Pod::api_version(&())));
+    }
+}
