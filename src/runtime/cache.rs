@@ -114,13 +114,18 @@ where
         let (out, inbox) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
-                let sent = match rx.recv().await {
+                let next = tokio::select! {
+                    next = rx.recv() => next,
+                    // The subscriber is gone (its controller stopped, e.g. on
+                    // losing the Lease): stop now, not at the next change.
+                    () = out.closed() => return,
+                };
+                let sent = match next {
                     Ok(Signal::Changed(obj)) => out.send(obj).is_ok(),
                     Ok(Signal::Relisted) | Err(broadcast::error::RecvError::Lagged(_)) => resync.send(()).is_ok(),
                     Err(broadcast::error::RecvError::Closed) => false,
                 };
-                // The subscriber is gone (its controller stopped).
-                if !sent || out.is_closed() {
+                if !sent {
                     return;
                 }
             }
@@ -202,5 +207,21 @@ mod tests {
         drop(tx);
         drop(cache);
         assert!(changes.next().await.is_none(), "the stream ends with its cache");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_subscription_lets_go_of_the_broadcast_at_once() {
+        let (cache, tx) = cache_with_sender();
+        let (resync, _requests) = Resync::channel();
+        let changes = cache.changes(&resync);
+        assert_eq!(tx.receiver_count(), 1, "the forwarding task subscribed");
+        drop(changes);
+        for _ in 0..100 {
+            if tx.receiver_count() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(tx.receiver_count(), 0, "the forwarding task ended without waiting for a change");
     }
 }
