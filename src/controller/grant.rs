@@ -233,7 +233,16 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
             expires_at = expires_at.min(unix(pexp));
         }
     }
-    ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, (issued_at, expires_at));
+    {
+        let mut memo = ctx.activations.lock().unwrap_or_else(|e| e.into_inner());
+        // Once the cache shows the status, it never shows an older grant
+        // again: the memo has done its job (and is not kept per active grant).
+        if status.issued_at.is_some() && status.expires_at.is_some() {
+            memo.remove(&uid);
+        } else {
+            memo.insert(uid, (issued_at, expires_at));
+        }
+    }
     let tokens = issue_tokens(ctx, g, parent, issued_at, expires_at).await?;
     if current != GrantPhase::Active {
         if let Some(created) = g.metadata.creation_timestamp.as_ref() {

@@ -26,8 +26,9 @@ pub struct Context {
     /// Batched writes of tokens into credential Secrets, and cached reads of them.
     pub secret_writes: batch::SecretWriter,
     /// `(issuedAt, expiresAt)` this term decided per grant uid, until its
-    /// status shows them: a reconcile that runs on a cached grant from before
-    /// its own status write must not pick a new issue time (and re-mint).
+    /// status shows them (then the entry goes): a reconcile that runs on a
+    /// cached grant from before its own status write must not pick a new
+    /// issue time (and re-mint).
     pub activations: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
     /// Trust bundle last published per namespace, and when (unix seconds).
     pub published_bundles: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
