@@ -66,11 +66,22 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
 fi
 
+# The processes of the writ this check started (by /proc, without procps).
+writ_pids() {
+  local d
+  for d in /proc/[0-9]*; do
+    tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q -- "^/writ run --namespace $ns " && echo "${d#/proc/}"
+  done
+  return 0
+}
+
 work=$(mktemp -d)
 pid=
 ns="writ-image-$$"
 cleanup() {
-  [ -n "$pid" ] && as_root pkill -f -- "--namespace $ns " 2>/dev/null || true
+  if [ -n "$pid" ]; then
+    for p in $(writ_pids); do as_root kill "$p" 2>/dev/null || true; done
+  fi
   kubectl delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   as_root rm -rf "$work"
 }
@@ -156,7 +167,10 @@ for _ in $(seq 1 60); do
 done
 curl -fs "http://127.0.0.1:$metrics/metrics" | grep -qx 'writ_leader 1' || die "never became leader"
 kubectl -n "$ns" get secret writ-ca >/dev/null || die "no CA Secret in $ns"
-pgrep -u "${user%%:*}" -f -- "--namespace $ns " >/dev/null || die "writ is not running as uid ${user%%:*}"
+running=$(writ_pids | sed -n 1p)
+[ -n "$running" ] || die "the writ process is gone"
+uid=$(awk '/^Uid:/{print $2}' "/proc/$running/status")
+[ "$uid" = "${user%%:*}" ] || die "writ runs as uid $uid, not ${user%%:*}"
 how="the Dockerfile's build line"
 [ "$verbatim" = 1 ] || how="a static glibc build (NOT the Dockerfile's musl build, see the WARNING above)"
 log "ok: $how in the Dockerfile's context, static, ran as $user from a read-only root with only $installed, ready and leading"
