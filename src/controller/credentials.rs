@@ -69,11 +69,6 @@ pub enum PodPlan {
     },
 }
 
-/// Whether a pod has finished (its credential must go).
-pub fn pod_finished(pod: &AgentPod) -> bool {
-    pod.finished()
-}
-
 /// Decides what a pod's credential needs. Pure.
 pub fn plan_pod(
     pod: &AgentPod,
@@ -87,7 +82,7 @@ pub fn plan_pod(
     if !pod.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION) {
         return PodPlan::Ignore;
     }
-    if pod_finished(pod) {
+    if pod.finished() {
         return PodPlan::Revoke("pod finished".into());
     }
     let Some(identity) = identity else { return PodPlan::Revoke(format!("AgentIdentity {agent} does not exist")) };

@@ -161,7 +161,7 @@ fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
             p.namespace().as_deref() == Some(&ns)
                 && p.labels().get(AGENT_LABEL) == Some(&g.spec.agent)
                 && p.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION)
-                && !credentials::pod_finished(p)
+                && !p.finished()
                 && g.spec.pod.as_ref().is_none_or(|name| *name == p.name_any())
         })
         .collect()
@@ -178,10 +178,7 @@ fn world<'a>(
     let identities = ctx.shared.identities_in(&ns);
     let (authorised, needs_approval) = crate::policy::authorisation(g, &identities, &policies);
     let bound_pod_finished = g.spec.pod.as_ref().is_some_and(|name| {
-        ctx.shared
-            .pods
-            .get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns))
-            .is_none_or(|p| credentials::pod_finished(&p))
+        ctx.shared.pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)).is_none_or(|p| p.finished())
     }) && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active);
     World { agent, parent, authorised, needs_approval, bound_pod_finished, now: pki::now_unix() }
 }

@@ -164,7 +164,7 @@ async fn apply(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
             p.namespace().as_deref() == Some(&namespace)
                 && p.labels().get(AGENT_LABEL) == Some(&name)
                 && p.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION)
-                && !credentials::pod_finished(p)
+                && !p.finished()
         })
         .count();
     let active = shared

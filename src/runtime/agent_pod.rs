@@ -75,12 +75,10 @@ impl kube::Resource for AgentPod {
 impl AgentPod {
     /// The service account the pod runs as (`default` when unset).
     pub fn service_account(&self) -> &str {
-        self.spec
-            .service_account_name
-            .as_deref()
-            .or(self.spec.service_account.as_deref())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default")
+        crate::webhook::pods::effective_service_account(
+            self.spec.service_account_name.as_deref(),
+            self.spec.service_account.as_deref(),
+        )
     }
 
     /// Whether the pod has finished (its credential must go).

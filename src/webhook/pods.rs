@@ -37,11 +37,17 @@ pub enum ClaimError {
 
 /// The service account a pod runs as (`default` when unset).
 pub fn service_account(pod: &Pod) -> &str {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.service_account_name.as_deref().or(s.service_account.as_deref()))
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default")
+    let spec = pod.spec.as_ref();
+    effective_service_account(
+        spec.and_then(|s| s.service_account_name.as_deref()),
+        spec.and_then(|s| s.service_account.as_deref()),
+    )
+}
+
+/// `serviceAccountName`, else its deprecated alias `serviceAccount`, else
+/// `default`: the API server's rule, for admitted and cached pods alike.
+pub fn effective_service_account<'a>(name: Option<&'a str>, alias: Option<&'a str>) -> &'a str {
+    name.or(alias).filter(|s| !s.is_empty()).unwrap_or("default")
 }
 
 /// The identity a pod claims, if it carries the label.
