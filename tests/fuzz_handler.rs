@@ -14,7 +14,7 @@ use kube::runtime::{reflector, watcher};
 use proptest::prelude::*;
 use tower::ServiceExt as _;
 use writ::{
-    api::{AgentIdentity, DelegationPolicy},
+    api::{AgentIdentity, CapabilityGrant, DelegationPolicy},
     publish::revocations::RevocationStore,
     runtime::{metrics::Metrics, RunConfig, Shared},
     trust::Trust,
@@ -27,14 +27,31 @@ struct Cli {
     run: RunConfig,
 }
 
-/// GET is 404, POST/PUT echo: enough for bootstrap; the handler needs nothing
-/// else for grants without a parent.
+/// The AgentIdentities the fake API server holds in namespace `lagging`,
+/// which the handler's cache has not seen (a watch that lags behind).
+const LAGGING_IDENTITIES: &str = r#"{"apiVersion":"writ.dev/v1alpha1","kind":"AgentIdentityList","metadata":{},"items":[
+  {"apiVersion":"writ.dev/v1alpha1","kind":"AgentIdentity","metadata":{"name":"planner","namespace":"lagging"},"spec":{"class":"Agent","serviceAccountName":"planner","owner":"o","ceiling":[{"action":"a","resource":"r"}]}},
+  {"apiVersion":"writ.dev/v1alpha1","kind":"AgentIdentity","metadata":{"name":"observer","namespace":"lagging"},"spec":{"class":"Agent","serviceAccountName":"observer","owner":"o","ceiling":[{"action":"a","resource":"r"}]}}]}"#;
+
+/// POST/PUT echo (enough for bootstrap); listing the identities of
+/// `lagging` answers [`LAGGING_IDENTITIES`], of `broken` a 500; any other
+/// GET is 404. The handler needs nothing else for grants without a parent.
 fn fake_client() -> kube::Client {
     let service = tower::service_fn(|req: Request<kube::client::Body>| async move {
         let method = req.method().clone();
+        let path = req.uri().path().to_string();
         let body = req.into_body().collect().await?.to_bytes();
         let (status, body) = match method {
             Method::POST | Method::PUT => (StatusCode::CREATED, body),
+            Method::GET if path == "/apis/writ.dev/v1alpha1/namespaces/lagging/agentidentities" => {
+                (StatusCode::OK, Bytes::from_static(LAGGING_IDENTITIES.as_bytes()))
+            }
+            Method::GET if path == "/apis/writ.dev/v1alpha1/namespaces/broken/agentidentities" => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::from_static(
+                    br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"InternalError","code":500}"#,
+                ),
+            ),
             _ => (
                 StatusCode::NOT_FOUND,
                 Bytes::from_static(
@@ -54,7 +71,14 @@ fn rt() -> &'static tokio::runtime::Runtime {
 
 fn router() -> &'static axum::Router {
     static ROUTER: OnceLock<axum::Router> = OnceLock::new();
-    ROUTER.get_or_init(|| {
+    ROUTER.get_or_init(|| webhook::router(shared().clone()))
+}
+
+/// The handler's state: the example identities and policies of namespace
+/// `ci` in its caches, and the fake API client.
+fn shared() -> &'static Arc<Shared> {
+    static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+    SHARED.get_or_init(|| {
         rt().block_on(async {
             let client = fake_client();
             let config = Cli::try_parse_from(["writ"]).expect("defaults").run;
@@ -103,7 +127,7 @@ fn router() -> &'static axum::Router {
                 Arc::new(CertSlot::default()),
             ));
             shared.set_synced();
-            webhook::router(shared)
+            shared
         })
     })
 }
@@ -237,4 +261,40 @@ fn the_fuzzed_handler_decides_for_real() {
     );
     assert_eq!(wide["response"]["allowed"], false, "{wide}");
     assert!(wide["response"]["status"]["message"].as_str().unwrap_or_default().contains("wildcard-in-grant"), "{wide}");
+}
+
+/// A grant review in `namespace` from `user`, parsed as the handler parses it.
+fn grant_request(namespace: &str, user: &str) -> kube::core::admission::AdmissionRequest<CapabilityGrant> {
+    let body = review(paths::VALIDATE_GRANTS, "u", "CREATE", user, "k8s:staging/deployments/web")
+        .replace(r#""namespace":"ci""#, &format!(r#""namespace":"{namespace}""#));
+    let review: kube::core::admission::AdmissionReview<CapabilityGrant> = serde_json::from_str(&body).expect("review");
+    review.try_into().expect("request")
+}
+
+fn names(identities: &[AgentIdentity]) -> Vec<String> {
+    identities.iter().map(|i| i.metadata.name.clone().unwrap_or_default()).collect()
+}
+
+/// The requesting agent is looked for among the identities running as the
+/// requester's service account: in the cache first, then (the cache has
+/// none) from the API server, so a lagging watch does not turn an agent into
+/// a stranger. Only a service account of the grant's namespace can be an
+/// agent; an unreadable list resolves nobody (fail closed).
+#[test]
+fn the_requesting_agent_is_found_even_when_the_cache_lags() {
+    let find = |ns: &str, user: &str| {
+        let req = grant_request(ns, user);
+        names(&rt().block_on(webhook::grants::requester_identities(shared(), &req)))
+    };
+    // From the cache: the fake API server has no identities in `ci`.
+    assert_eq!(find("ci", "system:serviceaccount:ci:planner"), ["planner"]);
+    // Not in the cache: read from the API server, and only the matching one.
+    assert_eq!(find("lagging", "system:serviceaccount:lagging:planner"), ["planner"]);
+    assert_eq!(find("lagging", "system:serviceaccount:lagging:observer"), ["observer"]);
+    assert!(find("lagging", "system:serviceaccount:lagging:stranger").is_empty());
+    // A user, or a service account of another namespace, is never an agent here.
+    assert!(find("lagging", "alice").is_empty());
+    assert!(find("lagging", "system:serviceaccount:ci:planner").is_empty());
+    // The API server cannot answer: nobody is resolved.
+    assert!(find("broken", "system:serviceaccount:broken:planner").is_empty());
 }

@@ -132,6 +132,16 @@ impl Shared {
             .collect()
     }
 
+    /// The AgentIdentities of a namespace whose pods run as service account `sa`.
+    pub fn identities_running_as(&self, namespace: &str, sa: &str) -> Vec<AgentIdentity> {
+        self.identities
+            .state()
+            .iter()
+            .filter(|i| i.namespace().as_deref() == Some(namespace) && i.spec.service_account_name == sa)
+            .map(|i| (**i).clone())
+            .collect()
+    }
+
     /// Every DelegationPolicy of a namespace (not those being deleted).
     pub fn policies_in(&self, namespace: &str) -> Vec<DelegationPolicy> {
         self.policies

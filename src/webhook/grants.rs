@@ -154,6 +154,35 @@ pub async fn ancestors(
     Ok(chain)
 }
 
+/// The AgentIdentities that may be the requesting agent: those of the
+/// request's namespace running as the requester's service account. Only a
+/// service account of that namespace can be an agent, so anyone else gets
+/// none. The cache is asked first; when it has no match (an identity applied
+/// just before its agent asks for a sub-grant may not have reached the watch
+/// yet) the namespace's identities are listed from the API server, so a
+/// lagging watch does not make the requester look like a stranger. An
+/// unreadable list leaves the requester without an agent: agent principals
+/// and parent grants then do not match (fail closed).
+pub async fn requester_identities(shared: &Shared, req: &AdmissionRequest<CapabilityGrant>) -> Vec<AgentIdentity> {
+    let namespace = req.namespace.clone().unwrap_or_default();
+    let requester = Requester::user(username(req), Vec::<String>::new());
+    let Some(sa) = requester.service_account().and_then(|(ns, sa)| (ns == namespace).then_some(sa)) else {
+        return Vec::new();
+    };
+    let cached = shared.identities_running_as(&namespace, sa);
+    if !cached.is_empty() {
+        return cached;
+    }
+    let api: Api<AgentIdentity> = Api::namespaced(shared.client.clone(), &namespace);
+    match api.list(&Default::default()).await {
+        Ok(list) => list.items.into_iter().filter(|i| i.spec.service_account_name == sa).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, namespace, "listing AgentIdentities for a service-account requester");
+            Vec::new()
+        }
+    }
+}
+
 /// Grant CREATE/UPDATE validation. Fails closed: unsynced caches or an
 /// unreadable chain deny.
 pub fn validate_grant(
@@ -161,21 +190,15 @@ pub fn validate_grant(
     req: &AdmissionRequest<CapabilityGrant>,
     ancestors: Result<Vec<CapabilityGrant>, kube::Error>,
     agent: Option<Arc<AgentIdentity>>,
+    requester_identities: &[AgentIdentity],
 ) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
     if !shared.is_synced() {
         return Decision::deny("not-ready", "writ is starting and cannot check grants yet; retry shortly");
     }
     let namespace = req.namespace.clone().unwrap_or_default();
-    // Only a service-account requester needs the namespace's identities (to
-    // find the agent it runs as); everything else is looked up by name.
-    let identities = if username(req).starts_with(policy::SERVICE_ACCOUNT_PREFIX) {
-        shared.identities_in(&namespace)
-    } else {
-        Vec::new()
-    };
     let policies = shared.policies_in(&namespace);
-    let requester = Requester::from_user_info(username(req), groups(req), &identities, &namespace);
+    let requester = Requester::from_user_info(username(req), groups(req), requester_identities, &namespace);
     match req.operation {
         Operation::Create => {
             let ancestors = match ancestors {

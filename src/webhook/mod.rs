@@ -178,15 +178,21 @@ async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl
     let req = parse_request::<crate::api::CapabilityGrant>(&body);
     // Ancestors are read from the API server (fresh), so resolve them before
     // the synchronous decision.
-    let (ancestors, agent) = match &req {
+    let (ancestors, agent, requesters) = match &req {
         Ok(r) => {
             let ns = r.namespace.clone().unwrap_or_default();
             let agent = r.object.as_ref().map(|g| g.spec.agent.as_str());
-            (grants::ancestors(&shared, r).await, grants::identity_fallback(&shared, &ns, agent).await)
+            (
+                grants::ancestors(&shared, r).await,
+                grants::identity_fallback(&shared, &ns, agent).await,
+                grants::requester_identities(&shared, r).await,
+            )
         }
-        Err(_) => (Ok(vec![]), None),
+        Err(_) => (Ok(vec![]), None, vec![]),
     };
-    reply(handle(&shared, "validate-grants", &body, |r| grants::validate_grant(&shared, r, ancestors, agent)))
+    reply(handle(&shared, "validate-grants", &body, |r| {
+        grants::validate_grant(&shared, r, ancestors, agent, &requesters)
+    }))
 }
 
 async fn validate_identities(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
