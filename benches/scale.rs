@@ -419,7 +419,13 @@ async fn main() {
     println!("{report}");
     eprintln!("[scale] written to {out}");
 
-    // Clean up while the operator still runs (finalizers need it).
+    // Clean up while the operator still runs (finalizers need it), unless
+    // the state is wanted for a closer look (e.g. a heap profile of an
+    // operator started on it).
+    if std::env::var_os("WRIT_SCALE_KEEP").is_some() {
+        eprintln!("[scale] WRIT_SCALE_KEEP: namespaces {ns}, {raw_ns} and {op_ns} kept");
+        return;
+    }
     for name in [&ns, &raw_ns, &op_ns] {
         let _ = namespaces.delete(name, &DeleteParams::default()).await;
     }

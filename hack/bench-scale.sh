@@ -4,7 +4,8 @@
 # plane, stopped again afterwards unless WRIT_KEEP_CLUSTER=1). Writes
 # bench/RESULTS.md.
 # Knobs: WRIT_SCALE_N (default 10000), WRIT_SCALE_CONCURRENCY (16),
-# WRIT_SCALE_REVOCATIONS (100), WRIT_SCALE_RESULTS (output file).
+# WRIT_SCALE_REVOCATIONS (100), WRIT_SCALE_RESULTS (output file), WRIT_SCALE_KEEP
+# (leave the objects and the operator's namespace in place).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/with-cluster.sh bench-scale bash -c '

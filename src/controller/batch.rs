@@ -21,9 +21,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::oneshot;
+
+use crate::runtime::CredentialSecret;
 
 /// The outcome of a batched write, shared by every change the patch carried.
 pub type Outcome = Result<(), Arc<kube::Error>>;
@@ -45,24 +47,24 @@ pub struct SecretWriter {
     patches: Arc<std::sync::atomic::AtomicU64>,
     /// `resourceVersion` of our last write per Secret, until the cache has it.
     written: Arc<Mutex<HashMap<(String, String), u64>>>,
-    cache: kube::runtime::reflector::Store<Secret>,
+    cache: kube::runtime::reflector::Store<CredentialSecret>,
 }
 
-fn resource_version(s: &Secret) -> Option<u64> {
-    s.metadata.resource_version.as_deref()?.parse().ok()
+fn resource_version(meta: &ObjectMeta) -> Option<u64> {
+    meta.resource_version.as_deref()?.parse().ok()
 }
 
 impl SecretWriter {
     /// A writer using `client`, reading through `cache` (credential Secrets).
-    pub fn new(client: kube::Client, cache: kube::runtime::reflector::Store<Secret>) -> Self {
+    pub fn new(client: kube::Client, cache: kube::runtime::reflector::Store<CredentialSecret>) -> Self {
         Self { client, pending: Arc::default(), patches: Arc::default(), written: Arc::default(), cache }
     }
 
     /// Records a write of a Secret made elsewhere (the certificate issuer), so
     /// that reads do not return a cached version older than it.
-    pub fn note_written(&self, secret: &Secret) {
+    pub fn note_written(&self, written: &ObjectMeta) {
         let (Some(ns), Some(name), Some(rv)) =
-            (secret.metadata.namespace.clone(), secret.metadata.name.clone(), resource_version(secret))
+            (written.namespace.clone(), written.name.clone(), resource_version(written))
         else {
             return;
         };
@@ -72,12 +74,12 @@ impl SecretWriter {
     }
 
     /// The Secret `namespace/name` as of at least our last write to it.
-    pub async fn read(&self, namespace: &str, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+    pub async fn read(&self, namespace: &str, name: &str) -> Result<Option<Arc<CredentialSecret>>, kube::Error> {
         let cached = self.cache.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace));
         let id = (namespace.to_string(), name.to_string());
         if let Some(cached) = cached {
             let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-            match (written.get(&id).copied(), resource_version(&cached)) {
+            match (written.get(&id).copied(), resource_version(&cached.metadata)) {
                 (None, _) => return Ok(Some(cached)),
                 (Some(ours), Some(rv)) if rv >= ours => {
                     written.remove(&id);
@@ -86,7 +88,7 @@ impl SecretWriter {
                 _ => {}
             }
         }
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let api: Api<CredentialSecret> = Api::namespaced(self.client.clone(), namespace);
         Ok(api.get_opt(name).await?.map(Arc::new))
     }
 
@@ -147,7 +149,7 @@ impl SecretWriter {
             self.patches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = match api.patch(&id.1, &PatchParams::default(), &Patch::Merge(patch)).await {
                 Ok(written) => {
-                    self.note_written(&written);
+                    self.note_written(&written.metadata);
                     Ok(())
                 }
                 Err(e) => Err(Arc::new(e)),
@@ -177,9 +179,9 @@ mod tests {
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-    fn writer() -> (SecretWriter, Handle, reflector::store::Writer<Secret>) {
+    fn writer() -> (SecretWriter, Handle, reflector::store::Writer<CredentialSecret>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let (cache, feed) = reflector::store::<Secret>();
+        let (cache, feed) = reflector::store::<CredentialSecret>();
         (SecretWriter::new(kube::Client::new(service, "default"), cache), handle, feed)
     }
 
@@ -255,7 +257,7 @@ mod tests {
     #[tokio::test]
     async fn reads_come_from_the_cache_unless_it_has_not_seen_our_last_write() {
         let (w, mut handle, mut feed) = writer();
-        let cached: Secret = serde_json::from_value(secret(3, json!({}))).expect("secret");
+        let cached: CredentialSecret = serde_json::from_value(secret(3, json!({}))).expect("secret");
         feed.apply_watcher_event(&watcher::Event::Apply(cached));
         // Nothing written by us: the cache answers, no request.
         let got = w.read("ns", "cred").await.expect("read").expect("found");
@@ -277,8 +279,10 @@ mod tests {
         respond(send, &secret(5, json!({"grant.a.jwt": base64_std("A")})));
         let got = reading.await.expect("task").expect("read").expect("found");
         assert_eq!(got.metadata.resource_version.as_deref(), Some("5"));
+        assert!(got.token("a").is_some(), "the API's answer is read as the cache reads it");
         // Once the cache has caught up, it answers again.
-        let newer: Secret = serde_json::from_value(secret(5, json!({"grant.a.jwt": base64_std("A")}))).expect("secret");
+        let newer: CredentialSecret =
+            serde_json::from_value(secret(5, json!({"grant.a.jwt": base64_std("A")}))).expect("secret");
         feed.apply_watcher_event(&watcher::Event::Apply(newer));
         let got = w.read("ns", "cred").await.expect("read").expect("found");
         assert_eq!(got.metadata.resource_version.as_deref(), Some("5"));

@@ -17,12 +17,12 @@ use kube::{
 
 use super::{is_not_found, Context, Error, MANAGER};
 use crate::{
-    api::{AgentIdentity, KeyAlgorithm, AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION},
+    api::{AgentIdentity, KeyAlgorithm, AGENT_LABEL},
     pki::{
         self,
         cert::{CertificateInfo, PodCertificateRequest},
     },
-    runtime::AgentPod,
+    runtime::{AgentPod, CredentialSecret},
     verify::{RevokedCertificate, RevokedToken},
 };
 
@@ -78,8 +78,8 @@ pub fn plan_pod(
     max_ttl_secs: i64,
     now: i64,
 ) -> PodPlan {
-    let Some(agent) = pod.labels().get(AGENT_LABEL) else { return PodPlan::Ignore };
-    if !pod.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION) {
+    let Some(agent) = pod.agent() else { return PodPlan::Ignore };
+    if pod.credential_secret().is_none() {
         return PodPlan::Ignore;
     }
     if pod.finished() {
@@ -118,15 +118,6 @@ fn object(pod: &AgentPod) -> String {
     format!("Pod {}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-/// The stored certificate in a credential Secret, if any and parseable.
-pub fn stored_certificate(secret: Option<&Secret>) -> Option<CertificateInfo> {
-    let pem = secret?.data.as_ref()?.get(keys::CERT)?;
-    if !secret?.data.as_ref()?.contains_key(keys::KEY) {
-        return None;
-    }
-    CertificateInfo::from_pem(&String::from_utf8_lossy(&pem.0)).ok()
-}
-
 /// Token entries in a credential Secret: `(grant name, jwt)`.
 pub fn stored_tokens(secret: &Secret) -> Vec<(String, String)> {
     secret
@@ -152,21 +143,21 @@ pub async fn reconcile(pod: Arc<AgentPod>, ctx: Arc<Context>) -> Result<Action, 
 async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error> {
     let shared = &ctx.shared;
     let namespace = pod.namespace().unwrap_or_default();
-    let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION).cloned() else {
+    let Some(secret_name) = pod.credential_secret().map(str::to_string) else {
         return Ok(Action::await_change());
     };
-    let agent = pod.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
+    let agent = pod.agent().unwrap_or_default().to_string();
     let identity = shared.identity(&namespace, &agent);
     let secret = ctx.secret_writes.read(&namespace, &secret_name).await.map_err(|source| Error::Kube {
         op: "reading credential Secret of",
         object: object(pod),
         source,
     })?;
-    let stored = stored_certificate(secret.as_deref());
+    let stored = secret.as_deref().and_then(CredentialSecret::certificate);
     let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &agent);
     let now = pki::now_unix();
     let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
-    let plan = plan_pod(pod, identity.as_deref(), stored.as_ref(), &spiffe, max_ttl, now);
+    let plan = plan_pod(pod, identity.as_deref(), stored, &spiffe, max_ttl, now);
     match plan {
         PodPlan::Ignore => Ok(Action::await_change()),
         PodPlan::Reject(reason) => {
@@ -279,7 +270,7 @@ async fn issue(
                 .map_err(|source| Error::Kube { op: "writing credential Secret of", object: object(pod), source })?
         }
     };
-    ctx.secret_writes.note_written(&written);
+    ctx.secret_writes.note_written(&written.metadata);
     // Routine issuance and rotation are recorded in the audit log and the
     // metrics, not as Events: an Event per credential would double the API
     // writes per pod (and per rotation, every hour, for every pod). Events
@@ -298,18 +289,23 @@ async fn issue(
 /// Revokes everything a credential Secret holds: the certificate serial and
 /// every token `jti` go on the revocation list (durably) first, then the key
 /// and the tokens are removed from the Secret.
-pub async fn revoke_secret(ctx: &Context, pod: &AgentPod, secret: &Secret, reason: &str) -> Result<(), Error> {
+pub async fn revoke_secret(
+    ctx: &Context,
+    pod: &AgentPod,
+    secret: &CredentialSecret,
+    reason: &str,
+) -> Result<(), Error> {
     let shared = &ctx.shared;
     let now = pki::now_unix();
-    let cert = stored_certificate(Some(secret));
-    let tokens = stored_tokens(secret);
+    let cert = secret.certificate();
+    let tokens = &secret.tokens;
     if cert.is_none() && tokens.is_empty() {
         return Ok(());
     }
     let revoked_tokens: Vec<RevokedToken> = tokens
         .iter()
-        .filter_map(|(_, jwt)| pki::token::decode_unverified(jwt).ok())
-        .map(|(_, claims)| RevokedToken { jti: claims.jti, expires_at: claims.exp })
+        .filter_map(|t| t.facts.as_ref())
+        .map(|f| RevokedToken { jti: f.jti.clone(), expires_at: f.exp })
         .collect();
     let revoked_certs: Vec<RevokedCertificate> =
         cert.iter().map(|c| RevokedCertificate { serial: c.serial_hex.clone(), expires_at: c.not_after }).collect();
@@ -322,13 +318,13 @@ pub async fn revoke_secret(ctx: &Context, pod: &AgentPod, secret: &Secret, reaso
     // Through the token writer, so that removals and token writes to this
     // Secret go out one patch at a time, in the order they were asked for.
     let removals = std::iter::once((keys::KEY.to_string(), None))
-        .chain(tokens.iter().map(|(grant, _)| (format!("{}{grant}{}", keys::GRANT_PREFIX, keys::GRANT_SUFFIX), None)));
+        .chain(tokens.iter().map(|t| (format!("{}{}{}", keys::GRANT_PREFIX, t.grant, keys::GRANT_SUFFIX), None)));
     match ctx.secret_writes.write_keys(&namespace, &secret.name_any(), removals).await {
         Ok(()) => {}
         Err(e) if is_not_found(&e) => {}
         Err(source) => return Err(Error::Write { op: "removing key material of", object: object(pod), source }),
     }
-    if let Some(c) = &cert {
+    if let Some(c) = cert {
         shared.metrics.credential("certificate", "revoked");
         tracing::info!(target: "audit", pod = %pod.name_any(), namespace = %namespace, serial = %c.serial_hex,
             tokens = revoked_tokens.len(), reason, "pod credential revoked");
@@ -351,12 +347,12 @@ pub async fn revoke_secret(ctx: &Context, pod: &AgentPod, secret: &Secret, reaso
 /// gone and the garbage collector removes it), revoke what it holds, then
 /// release the finalizer. This is how deleted pods' serials get revoked
 /// even if the operator was down when the pod went.
-pub async fn reconcile_secret(secret: Arc<Secret>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_secret(secret: Arc<CredentialSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     if secret.metadata.deletion_timestamp.is_none() || !secret.finalizers().iter().any(|f| f == super::FINALIZER) {
         return Ok(Action::await_change());
     }
     let namespace = secret.namespace().unwrap_or_default();
-    let pod_name = secret.labels().get(POD_LABEL).cloned().unwrap_or_default();
+    let pod_name = secret.pod.clone().unwrap_or_default();
     let pod = AgentPod {
         metadata: ObjectMeta { name: Some(pod_name), namespace: Some(namespace.clone()), ..Default::default() },
         ..Default::default()
@@ -388,7 +384,7 @@ pub async fn reconcile_secret(secret: Arc<Secret>, ctx: Arc<Context>) -> Result<
 }
 
 /// Error policy for credential Secrets.
-pub fn secret_error_policy(_s: Arc<Secret>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn secret_error_policy(_s: Arc<CredentialSecret>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "credential Secret reconcile failed");
     ctx.shared.metrics.reconcile_error("credential-secrets", err.metric_label());
     Action::requeue(Duration::from_secs(2))

@@ -4,7 +4,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{
@@ -18,11 +17,11 @@ use super::{credentials, is_not_found, time, unix, Context, Error, FINALIZER, MA
 use crate::{
     api::{
         condition::{condition, set_condition},
-        AgentIdentity, CapabilityGrant, CapabilityGrantStatus, Decision, GrantPhase, TokenRecord, AGENT_LABEL,
-        APPROVED_BY_ANNOTATION, CREDENTIAL_SECRET_ANNOTATION, REQUESTED_BY_ANNOTATION,
+        AgentIdentity, CapabilityGrant, CapabilityGrantStatus, Decision, GrantPhase, TokenRecord,
+        APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
     },
     pki::{self, token},
-    runtime::AgentPod,
+    runtime::{AgentPod, CredentialSecret},
     verify::RevokedToken,
 };
 
@@ -159,8 +158,8 @@ fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
         .into_iter()
         .filter(|p| {
             p.namespace().as_deref() == Some(&ns)
-                && p.labels().get(AGENT_LABEL) == Some(&g.spec.agent)
-                && p.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION)
+                && p.agent() == Some(g.spec.agent.as_str())
+                && p.credential_secret().is_some()
                 && !p.finished()
                 && g.spec.pod.as_ref().is_none_or(|name| *name == p.name_any())
         })
@@ -336,26 +335,23 @@ async fn issue_token(
     let shared = &ctx.shared;
     let ns = g.namespace().unwrap_or_default();
     let key = token_key(&g.name_any());
-    let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { return Ok(None) };
+    let Some(secret_name) = pod.credential_secret() else { return Ok(None) };
     let secret = ctx.secret_writes.read(&ns, secret_name).await.map_err(|source| Error::Kube {
         op: "reading credential Secret for",
         object: object(g),
         source,
     })?;
-    let Some(cert) = credentials::stored_certificate(secret.as_deref()) else { return Ok(None) };
-    let existing = secret
-        .as_ref()
-        .and_then(|s| s.data.as_ref()?.get(&key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
-        .and_then(|jwt| token::decode_unverified(&jwt).ok());
-    let fresh = existing.as_ref().filter(|(h, c)| {
-        c.cnf.x5t_s256 == cert.thumbprint
-            && c.grant.uid == g.uid().unwrap_or_default()
-            && c.exp == expires_at.min(cert.not_after)
-            && c.pod.uid == pod.uid().unwrap_or_default()
-            && h.kid.as_deref().is_some_and(|kid| shared.trust.has_kid(kid, now))
+    let Some(cert) = secret.as_deref().and_then(CredentialSecret::certificate) else { return Ok(None) };
+    let existing = secret.as_deref().and_then(|s| s.token(&g.name_any())?.facts.as_ref());
+    let fresh = existing.filter(|t| {
+        t.thumbprint == cert.thumbprint
+            && t.grant_uid == g.uid().unwrap_or_default()
+            && t.exp == expires_at.min(cert.not_after)
+            && t.pod_uid == pod.uid().unwrap_or_default()
+            && t.kid.as_deref().is_some_and(|kid| shared.trust.has_kid(kid, now))
     });
-    if let Some((_, c)) = fresh {
-        return Ok(Some(TokenRecord { pod: pod.name_any(), jti: c.jti.clone(), expires_at: time(c.exp) }));
+    if let Some(t) = fresh {
+        return Ok(Some(TokenRecord { pod: pod.name_any(), jti: t.jti.clone(), expires_at: time(t.exp) }));
     }
     let claims = token::Claims {
         iss: format!("spiffe://{}/writ", shared.config.trust_domain),
@@ -386,7 +382,7 @@ async fn issue_token(
     })?;
     // The token being replaced (older certificate, key or expiry) is revoked
     // durably before it is overwritten: a crash in between must not lose it.
-    let replaced = existing.map(|(_, old)| RevokedToken { jti: old.jti, expires_at: old.exp });
+    let replaced = existing.map(|old| RevokedToken { jti: old.jti.clone(), expires_at: old.exp });
     if let Some(old) = &replaced {
         shared
             .revocations
@@ -423,11 +419,11 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
         .pods
         .state()
         .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.labels().get(AGENT_LABEL) == Some(&g.spec.agent))
+        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.agent() == Some(g.spec.agent.as_str()))
         .collect();
     let mut holding = Vec::new();
     for pod in &pods {
-        let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { continue };
+        let Some(secret_name) = pod.credential_secret() else { continue };
         let Some(secret) = ctx.secret_writes.read(&ns, secret_name).await.map_err(|source| Error::Kube {
             op: "reading credential Secret for",
             object: object(g),
@@ -436,13 +432,13 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
         else {
             continue;
         };
-        if let Some(v) = secret.data.as_ref().and_then(|d| d.get(&key)) {
-            if let Ok((_, c)) = token::decode_unverified(&String::from_utf8_lossy(&v.0)) {
-                if !revoked.iter().any(|r| r.jti == c.jti) {
-                    revoked.push(RevokedToken { jti: c.jti, expires_at: c.exp });
+        if let Some(held) = secret.token(&g.name_any()) {
+            if let Some(t) = &held.facts {
+                if !revoked.iter().any(|r| r.jti == t.jti) {
+                    revoked.push(RevokedToken { jti: t.jti.clone(), expires_at: t.exp });
                 }
             }
-            holding.push(secret_name.clone());
+            holding.push(secret_name.to_string());
         }
     }
     shared
@@ -648,29 +644,20 @@ pub fn grants_where(
 /// Secret change).
 pub fn grants_for_secret(
     ctx_grants: &kube::runtime::reflector::Store<CapabilityGrant>,
-    secret: &Secret,
+    secret: &CredentialSecret,
 ) -> Vec<kube::runtime::reflector::ObjectRef<CapabilityGrant>> {
-    let agent = secret.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
+    let agent = secret.agent.as_deref().unwrap_or_default();
     let ns = secret.namespace().unwrap_or_default();
-    let data = secret.data.clone().unwrap_or_default();
-    let thumbprint = data
-        .get(credentials::keys::CERT)
-        .and_then(|c| crate::pki::CertificateInfo::from_pem(&String::from_utf8_lossy(&c.0)).ok())
-        .map(|i| i.thumbprint);
-    let pod = secret.labels().get(credentials::POD_LABEL).cloned().unwrap_or_default();
+    let thumbprint = secret.leaf.as_ref().map(|c| c.thumbprint.as_str());
+    let pod = secret.pod.as_deref().unwrap_or_default();
     grants_where(ctx_grants, &ns, |g| {
-        if g.spec.agent != agent || g.spec.pod.as_ref().is_some_and(|bound| *bound != pod) {
+        if g.spec.agent != agent || g.spec.pod.as_ref().is_some_and(|bound| bound != pod) {
             return false;
         }
-        let key = format!("{}{}{}", credentials::keys::GRANT_PREFIX, g.name_any(), credentials::keys::GRANT_SUFFIX);
         let active = g.status.as_ref().map(|s| s.phase) == Some(GrantPhase::Active);
-        match data.get(&key) {
+        match secret.token(&g.name_any()) {
             None => active,
-            Some(jwt) if active => {
-                let bound =
-                    token::decode_unverified(&String::from_utf8_lossy(&jwt.0)).ok().map(|(_, c)| c.cnf.x5t_s256);
-                bound != thumbprint
-            }
+            Some(held) if active => held.facts.as_ref().map(|t| t.thumbprint.as_str()) != thumbprint,
             Some(_) => true,
         }
     })

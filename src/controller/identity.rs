@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     api::{Api, ObjectMeta, Patch, PatchParams},
     runtime::{
@@ -18,9 +18,10 @@ use super::{credentials, time, unix, Context, Error, FINALIZER, MANAGER};
 use crate::{
     api::{
         condition::{condition, set_condition},
-        AgentIdentity, AgentIdentityStatus, GrantPhase, AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION,
+        AgentIdentity, AgentIdentityStatus, GrantPhase,
     },
     pki,
+    runtime::CredentialSecret,
 };
 
 /// ConfigMap with the CA bundle, in the operator namespace and every namespace with an AgentIdentity.
@@ -162,8 +163,8 @@ async fn apply(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
         .iter()
         .filter(|p| {
             p.namespace().as_deref() == Some(&namespace)
-                && p.labels().get(AGENT_LABEL) == Some(&name)
-                && p.annotations().contains_key(CREDENTIAL_SECRET_ANNOTATION)
+                && p.agent() == Some(name.as_str())
+                && p.credential_secret().is_some()
                 && !p.finished()
         })
         .count();
@@ -196,15 +197,15 @@ async fn apply(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
 async fn cleanup(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
     let shared = &ctx.shared;
     let namespace = id.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(shared.client.clone(), &namespace);
+    let secrets: Api<CredentialSecret> = Api::namespaced(shared.client.clone(), &namespace);
     let pods: Vec<_> = shared
         .pods
         .state()
         .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(&namespace) && p.labels().get(AGENT_LABEL) == Some(&id.name_any()))
+        .filter(|p| p.namespace().as_deref() == Some(&namespace) && p.agent() == Some(id.name_any().as_str()))
         .collect();
     for pod in pods {
-        let Some(secret_name) = pod.annotations().get(CREDENTIAL_SECRET_ANNOTATION) else { continue };
+        let Some(secret_name) = pod.credential_secret() else { continue };
         if let Some(secret) = secrets.get_opt(secret_name).await.map_err(|source| Error::Kube {
             op: "reading credential Secret for",
             object: object(id),

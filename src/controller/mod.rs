@@ -39,7 +39,7 @@ impl Context {
     pub fn new(
         shared: Arc<Shared>,
         events: events::Events,
-        secrets: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Secret>,
+        secrets: kube::runtime::reflector::Store<crate::runtime::CredentialSecret>,
     ) -> Self {
         let secret_writes = batch::SecretWriter::new(shared.client.clone(), secrets);
         Self { shared, events, secret_writes, activations: Default::default(), published_bundles: Default::default() }

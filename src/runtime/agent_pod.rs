@@ -7,16 +7,24 @@
 //! (serde skips the rest while the watch is decoded), served by the same
 //! `pods` endpoint, so it watches, caches and owns Secrets like a `Pod`.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::borrow::Cow;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope};
 use serde::{Deserialize, Serialize};
+
+use crate::api::{AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION};
 
 /// An agent pod as Writ reads it: metadata, service account and phase.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct AgentPod {
     /// The pod's metadata, trimmed by [`AgentPod::trim`] when cached.
     pub metadata: ObjectMeta,
+    /// The `writ.dev/agent` label, moved here by [`AgentPod::trim`].
+    #[serde(skip)]
+    pub agent: Option<String>,
+    /// The `writ.dev/credential-secret` annotation, moved here by [`AgentPod::trim`].
+    #[serde(skip)]
+    pub credential_secret: Option<String>,
     /// The part of the spec Writ reads.
     #[serde(default)]
     pub spec: AgentPodSpec,
@@ -87,28 +95,35 @@ impl AgentPod {
             || matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
     }
 
-    /// Drops the metadata nothing in Writ reads: field-ownership records,
-    /// owner references, and labels and annotations outside `writ.dev/`
-    /// (a workload's own labels, `kubectl` and tool annotations).
+    /// The AgentIdentity the pod claims (its `writ.dev/agent` label).
+    pub fn agent(&self) -> Option<&str> {
+        self.agent.as_deref().or_else(|| self.metadata.labels.as_ref()?.get(AGENT_LABEL).map(String::as_str))
+    }
+
+    /// The credential Secret the webhook named for the pod (its
+    /// `writ.dev/credential-secret` annotation).
+    pub fn credential_secret(&self) -> Option<&str> {
+        self.credential_secret
+            .as_deref()
+            .or_else(|| self.metadata.annotations.as_ref()?.get(CREDENTIAL_SECRET_ANNOTATION).map(String::as_str))
+    }
+
+    /// Keeps only what Writ reads: the two labels and annotations above move
+    /// out of the metadata's maps (a map costs over 500 bytes before its
+    /// first entry), and the rest of the labels and annotations (a
+    /// workload's own, `kubectl`'s and tools'), field-ownership records,
+    /// owner references and finalizers are dropped.
     pub fn trim(&mut self) {
         let m = &mut self.metadata;
         m.managed_fields = None;
         m.owner_references = None;
         m.generate_name = None;
         m.finalizers = None;
-        keep_writ_keys(&mut m.labels);
-        keep_writ_keys(&mut m.annotations);
-    }
-}
-
-/// The prefix of every label and annotation Writ reads or writes.
-const WRIT_PREFIX: &str = "writ.dev/";
-
-fn keep_writ_keys(map: &mut Option<BTreeMap<String, String>>) {
-    if let Some(m) = map.as_mut() {
-        m.retain(|k, _| k.starts_with(WRIT_PREFIX));
-        if m.is_empty() {
-            *map = None;
+        if let Some(agent) = m.labels.take().and_then(|mut l| l.remove(AGENT_LABEL)) {
+            self.agent = Some(agent);
+        }
+        if let Some(secret) = m.annotations.take().and_then(|mut a| a.remove(CREDENTIAL_SECRET_ANNOTATION)) {
+            self.credential_secret = Some(secret);
         }
     }
 }
@@ -118,7 +133,6 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
 
     use super::*;
-    use crate::api::{AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION};
 
     fn pod(yaml: &str) -> (Pod, AgentPod) {
         let json =
@@ -155,6 +169,8 @@ status:
         assert_eq!(agent.service_account(), "release-bot");
         assert_eq!(agent.status.phase.as_deref(), Some("Running"));
         assert!(!agent.finished());
+        // Untrimmed (as read from the API), the label and annotation are read from the maps.
+        assert_eq!((agent.agent(), agent.credential_secret()), (Some("release-bot"), Some("writ-cred-1")));
         agent.trim();
         let m = &agent.metadata;
         assert_eq!(
@@ -162,9 +178,12 @@ status:
             (Some("web-0"), Some("ci"), Some("7c1d"))
         );
         assert_eq!(m.resource_version.as_deref(), Some("42"));
-        assert_eq!(m.labels, Some([(AGENT_LABEL.to_string(), "release-bot".to_string())].into()));
-        assert_eq!(m.annotations, Some([(CREDENTIAL_SECRET_ANNOTATION.to_string(), "writ-cred-1".to_string())].into()));
+        assert!(m.labels.is_none() && m.annotations.is_none(), "{m:?}");
         assert!(m.owner_references.is_none() && m.managed_fields.is_none() && m.generate_name.is_none());
+        assert_eq!((agent.agent(), agent.credential_secret()), (Some("release-bot"), Some("writ-cred-1")));
+        // Trimming twice (a cached pod trimmed again) keeps them.
+        agent.trim();
+        assert_eq!((agent.agent(), agent.credential_secret()), (Some("release-bot"), Some("writ-cred-1")));
         assert!(std::mem::size_of::<AgentPod>() * 4 < std::mem::size_of::<Pod>(), "the point of the projection");
     }
 

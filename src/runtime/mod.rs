@@ -4,6 +4,7 @@
 mod agent_pod;
 pub mod cache;
 pub mod config;
+mod credential_secret;
 pub mod leader;
 pub mod metrics;
 mod run;
@@ -21,6 +22,7 @@ use kube::{
 
 pub use agent_pod::{AgentPod, AgentPodSpec, AgentPodStatus};
 pub use config::RunConfig;
+pub use credential_secret::{CredentialSecret, StoredToken, TokenFacts};
 pub use run::run;
 
 use crate::{

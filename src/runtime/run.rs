@@ -6,7 +6,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
 use futures::{future, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     api::{Api, ObjectMeta, PostParams},
     runtime::{controller::Controller, reflector::ObjectRef, watcher},
@@ -18,7 +18,7 @@ use super::{
     cache::{Cache, Resync},
     leader::LeaderElector,
     metrics::Metrics,
-    AgentPod, RunConfig, Shared,
+    AgentPod, CredentialSecret, RunConfig, Shared,
 };
 use crate::{
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy, GrantPhase, AGENT_LABEL},
@@ -372,22 +372,6 @@ fn strip<K: kube::Resource>(obj: &mut K) {
 /// The annotation where client-side `kubectl apply` keeps the applied object.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What the cache keeps of a credential Secret: the certificate chain and
-/// the tokens (read to decide on rotation and to revoke), and only the
-/// presence of the private key, the CA bundle and the SPIFFE ID (never read
-/// from the cache: the key's presence is what marks a live credential).
-fn strip_secret(secret: &mut Secret) {
-    use credentials::keys;
-    strip(secret);
-    if let Some(data) = secret.data.as_mut() {
-        for key in [keys::KEY, keys::CA, keys::SPIFFE_ID] {
-            if let Some(v) = data.get_mut(key) {
-                *v = k8s_openapi::ByteString(Vec::new());
-            }
-        }
-    }
-}
-
 /// Reconciles in flight per controller.
 const RECONCILES_IN_FLIGHT: u16 = 32;
 /// Reconciles in flight of the grant controller: each grant is re-triggered
@@ -416,9 +400,9 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let client = shared.client.clone();
     // Credential Secrets are watched by the leader only (for as long as it leads).
     let secrets = Cache::spawn(
-        Api::<Secret>::all(client.clone()),
+        Api::<CredentialSecret>::all(client.clone()),
         watcher::Config::default().labels(credentials::POD_LABEL),
-        strip_secret,
+        |_| {},
     );
     if secrets.store().wait_until_ready().await.is_err() {
         return;
@@ -446,7 +430,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
             pods_store
                 .state()
                 .iter()
-                .filter(|p| p.namespace().as_deref() == Some(&ns) && p.labels().get(AGENT_LABEL) == Some(&name))
+                .filter(|p| p.namespace().as_deref() == Some(&ns) && p.agent() == Some(name.as_str()))
                 .map(|p| ObjectRef::from_obj(&**p))
                 .collect::<Vec<_>>()
         })
@@ -465,7 +449,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let (resync, all) = Resync::channel();
     let identities = Controller::for_shared_stream(caches.identities.changes(&resync), caches.identities.store())
         .watches_shared_stream(caches.pods.changes(&resync), |p| {
-            p.labels().get(AGENT_LABEL).map(|a| ObjectRef::new(a).within(&p.namespace().unwrap_or_default()))
+            p.agent().map(|a| ObjectRef::new(a).within(&p.namespace().unwrap_or_default()))
         })
         .watches_shared_stream(caches.grants.changes(&resync), |g| {
             Some(ObjectRef::new(&g.spec.agent).within(&g.namespace().unwrap_or_default()))
@@ -489,7 +473,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let grants = Controller::for_shared_stream(caches.grants.changes(&resync), caches.grants.store())
         .watches_shared_stream(caches.pods.changes(&resync), move |p| {
             // The grants that bind this pod: its agent's, unless bound to another pod.
-            let agent = p.labels().get(AGENT_LABEL).cloned().unwrap_or_default();
+            let agent = p.agent().unwrap_or_default().to_string();
             let pod = p.name_any();
             controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| {
                 g.spec.agent == agent && g.spec.pod.as_ref().is_none_or(|bound| *bound == pod)
