@@ -137,20 +137,26 @@ pub fn time(secs: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 
 /// Lets through only the watch events of an object that change what other
 /// objects depend on: its first sighting, a new `metadata.generation` (spec
-/// changes; custom resources also bump it when deletion starts) and the start
-/// of its deletion. Status-only updates pass no further, which keeps a status
-/// write on an AgentIdentity (e.g. its grant count) from re-queueing every
-/// grant of that agent.
+/// changes; custom resources also bump it when deletion starts), the start
+/// of its deletion and its removal. Status-only updates pass no further,
+/// which keeps a status write on an AgentIdentity (e.g. its pod and grant
+/// counts) from re-queueing every pod and grant of that agent.
 #[derive(Default)]
 pub struct GenerationGate(std::sync::Mutex<std::collections::HashMap<String, (i64, bool)>>);
 
 impl GenerationGate {
     /// Whether this sighting of `obj` is a change dependents must see.
-    pub fn changed<K: kube::Resource>(&self, obj: &K) -> bool {
+    /// `gone`: the object is no longer in its cache (this is its deletion),
+    /// which always passes, whatever its last state says.
+    pub fn changed<K: kube::Resource>(&self, obj: &K, gone: bool) -> bool {
         let meta = obj.meta();
         let key = meta.uid.clone().unwrap_or_default();
-        let now = (meta.generation.unwrap_or_default(), meta.deletion_timestamp.is_some());
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if gone {
+            seen.remove(&key);
+            return true;
+        }
+        let now = (meta.generation.unwrap_or_default(), meta.deletion_timestamp.is_some());
         seen.insert(key, now) != Some(now)
     }
 }
@@ -169,13 +175,18 @@ mod gate_tests {
             "spec": {"class": "Agent", "serviceAccountName": "a", "owner": "o", "ceiling": []}
         }))
         .expect("identity");
-        assert!(gate.changed(&id), "first sighting");
-        assert!(!gate.changed(&id), "same generation (a status update)");
+        assert!(gate.changed(&id, false), "first sighting");
+        assert!(!gate.changed(&id, false), "same generation (a status update)");
         id.metadata.generation = Some(2);
-        assert!(gate.changed(&id), "spec change");
+        assert!(gate.changed(&id, false), "spec change");
+        // Removed without a deletion seen first (no finalizer): its last state
+        // looks like the one before, and it still passes.
+        assert!(gate.changed(&id, true), "removed");
+        assert!(gate.changed(&id, false), "seen again after removal (re-created with the same uid in a test)");
         id.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-        assert!(gate.changed(&id), "deletion started");
-        assert!(!gate.changed(&id));
+        assert!(gate.changed(&id, false), "deletion started");
+        assert!(!gate.changed(&id, false));
+        assert!(gate.changed(&id, true), "removed after its deletion started");
     }
 }
