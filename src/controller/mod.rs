@@ -146,11 +146,15 @@ pub struct GenerationGate(std::sync::Mutex<std::collections::HashMap<String, (i6
 
 impl GenerationGate {
     /// Whether this sighting of `obj` is a change dependents must see.
-    /// `gone`: the object is no longer in its cache (this is its deletion),
-    /// which always passes, whatever its last state says.
-    pub fn changed<K: kube::Resource>(&self, obj: &K, gone: bool) -> bool {
+    /// An object no longer in `cache` (this is its deletion) always passes,
+    /// whatever its last state says.
+    pub fn changed<K>(&self, obj: &K, cache: &kube::runtime::reflector::Store<K>) -> bool
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
         let meta = obj.meta();
         let key = meta.uid.clone().unwrap_or_default();
+        let gone = cache.get(&kube::runtime::reflector::ObjectRef::from_obj(obj)).is_none();
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if gone {
             seen.remove(&key);
@@ -163,30 +167,38 @@ impl GenerationGate {
 
 #[cfg(test)]
 mod gate_tests {
+    use kube::runtime::{reflector, watcher::Event};
+
     use super::GenerationGate;
     use crate::api::AgentIdentity;
 
     #[test]
     fn status_updates_do_not_pass_spec_changes_and_deletion_do() {
         let gate = GenerationGate::default();
+        let (cache, mut feed) = reflector::store::<AgentIdentity>();
         let mut id: AgentIdentity = serde_json::from_value(serde_json::json!({
             "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
             "metadata": {"name": "a", "uid": "u1", "generation": 1},
             "spec": {"class": "Agent", "serviceAccountName": "a", "owner": "o", "ceiling": []}
         }))
         .expect("identity");
-        assert!(gate.changed(&id, false), "first sighting");
-        assert!(!gate.changed(&id, false), "same generation (a status update)");
+        // As the shared caches do: the store has the change before dependents see it.
+        let mut seen = |id: &AgentIdentity, removed: bool| {
+            feed.apply_watcher_event(&if removed { Event::Delete(id.clone()) } else { Event::Apply(id.clone()) });
+            gate.changed(id, &cache)
+        };
+        assert!(seen(&id, false), "first sighting");
+        assert!(!seen(&id, false), "same generation (a status update)");
         id.metadata.generation = Some(2);
-        assert!(gate.changed(&id, false), "spec change");
+        assert!(seen(&id, false), "spec change");
         // Removed without a deletion seen first (no finalizer): its last state
         // looks like the one before, and it still passes.
-        assert!(gate.changed(&id, true), "removed");
-        assert!(gate.changed(&id, false), "seen again after removal (re-created with the same uid in a test)");
+        assert!(seen(&id, true), "removed");
+        assert!(seen(&id, false), "seen again after removal (re-created with the same uid in a test)");
         id.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-        assert!(gate.changed(&id, false), "deletion started");
-        assert!(!gate.changed(&id, false));
-        assert!(gate.changed(&id, true), "removed after its deletion started");
+        assert!(seen(&id, false), "deletion started");
+        assert!(!seen(&id, false));
+        assert!(seen(&id, true), "removed after its deletion started");
     }
 }

@@ -7,9 +7,7 @@
 //! (serde skips the rest while the watch is decoded), served by the same
 //! `pods` endpoint, so it watches, caches and owns Secrets like a `Pod`.
 
-use std::borrow::Cow;
-
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION};
@@ -53,32 +51,7 @@ pub struct AgentPodStatus {
     pub phase: Option<String>,
 }
 
-impl kube::Resource for AgentPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn api_version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+super::served_as!(AgentPod, k8s_openapi::api::core::v1::Pod);
 
 impl AgentPod {
     /// The service account the pod runs as (`default` when unset).

@@ -1,6 +1,41 @@
 //! Running the operator: configuration, shared state, leader election,
 //! metrics and health, and the `writ run` entry point.
 
+/// Implements `kube::Resource` for `$projection`, a namespaced object read
+/// as less than its `k8s_openapi` type `$served`: same kind, group, version
+/// and plural, so it is watched, cached and owned as that type is.
+macro_rules! served_as {
+    ($projection:ty, $served:ty) => {
+        impl kube::Resource for $projection {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                <$served as k8s_openapi::Resource>::KIND.into()
+            }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                <$served as k8s_openapi::Resource>::GROUP.into()
+            }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                <$served as k8s_openapi::Resource>::VERSION.into()
+            }
+            fn api_version(_: &()) -> std::borrow::Cow<'_, str> {
+                <$served as k8s_openapi::Resource>::API_VERSION.into()
+            }
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                <$served as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+            }
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+use served_as;
+
 mod agent_pod;
 pub mod cache;
 pub mod config;
@@ -126,20 +161,20 @@ impl Shared {
 
     /// Every AgentIdentity of a namespace.
     pub fn identities_in(&self, namespace: &str) -> Vec<AgentIdentity> {
-        self.identities
-            .state()
-            .iter()
-            .filter(|i| i.namespace().as_deref() == Some(namespace))
-            .map(|i| (**i).clone())
-            .collect()
+        self.identities_where(namespace, |_| true)
     }
 
     /// The AgentIdentities of a namespace whose pods run as service account `sa`.
     pub fn identities_running_as(&self, namespace: &str, sa: &str) -> Vec<AgentIdentity> {
+        self.identities_where(namespace, |i| i.spec.service_account_name == sa)
+    }
+
+    /// Copies of the cached AgentIdentities of a namespace that `keep` accepts.
+    fn identities_where(&self, namespace: &str, keep: impl Fn(&AgentIdentity) -> bool) -> Vec<AgentIdentity> {
         self.identities
             .state()
             .iter()
-            .filter(|i| i.namespace().as_deref() == Some(namespace) && i.spec.service_account_name == sa)
+            .filter(|i| i.namespace().as_deref() == Some(namespace) && keep(i))
             .map(|i| (**i).clone())
             .collect()
     }

@@ -428,12 +428,11 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // on each write kept the controller busy with thousands of no-op
     // reconciles while new pods waited for their credentials.
     let pod_identity_gate = controller::GenerationGate::default();
-    let identities_store = shared.identities.clone();
+    let identity_cache = shared.identities.clone();
     let pods = Controller::for_shared_stream(caches.pods.changes(&resync), caches.pods.store())
         .owns_shared_stream(secrets.changes(&resync))
         .watches_shared_stream(caches.identities.changes(&resync), move |id| {
-            let gone = identities_store.get(&ObjectRef::from_obj(&*id)).is_none();
-            if !pod_identity_gate.changed(id.as_ref(), gone) {
+            if !pod_identity_gate.changed(id.as_ref(), &identity_cache) {
                 return Vec::new();
             }
             let ns = id.namespace().unwrap_or_default();
@@ -480,7 +479,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         shared.grants.clone(),
     );
     let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
-    let (identity_store, policy_store) = (shared.identities.clone(), shared.policies.clone());
+    let (identity_cache, policy_cache) = (shared.identities.clone(), shared.policies.clone());
     let (resync, all) = Resync::channel();
     let grants = Controller::for_shared_stream(caches.grants.changes(&resync), caches.grants.store())
         .watches_shared_stream(caches.pods.changes(&resync), move |p| {
@@ -499,14 +498,14 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
             })
         })
         .watches_shared_stream(caches.identities.changes(&resync), move |id| {
-            if !identity_gate.changed(id.as_ref(), identity_store.get(&ObjectRef::from_obj(&*id)).is_none()) {
+            if !identity_gate.changed(id.as_ref(), &identity_cache) {
                 return Vec::new();
             }
             let name = id.name_any();
             controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| g.spec.agent == name)
         })
         .watches_shared_stream(caches.policies.changes(&resync), move |p| {
-            if !policy_gate.changed(p.as_ref(), policy_store.get(&ObjectRef::from_obj(&*p)).is_none()) {
+            if !policy_gate.changed(p.as_ref(), &policy_cache) {
                 return Vec::new();
             }
             controller::grant::grants_where(&g5, &p.namespace().unwrap_or_default(), |_| true)
