@@ -205,7 +205,19 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         }),
     };
     let parent = parent_obj.as_ref().map(|p| p.as_deref());
-    let w = world(ctx, g, agent.as_deref(), parent);
+    let mut w = world(ctx, g, agent.as_deref(), parent);
+    if !w.authorised {
+        // Unauthorised ends the grant for good: confirm it on the API
+        // server's identities and policies. The caches may not yet hold a
+        // policy or the requesting agent's identity that were just created
+        // (a planner's sub-grant was denied this way).
+        let (identities, policies) = api_authorities(ctx, &ns).await.map_err(|source| Error::Kube {
+            op: "reading the identities and policies for",
+            object: object(g),
+            source,
+        })?;
+        (w.authorised, w.needs_approval) = crate::policy::authorisation(g, &identities, &policies);
+    }
     let (phase, reason) = next_phase(g, &w);
     let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
     if phase.is_terminal() {
@@ -247,6 +259,20 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     }
     write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens).await?;
     Ok(Action::requeue(Duration::from_secs((expires_at - now).max(0) as u64) + Duration::from_millis(50)))
+}
+
+/// The AgentIdentities and (not deleting) DelegationPolicies of a namespace,
+/// from the API server: what [`world`] reads from the caches.
+async fn api_authorities(
+    ctx: &Context,
+    ns: &str,
+) -> Result<(Vec<AgentIdentity>, Vec<crate::api::DelegationPolicy>), kube::Error> {
+    let client = &ctx.shared.client;
+    let identities = Api::<AgentIdentity>::namespaced(client.clone(), ns).list(&Default::default()).await?.items;
+    let mut policies =
+        Api::<crate::api::DelegationPolicy>::namespaced(client.clone(), ns).list(&Default::default()).await?.items;
+    policies.retain(|p| p.metadata.deletion_timestamp.is_none());
+    Ok((identities, policies))
 }
 
 async fn api_grant(ctx: &Context, ns: &str, name: &str) -> Result<Option<Arc<CapabilityGrant>>, kube::Error> {
