@@ -32,13 +32,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Namespace, Pod, Secret, ServiceAccount},
 };
 use kube::{
-    api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
     runtime::{watcher, WatchStreamExt},
     Client, ResourceExt,
 };
@@ -79,21 +79,15 @@ struct Phase {
     writes: Vec<(String, f64)>,
 }
 
-/// Watches `api` and records when `key(obj)` first names a done object;
-/// ends when `n` are done.
-fn watch_done<K>(
-    api: Api<K>,
-    config: watcher::Config,
+/// Reads `stream` (a watch's applied objects) and records when `key(obj)`
+/// first names a done object; ends when `n` are done.
+fn watch_done<K: Send + 'static>(
+    mut stream: BoxStream<'static, Result<K, watcher::Error>>,
     n: usize,
     key: impl Fn(&K) -> Option<String> + Send + 'static,
-) -> tokio::task::JoinHandle<HashMap<String, Instant>>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default,
-{
+) -> tokio::task::JoinHandle<HashMap<String, Instant>> {
     tokio::spawn(async move {
         let mut done = HashMap::new();
-        let mut stream = watcher(api, config).applied_objects().boxed();
         while let Some(obj) = stream.try_next().await.expect("watch") {
             if let Some(k) = key(&obj) {
                 done.entry(k).or_insert_with(Instant::now);
@@ -104,6 +98,18 @@ where
         }
         done
     })
+}
+
+/// A watch of `api`'s objects (with `K = PartialObjectMeta<_>`, of their
+/// metadata only: what the bench reads of each credential Secret then costs
+/// the API server a fraction of a whole Secret's encoding, which would
+/// otherwise be charged to the operator's rate).
+fn objects<K>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, Result<K, watcher::Error>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    watcher(api, config).applied_objects().boxed()
 }
 
 async fn all_done(watch: tokio::task::JoinHandle<HashMap<String, Instant>>) -> HashMap<String, Instant> {
@@ -133,20 +139,18 @@ where
 /// Creates objects `range` with `create(i)` at `concurrency`, while a watch
 /// records when `key(obj)` first names each as done; returns when all are.
 async fn timed<K, C, F>(
-    watch_api: Api<K>,
-    watch_config: watcher::Config,
+    watch: BoxStream<'static, Result<K, watcher::Error>>,
     (range, concurrency): (std::ops::Range<usize>, usize),
     client: &Client,
     key: impl Fn(&K) -> Option<String> + Send + 'static,
     create: C,
 ) -> Phase
 where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default,
+    K: Send + 'static,
     C: Fn(usize) -> F,
     F: std::future::Future<Output = String>,
 {
-    let watch = watch_done(watch_api, watch_config, range.len(), key);
+    let watch = watch_done(watch, range.len(), key);
     let before = api_writes(client).await;
     let start = Instant::now();
     let created = create_all(range, concurrency, create).await;
@@ -157,6 +161,20 @@ where
         created.iter().filter_map(|(k, t)| Some(done.get(k)?.saturating_duration_since(*t))).collect();
     latencies.sort();
     Phase { elapsed: last - start, latencies, writes }
+}
+
+/// Credential Secrets in `api` that hold a certificate (listed in pages).
+async fn credentials_with_certificate(api: &Api<Secret>) -> usize {
+    let mut params = ListParams::default().labels(writ::controller::credentials::POD_LABEL).limit(500);
+    let mut count = 0;
+    loop {
+        let page = api.list(&params).await.expect("list credential Secrets");
+        count += page.items.iter().filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("tls.crt"))).count();
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return count,
+        }
+    }
 }
 
 /// Sets the holder of the operator's leader Lease (`""`: free to take).
@@ -221,6 +239,8 @@ async fn main() {
     // 1. Raw Secret creates of a credential's size (certificate, key, CA).
     let raw_secrets: Api<Secret> = Api::namespaced(client.clone(), &raw_ns);
     let filler = "A".repeat(1500);
+    dump_api_metrics(&client, "raw-before").await;
+    op.dump_metrics("raw-before");
     let raw_before = api_writes(&client).await;
     let raw_start = Instant::now();
     futures::stream::iter(0..n)
@@ -236,6 +256,8 @@ async fn main() {
         .await;
     let raw = raw_start.elapsed();
     let raw_writes = write_delta(&raw_before, &api_writes(&client).await);
+    dump_api_metrics(&client, "raw-after").await;
+    op.dump_metrics("raw-after");
     let raw_rate = n as f64 / raw.as_secs_f64();
     eprintln!("[scale] raw Secret creates: {raw_rate:.1}/s");
 
@@ -243,13 +265,15 @@ async fn main() {
     let half = n / 2;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secrets_meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &ns);
     let cred_secrets = watcher::Config::default().labels(writ::controller::credentials::POD_LABEL);
     let issued = move |range: std::ops::Range<usize>| {
-        move |s: &Secret| {
-            let has_cert = s.data.as_ref().is_some_and(|d| d.contains_key("tls.crt"));
+        // The operator creates a credential Secret whole, in one write; that
+        // each holds its certificate is checked once both phases are over.
+        move |s: &PartialObjectMeta<Secret>| {
             let pod = s.labels().get(writ::controller::credentials::POD_LABEL)?;
             let i: usize = pod.strip_prefix("p-")?.parse().ok()?;
-            (has_cert && range.contains(&i)).then(|| pod.clone())
+            range.contains(&i).then(|| pod.clone())
         }
     };
     let create_pod = |i: usize| {
@@ -262,9 +286,14 @@ async fn main() {
             format!("p-{i}")
         }
     };
-    let creds =
-        timed(secrets.clone(), cred_secrets.clone(), (0..half, concurrency), &client, issued(0..half), create_pod)
-            .await;
+    let creds = timed(
+        objects(secrets_meta.clone(), cred_secrets.clone()),
+        (0..half, concurrency),
+        &client,
+        issued(0..half),
+        create_pod,
+    )
+    .await;
     let pipe_rate = half as f64 / creds.elapsed.as_secs_f64();
     let rss_half = settled_rss(&op).await;
     eprintln!("[scale] credentials, pipeline: {pipe_rate:.1}/s, RSS {rss_half} KiB");
@@ -275,13 +304,17 @@ async fn main() {
     let admit_start = Instant::now();
     create_all(half..n, concurrency, create_pod).await;
     let admit_rate = (n - half) as f64 / admit_start.elapsed().as_secs_f64();
-    let backlog = watch_done(secrets.clone(), cred_secrets, n - half, issued(half..n));
+    let backlog = watch_done(objects(secrets_meta, cred_secrets), n - half, issued(half..n));
+    dump_api_metrics(&client, "backlog-before").await;
+    op.dump_metrics("backlog-before");
     set_lease_holder(&client, &op_ns, "").await;
     op.wait_leading().await;
     let leading = Instant::now();
     let backlog_done = all_done(backlog).await;
     let backlog_elapsed = backlog_done.values().max().copied().expect("some done").saturating_duration_since(leading);
     let backlog_writes = write_delta(&backlog_before, &api_writes(&client).await);
+    dump_api_metrics(&client, "backlog-after").await;
+    op.dump_metrics("backlog-after");
     let backlog_rate = (n - half) as f64 / backlog_elapsed.as_secs_f64();
     let rss_creds = settled_rss(&op).await;
     let cred_op_writes = (operator_writes(&creds.writes, &[("POST pods", half as f64)])
@@ -291,11 +324,13 @@ async fn main() {
         "[scale] credentials, backlog: pods admitted {admit_rate:.1}/s; issued {backlog_rate:.1}/s once leading; {cred_op_writes:.2} operator writes each, RSS {rss_creds} KiB"
     );
 
+    let with_certificate = credentials_with_certificate(&secrets).await;
+    assert_eq!(with_certificate, n, "every pod's credential Secret holds a certificate");
+
     // 3. Grants, one per pod -> Active.
     let grants: Api<CapabilityGrant> = Api::namespaced(client.clone(), &ns);
     let active = timed(
-        grants.clone(),
-        watcher::Config::default(),
+        objects(grants.clone(), watcher::Config::default()),
         (0..n, concurrency),
         &client,
         |g: &CapabilityGrant| {

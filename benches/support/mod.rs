@@ -127,6 +127,21 @@ impl Operator {
         }
     }
 
+    /// With `WRIT_SCALE_METRICS_DIR` set, saves the operator's `/metrics` as
+    /// `<dir>/<label>.writ.prom`, followed by the CPU seconds used so far by
+    /// it and the local control plane's processes (`# cpu <name> <seconds>`).
+    pub fn dump_metrics(&self, label: &str) {
+        let Some(dir) = std::env::var_os("WRIT_SCALE_METRICS_DIR") else { return };
+        let metrics = format!("http://127.0.0.1:{}/metrics", self.metrics);
+        let out = Command::new("curl").args(["-fs", &metrics]).output().expect("curl");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for (name, pid) in processes(self.pid()) {
+            text.push_str(&format!("# cpu {name} {}\n", cpu_seconds(pid).unwrap_or(0.0)));
+        }
+        let path = std::path::Path::new(&dir).join(format!("{label}.writ.prom"));
+        std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, text)).expect("write metrics");
+    }
+
     /// POSTs an introspection request; whether the operator says `active`.
     pub fn introspect_active(&self, token: &str) -> bool {
         let out = Command::new("curl")
@@ -146,6 +161,16 @@ impl Drop for Operator {
 
 pub fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_yaml::from_str(text).expect("yaml")
+}
+
+/// With `WRIT_SCALE_METRICS_DIR` set, saves the API server's whole `/metrics`
+/// text as `<dir>/<label>.prom`, to compare what it did between two phases.
+pub async fn dump_api_metrics(client: &Client, label: &str) {
+    let Some(dir) = std::env::var_os("WRIT_SCALE_METRICS_DIR") else { return };
+    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let text = client.request_text(req).await.expect("API server /metrics");
+    let path = std::path::Path::new(&dir).join(format!("{label}.prom"));
+    std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, text)).expect("write metrics");
 }
 
 /// Successful writes the API server has answered so far, per `verb resource[/subresource]`.

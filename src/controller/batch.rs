@@ -73,21 +73,56 @@ impl SecretWriter {
         *at = (*at).max(rv);
     }
 
-    /// The Secret `namespace/name` as of at least our last write to it.
-    pub async fn read(&self, namespace: &str, name: &str) -> Result<Option<Arc<CredentialSecret>>, kube::Error> {
+    /// What the cache says of Secret `namespace/name` once it has caught up
+    /// with our last write to it: `Some(None)` when it holds no such Secret
+    /// and we never wrote one; `None` when only the API can tell.
+    fn cached(&self, namespace: &str, name: &str) -> Option<Option<Arc<CredentialSecret>>> {
         let cached = self.cache.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace));
         let id = (namespace.to_string(), name.to_string());
-        if let Some(cached) = cached {
-            let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-            match (written.get(&id).copied(), resource_version(&cached.metadata)) {
-                (None, _) => return Ok(Some(cached)),
-                (Some(ours), Some(rv)) if rv >= ours => {
-                    written.remove(&id);
-                    return Ok(Some(cached));
-                }
-                _ => {}
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match (cached, written.get(&id).copied()) {
+            (cached, None) => Some(cached),
+            (Some(cached), Some(ours)) if resource_version(&cached.metadata).is_some_and(|rv| rv >= ours) => {
+                written.remove(&id);
+                Some(Some(cached))
             }
+            _ => None,
         }
+    }
+
+    /// The Secret `namespace/name` as of at least our last write to it. A
+    /// Secret the cache does not hold is looked up on the API server (the
+    /// watch may not have delivered it yet).
+    pub async fn read(&self, namespace: &str, name: &str) -> Result<Option<Arc<CredentialSecret>>, kube::Error> {
+        match self.cached(namespace, name) {
+            Some(Some(secret)) => Ok(Some(secret)),
+            _ => self.read_from_api(namespace, name).await,
+        }
+    }
+
+    /// Like [`read`](Self::read), but believes the cache when it holds no
+    /// such Secret and we never wrote one. For a caller that only creates
+    /// the Secret when it is absent: if the cache lagged, the create fails
+    /// with 409 Conflict, and the caller reads again with
+    /// [`read_from_api`](Self::read_from_api). This saves a GET (an etcd
+    /// read) for every new pod.
+    pub async fn read_or_absent(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<CredentialSecret>>, kube::Error> {
+        match self.cached(namespace, name) {
+            Some(cached) => Ok(cached),
+            None => self.read_from_api(namespace, name).await,
+        }
+    }
+
+    /// The Secret `namespace/name` from the API server.
+    pub async fn read_from_api(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<CredentialSecret>>, kube::Error> {
         let api: Api<CredentialSecret> = Api::namespaced(self.client.clone(), namespace);
         Ok(api.get_opt(name).await?.map(Arc::new))
     }
@@ -252,6 +287,44 @@ mod tests {
         );
         let err = first.await.expect("task").expect_err("the 404 reaches the caller");
         assert!(crate::controller::is_not_found(&err), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_secret_absent_from_the_cache_is_absent_for_a_creator_unless_we_wrote_it() {
+        let (w, mut handle, _feed) = writer();
+        // Never written by us, not cached: absent, without asking the API (the
+        // mock answers nothing, so a request would hang past the timeout).
+        let got = tokio::time::timeout(Duration::from_secs(2), w.read_or_absent("ns", "cred"))
+            .await
+            .expect("answered from the cache, no request")
+            .expect("read");
+        assert!(got.is_none());
+        // A plain read still asks the API server for a Secret the cache lacks.
+        let reading = {
+            let w = w.clone();
+            tokio::spawn(async move { w.read("ns", "cred").await })
+        };
+        let (method, path, _, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("GET", "/api/v1/namespaces/ns/secrets/cred"));
+        respond(send, &secret(4, json!({})));
+        assert!(reading.await.expect("task").expect("read").is_some());
+        // Once we wrote it (resourceVersion 7) and the cache has not caught
+        // up, the creator's read goes to the API too.
+        w.note_written(&ObjectMeta {
+            namespace: Some("ns".into()),
+            name: Some("cred".into()),
+            resource_version: Some("7".into()),
+            ..Default::default()
+        });
+        let reading = {
+            let w = w.clone();
+            tokio::spawn(async move { w.read_or_absent("ns", "cred").await })
+        };
+        let (method, path, _, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("GET", "/api/v1/namespaces/ns/secrets/cred"));
+        respond(send, &secret(7, json!({})));
+        let got = reading.await.expect("task").expect("read").expect("found");
+        assert_eq!(got.metadata.resource_version.as_deref(), Some("7"));
     }
 
     #[tokio::test]

@@ -148,49 +148,67 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
     };
     let agent = pod.agent().unwrap_or_default().to_string();
     let identity = shared.identity(&namespace, &agent);
-    let secret = ctx.secret_writes.read(&namespace, &secret_name).await.map_err(|source| Error::Kube {
-        op: "reading credential Secret of",
-        object: object(pod),
-        source,
-    })?;
-    let stored = secret.as_deref().and_then(CredentialSecret::certificate);
     let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &agent);
-    let now = pki::now_unix();
-    let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
-    let plan = plan_pod(pod, identity.as_deref(), stored, &spiffe, max_ttl, now);
-    match plan {
-        PodPlan::Ignore => Ok(Action::await_change()),
-        PodPlan::Reject(reason) => {
-            if secret.is_none() {
-                ctx.event(&pod.object_ref(&()), true, "ClaimRejected", "Claim", reason).await;
+    // A new pod's Secret is not in the cache, and almost always does not
+    // exist: that is believed, and the create finds out if the watch merely
+    // lagged (409), after which the Secret is read from the API server.
+    let mut from_api = false;
+    loop {
+        let read = if from_api {
+            ctx.secret_writes.read_from_api(&namespace, &secret_name).await
+        } else {
+            ctx.secret_writes.read_or_absent(&namespace, &secret_name).await
+        };
+        let secret =
+            read.map_err(|source| Error::Kube { op: "reading credential Secret of", object: object(pod), source })?;
+        let stored = secret.as_deref().and_then(CredentialSecret::certificate);
+        let now = pki::now_unix();
+        let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
+        let plan = plan_pod(pod, identity.as_deref(), stored, &spiffe, max_ttl, now);
+        return match plan {
+            PodPlan::Ignore => Ok(Action::await_change()),
+            PodPlan::Reject(reason) => {
+                if secret.is_none() {
+                    ctx.event(&pod.object_ref(&()), true, "ClaimRejected", "Claim", reason).await;
+                }
+                Ok(Action::await_change())
             }
-            Ok(Action::await_change())
-        }
-        PodPlan::Revoke(reason) => {
-            if let Some(secret) = secret {
-                revoke_secret(ctx, pod, &secret, &reason).await?;
+            PodPlan::Revoke(reason) => {
+                if let Some(secret) = secret {
+                    revoke_secret(ctx, pod, &secret, &reason).await?;
+                }
+                Ok(Action::await_change())
             }
-            Ok(Action::await_change())
-        }
-        PodPlan::Keep { rotate_at } => Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64))),
-        PodPlan::Issue { rotation } => {
-            let Some(identity) = identity else { return Ok(Action::await_change()) };
-            let first = secret.is_none();
-            let rotate_at = issue(ctx, pod, &identity, &secret_name, &spiffe, (rotation, first), now).await?;
-            Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64)))
-        }
+            PodPlan::Keep { rotate_at } => Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64))),
+            PodPlan::Issue { rotation } => {
+                let Some(identity) = identity.as_deref() else { return Ok(Action::await_change()) };
+                let first = secret.is_none();
+                let issued = issue(ctx, pod, identity, &secret_name, &spiffe, (rotation, first, from_api), now).await?;
+                let Some(rotate_at) = issued else {
+                    // The Secret exists after all: decide again on what it holds.
+                    from_api = true;
+                    continue;
+                };
+                Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64)))
+            }
+        };
     }
 }
 
+/// Mints a certificate for `pod` and writes its credential Secret; returns
+/// when to rotate it. `first`: the Secret was not found, so it is created;
+/// if it exists after all (409) and `from_api` is false (absence was the
+/// cache's word), returns `None` without writing, for the caller to read it
+/// from the API server and decide again. Otherwise the Secret is applied.
 async fn issue(
     ctx: &Context,
     pod: &AgentPod,
     identity: &AgentIdentity,
     secret_name: &str,
     spiffe: &str,
-    (rotation, first): (bool, bool),
+    (rotation, first, from_api): (bool, bool, bool),
     now: i64,
-) -> Result<i64, Error> {
+) -> Result<Option<i64>, Error> {
     let shared = &ctx.shared;
     let namespace = pod.namespace().unwrap_or_default();
     let ttl = identity.spec.credential.ttl.as_secs_i64().min(shared.config.max_credential_ttl.as_secs_i64());
@@ -251,6 +269,7 @@ async fn issue(
         let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
         match api.create(&params, &secret).await {
             Ok(written) => Some(written),
+            Err(kube::Error::Api(e)) if e.code == 409 && !from_api => return Ok(None),
             Err(kube::Error::Api(e)) if e.code == 409 => None,
             Err(source) => {
                 return Err(Error::Kube { op: "creating credential Secret of", object: object(pod), source })
@@ -283,7 +302,7 @@ async fn issue(
     }
     tracing::info!(target: "audit", pod = %pod.name_any(), namespace = %namespace, serial = %issued.serial_hex,
         spiffe_id = %spiffe, not_after = issued.not_after, rotation, "pod certificate issued");
-    Ok(issued.not_after - identity.spec.credential.rotate_before.as_secs_i64().min(ttl / 2))
+    Ok(Some(issued.not_after - identity.spec.credential.rotate_before.as_secs_i64().min(ttl / 2)))
 }
 
 /// Revokes everything a credential Secret holds: the certificate serial and
@@ -395,4 +414,190 @@ pub fn error_policy(_pod: Arc<AgentPod>, err: &Error, ctx: Arc<Context>) -> Acti
     tracing::warn!(error = %err, "pod credential reconcile failed");
     ctx.shared.metrics.reconcile_error("pod-credentials", err.metric_label());
     Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use base64::Engine;
+    use bytes::Bytes;
+    use clap::Parser;
+    use http::{Method, Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        publish::revocations::RevocationStore,
+        runtime::{metrics::Metrics, RunConfig, Shared},
+        trust::Trust,
+        webhook::server::CertSlot,
+    };
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunConfig,
+    }
+
+    const NS: &str = "team";
+    const SECRET: &str = "worker-0-writ";
+
+    /// A fake API server: creates of the pod's credential Secret conflict
+    /// (it exists, the cache has not seen it yet), reads of it return
+    /// `existing`; other writes succeed and other reads find nothing.
+    /// Records every request.
+    fn fake_api(
+        existing: Arc<Mutex<Option<serde_json::Value>>>,
+        log: Arc<Mutex<Vec<(Method, String)>>>,
+    ) -> kube::Client {
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let (existing, log) = (existing.clone(), log.clone());
+            async move {
+                let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                let body = req.into_body().collect().await?.to_bytes();
+                log.lock().expect("log").push((method.clone(), path.clone()));
+                let status = |code: u16, reason: &str| {
+                    Bytes::from(
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code})
+                            .to_string(),
+                    )
+                };
+                let (code, body) = match (&method, path.as_str()) {
+                    (&Method::POST, p) if p == format!("/api/v1/namespaces/{NS}/secrets") => {
+                        (StatusCode::CONFLICT, status(409, "AlreadyExists"))
+                    }
+                    (&Method::GET, p) if p == format!("/api/v1/namespaces/{NS}/secrets/{SECRET}") => {
+                        match existing.lock().expect("existing").clone() {
+                            Some(s) => (StatusCode::OK, Bytes::from(s.to_string())),
+                            None => (StatusCode::NOT_FOUND, status(404, "NotFound")),
+                        }
+                    }
+                    (&Method::POST | &Method::PUT | &Method::PATCH, _) => (StatusCode::CREATED, body),
+                    _ => (StatusCode::NOT_FOUND, status(404, "NotFound")),
+                };
+                Ok::<_, kube::Error>(Response::builder().status(code).body(Full::new(body)).expect("response"))
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    async fn context(client: kube::Client) -> Arc<Context> {
+        let config = Cli::try_parse_from(["writ"]).expect("defaults").run;
+        let trust = Arc::new(
+            Trust::bootstrap(&client, &config.namespace, None, 86_400, &config.trust_domain).await.expect("trust"),
+        );
+        let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await.expect("revocations"));
+        let (identities, mut iw) = reflector::store::<AgentIdentity>();
+        let identity: AgentIdentity = serde_json::from_value(json!({
+            "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": {"name": "worker", "namespace": NS},
+            "spec": {"class": "Agent", "serviceAccountName": "worker", "owner": "o",
+                     "ceiling": [{"action": "a", "resource": "r"}]}
+        }))
+        .expect("identity");
+        iw.apply_watcher_event(&watcher::Event::Apply(identity));
+        let (secrets, mut sw) = reflector::store::<CredentialSecret>();
+        sw.apply_watcher_event(&watcher::Event::InitDone);
+        let shared = Arc::new(Shared::new(
+            client.clone(),
+            config,
+            identities,
+            reflector::store().0,
+            reflector::store().0,
+            reflector::store().0,
+            trust,
+            revocations,
+            Arc::new(Metrics::default()),
+            Arc::new(CertSlot::default()),
+        ));
+        Arc::new(Context::new(shared, crate::controller::events::Events::new(client, "test", "test"), secrets))
+    }
+
+    fn pod() -> Arc<AgentPod> {
+        let mut pod: AgentPod = serde_json::from_value(json!({
+            "metadata": {"name": "worker-0", "namespace": NS, "uid": "u-1",
+                         "labels": {"writ.dev/agent": "worker"},
+                         "annotations": {"writ.dev/credential-secret": SECRET}},
+            "spec": {"serviceAccountName": "worker"},
+            "status": {"phase": "Running"}
+        }))
+        .expect("pod");
+        pod.trim();
+        Arc::new(pod)
+    }
+
+    /// The Secret as the operator would have written it for `pod`.
+    fn credential_secret(ctx: &Context, pod: &AgentPod) -> serde_json::Value {
+        let spiffe = pki::cert::spiffe_id(&ctx.shared.config.trust_domain, NS, "worker");
+        let issued = ctx
+            .shared
+            .trust
+            .issue(&PodCertificateRequest {
+                spiffe_id: spiffe.clone(),
+                namespace: NS.into(),
+                pod_name: pod.name_any(),
+                pod_uid: pod.uid().unwrap_or_default(),
+                key_algorithm: pki::cert::KeyAlgorithm::EcdsaP256,
+                not_before: pki::now_unix(),
+                ttl_secs: 3600,
+            })
+            .expect("certificate");
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "42"},
+            "data": {keys::CERT: b64(&issued.chain_pem), keys::KEY: b64(&issued.key_pem),
+                     keys::CA: b64(&ctx.shared.trust.bundle_pem()), keys::SPIFFE_ID: b64(&spiffe)}
+        })
+    }
+
+    fn credential_requests(log: &Mutex<Vec<(Method, String)>>) -> Vec<(Method, String)> {
+        let log = log.lock().expect("log");
+        log.iter().filter(|(_, p)| p.starts_with(&format!("/api/v1/namespaces/{NS}/secrets"))).cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_pods_secret_is_created_without_a_read_and_kept_if_the_create_finds_it() {
+        let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+        let ctx = context(fake_api(existing.clone(), log.clone())).await;
+        let pod = pod();
+        // The Secret exists on the server (another leader wrote it just now)
+        // but the cache has not seen it.
+        *existing.lock().expect("existing") = Some(credential_secret(&ctx, &pod));
+        log.lock().expect("log").clear();
+        let action = reconcile(pod, ctx.clone()).await.expect("reconciled");
+        let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+        assert_eq!(
+            credential_requests(&log),
+            vec![(Method::POST, secrets.clone()), (Method::GET, format!("{secrets}/{SECRET}"))],
+            "no read before the create; after its 409, one read and no overwrite of a valid credential"
+        );
+        assert_ne!(action, Action::await_change(), "the kept certificate's rotation is scheduled");
+    }
+
+    #[tokio::test]
+    async fn a_secret_found_by_the_create_without_a_valid_certificate_is_replaced() {
+        let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+        let ctx = context(fake_api(existing.clone(), log.clone())).await;
+        // Left over with no certificate in it.
+        *existing.lock().expect("existing") = Some(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "42"}, "data": {}
+        }));
+        log.lock().expect("log").clear();
+        reconcile(pod(), ctx).await.expect("reconciled");
+        let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+        assert_eq!(
+            credential_requests(&log),
+            vec![
+                (Method::POST, secrets.clone()),
+                (Method::GET, format!("{secrets}/{SECRET}")),
+                (Method::PATCH, format!("{secrets}/{SECRET}")),
+            ],
+            "the create's 409 leads to a read, then the certificate is applied over it"
+        );
+    }
 }
