@@ -212,10 +212,11 @@ async fn metrics_expose_every_family_after_a_small_scenario() {
         "writ_reconcile_duration_seconds_bucket{",
         "writ_pod_credential_latency_seconds_count",
         "writ_grant_activation_latency_seconds_count",
-        "writ_leader 1",
     ] {
         assert!(body.contains(family), "{family} missing from /metrics:\n{body}");
     }
+    // The sample line itself: the gauge's HELP text also contains "writ_leader 1".
+    assert!(body.lines().any(|l| l == "writ_leader 1"), "leader gauge not 1:\n{body}");
     assert!(body.contains("decision=\"denied\""), "no denial counted:\n{body}");
     ns.cleanup().await;
 }

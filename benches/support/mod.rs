@@ -121,7 +121,9 @@ impl Operator {
         while !Command::new("curl")
             .args(["-fs", &metrics])
             .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&line))
+            // The whole sample line: the gauge's HELP text ("1 when this
+            // replica runs the controllers") also contains "writ_leader 1".
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == line))
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
