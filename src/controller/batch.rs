@@ -48,6 +48,8 @@ pub struct SecretWriter {
     /// `resourceVersion` of our last write per Secret, until the cache has it.
     written: Arc<Mutex<HashMap<(String, String), u64>>>,
     cache: kube::runtime::reflector::Store<CredentialSecret>,
+    /// Set when the leadership term that owns this writer ends.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn resource_version(meta: &ObjectMeta) -> Option<u64> {
@@ -57,7 +59,27 @@ fn resource_version(meta: &ObjectMeta) -> Option<u64> {
 impl SecretWriter {
     /// A writer using `client`, reading through `cache` (credential Secrets).
     pub fn new(client: kube::Client, cache: kube::runtime::reflector::Store<CredentialSecret>) -> Self {
-        Self { client, pending: Arc::default(), patches: Arc::default(), written: Arc::default(), cache }
+        Self {
+            client,
+            pending: Arc::default(),
+            patches: Arc::default(),
+            written: Arc::default(),
+            cache,
+            stopped: Arc::default(),
+        }
+    }
+
+    /// Ends this writer's term: no patch is sent from now on (one already
+    /// sent is answered as usual), and every change still queued, or asked
+    /// for later, fails. A replica that lost the Lease must not write tokens
+    /// its controllers decided on while it led: the new leader may have
+    /// revoked them meanwhile.
+    pub fn stop(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Records a write of a Secret made elsewhere (the certificate issuer), so
@@ -146,6 +168,9 @@ impl SecretWriter {
         name: &str,
         changes: impl IntoIterator<Item = (String, Option<String>)>,
     ) -> Outcome {
+        if self.is_stopped() {
+            return Err(Arc::new(stopped()));
+        }
         let (tx, rx) = oneshot::channel();
         let id = (namespace.to_string(), name.to_string());
         let start = {
@@ -174,6 +199,13 @@ impl SecretWriter {
                     all.remove(&id);
                     return;
                 }
+                if self.is_stopped() {
+                    let p = all.remove(&id).unwrap_or_default();
+                    for w in p.waiters {
+                        let _ = w.send(Err(Arc::new(stopped())));
+                    }
+                    return;
+                }
                 (std::mem::take(&mut p.data), std::mem::take(&mut p.waiters))
             };
             let data: serde_json::Map<String, serde_json::Value> = data
@@ -194,6 +226,10 @@ impl SecretWriter {
             }
         }
     }
+}
+
+fn stopped() -> kube::Error {
+    kube::Error::Service("token writer stopped: this replica's leadership term ended".into())
 }
 
 fn base64_std(s: &str) -> String {
@@ -267,6 +303,36 @@ mod tests {
             h.await.expect("task").expect("written");
         }
         assert_eq!(w.patches_sent(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_writer_sends_nothing_more_and_fails_what_was_queued() {
+        let (w, mut handle, _feed) = writer();
+        let spawn = |key: &'static str| {
+            let w = w.clone();
+            tokio::spawn(async move { w.write("ns", "cred", key, Some("T".into())).await })
+        };
+        let a = spawn("grant.a.jwt");
+        let (_, _, _, send) = next(&mut handle).await;
+        // Queued behind the patch in flight when the term ends.
+        let b = spawn("grant.b.jwt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        w.stop();
+        respond(send, &secret(5, json!({})));
+        a.await.expect("task").expect("the patch already sent is answered as usual");
+        let err = tokio::time::timeout(Duration::from_secs(2), b)
+            .await
+            .expect("the queued change is answered without a patch")
+            .expect("task")
+            .expect_err("a queued change fails");
+        assert!(err.to_string().contains("leadership term ended"), "{err}");
+        let later = w.write("ns", "cred", "grant.c.jwt", Some("T".into())).await;
+        assert!(later.is_err(), "a change asked for after the stop fails at once");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err(),
+            "no patch after the stop"
+        );
+        assert_eq!(w.patches_sent(), 1);
     }
 
     #[tokio::test]

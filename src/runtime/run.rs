@@ -388,6 +388,15 @@ struct Caches {
 }
 
 /// The controllers, on the leader.
+/// Stops a term's Secret writer when the term's controllers are dropped.
+struct StopOnDrop(controller::batch::SecretWriter);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // Decisions read the shared caches (does this pod's identity exist?): a
     // controller that ran before they are filled would revoke and re-issue
@@ -412,6 +421,9 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         controller::events::Events::new(client.clone(), "writ", &me),
         secrets.store(),
     ));
+    // This future is dropped when the Lease is lost: token writes still
+    // queued then must not go out.
+    let _stop_writes = StopOnDrop(ctx.secret_writes.clone());
 
     // Every controller starts with one full pass (its `Resync` channel holds
     // the first request), then follows the changes. Reconciles in flight are
