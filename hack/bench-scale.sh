@@ -5,7 +5,9 @@
 # bench/RESULTS.md.
 # Knobs: WRIT_SCALE_N (default 10000), WRIT_SCALE_CONCURRENCY (16),
 # WRIT_SCALE_REVOCATIONS (100), WRIT_SCALE_RESULTS (output file), WRIT_SCALE_KEEP
-# (leave the objects and the operator's namespace in place).
+# (leave the objects and the operator's namespace in place),
+# WRIT_SCALE_METRICS_DIR (save the API server's and the operator's /metrics, and
+# per-process CPU seconds, before and after the raw and backlog phases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/with-cluster.sh bench-scale bash -c '
