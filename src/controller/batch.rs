@@ -19,6 +19,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
@@ -39,6 +40,34 @@ struct Pending {
     flushing: bool,
 }
 
+/// How long a write of ours is remembered when no read found the cache
+/// caught up with it: by then the watch has delivered it or been re-listed,
+/// or the Secret is gone (a deleted pod's, which nothing reads again).
+const WRITTEN_KEPT: Duration = Duration::from_secs(600);
+/// Entries below which `Written` is not swept.
+const WRITTEN_SWEEP_FLOOR: usize = 1024;
+
+/// Our writes the cache may not have seen yet: `(resourceVersion, when)` per
+/// Secret. Swept of entries older than [`WRITTEN_KEPT`] whenever it has
+/// doubled since the last sweep, so it stays bounded under pod churn.
+struct Written {
+    entries: HashMap<(String, String), (u64, Instant)>,
+    next_sweep: usize,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self { entries: HashMap::new(), next_sweep: WRITTEN_SWEEP_FLOOR }
+    }
+}
+
+impl Written {
+    fn sweep(&mut self, now: Instant) {
+        self.entries.retain(|_, (_, at)| now.saturating_duration_since(*at) < WRITTEN_KEPT);
+        self.next_sweep = (2 * self.entries.len()).max(WRITTEN_SWEEP_FLOOR);
+    }
+}
+
 /// Coalesces concurrent writes of `data` keys per Secret.
 #[derive(Clone)]
 pub struct SecretWriter {
@@ -46,7 +75,7 @@ pub struct SecretWriter {
     pending: Arc<Mutex<HashMap<(String, String), Pending>>>,
     patches: Arc<std::sync::atomic::AtomicU64>,
     /// `resourceVersion` of our last write per Secret, until the cache has it.
-    written: Arc<Mutex<HashMap<(String, String), u64>>>,
+    written: Arc<Mutex<Written>>,
     cache: kube::runtime::reflector::Store<CredentialSecret>,
     /// Set when the leadership term that owns this writer ends.
     stopped: Arc<std::sync::atomic::AtomicBool>,
@@ -85,14 +114,21 @@ impl SecretWriter {
     /// Records a write of a Secret made elsewhere (the certificate issuer), so
     /// that reads do not return a cached version older than it.
     pub fn note_written(&self, written: &ObjectMeta) {
+        self.note_written_at(written, Instant::now());
+    }
+
+    fn note_written_at(&self, written: &ObjectMeta, now: Instant) {
         let (Some(ns), Some(name), Some(rv)) =
             (written.namespace.clone(), written.name.clone(), resource_version(written))
         else {
             return;
         };
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        let at = written.entry((ns, name)).or_insert(rv);
-        *at = (*at).max(rv);
+        let mut log = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = log.entries.entry((ns, name)).or_insert((rv, now));
+        *entry = (entry.0.max(rv), now);
+        if log.entries.len() >= log.next_sweep {
+            log.sweep(now);
+        }
     }
 
     /// What the cache says of Secret `namespace/name` once it has caught up
@@ -101,11 +137,11 @@ impl SecretWriter {
     fn cached(&self, namespace: &str, name: &str) -> Option<Option<Arc<CredentialSecret>>> {
         let cached = self.cache.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace));
         let id = (namespace.to_string(), name.to_string());
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        match (cached, written.get(&id).copied()) {
+        let mut log = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        match (cached, log.entries.get(&id).map(|(rv, _)| *rv)) {
             (cached, None) => Some(cached),
             (Some(cached), Some(ours)) if resource_version(&cached.metadata).is_some_and(|rv| rv >= ours) => {
-                written.remove(&id);
+                log.entries.remove(&id);
                 Some(Some(cached))
             }
             _ => None,
@@ -239,7 +275,6 @@ fn base64_std(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use http::{Request, Response};
     use http_body_util::BodyExt;
@@ -333,6 +368,30 @@ mod tests {
             "no patch after the stop"
         );
         assert_eq!(w.patches_sent(), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_no_read_followed_are_forgotten_after_a_while() {
+        let (w, _handle, _feed) = writer();
+        let meta = |i: usize| ObjectMeta {
+            namespace: Some("ns".into()),
+            name: Some(format!("gone-{i}")),
+            resource_version: Some("9".into()),
+            ..Default::default()
+        };
+        let start = Instant::now();
+        // Secrets of deleted pods: written once, never read again.
+        for i in 0..WRITTEN_SWEEP_FLOOR - 1 {
+            w.note_written_at(&meta(i), start);
+        }
+        let len = || w.written.lock().expect("lock").entries.len();
+        assert_eq!(len(), WRITTEN_SWEEP_FLOOR - 1, "below the floor, nothing is swept");
+        // A write long after, that reaches the floor, sweeps the old ones and
+        // keeps itself.
+        w.note_written_at(&meta(WRITTEN_SWEEP_FLOOR), start + WRITTEN_KEPT + Duration::from_secs(1));
+        assert_eq!(len(), 1);
+        let next = w.written.lock().expect("lock").next_sweep;
+        assert_eq!(next, WRITTEN_SWEEP_FLOOR, "the next sweep waits for the table to refill");
     }
 
     #[tokio::test]
