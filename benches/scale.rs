@@ -239,8 +239,7 @@ async fn main() {
     // 1. Raw Secret creates of a credential's size (certificate, key, CA).
     let raw_secrets: Api<Secret> = Api::namespaced(client.clone(), &raw_ns);
     let filler = "A".repeat(1500);
-    dump_api_metrics(&client, "raw-before").await;
-    op.dump_metrics("raw-before");
+    dump_metrics(&client, &op, "raw-before").await;
     let raw_before = api_writes(&client).await;
     let raw_start = Instant::now();
     futures::stream::iter(0..n)
@@ -256,8 +255,7 @@ async fn main() {
         .await;
     let raw = raw_start.elapsed();
     let raw_writes = write_delta(&raw_before, &api_writes(&client).await);
-    dump_api_metrics(&client, "raw-after").await;
-    op.dump_metrics("raw-after");
+    dump_metrics(&client, &op, "raw-after").await;
     let raw_rate = n as f64 / raw.as_secs_f64();
     eprintln!("[scale] raw Secret creates: {raw_rate:.1}/s");
 
@@ -305,8 +303,7 @@ async fn main() {
     create_all(half..n, concurrency, create_pod).await;
     let admit_rate = (n - half) as f64 / admit_start.elapsed().as_secs_f64();
     let backlog = watch_done(objects(secrets_meta, cred_secrets), n - half, issued(half..n));
-    dump_api_metrics(&client, "backlog-before").await;
-    op.dump_metrics("backlog-before");
+    dump_metrics(&client, &op, "backlog-before").await;
     set_lease_holder(&client, &op_ns, "").await;
     op.wait_leading().await;
     let leading = Instant::now();
@@ -314,8 +311,7 @@ async fn main() {
     let backlog_elapsed = backlog_done.values().max().copied().expect("some done").saturating_duration_since(leading);
     let backlog_first = backlog_done.values().min().copied().expect("some done").saturating_duration_since(leading);
     let backlog_writes = write_delta(&backlog_before, &api_writes(&client).await);
-    dump_api_metrics(&client, "backlog-after").await;
-    op.dump_metrics("backlog-after");
+    dump_metrics(&client, &op, "backlog-after").await;
     let backlog_rate = (n - half) as f64 / backlog_elapsed.as_secs_f64();
     let rss_creds = settled_rss(&op).await;
     let cred_op_writes = (operator_writes(&creds.writes, &[("POST pods", half as f64)])

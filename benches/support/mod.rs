@@ -116,32 +116,19 @@ impl Operator {
     }
 
     async fn wait_leader_gauge(&self, value: u8) {
-        let metrics = format!("http://127.0.0.1:{}/metrics", self.metrics);
         let line = format!("writ_leader {value}");
-        while !Command::new("curl")
-            .args(["-fs", &metrics])
-            .output()
-            // The whole sample line: the gauge's HELP text ("1 when this
-            // replica runs the controllers") also contains "writ_leader 1".
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == line))
-        {
+        // The whole sample line: the gauge's HELP text ("1 when this replica
+        // runs the controllers") also contains "writ_leader 1".
+        while !self.metrics_text().is_some_and(|text| text.lines().any(|l| l == line)) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// With `WRIT_SCALE_METRICS_DIR` set, saves the operator's `/metrics` as
-    /// `<dir>/<label>.writ.prom`, followed by the CPU seconds used so far by
-    /// it and the local control plane's processes (`# cpu <name> <seconds>`).
-    pub fn dump_metrics(&self, label: &str) {
-        let Some(dir) = std::env::var_os("WRIT_SCALE_METRICS_DIR") else { return };
+    /// The operator's `/metrics` text (`None` if it does not answer).
+    fn metrics_text(&self) -> Option<String> {
         let metrics = format!("http://127.0.0.1:{}/metrics", self.metrics);
-        let out = Command::new("curl").args(["-fs", &metrics]).output().expect("curl");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        for (name, pid) in processes(self.pid()) {
-            text.push_str(&format!("# cpu {name} {}\n", cpu_seconds(pid).unwrap_or(0.0)));
-        }
-        let path = std::path::Path::new(&dir).join(format!("{label}.writ.prom"));
-        std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, text)).expect("write metrics");
+        let out = Command::new("curl").args(["-fs", &metrics]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// POSTs an introspection request; whether the operator says `active`.
@@ -165,20 +152,34 @@ pub fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_yaml::from_str(text).expect("yaml")
 }
 
-/// With `WRIT_SCALE_METRICS_DIR` set, saves the API server's whole `/metrics`
-/// text as `<dir>/<label>.prom`, to compare what it did between two phases.
-pub async fn dump_api_metrics(client: &Client, label: &str) {
+/// With `WRIT_SCALE_METRICS_DIR` set, saves the API server's and the
+/// operator's whole `/metrics` text as `<dir>/<label>.prom` and
+/// `<dir>/<label>.writ.prom`, the latter followed by the CPU seconds used so
+/// far by the operator and the local control plane's processes
+/// (`# cpu <name> <seconds>`), to compare what they did between two phases.
+pub async fn dump_metrics(client: &Client, op: &Operator, label: &str) {
     let Some(dir) = std::env::var_os("WRIT_SCALE_METRICS_DIR") else { return };
+    let dir = std::path::Path::new(&dir);
+    let api = api_metrics_text(client).await;
+    let mut writ = op.metrics_text().unwrap_or_default();
+    for (name, pid) in processes(op.pid()) {
+        writ.push_str(&format!("# cpu {name} {}\n", cpu_seconds(pid).unwrap_or(0.0)));
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(dir.join(format!("{label}.prom")), api))
+        .and_then(|_| std::fs::write(dir.join(format!("{label}.writ.prom")), writ))
+        .expect("write metrics");
+}
+
+/// The API server's `/metrics` text.
+async fn api_metrics_text(client: &Client) -> String {
     let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(req).await.expect("API server /metrics");
-    let path = std::path::Path::new(&dir).join(format!("{label}.prom"));
-    std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, text)).expect("write metrics");
+    client.request_text(req).await.expect("API server /metrics")
 }
 
 /// Successful writes the API server has answered so far, per `verb resource[/subresource]`.
 pub async fn api_writes(client: &Client) -> HashMap<String, f64> {
-    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(req).await.expect("API server /metrics");
+    let text = api_metrics_text(client).await;
     let mut out = HashMap::new();
     for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
         let label = |k: &str| {
