@@ -16,10 +16,10 @@
 //!
 //! Measured:
 //! - pod certificate minting: `CertificateAuthority::issue` for an ECDSA P-256 pod key (keygen,
-//!   signing by the CA, PEM encoding), against ring's ECDSA P-256 signing and `openssl speed
+//!   signing by the CA, PEM encoding), against aws-lc's ECDSA P-256 signing and `openssl speed
 //!   ecdsap256`;
 //! - capability tokens: `token::sign`, `verify::verify_signed` (signature, header and claims) and
-//!   the full `Verifier::verify` (plus certificate chain, binding and grant checks), against ring's
+//!   the full `Verifier::verify` (plus certificate chain, binding and grant checks), against aws-lc's
 //!   Ed25519 over a message of the token's signing-input length and `openssl speed ed25519`.
 //!
 //! Two "what-if" rows replicate the mint path outside the crate to show where its time goes (see
@@ -29,13 +29,13 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1_SIGNING, ED25519,
+};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm, PKCS_ECDSA_P256_SHA256,
-};
-use ring::rand::{SecureRandom as _, SystemRandom};
-use ring::signature::{
-    EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1_SIGNING, ED25519,
 };
 use writ::pki::{
     spiffe_id, thumbprint, token, Actor, Capability, CertificateAuthority, CertificateIssuer as _, Claims,
@@ -205,12 +205,12 @@ impl PublicKeyData for RawP256 {
     }
 }
 
-/// A copy of `CertificateAuthority::issue` built from public rcgen/ring APIs, to split the cost of
-/// the mint path. With `ring_keygen` it makes the pod key with ring's `generate_pkcs8` alone and
+/// A copy of `CertificateAuthority::issue` built from public rcgen/aws-lc APIs, to split the cost of
+/// the mint path. With `raw_keygen` it makes the pod key with aws-lc's `generate_pkcs8` alone and
 /// hands rcgen only the public key; without it, it uses `rcgen::KeyPair::generate_for`, as
-/// `KeyAlgorithm::generate_key` does, which also loads the new key for signing (ring re-derives
-/// the public key from the private scalar to check it: one more P-256 base-point multiplication,
-/// though the pod key never signs anything during minting).
+/// `KeyAlgorithm::generate_key` does, which also loads the new key for signing (loading may check
+/// the public key against the private scalar: one more P-256 base-point multiplication, though the
+/// pod key never signs anything during minting).
 struct MintReplica {
     issuer: Issuer<'static, KeyPair>,
     bundle_pem: String,
@@ -225,7 +225,7 @@ impl MintReplica {
     }
 
     /// Returns (cert PEM, chain PEM, key PEM, thumbprint), like `IssuedCertificate`.
-    fn issue(&self, req: &PodCertificateRequest, ring_keygen: bool) -> (String, String, String, String) {
+    fn issue(&self, req: &PodCertificateRequest, raw_keygen: bool) -> (String, String, String, String) {
         req.validate().expect("valid request");
         let not_after = req.not_before + req.ttl_secs;
         let mut serial = [0u8; 16];
@@ -247,12 +247,12 @@ impl MintReplica {
         let time = |s| x509_parser::time::ASN1Time::from_timestamp(s).expect("time").to_datetime();
         params.not_before = time(req.not_before);
         params.not_after = time(not_after);
-        let (cert, key_pem) = if ring_keygen {
+        let (cert, key_pem) = if raw_keygen {
             let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.rng).expect("keygen");
-            // ring's P-256 PKCS#8 ends with the public key: BIT STRING (66 bytes) 00 04 x y.
+            // aws-lc's P-256 PKCS#8 ends with the public key: BIT STRING (66 bytes) 00 04 x y.
             let der = doc.as_ref();
             let public = &der[der.len() - 65..];
-            assert_eq!(&der[der.len() - 68..der.len() - 64], [0x03, 0x42, 0x00, 0x04], "ring PKCS#8 layout");
+            assert_eq!(&der[der.len() - 68..der.len() - 64], [0x03, 0x42, 0x00, 0x04], "aws-lc PKCS#8 layout");
             let cert = params.signed_by(&RawP256(public.to_vec()), &self.issuer).expect("sign");
             (cert, pem::encode(&pem::Pem::new("PRIVATE KEY", der)))
         } else {
@@ -315,8 +315,8 @@ fn main() {
     verifier.verify(&jwt, pod.cert_pem.as_bytes(), &attempt, now).expect("Verifier::verify");
     // The replica's certificates are as good as the real ones: they chain, carry the SPIFFE ID,
     // and their key PEM holds the certified key.
-    for ring_keygen in [false, true] {
-        let (cert_pem, _, key_pem, thumb) = replica.issue(&req, ring_keygen);
+    for raw_keygen in [false, true] {
+        let (cert_pem, _, key_pem, thumb) = replica.issue(&req, raw_keygen);
         let bound = token::sign(&signing_key, &claims(&spiffe, &thumb, now)).expect("token");
         verifier.verify(&bound, cert_pem.as_bytes(), &attempt, now).expect("replica certificate verifies");
         let key = KeyPair::from_pem(&key_pem).expect("replica key");
@@ -327,7 +327,7 @@ fn main() {
 
     let rng = SystemRandom::new();
     let p256_doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("p256");
-    let p256 = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, p256_doc.as_ref(), &rng).expect("p256");
+    let p256 = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, p256_doc.as_ref()).expect("p256");
     let digest_sized = [0x5au8; 32];
     let ed_doc = Ed25519KeyPair::generate_pkcs8(&rng).expect("ed25519");
     let ed = Ed25519KeyPair::from_pkcs8(ed_doc.as_ref()).expect("ed25519");
@@ -344,20 +344,20 @@ fn main() {
         Bench::new("  what-if replica: rcgen generate_for keygen", || {
             black_box(replica.issue(black_box(&req), false));
         }),
-        Bench::new("  what-if replica: ring generate_pkcs8 keygen", || {
+        Bench::new("  what-if replica: aws-lc generate_pkcs8 keygen", || {
             black_box(replica.issue(black_box(&req), true));
         }),
-        Bench::new("ring P-256 sign (ECDSA_P256_SHA256_ASN1)", || {
+        Bench::new("aws-lc P-256 sign (ECDSA_P256_SHA256_ASN1)", || {
             black_box(p256.sign(&rng, black_box(&digest_sized)).expect("sign"));
         }),
-        Bench::new("ring P-256 keygen + sign by CA key", || {
+        Bench::new("aws-lc P-256 keygen + sign by CA key", || {
             let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
             black_box(doc);
             black_box(p256.sign(&rng, black_box(&digest_sized)).expect("sign"));
         }),
-        Bench::new("ring P-256 keygen + load + sign (rcgen)", || {
+        Bench::new("aws-lc P-256 keygen + load + sign (rcgen)", || {
             let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("keygen");
-            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref(), &rng).expect("load");
+            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref()).expect("load");
             black_box(pair);
             black_box(p256.sign(&rng, black_box(&digest_sized)).expect("sign"));
         }),
@@ -370,28 +370,28 @@ fn main() {
         Bench::new("token verify: Verifier::verify (+cert chain)", || {
             black_box(verifier.verify(black_box(&jwt), pod.cert_pem.as_bytes(), &attempt, now).expect("verify"));
         }),
-        Bench::new(&format!("ring Ed25519 sign ({} B)", ed_msg.len()), || {
+        Bench::new(&format!("aws-lc Ed25519 sign ({} B)", ed_msg.len()), || {
             black_box(ed.sign(black_box(&ed_msg)));
         }),
-        Bench::new(&format!("ring Ed25519 verify ({} B)", ed_msg.len()), || {
+        Bench::new(&format!("aws-lc Ed25519 verify ({} B)", ed_msg.len()), || {
             ed_public.verify(black_box(&ed_msg), black_box(ed_sig.as_ref())).expect("verify");
         }),
-        Bench::new("ring Ed25519 sign (20 B, as openssl speed)", || {
+        Bench::new("aws-lc Ed25519 sign (20 B, as openssl speed)", || {
             black_box(ed.sign(black_box(&ed_msg[..20])));
         }),
-        Bench::new("ring Ed25519 verify (20 B, as openssl speed)", || {
+        Bench::new("aws-lc Ed25519 verify (20 B, as openssl speed)", || {
             ed_public.verify(black_box(&ed_msg[..20]), black_box(ed_sig20.as_ref())).expect("verify");
         }),
     ];
     const MINT: usize = 0;
-    const RING_P256_SIGN: usize = 3;
+    const LIB_P256_SIGN: usize = 3;
     const TOKEN_SIGN: usize = 6;
     const TOKEN_VERIFY: usize = 7;
     const FULL_VERIFY: usize = 8;
-    const RING_ED_SIGN: usize = 9;
-    const RING_ED_VERIFY: usize = 10;
-    const RING_ED_SIGN_20: usize = 11;
-    const RING_ED_VERIFY_20: usize = 12;
+    const LIB_ED_SIGN: usize = 9;
+    const LIB_ED_VERIFY: usize = 10;
+    const LIB_ED_SIGN_20: usize = 11;
+    const LIB_ED_VERIFY_20: usize = 12;
 
     let openssl = openssl_version();
     let mut ossl_ecdsa_sign = Series::new("openssl speed ecdsap256: sign");
@@ -405,7 +405,7 @@ fn main() {
     println!("loadavg at start: {}", read_trimmed("/proc/loadavg").unwrap_or_else(|| "unknown".into()));
     match &openssl {
         Some(v) => println!("openssl: {v}"),
-        None => println!("openssl: not found on PATH; ratios are against ring only"),
+        None => println!("openssl: not found on PATH; ratios are against aws-lc only"),
     }
     println!("token: {} bytes, signing input {} bytes", jwt.len(), signing_input.len());
 
@@ -469,20 +469,20 @@ fn main() {
         ratio_line("token_sign_vs_openssl", s(TOKEN_SIGN), &ossl_ed_sign, Some(2.5), "");
         ratio_line("token_verify_vs_openssl", s(TOKEN_VERIFY), &ossl_ed_verify, Some(2.0), "");
         ratio_line("full_verify_vs_openssl", s(FULL_VERIFY), &ossl_ed_verify, None, "");
-        ratio_line("ring_ecdsa_sign_vs_openssl", s(RING_P256_SIGN), &ossl_ecdsa_sign, None, "");
-        ratio_line("ring_ed25519_sign_vs_openssl", s(RING_ED_SIGN), &ossl_ed_sign, None, "");
-        ratio_line("ring_ed25519_verify_vs_openssl", s(RING_ED_VERIFY), &ossl_ed_verify, None, "");
-        ratio_line("ring_ed25519_sign_20B_vs_openssl", s(RING_ED_SIGN_20), &ossl_ed_sign, None, "");
-        ratio_line("ring_ed25519_verify_20B_vs_openssl", s(RING_ED_VERIFY_20), &ossl_ed_verify, None, "");
-        ratio_line("mint_vs_ring_ecdsa_sign", s(MINT), s(RING_P256_SIGN), None, "");
-        ratio_line("token_sign_vs_ring_ed25519_sign", s(TOKEN_SIGN), s(RING_ED_SIGN), None, "");
-        ratio_line("token_verify_vs_ring_ed25519_verify", s(TOKEN_VERIFY), s(RING_ED_VERIFY), None, "");
+        ratio_line("awslc_ecdsa_sign_vs_openssl", s(LIB_P256_SIGN), &ossl_ecdsa_sign, None, "");
+        ratio_line("awslc_ed25519_sign_vs_openssl", s(LIB_ED_SIGN), &ossl_ed_sign, None, "");
+        ratio_line("awslc_ed25519_verify_vs_openssl", s(LIB_ED_VERIFY), &ossl_ed_verify, None, "");
+        ratio_line("awslc_ed25519_sign_20B_vs_openssl", s(LIB_ED_SIGN_20), &ossl_ed_sign, None, "");
+        ratio_line("awslc_ed25519_verify_20B_vs_openssl", s(LIB_ED_VERIFY_20), &ossl_ed_verify, None, "");
+        ratio_line("mint_vs_awslc_ecdsa_sign", s(MINT), s(LIB_P256_SIGN), None, "");
+        ratio_line("token_sign_vs_awslc_ed25519_sign", s(TOKEN_SIGN), s(LIB_ED_SIGN), None, "");
+        ratio_line("token_verify_vs_awslc_ed25519_verify", s(TOKEN_VERIFY), s(LIB_ED_VERIFY), None, "");
     } else {
-        println!("openssl unavailable: targets are defined against openssl, shown here against ring instead");
+        println!("openssl unavailable: targets are defined against openssl, shown here against aws-lc instead");
         let note = " (target defined vs openssl)";
-        ratio_line("mint_vs_ring_ecdsa_sign", s(MINT), s(RING_P256_SIGN), Some(0.5), note);
-        ratio_line("token_sign_vs_ring", s(TOKEN_SIGN), s(RING_ED_SIGN), Some(2.5), note);
-        ratio_line("token_verify_vs_ring", s(TOKEN_VERIFY), s(RING_ED_VERIFY), Some(2.0), note);
+        ratio_line("mint_vs_awslc_ecdsa_sign", s(MINT), s(LIB_P256_SIGN), Some(0.5), note);
+        ratio_line("token_sign_vs_awslc", s(TOKEN_SIGN), s(LIB_ED_SIGN), Some(2.5), note);
+        ratio_line("token_verify_vs_awslc", s(TOKEN_VERIFY), s(LIB_ED_VERIFY), Some(2.0), note);
     }
     ratio_line("full_verify_vs_token_verify", s(FULL_VERIFY), s(TOKEN_VERIFY), None, "");
 }

@@ -1,7 +1,7 @@
 //! Admission webhook throughput and latency over HTTPS on loopback.
 //!
 //! The real webhook router (`writ::webhook::router`) is served by the real TLS
-//! stack (`writ::webhook::server::serve_tls`, rustls + ring, hyper http1) on
+//! stack (`writ::webhook::server::serve_tls`, rustls + aws-lc-rs, hyper http1) on
 //! 127.0.0.1, with a `Shared` whose caches hold a realistic namespace (64
 //! AgentIdentities, 24 DelegationPolicies, plus two more namespaces of noise).
 //! A static responder (the same `serve_tls`, an axum router returning a fixed
@@ -537,11 +537,12 @@ fn client_tls(bundle_pem: &str) -> Arc<rustls::ClientConfig> {
     for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
         roots.add(cert.expect("CA PEM")).expect("CA cert");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
@@ -987,7 +988,7 @@ async fn bench(setup: Setup, handlers: Vec<String>) {
     println!(
         "machine: {cores} cores; server runtime 2 workers, load generator runtime 2 workers + pacer thread (same cores)"
     );
-    println!("TLS: rustls/ring via writ::webhook::server::serve_tls on 127.0.0.1, HTTP/1.1 keep-alive");
+    println!("TLS: rustls/aws-lc-rs via writ::webhook::server::serve_tls on 127.0.0.1, HTTP/1.1 keep-alive");
     println!();
 
     for line in handlers {

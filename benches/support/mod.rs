@@ -12,7 +12,7 @@ use kube::Client;
 
 /// A client for the cluster in KUBECONFIG, or exit 2 with a hint.
 pub async fn cluster_client(bench: &str) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match Client::try_default().await {
         Ok(c) if c.apiserver_version().await.is_ok() => c,
         _ => {

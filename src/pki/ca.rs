@@ -260,17 +260,18 @@ impl rcgen::PublicKeyData for RawP256 {
     }
 }
 
-/// For ECDSA P-256: a new PKCS#8 key from ring and its public key, read from
-/// the document ring wrote (it ends with `BIT STRING 00 04 x y`). `None` for
+/// For ECDSA P-256: a new PKCS#8 key from aws-lc-rs and its public key, read from
+/// the document it wrote (it ends with `BIT STRING 00 04 x y`). `None` for
 /// other algorithms, or if the layout is not the expected one (then the
 /// caller takes the general path).
 fn fresh_p256_key(algorithm: KeyAlgorithm) -> Result<Option<(Vec<u8>, RawP256)>, PkiError> {
     if algorithm != KeyAlgorithm::EcdsaP256 {
         return Ok(None);
     }
-    let rng = ring::rand::SystemRandom::new();
-    let doc = ring::signature::EcdsaKeyPair::generate_pkcs8(&ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-        .map_err(|_| PkiError::Random)?;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let doc =
+        aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|_| PkiError::Random)?;
     let der = doc.as_ref();
     if der.len() < 68 || der[der.len() - 68..der.len() - 64] != [0x03, 0x42, 0x00, 0x04] {
         return Ok(None);

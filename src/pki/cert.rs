@@ -260,7 +260,7 @@ impl CertificateInfo {
 
 /// The RFC 8705 `x5t#S256` thumbprint of a DER certificate: base64url (no padding) of its SHA-256.
 pub fn thumbprint(der: &[u8]) -> String {
-    b64url(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+    b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
 }
 
 /// The SPIFFE ID of an agent: `spiffe://<trust_domain>/ns/<namespace>/agent/<agent>`.

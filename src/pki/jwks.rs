@@ -58,7 +58,7 @@ impl Jwk {
     /// members for OKP keys, in lexicographic order, no whitespace).
     pub fn thumbprint(&self) -> String {
         let canonical = serde_json::json!({"crv": self.crv, "kty": self.kty, "x": self.x}).to_string();
-        b64url(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+        b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
     }
 
     fn ed25519_thumbprint_of_x(x: &str) -> String {

@@ -11,8 +11,8 @@
 //! - [`token`]: Ed25519 [`SigningKey`]s, the capability token [`Claims`] and compact JWS signing.
 //! - [`jwks`]: RFC 7517 JSON Web Keys and the rotating [`KeySet`].
 //!
-//! One crypto backend is used throughout: `ring` (directly, and through `rcgen` and
-//! `x509-parser`'s `verify` feature).
+//! One crypto backend is used throughout: `aws-lc-rs` (directly, and through `rcgen` and
+//! `x509-parser`'s `verify-aws` feature).
 
 pub mod ca;
 pub mod cert;
@@ -114,6 +114,11 @@ pub(crate) fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Appends base64url without padding of `bytes` to `out`.
+pub(crate) fn b64url_into(bytes: &[u8], out: &mut String) {
+    URL_SAFE_NO_PAD.encode_string(bytes, out);
+}
+
 /// Strict base64url-without-padding decoding (padding and non-canonical trailing bits rejected).
 pub(crate) fn b64url_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     URL_SAFE_NO_PAD.decode(s)
@@ -121,9 +126,9 @@ pub(crate) fn b64url_decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
 
 /// Fills `N` bytes from the system random number generator.
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
-    use ring::rand::SecureRandom as _;
+    use aws_lc_rs::rand::SecureRandom as _;
     let mut buf = [0u8; N];
-    ring::rand::SystemRandom::new().fill(&mut buf).map_err(|_| PkiError::Random)?;
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut buf).map_err(|_| PkiError::Random)?;
     Ok(buf)
 }
 

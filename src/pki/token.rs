@@ -8,10 +8,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::pki::{b64url, b64url_decode, random_bytes, Jwk, PkiError};
+use crate::pki::{b64url, b64url_decode, b64url_into, random_bytes, Jwk, PkiError};
 
 /// The only JWS algorithm Writ signs or accepts.
 pub const ALG_EDDSA: &str = "EdDSA";
@@ -30,6 +30,8 @@ pub struct SigningKey {
     pair: Arc<Ed25519KeyPair>,
     pkcs8: Arc<Vec<u8>>,
     kid: String,
+    /// `base64url` of this key's JOSE header, the same for every token it signs.
+    encoded_header: Arc<str>,
 }
 
 impl fmt::Debug for SigningKey {
@@ -41,18 +43,20 @@ impl fmt::Debug for SigningKey {
 impl SigningKey {
     /// Generates a new random key.
     pub fn generate() -> Result<Self, PkiError> {
-        let rng = ring::rand::SystemRandom::new();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| PkiError::Random)?;
         Self::from_pkcs8_der(doc.as_ref())
     }
 
-    /// Loads a key from unencrypted PKCS#8 DER (v2 as ring writes it, or v1 as OpenSSL writes it).
+    /// Loads a key from unencrypted PKCS#8 DER (v2 with the public key, as ring and aws-lc write it, or v1 as OpenSSL does).
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, PkiError> {
         let pair = Ed25519KeyPair::from_pkcs8(der)
             .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der))
             .map_err(|e| PkiError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))?;
         let kid = Jwk::thumbprint_for(pair.public_key().as_ref());
-        Ok(SigningKey { pair: Arc::new(pair), pkcs8: Arc::new(der.to_vec()), kid })
+        let header = Header { alg: ALG_EDDSA.into(), typ: Some("JWT".into()), kid: Some(kid.clone()) };
+        let encoded_header = b64url(&serde_json::to_vec(&header)?).into();
+        Ok(SigningKey { pair: Arc::new(pair), pkcs8: Arc::new(der.to_vec()), kid, encoded_header })
     }
 
     /// Loads a key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
@@ -220,13 +224,17 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 
 /// Signs `claims` with `key` into a compact JWS (`header.payload.signature`).
 pub fn sign(key: &SigningKey, claims: &Claims) -> Result<String, PkiError> {
-    let header = Header { alg: ALG_EDDSA.into(), typ: Some("JWT".into()), kid: Some(key.kid().to_owned()) };
-    let mut token = b64url(&serde_json::to_vec(&header)?);
+    let mut payload = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut payload, claims)?;
+    // header "." payload "." signature, each base64url without padding; one allocation.
+    let header = &*key.encoded_header;
+    let mut token = String::with_capacity(header.len() + payload.len().div_ceil(3) * 4 + 2 + 86);
+    token.push_str(header);
     token.push('.');
-    token.push_str(&b64url(&serde_json::to_vec(claims)?));
-    let signature = key.sign_bytes(token.as_bytes());
+    b64url_into(&payload, &mut token);
+    let signature = key.pair.sign(token.as_bytes());
     token.push('.');
-    token.push_str(&b64url(&signature));
+    b64url_into(signature.as_ref(), &mut token);
     Ok(token)
 }
 
@@ -314,7 +322,8 @@ pub(crate) mod tests {
         assert_eq!(header, Header { alg: "EdDSA".into(), typ: Some("JWT".into()), kid: Some(key.kid().into()) });
         assert_eq!(decoded, claims);
         let parsed = parse(&token).expect("parse");
-        let public = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public_key_bytes());
+        let public =
+            aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key.public_key_bytes());
         public.verify(parsed.signing_input.as_bytes(), &parsed.signature).expect("signature verifies");
     }
 
@@ -377,7 +386,7 @@ pub(crate) mod tests {
         assert_eq!(jwk.kid, key.kid());
         assert_eq!(jwk.thumbprint(), key.kid());
         let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64url(key.public_key_bytes()));
-        let expected = b64url(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
+        let expected = b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref());
         assert_eq!(key.kid(), expected);
     }
 

@@ -371,7 +371,7 @@ pub fn verify_signed(token: &str, jwks: &JwkSet, now: i64, skew: i64) -> Result<
     }
     let kid = parsed.header.kid.clone().unwrap_or_default();
     let key = jwks.find(&kid).and_then(|k| k.ed25519_public_key()).ok_or(VerifyError::UnknownKey(kid))?;
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key)
         .verify(parsed.signing_input.as_bytes(), &parsed.signature)
         .map_err(|_| VerifyError::Signature)?;
     let claims = parsed.claims;

@@ -40,7 +40,7 @@ where
 /// created in advance to claim another pod's Secret.
 pub fn credential_secret_name() -> String {
     let mut bytes = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut bytes);
     let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("writ-cred-{suffix}")
 }

@@ -1,5 +1,5 @@
 //! The HTTPS listener shared by the webhooks and the trust endpoints: rustls
-//! (TLS 1.2+ only, ring provider) with a reloadable serving certificate.
+//! (TLS 1.2+ only, aws-lc-rs provider) with a reloadable serving certificate.
 
 use std::{
     net::SocketAddr,
@@ -54,7 +54,7 @@ impl CertSlot {
         }
         let key =
             PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| ServerError::Certificate(e.to_string()))?;
-        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
             .map_err(|e| ServerError::Certificate(e.to_string()))?;
         let mut slot = self.0.write().unwrap_or_else(|e| e.into_inner());
         *slot = Some(Arc::new(CertifiedKey::new(chain, signer)));
@@ -73,10 +73,10 @@ impl ResolvesServerCert for CertSlot {
     }
 }
 
-/// A rustls server configuration: TLS 1.2 and 1.3 only, the ring provider,
+/// A rustls server configuration: TLS 1.2 and 1.3 only, the aws-lc-rs provider,
 /// certificates from `slot`.
 pub fn tls_config(slot: Arc<CertSlot>) -> Result<Arc<ServerConfig>, ServerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ServerError::Certificate(e.to_string()))?

@@ -42,7 +42,7 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
 fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 fn reachable(kubeconfig: &Path) -> bool {
@@ -186,7 +186,7 @@ impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
         let suffix: String = {
             let mut b = [0u8; 4];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
+            aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b).expect("random");
             b.iter().map(|x| format!("{x:02x}")).collect()
         };
         let name = format!("wt-{}-{suffix}", prefix.replace('_', "-"));

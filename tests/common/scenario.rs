@@ -133,6 +133,6 @@ pub fn apply_as(c: &Cluster, user: Option<&str>, ns: &str, manifest: &str) -> (b
 
 fn rand_suffix() -> String {
     let mut b = [0u8; 6];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("random");
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b).expect("random");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
