@@ -179,12 +179,11 @@ async fn main() {
         created.iter().map(|(name, t)| active[name].saturating_duration_since(*t)).collect();
     latencies.sort();
 
-    let raw_rate = N as f64 / raw.as_secs_f64();
-    let grant_rate = N as f64 / grants_elapsed.as_secs_f64();
+    let rate = |d: Duration| N as f64 / d.as_secs_f64();
+    let (raw_rate, grant_rate) = (rate(raw), rate(grants_elapsed));
     let ratio = grant_rate / raw_rate;
     println!("grants bench: {N} objects each, concurrency {CONCURRENCY}, one client, real API server");
     println!("raw ConfigMap creates            {raw_rate:>8.1} /s  ({:.2} s)", raw.as_secs_f64());
-    let rate = |d: Duration| N as f64 / d.as_secs_f64();
     let (bare_rate, status_rate, created_rate) = (rate(bare_creates), rate(bare_status), rate(creates_done));
     println!("raw CapabilityGrant creates (no webhook, no operator) {bare_rate:>8.1} /s");
     println!("raw CapabilityGrant status writes (server-side apply)  {status_rate:>8.1} /s");

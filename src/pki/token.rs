@@ -228,7 +228,7 @@ pub fn sign(key: &SigningKey, claims: &Claims) -> Result<String, PkiError> {
     serde_json::to_writer(&mut payload, claims)?;
     // header "." payload "." signature, each base64url without padding; one allocation.
     let header = &*key.encoded_header;
-    let mut token = String::with_capacity(header.len() + payload.len().div_ceil(3) * 4 + 2 + 86);
+    let mut token = String::with_capacity(header.len() + 1 + b64url_len(payload.len()) + 1 + b64url_len(64));
     token.push_str(header);
     token.push('.');
     b64url_into(&payload, &mut token);
@@ -236,6 +236,11 @@ pub fn sign(key: &SigningKey, claims: &Claims) -> Result<String, PkiError> {
     token.push('.');
     b64url_into(signature.as_ref(), &mut token);
     Ok(token)
+}
+
+/// Length of `n` bytes in base64url without padding.
+const fn b64url_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
 }
 
 /// A compact JWS split and decoded, signature not yet checked.
