@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference, ByteString};
 use kube::{
     api::{Api, ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::controller::Action,
+    runtime::{controller::Action, reflector::ObjectRef},
     Resource, ResourceExt,
 };
 
@@ -131,6 +131,34 @@ pub fn stored_tokens(secret: &Secret) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Agent pods whose stored certificate is due for rotation at `now` (unix
+/// seconds), or no longer fits its identity: the sweep that rotates them,
+/// each second, instead of a requeue kept per pod (see [`super::intake`]).
+/// Pods with nothing stored yet, finished pods and pods whose identity is
+/// gone are left to the changes that concern them.
+pub fn rotations_due(
+    shared: &crate::runtime::Shared,
+    secrets: &kube::runtime::reflector::Store<CredentialSecret>,
+    now: i64,
+) -> Vec<ObjectRef<AgentPod>> {
+    let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
+    shared
+        .pods
+        .state()
+        .iter()
+        .filter(|pod| {
+            let (Some(agent), Some(secret)) = (pod.agent(), pod.credential_secret()) else { return false };
+            let namespace = pod.namespace().unwrap_or_default();
+            let Some(stored) = secrets.get(&ObjectRef::new(secret).within(&namespace)) else { return false };
+            let Some(cert) = stored.certificate() else { return false };
+            let identity = shared.identity(&namespace, agent);
+            let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, agent);
+            plan_pod(pod, identity.as_deref(), Some(cert), &spiffe, max_ttl, now) == PodPlan::Issue { rotation: true }
+        })
+        .map(|pod| ObjectRef::from_obj(&**pod))
+        .collect()
+}
+
 /// Reconciles one agent pod.
 pub async fn reconcile(pod: Arc<AgentPod>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -179,17 +207,18 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
                 }
                 Ok(Action::await_change())
             }
-            PodPlan::Keep { rotate_at } => Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64))),
+            // The rotation is found by the sweep ([`rotations_due`]), not kept as a requeue.
+            PodPlan::Keep { .. } => Ok(Action::await_change()),
             PodPlan::Issue { rotation } => {
                 let Some(identity) = identity.as_deref() else { return Ok(Action::await_change()) };
                 let first = secret.is_none();
                 let issued = issue(ctx, pod, identity, &secret_name, &spiffe, (rotation, first, from_api), now).await?;
-                let Some(rotate_at) = issued else {
+                if issued.is_none() {
                     // The Secret exists after all: decide again on what it holds.
                     from_api = true;
                     continue;
-                };
-                Ok(Action::requeue(Duration::from_secs((rotate_at - now).max(1) as u64)))
+                }
+                Ok(Action::await_change())
             }
         };
     }
@@ -501,13 +530,15 @@ mod tests {
         iw.apply_watcher_event(&watcher::Event::Apply(identity));
         let (secrets, mut sw) = reflector::store::<CredentialSecret>();
         sw.apply_watcher_event(&watcher::Event::InitDone);
+        let (pods, mut pw) = reflector::store::<AgentPod>();
+        pw.apply_watcher_event(&watcher::Event::Apply((*pod()).clone()));
         let shared = Arc::new(Shared::new(
             client.clone(),
             config,
             identities,
             reflector::store().0,
             reflector::store().0,
-            reflector::store().0,
+            pods,
             trust,
             revocations,
             Arc::new(Metrics::default()),
@@ -568,14 +599,25 @@ mod tests {
         // but the cache has not seen it.
         *existing.lock().expect("existing") = Some(credential_secret(&ctx, &pod));
         log.lock().expect("log").clear();
-        let action = reconcile(pod, ctx.clone()).await.expect("reconciled");
+        let action = reconcile(pod.clone(), ctx.clone()).await.expect("reconciled");
         let secrets = format!("/api/v1/namespaces/{NS}/secrets");
         assert_eq!(
             credential_requests(&log),
             vec![(Method::POST, secrets.clone()), (Method::GET, format!("{secrets}/{SECRET}"))],
             "no read before the create; after its 409, one read and no overwrite of a valid credential"
         );
-        assert_ne!(action, Action::await_change(), "the kept certificate's rotation is scheduled");
+        assert_eq!(action, Action::await_change(), "no requeue is kept per pod");
+
+        // Its rotation is found by the sweep, from the cached credential.
+        let stored = existing.lock().expect("existing").clone().expect("stored");
+        let stored = CredentialSecret::from(serde_json::from_value::<Secret>(stored).expect("secret"));
+        let not_after = stored.certificate().expect("a certificate").not_after;
+        let (secrets, mut writer) = reflector::store::<CredentialSecret>();
+        writer.apply_watcher_event(&watcher::Event::Apply(stored));
+        let now = pki::now_unix();
+        assert!(rotations_due(&ctx.shared, &secrets, now).is_empty(), "not due while the certificate is fresh");
+        let due = rotations_due(&ctx.shared, &secrets, not_after);
+        assert_eq!(due, vec![ObjectRef::from_obj(&*pod)], "due by its expiry");
     }
 
     #[tokio::test]

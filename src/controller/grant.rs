@@ -258,7 +258,8 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         }
     }
     write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens).await?;
-    Ok(Action::requeue(Duration::from_secs((expires_at - now).max(0) as u64) + Duration::from_millis(50)))
+    // The expiry is found by the sweep ([`expired`]), not kept as a requeue.
+    Ok(Action::await_change())
 }
 
 /// The AgentIdentities and (not deleting) DelegationPolicies of a namespace,
@@ -658,6 +659,25 @@ pub fn grants_where(
         .state()
         .iter()
         .filter(|g| g.namespace().as_deref() == Some(ns) && f(g))
+        .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
+        .collect()
+}
+
+/// Active grants whose status says they expired by `now` (unix seconds):
+/// the sweep that ends them, each second, instead of a requeue kept per
+/// active grant (see [`super::intake`]).
+pub fn expired(
+    grants: &kube::runtime::reflector::Store<CapabilityGrant>,
+    now: i64,
+) -> Vec<kube::runtime::reflector::ObjectRef<CapabilityGrant>> {
+    grants
+        .state()
+        .iter()
+        .filter(|g| {
+            g.status.as_ref().is_some_and(|s| {
+                s.phase == GrantPhase::Active && s.expires_at.as_ref().is_some_and(|exp| unix(exp) <= now)
+            })
+        })
         .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
         .collect()
 }

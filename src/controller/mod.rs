@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod events;
 pub mod grant;
 pub mod identity;
+pub mod intake;
 
 use std::sync::Arc;
 

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy, GrantPhase, AGENT_LABEL},
-    controller::{self, credentials, Context},
+    controller::{self, credentials, intake, intake::Intake, Context},
     publish::{self, revocations::RevocationStore},
     trust::Trust,
     webhook::{self, register, server},
@@ -379,6 +379,38 @@ const RECONCILES_IN_FLIGHT: u16 = 32;
 /// grants queued behind those at 32 (p99 time to Active 26 s at 10k).
 const GRANT_RECONCILES_IN_FLIGHT: u16 = 256;
 
+/// Requests a controller's intake lets into kube's scheduler, per reconcile
+/// it runs at a time (see [`Intake`]).
+const INTAKE_PER_RECONCILE: usize = 4;
+/// How often the caches are swept for timed work: certificates due for
+/// rotation, grants past their expiry.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// A reference to every cached object each time `passes` asks (a full pass),
+/// read from the cache as the intake takes them.
+fn every_object<K>(
+    passes: impl futures::Stream<Item = ()> + Send + 'static,
+    store: kube::runtime::reflector::Store<K>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    passes.flat_map(move |()| futures::stream::iter(store.state()).map(|obj| ObjectRef::from_obj(&*obj)))
+}
+
+/// The owners of kind `K` that `obj` names in its owner references.
+fn owners<K>(obj: &impl kube::Resource) -> Vec<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let meta = obj.meta();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .filter_map(|owner| ObjectRef::from_owner_ref(meta.namespace.as_deref(), owner, ()))
+        .collect()
+}
+
 /// The kinds every replica watches.
 struct Caches {
     identities: Cache<AgentIdentity>,
@@ -430,7 +462,11 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // bounded: each holds an API connection, and a backlog of thousands of
     // pods (a new leader, a re-list) reconciled all at once had the operator
     // open thousands of TLS connections, several times the memory of its
-    // caches, for a slower result than a few dozen at a time.
+    // caches, for a slower result than a few dozen at a time. What waits
+    // behind them waits in an `Intake` (at most `INTAKE_PER_RECONCILE` times
+    // as many requests go into kube's scheduler, whose tables never shrink),
+    // and timed work (rotations, expiries) is found by a sweep of the caches
+    // each second rather than kept there as a requeue per object.
     let bounded = |n| kube::runtime::controller::Config::default().concurrency(n);
     let (resync, all) = Resync::channel();
     let pods_store = shared.pods.clone();
@@ -441,32 +477,62 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // reconciles while new pods waited for their credentials.
     let pod_identity_gate = controller::GenerationGate::default();
     let identity_cache = shared.identities.clone();
-    let pods = Controller::for_shared_stream(caches.pods.changes(&resync), caches.pods.store())
-        .owns_shared_stream(secrets.changes(&resync))
-        .watches_shared_stream(caches.identities.changes(&resync), move |id| {
-            if !pod_identity_gate.changed(id.as_ref(), &identity_cache) {
-                return Vec::new();
-            }
-            let ns = id.namespace().unwrap_or_default();
-            let name = id.name_any();
-            pods_store
-                .state()
-                .iter()
-                .filter(|p| p.namespace().as_deref() == Some(&ns) && p.agent() == Some(name.as_str()))
-                .map(|p| ObjectRef::from_obj(&**p))
-                .collect::<Vec<_>>()
-        })
-        .reconcile_all_on(all)
+    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(RECONCILES_IN_FLIGHT));
+    let requests = futures::stream::select_all([
+        caches.pods.changes(&resync).map(|p| ObjectRef::from_obj(&*p)).boxed(),
+        secrets.changes(&resync).flat_map(|s| futures::stream::iter(owners::<AgentPod>(&*s))).boxed(),
+        caches
+            .identities
+            .changes(&resync)
+            .flat_map(move |id| {
+                if !pod_identity_gate.changed(id.as_ref(), &identity_cache) {
+                    return futures::stream::iter(Vec::new());
+                }
+                let ns = id.namespace().unwrap_or_default();
+                let name = id.name_any();
+                futures::stream::iter(
+                    pods_store
+                        .state()
+                        .iter()
+                        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.agent() == Some(name.as_str()))
+                        .map(|p| ObjectRef::from_obj(&**p))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .boxed(),
+        every_object(all, caches.pods.store()).boxed(),
+        {
+            let (shared, secrets) = (shared.clone(), secrets.store());
+            intake::every(SWEEP)
+                .flat_map(move |()| {
+                    futures::stream::iter(credentials::rotations_due(&shared, &secrets, crate::pki::now_unix()))
+                })
+                .boxed()
+        },
+    ]);
+    let pods = Controller::for_shared_stream(futures::stream::pending(), caches.pods.store())
+        .reconcile_on(intake.feed(requests))
         .with_config(bounded(RECONCILES_IN_FLIGHT))
         .run(credentials::reconcile, credentials::error_policy, ctx.clone())
-        .for_each(|_| future::ready(()));
+        .for_each(move |result| {
+            intake.done(&result);
+            future::ready(())
+        });
 
     let (resync, all) = Resync::channel();
-    let secrets_controller = Controller::for_shared_stream(secrets.changes(&resync), secrets.store())
-        .reconcile_all_on(all)
+    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(RECONCILES_IN_FLIGHT));
+    let requests = futures::stream::select(
+        secrets.changes(&resync).map(|s| ObjectRef::from_obj(&*s)),
+        every_object(all, secrets.store()),
+    );
+    let secrets_controller = Controller::for_shared_stream(futures::stream::pending(), secrets.store())
+        .reconcile_on(intake.feed(requests))
         .with_config(bounded(RECONCILES_IN_FLIGHT))
         .run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone())
-        .for_each(|_| future::ready(()));
+        .for_each(move |result| {
+            intake.done(&result);
+            future::ready(())
+        });
 
     let (resync, all) = Resync::channel();
     let identities = Controller::for_shared_stream(caches.identities.changes(&resync), caches.identities.store())
@@ -483,7 +549,8 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         .run(controller::identity::reconcile, controller::identity::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let (g1, g2, g3, g4, g5) = (
+    let (g1, g2, g3, g4, g5, g6) = (
+        shared.grants.clone(),
         shared.grants.clone(),
         shared.grants.clone(),
         shared.grants.clone(),
@@ -493,39 +560,67 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
     let (identity_cache, policy_cache) = (shared.identities.clone(), shared.policies.clone());
     let (resync, all) = Resync::channel();
-    let grants = Controller::for_shared_stream(caches.grants.changes(&resync), caches.grants.store())
-        .watches_shared_stream(caches.pods.changes(&resync), move |p| {
-            // The grants that bind this pod: its agent's, unless bound to another pod.
-            let agent = p.agent().unwrap_or_default().to_string();
-            let pod = p.name_any();
-            controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| {
-                g.spec.agent == agent && g.spec.pod.as_ref().is_none_or(|bound| *bound == pod)
+    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(GRANT_RECONCILES_IN_FLIGHT));
+    let each = |refs: Vec<ObjectRef<CapabilityGrant>>| futures::stream::iter(refs);
+    let requests = futures::stream::select_all([
+        caches.grants.changes(&resync).map(|g| ObjectRef::from_obj(&*g)).boxed(),
+        caches
+            .pods
+            .changes(&resync)
+            .flat_map(move |p| {
+                // The grants that bind this pod: its agent's, unless bound to another pod.
+                let agent = p.agent().unwrap_or_default().to_string();
+                let pod = p.name_any();
+                each(controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| {
+                    g.spec.agent == agent && g.spec.pod.as_ref().is_none_or(|bound| *bound == pod)
+                }))
             })
-        })
-        .watches_shared_stream(secrets.changes(&resync), move |s| controller::grant::grants_for_secret(&g2, &s))
-        .watches_shared_stream(caches.grants.changes(&resync), move |parent| {
-            let name = parent.name_any();
-            controller::grant::grants_where(&g3, &parent.namespace().unwrap_or_default(), |g| {
-                g.spec.parent.as_deref() == Some(&name)
+            .boxed(),
+        secrets.changes(&resync).flat_map(move |s| each(controller::grant::grants_for_secret(&g2, &s))).boxed(),
+        caches
+            .grants
+            .changes(&resync)
+            .flat_map(move |parent| {
+                let name = parent.name_any();
+                each(controller::grant::grants_where(&g3, &parent.namespace().unwrap_or_default(), |g| {
+                    g.spec.parent.as_deref() == Some(&name)
+                }))
             })
-        })
-        .watches_shared_stream(caches.identities.changes(&resync), move |id| {
-            if !identity_gate.changed(id.as_ref(), &identity_cache) {
-                return Vec::new();
-            }
-            let name = id.name_any();
-            controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| g.spec.agent == name)
-        })
-        .watches_shared_stream(caches.policies.changes(&resync), move |p| {
-            if !policy_gate.changed(p.as_ref(), &policy_cache) {
-                return Vec::new();
-            }
-            controller::grant::grants_where(&g5, &p.namespace().unwrap_or_default(), |_| true)
-        })
-        .reconcile_all_on(all)
+            .boxed(),
+        caches
+            .identities
+            .changes(&resync)
+            .flat_map(move |id| {
+                if !identity_gate.changed(id.as_ref(), &identity_cache) {
+                    return each(Vec::new());
+                }
+                let name = id.name_any();
+                each(controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| {
+                    g.spec.agent == name
+                }))
+            })
+            .boxed(),
+        caches
+            .policies
+            .changes(&resync)
+            .flat_map(move |p| {
+                if !policy_gate.changed(p.as_ref(), &policy_cache) {
+                    return each(Vec::new());
+                }
+                each(controller::grant::grants_where(&g5, &p.namespace().unwrap_or_default(), |_| true))
+            })
+            .boxed(),
+        every_object(all, caches.grants.store()).boxed(),
+        intake::every(SWEEP).flat_map(move |()| each(controller::grant::expired(&g6, crate::pki::now_unix()))).boxed(),
+    ]);
+    let grants = Controller::for_shared_stream(futures::stream::pending(), caches.grants.store())
+        .reconcile_on(intake.feed(requests))
         .with_config(bounded(GRANT_RECONCILES_IN_FLIGHT))
         .run(controller::grant::reconcile, controller::grant::error_policy, ctx.clone())
-        .for_each(|_| future::ready(()));
+        .for_each(move |result| {
+            intake.done(&result);
+            future::ready(())
+        });
 
     tracing::info!("controllers started");
     tokio::join!(pods, secrets_controller, identities, grants);
