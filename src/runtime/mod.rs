@@ -38,6 +38,7 @@ use served_as;
 
 mod agent_pod;
 pub mod cache;
+mod client;
 pub mod config;
 mod credential_secret;
 pub mod leader;

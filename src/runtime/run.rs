@@ -135,7 +135,8 @@ async fn register_webhooks(client: &Client, config: &RunConfig, ca_bundle: &[u8]
 /// Runs the operator until SIGINT/SIGTERM.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(config = %config.summary(), "starting writ");
-    let client = Client::try_default().await.context("connecting to the API server (KUBECONFIG or in-cluster)")?;
+    let kubeconfig = kube::Config::infer().await.context("reading KUBECONFIG or the in-cluster configuration")?;
+    let client = super::client::build(kubeconfig).context("connecting to the API server")?;
     let serving = Arc::new(server::CertSlot::default());
 
     // Listeners first, so a port clash fails fast and /healthz answers during bootstrap.
