@@ -213,7 +213,7 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
                 let Some(identity) = identity.as_deref() else { return Ok(Action::await_change()) };
                 let first = secret.is_none();
                 let issued = issue(ctx, pod, identity, &secret_name, &spiffe, (rotation, first, from_api), now).await?;
-                if issued.is_none() {
+                if !issued {
                     // The Secret exists after all: decide again on what it holds.
                     from_api = true;
                     continue;
@@ -225,9 +225,9 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
 }
 
 /// Mints a certificate for `pod` and writes its credential Secret; returns
-/// when to rotate it. `first`: the Secret was not found, so it is created;
+/// whether it wrote. `first`: the Secret was not found, so it is created;
 /// if it exists after all (409) and `from_api` is false (absence was the
-/// cache's word), returns `None` without writing, for the caller to read it
+/// cache's word), returns `false` without writing, for the caller to read it
 /// from the API server and decide again. Otherwise the Secret is applied.
 async fn issue(
     ctx: &Context,
@@ -237,7 +237,7 @@ async fn issue(
     spiffe: &str,
     (rotation, first, from_api): (bool, bool, bool),
     now: i64,
-) -> Result<Option<i64>, Error> {
+) -> Result<bool, Error> {
     let shared = &ctx.shared;
     let namespace = pod.namespace().unwrap_or_default();
     let ttl = identity.spec.credential.ttl.as_secs_i64().min(shared.config.max_credential_ttl.as_secs_i64());
@@ -298,7 +298,7 @@ async fn issue(
         let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
         match api.create(&params, &secret).await {
             Ok(written) => Some(written),
-            Err(kube::Error::Api(e)) if e.code == 409 && !from_api => return Ok(None),
+            Err(kube::Error::Api(e)) if e.code == 409 && !from_api => return Ok(false),
             Err(kube::Error::Api(e)) if e.code == 409 => None,
             Err(source) => {
                 return Err(Error::Kube { op: "creating credential Secret of", object: object(pod), source })
@@ -331,7 +331,7 @@ async fn issue(
     }
     tracing::info!(target: "audit", pod = %pod.name_any(), namespace = %namespace, serial = %issued.serial_hex,
         spiffe_id = %spiffe, not_after = issued.not_after, rotation, "pod certificate issued");
-    Ok(Some(issued.not_after - identity.spec.credential.rotate_before.as_secs_i64().min(ttl / 2)))
+    Ok(true)
 }
 
 /// Revokes everything a credential Secret holds: the certificate serial and

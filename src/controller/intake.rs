@@ -10,7 +10,7 @@
 //! them to 10,000 entries for the life of the process, and every object
 //! waiting on a timed requeue (a certificate's rotation, a grant's expiry)
 //! kept one there for good: on the order of a kilobyte per object (heaptrack
-//! of a leader holding 4,000 pods and grants; README, "Memory").
+//! of a leader holding 4,000 pods and grants; README, "Measured figures").
 //!
 //! An [`Intake`] lets a request into the controller only while fewer than its
 //! `limit` admitted requests have not yet been reconciled; the rest wait where
@@ -118,6 +118,23 @@ impl Intake {
         if self.lock().remove(&key) {
             self.room.add_permits(1);
         }
+    }
+
+    /// Drives a controller's results (`Controller::run`), counting each in
+    /// ([`Intake::done`]).
+    pub fn drain<K, E1, E2>(
+        self,
+        results: impl Stream<Item = Result<(ObjectRef<K>, controller::Action), controller::Error<E1, E2>>>,
+    ) -> impl std::future::Future<Output = ()>
+    where
+        K: kube::Resource,
+        E1: std::error::Error + 'static,
+        E2: std::error::Error + 'static,
+    {
+        results.for_each(move |result| {
+            self.done(&result);
+            futures::future::ready(())
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {

@@ -387,6 +387,24 @@ const INTAKE_PER_RECONCILE: usize = 4;
 /// rotation, grants past their expiry.
 const SWEEP: Duration = Duration::from_secs(1);
 
+/// A controller on `store` that takes every request from `requests` through
+/// an [`Intake`] sized for `in_flight` reconciles at a time (drain its results
+/// with [`Intake::drain`]).
+fn through_intake<K>(
+    store: kube::runtime::reflector::Store<K>,
+    requests: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
+    in_flight: u16,
+) -> (Controller<K>, Intake)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(in_flight));
+    let controller = Controller::for_shared_stream(futures::stream::pending(), store)
+        .reconcile_on(intake.feed(requests))
+        .with_config(kube::runtime::controller::Config::default().concurrency(in_flight));
+    (controller, intake)
+}
+
 /// A reference to every cached object each time `passes` asks (a full pass),
 /// read from the cache as the intake takes them.
 fn every_object<K>(
@@ -478,7 +496,6 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // reconciles while new pods waited for their credentials.
     let pod_identity_gate = controller::GenerationGate::default();
     let identity_cache = shared.identities.clone();
-    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(RECONCILES_IN_FLIGHT));
     let requests = futures::stream::select_all([
         caches.pods.changes(&resync).map(|p| ObjectRef::from_obj(&*p)).boxed(),
         secrets.changes(&resync).flat_map(|s| futures::stream::iter(owners::<AgentPod>(&*s))).boxed(),
@@ -511,29 +528,17 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
                 .boxed()
         },
     ]);
-    let pods = Controller::for_shared_stream(futures::stream::pending(), caches.pods.store())
-        .reconcile_on(intake.feed(requests))
-        .with_config(bounded(RECONCILES_IN_FLIGHT))
-        .run(credentials::reconcile, credentials::error_policy, ctx.clone())
-        .for_each(move |result| {
-            intake.done(&result);
-            future::ready(())
-        });
+    let (controller, intake) = through_intake(caches.pods.store(), requests, RECONCILES_IN_FLIGHT);
+    let pods = intake.drain(controller.run(credentials::reconcile, credentials::error_policy, ctx.clone()));
 
     let (resync, all) = Resync::channel();
-    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(RECONCILES_IN_FLIGHT));
     let requests = futures::stream::select(
         secrets.changes(&resync).map(|s| ObjectRef::from_obj(&*s)),
         every_object(all, secrets.store()),
     );
-    let secrets_controller = Controller::for_shared_stream(futures::stream::pending(), secrets.store())
-        .reconcile_on(intake.feed(requests))
-        .with_config(bounded(RECONCILES_IN_FLIGHT))
-        .run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone())
-        .for_each(move |result| {
-            intake.done(&result);
-            future::ready(())
-        });
+    let (controller, intake) = through_intake(secrets.store(), requests, RECONCILES_IN_FLIGHT);
+    let secrets_controller =
+        intake.drain(controller.run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone()));
 
     let (resync, all) = Resync::channel();
     let identities = Controller::for_shared_stream(caches.identities.changes(&resync), caches.identities.store())
@@ -561,7 +566,6 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
     let (identity_cache, policy_cache) = (shared.identities.clone(), shared.policies.clone());
     let (resync, all) = Resync::channel();
-    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(GRANT_RECONCILES_IN_FLIGHT));
     let each = |refs: Vec<ObjectRef<CapabilityGrant>>| futures::stream::iter(refs);
     let requests = futures::stream::select_all([
         caches.grants.changes(&resync).map(|g| ObjectRef::from_obj(&*g)).boxed(),
@@ -614,14 +618,9 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         every_object(all, caches.grants.store()).boxed(),
         intake::every(SWEEP).flat_map(move |()| each(controller::grant::expired(&g6, crate::pki::now_unix()))).boxed(),
     ]);
-    let grants = Controller::for_shared_stream(futures::stream::pending(), caches.grants.store())
-        .reconcile_on(intake.feed(requests))
-        .with_config(bounded(GRANT_RECONCILES_IN_FLIGHT))
-        .run(controller::grant::reconcile, controller::grant::error_policy, ctx.clone())
-        .for_each(move |result| {
-            intake.done(&result);
-            future::ready(())
-        });
+    let (grant_controller, intake) = through_intake(caches.grants.store(), requests, GRANT_RECONCILES_IN_FLIGHT);
+    let grants =
+        intake.drain(grant_controller.run(controller::grant::reconcile, controller::grant::error_policy, ctx.clone()));
 
     tracing::info!("controllers started");
     tokio::join!(pods, secrets_controller, identities, grants);
