@@ -21,7 +21,7 @@ use crate::{
         APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
     },
     pki::{self, token},
-    runtime::{AgentPod, CredentialSecret},
+    runtime::{AgentPod, CachedGrant, CredentialSecret},
     verify::RevokedToken,
 };
 
@@ -126,8 +126,9 @@ fn token_key(grant: &str) -> String {
 }
 
 /// Reconciles a grant (with its finalizer).
-pub async fn reconcile(grant: Arc<CapabilityGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let grant = Arc::new(cached.grant());
     let api: Api<CapabilityGrant> = Api::namespaced(ctx.shared.client.clone(), &grant.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, grant.clone(), |event| async {
         match event {
@@ -196,7 +197,7 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     let parent_obj = match &g.spec.parent {
         None => None,
         Some(p) => Some(match shared.grants.get(&kube::runtime::reflector::ObjectRef::new(p).within(&ns)) {
-            Some(found) => Some(found),
+            Some(found) => Some(Arc::new(found.grant())),
             None => api_grant(ctx, &ns, p).await.map_err(|source| Error::Kube {
                 op: "reading the parent of",
                 object: object(g),
@@ -297,7 +298,7 @@ fn actor_chain(ctx: &Context, g: &CapabilityGrant, parent: Option<Option<&Capabi
             .parent
             .as_ref()
             .and_then(|n| ctx.shared.grants.get(&kube::runtime::reflector::ObjectRef::new(n).within(&ns)))
-            .map(|a| (*a).clone());
+            .map(|a| a.grant());
         guard += 1;
         if guard > 16 {
             break;
@@ -643,7 +644,7 @@ pub fn desired_status(
 }
 
 /// Error policy.
-pub fn error_policy(_g: Arc<CapabilityGrant>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(_g: Arc<CachedGrant>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %err, "grant reconcile failed");
     ctx.shared.metrics.reconcile_error("grant", err.metric_label());
     Action::requeue(Duration::from_secs(1))
@@ -651,10 +652,10 @@ pub fn error_policy(_g: Arc<CapabilityGrant>, err: &Error, ctx: Arc<Context>) ->
 
 /// Index helper for watches: grants of an agent, or children of a grant.
 pub fn grants_where(
-    ctx_grants: &kube::runtime::reflector::Store<CapabilityGrant>,
+    ctx_grants: &kube::runtime::reflector::Store<CachedGrant>,
     ns: &str,
-    f: impl Fn(&CapabilityGrant) -> bool,
-) -> Vec<kube::runtime::reflector::ObjectRef<CapabilityGrant>> {
+    f: impl Fn(&CachedGrant) -> bool,
+) -> Vec<kube::runtime::reflector::ObjectRef<CachedGrant>> {
     ctx_grants
         .state()
         .iter()
@@ -667,17 +668,13 @@ pub fn grants_where(
 /// the sweep that ends them, each second, instead of a requeue kept per
 /// active grant (see [`super::intake`]).
 pub fn expired(
-    grants: &kube::runtime::reflector::Store<CapabilityGrant>,
+    grants: &kube::runtime::reflector::Store<CachedGrant>,
     now: i64,
-) -> Vec<kube::runtime::reflector::ObjectRef<CapabilityGrant>> {
+) -> Vec<kube::runtime::reflector::ObjectRef<CachedGrant>> {
     grants
         .state()
         .iter()
-        .filter(|g| {
-            g.status.as_ref().is_some_and(|s| {
-                s.phase == GrantPhase::Active && s.expires_at.as_ref().is_some_and(|exp| unix(exp) <= now)
-            })
-        })
+        .filter(|g| g.is_active() && g.expires_at.is_some_and(|exp| exp <= now))
         .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
         .collect()
 }
@@ -689,18 +686,18 @@ pub fn expired(
 /// activation quadratic in the number of grants (each token write is itself a
 /// Secret change).
 pub fn grants_for_secret(
-    ctx_grants: &kube::runtime::reflector::Store<CapabilityGrant>,
+    ctx_grants: &kube::runtime::reflector::Store<CachedGrant>,
     secret: &CredentialSecret,
-) -> Vec<kube::runtime::reflector::ObjectRef<CapabilityGrant>> {
+) -> Vec<kube::runtime::reflector::ObjectRef<CachedGrant>> {
     let agent = secret.agent.as_deref().unwrap_or_default();
     let ns = secret.namespace().unwrap_or_default();
     let thumbprint = secret.leaf.as_ref().map(|c| c.thumbprint.as_str());
     let pod = secret.pod.as_deref().unwrap_or_default();
     grants_where(ctx_grants, &ns, |g| {
-        if g.spec.agent != agent || g.spec.pod.as_ref().is_some_and(|bound| bound != pod) {
+        if g.agent != agent || g.pod.as_ref().is_some_and(|bound| bound != pod) {
             return false;
         }
-        let active = g.status.as_ref().map(|s| s.phase) == Some(GrantPhase::Active);
+        let active = g.is_active();
         match secret.token(&g.name_any()) {
             None => active,
             Some(held) if active => held.facts.as_ref().map(|t| t.thumbprint.as_str()) != thumbprint,

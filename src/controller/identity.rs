@@ -18,7 +18,7 @@ use super::{credentials, time, unix, Context, Error, FINALIZER, MANAGER};
 use crate::{
     api::{
         condition::{condition, set_condition},
-        AgentIdentity, AgentIdentityStatus, GrantPhase,
+        AgentIdentity, AgentIdentityStatus,
     },
     pki,
     runtime::CredentialSecret,
@@ -172,11 +172,7 @@ async fn apply(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
         .grants
         .state()
         .iter()
-        .filter(|g| {
-            g.namespace().as_deref() == Some(&namespace)
-                && g.spec.agent == name
-                && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active)
-        })
+        .filter(|g| g.namespace().as_deref() == Some(&namespace) && g.agent == name && g.is_active())
         .count();
     let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &name);
     let (status, next) = desired_status(id, spiffe, bound as i32, active as i32, now);

@@ -38,6 +38,7 @@ use served_as;
 
 mod agent_pod;
 pub mod cache;
+mod cached_grant;
 mod client;
 pub mod config;
 mod credential_secret;
@@ -57,12 +58,13 @@ use kube::{
 };
 
 pub use agent_pod::{AgentPod, AgentPodSpec, AgentPodStatus};
+pub use cached_grant::CachedGrant;
 pub use config::RunConfig;
 pub use credential_secret::{CredentialSecret, StoredToken, TokenFacts};
 pub use run::run;
 
 use crate::{
-    api::{AgentIdentity, CapabilityGrant, DelegationPolicy},
+    api::{AgentIdentity, DelegationPolicy},
     publish::revocations::RevocationStore,
     trust::Trust,
     webhook::server::CertSlot,
@@ -80,8 +82,8 @@ pub struct Shared {
     pub identities: Store<AgentIdentity>,
     /// Cache of DelegationPolicies.
     pub policies: Store<DelegationPolicy>,
-    /// Cache of CapabilityGrants.
-    pub grants: Store<CapabilityGrant>,
+    /// Cache of CapabilityGrants (as [`CachedGrant`]s).
+    pub grants: Store<CachedGrant>,
     /// Cache of agent pods (label `writ.dev/agent`).
     pub pods: Store<AgentPod>,
     /// CA and token-signing keys.
@@ -103,7 +105,7 @@ impl Shared {
         config: RunConfig,
         identities: Store<AgentIdentity>,
         policies: Store<DelegationPolicy>,
-        grants: Store<CapabilityGrant>,
+        grants: Store<CachedGrant>,
         pods: Store<AgentPod>,
         trust: Arc<Trust>,
         revocations: Arc<RevocationStore>,

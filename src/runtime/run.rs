@@ -18,10 +18,10 @@ use super::{
     cache::{Cache, Resync},
     leader::LeaderElector,
     metrics::Metrics,
-    AgentPod, CredentialSecret, RunConfig, Shared,
+    AgentPod, CachedGrant, CredentialSecret, RunConfig, Shared,
 };
 use crate::{
-    api::{AgentIdentity, CapabilityGrant, DelegationPolicy, GrantPhase, AGENT_LABEL},
+    api::{AgentIdentity, DelegationPolicy, GrantPhase, AGENT_LABEL},
     controller::{self, credentials, intake, intake::Intake, Context},
     publish::{self, revocations::RevocationStore},
     trust::Trust,
@@ -185,7 +185,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let caches = Arc::new(Caches {
         identities: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
         policies: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
-        grants: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
+        // Stripped as it is decoded (see [`CachedGrant`]).
+        grants: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), |_| {}),
         pods: Cache::spawn(Api::all(client.clone()), agent_pods, AgentPod::trim),
     });
     let shared = Arc::new(Shared::new(
@@ -266,12 +267,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     published = current;
                 }
                 for phase in GrantPhase::ALL {
-                    let n = shared
-                        .grants
-                        .state()
-                        .iter()
-                        .filter(|g| g.status.as_ref().map(|s| s.phase).unwrap_or_default() == phase)
-                        .count();
+                    let n = shared.grants.state().iter().filter(|g| g.phase == phase).count();
                     shared
                         .metrics
                         .grants
@@ -359,7 +355,7 @@ fn release_free_memory() {
 /// an object) and `kubectl apply`'s copy of the whole object in the
 /// `last-applied-configuration` annotation (grants and policies applied from
 /// GitOps carry one). Nothing in Writ reads either.
-fn strip<K: kube::Resource>(obj: &mut K) {
+pub(super) fn strip<K: kube::Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
@@ -434,7 +430,7 @@ where
 struct Caches {
     identities: Cache<AgentIdentity>,
     policies: Cache<DelegationPolicy>,
-    grants: Cache<CapabilityGrant>,
+    grants: Cache<CachedGrant>,
     pods: Cache<AgentPod>,
 }
 
@@ -546,7 +542,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
             p.agent().map(|a| ObjectRef::new(a).within(&p.namespace().unwrap_or_default()))
         })
         .watches_shared_stream(caches.grants.changes(&resync), |g| {
-            Some(ObjectRef::new(&g.spec.agent).within(&g.namespace().unwrap_or_default()))
+            Some(ObjectRef::new(&g.agent).within(&g.namespace().unwrap_or_default()))
         })
         .reconcile_all_on(all)
         // An identity's status counts its pods and active grants: during a
@@ -566,7 +562,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
     let (identity_cache, policy_cache) = (shared.identities.clone(), shared.policies.clone());
     let (resync, all) = Resync::channel();
-    let each = |refs: Vec<ObjectRef<CapabilityGrant>>| futures::stream::iter(refs);
+    let each = |refs: Vec<ObjectRef<CachedGrant>>| futures::stream::iter(refs);
     let requests = futures::stream::select_all([
         caches.grants.changes(&resync).map(|g| ObjectRef::from_obj(&*g)).boxed(),
         caches
@@ -577,7 +573,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
                 let agent = p.agent().unwrap_or_default().to_string();
                 let pod = p.name_any();
                 each(controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| {
-                    g.spec.agent == agent && g.spec.pod.as_ref().is_none_or(|bound| *bound == pod)
+                    g.agent == agent && g.pod.as_ref().is_none_or(|bound| *bound == pod)
                 }))
             })
             .boxed(),
@@ -588,7 +584,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
             .flat_map(move |parent| {
                 let name = parent.name_any();
                 each(controller::grant::grants_where(&g3, &parent.namespace().unwrap_or_default(), |g| {
-                    g.spec.parent.as_deref() == Some(&name)
+                    g.parent.as_deref() == Some(&name)
                 }))
             })
             .boxed(),
@@ -600,9 +596,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
                     return each(Vec::new());
                 }
                 let name = id.name_any();
-                each(controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| {
-                    g.spec.agent == name
-                }))
+                each(controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| g.agent == name))
             })
             .boxed(),
         caches
@@ -630,6 +624,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::CapabilityGrant;
 
     #[test]
     fn caches_drop_field_ownership_and_kubectls_copy_but_keep_writs_annotations() {
