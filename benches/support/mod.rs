@@ -75,15 +75,22 @@ impl Operator {
     }
 
     /// Kills it (SIGKILL) and starts a new process on the same ports and
-    /// state; returns how long the new one took to answer `/readyz`.
-    pub async fn restart(&mut self) -> Duration {
+    /// state; returns when the new one was started, once it answers `/readyz`.
+    pub async fn restart(&mut self) -> Instant {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let webhook: u16 = self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
         let started = Instant::now();
         self.child = Self::spawn(&self.namespace, webhook, self.metrics, &self.extra);
         self.wait_ready(Duration::from_secs(300)).await;
-        started.elapsed()
+        started
+    }
+
+    /// Waits until every cache of the operator is filled (`writ_caches_synced 1`).
+    pub async fn wait_caches_synced(&self) {
+        while !self.metrics_text().is_some_and(|text| text.lines().any(|l| l == "writ_caches_synced 1")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The process id.

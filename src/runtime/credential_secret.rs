@@ -26,8 +26,8 @@ use crate::{
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(from = "Secret")]
 pub struct CredentialSecret {
-    /// Name, namespace, uid, `resourceVersion`, owner references,
-    /// finalizers and deletion timestamp; no labels, annotations or
+    /// Name, namespace, uid, `resourceVersion`, finalizers and deletion
+    /// timestamp; no labels, annotations, owner references or
     /// field-ownership records.
     pub metadata: ObjectMeta,
     /// The `writ.dev/pod` label: the pod the credential belongs to.
@@ -91,6 +91,9 @@ impl From<Secret> for CredentialSecret {
         let mut labels = metadata.labels.take().unwrap_or_default();
         metadata.annotations = None;
         metadata.managed_fields = None;
+        // The owning pod is the `writ.dev/pod` label, written with it; the
+        // garbage collector, not Writ, reads the owner reference.
+        metadata.owner_references = None;
         Self {
             metadata,
             pod: labels.remove(POD_LABEL),
@@ -222,6 +225,6 @@ mod tests {
         let s: CredentialSecret = serde_json::from_value(json).expect("decodes");
         assert_eq!(s.pod.as_deref(), Some("p"));
         assert!(s.has_key && s.leaf.is_none());
-        assert_eq!(s.metadata.owner_references.map(|o| o.len()), Some(1));
+        assert!(s.metadata.owner_references.is_none(), "the owner is the pod label");
     }
 }

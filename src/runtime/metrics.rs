@@ -70,6 +70,9 @@ pub struct Metrics {
     pub grant_to_active: Histogram,
     /// 1 when this replica leads (runs the controllers).
     pub leader: Gauge,
+    /// 1 once every cache is filled: the grant and pod caches too, which
+    /// the controllers wait for and admission does not need.
+    pub caches_synced: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -114,6 +117,12 @@ impl Default for Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 when this replica runs the controllers", leader.clone());
+        let caches_synced = Gauge::default();
+        registry.register(
+            "caches_synced",
+            "1 once every cache is filled (the controllers of a leader start then)",
+            caches_synced.clone(),
+        );
         Self {
             registry,
             credentials,
@@ -125,6 +134,7 @@ impl Default for Metrics {
             pod_to_credential,
             grant_to_active,
             leader,
+            caches_synced,
         }
     }
 }

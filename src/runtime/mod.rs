@@ -95,6 +95,7 @@ pub struct Shared {
     /// The webhook serving certificate.
     pub serving: Arc<CertSlot>,
     synced: AtomicBool,
+    all_synced: AtomicBool,
 }
 
 impl Shared {
@@ -124,17 +125,34 @@ impl Shared {
             metrics,
             serving,
             synced: AtomicBool::new(false),
+            all_synced: AtomicBool::new(false),
         }
     }
 
-    /// Marks the caches as synced.
+    /// Marks the caches admission reads (identities and policies) as synced.
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::SeqCst);
     }
 
-    /// Whether the caches have their initial lists (admission fails closed until then).
+    /// Whether the caches admission reads, AgentIdentities and
+    /// DelegationPolicies, have their initial lists (admission fails closed
+    /// until then). The webhooks and the trust endpoints read nothing else
+    /// of the caches: a grant's delegation chain is read from the API server.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Marks every cache as synced, the grant and pod caches too.
+    pub fn set_all_synced(&self) {
+        self.all_synced.store(true, Ordering::SeqCst);
+        self.metrics.caches_synced.set(1);
+    }
+
+    /// Whether every cache has its initial list: the controllers decide on
+    /// the grant and pod caches, and do not start before (an empty cache
+    /// would have them revoke and re-issue).
+    pub fn is_all_synced(&self) -> bool {
+        self.all_synced.load(Ordering::SeqCst)
     }
 
     /// Ready to serve webhooks: certificate loaded and caches synced.

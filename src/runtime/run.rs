@@ -210,17 +210,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let router = webhook::router(shared.clone()).merge(publish::endpoints::router(shared.clone()));
     tokio::spawn(server::serve_tls(tls_listener, tls, router));
 
+    // Admission reads only the identity and policy caches: the replica
+    // serves once they are filled, while the grant and pod caches (ten
+    // thousand objects each at scale, most of a restart's wait) are still
+    // being listed. The controllers wait for those (`run_controllers`).
     {
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = tokio::join!(
-                shared.identities.wait_until_ready(),
-                shared.policies.wait_until_ready(),
-                shared.grants.wait_until_ready(),
-                shared.pods.wait_until_ready()
-            );
+            let _ = tokio::join!(shared.identities.wait_until_ready(), shared.policies.wait_until_ready());
             shared.set_synced();
-            tracing::info!("caches synced; webhooks ready");
+            tracing::info!("identity and policy caches synced; webhooks ready");
+            let _ = tokio::join!(shared.grants.wait_until_ready(), shared.pods.wait_until_ready());
+            shared.set_all_synced();
+            tracing::info!("grant and pod caches synced");
         });
     }
 
@@ -413,19 +415,6 @@ where
     passes.flat_map(move |()| futures::stream::iter(store.state()).map(|obj| ObjectRef::from_obj(&*obj)))
 }
 
-/// The owners of kind `K` that `obj` names in its owner references.
-fn owners<K>(obj: &impl kube::Resource) -> Vec<ObjectRef<K>>
-where
-    K: kube::Resource<DynamicType = ()>,
-{
-    let meta = obj.meta();
-    meta.owner_references
-        .iter()
-        .flatten()
-        .filter_map(|owner| ObjectRef::from_owner_ref(meta.namespace.as_deref(), owner, ()))
-        .collect()
-}
-
 /// The kinds every replica watches.
 struct Caches {
     identities: Cache<AgentIdentity>,
@@ -450,7 +439,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // on the word of an empty cache (found by the SIGKILL churn test).
     // (Polled: kube's `Store::wait_until_ready` wakes only its latest waiter,
     // and the boot task already waits on it.)
-    while !shared.is_synced() {
+    while !shared.is_all_synced() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let client = shared.client.clone();
@@ -494,7 +483,14 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let identity_cache = shared.identities.clone();
     let requests = futures::stream::select_all([
         caches.pods.changes(&resync).map(|p| ObjectRef::from_obj(&*p)).boxed(),
-        secrets.changes(&resync).flat_map(|s| futures::stream::iter(owners::<AgentPod>(&*s))).boxed(),
+        // The pod a credential Secret belongs to, by its `writ.dev/pod` label
+        // (Writ writes it with the pod as the Secret's owner).
+        secrets
+            .changes(&resync)
+            .filter_map(|s| {
+                future::ready(s.pod.as_ref().map(|pod| ObjectRef::new(pod).within(&s.namespace().unwrap_or_default())))
+            })
+            .boxed(),
         caches
             .identities
             .changes(&resync)
