@@ -145,15 +145,21 @@ struct DecisionArgs {
 /// glibc gives every thread that contends for the allocator its own arena
 /// (up to 8 per core); with a cache of thousands of small objects churned by
 /// watch events that fragments into several times the live size. Two arenas
-/// keep the operator's memory close to what it holds (see bench/RESULTS.md).
+/// keep the operator's memory close to what it holds (see bench/RESULTS.md),
+/// unless glibc's own `MALLOC_ARENA_MAX` is set in the environment.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any
+        // other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -236,6 +236,17 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU seconds the local control plane's API server and etcd have used so
+/// far (`None` when the cluster is not the local control plane).
+pub fn control_plane_cpu(operator: u32) -> Option<f64> {
+    let used: Vec<f64> = processes(operator)
+        .into_iter()
+        .filter(|(name, _)| *name != "writ run")
+        .filter_map(|(_, pid)| cpu_seconds(pid))
+        .collect();
+    (used.len() == 2).then(|| used.iter().sum())
+}
+
 /// The processes whose CPU the bench reports: the operator, and the local
 /// control plane's etcd and API server when it is the one in use.
 pub fn processes(operator: u32) -> Vec<(&'static str, u32)> {
