@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use crate::{
     api::{CapabilityGrant, GrantPhase, APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION, REQUESTED_GROUPS_ANNOTATION},
-    controller::{grant::conditions, FINALIZER},
+    controller::{grant::conditions, unix, FINALIZER},
 };
 
 /// What the compressor may refer back to: a grant as Writ writes one, with
@@ -102,18 +102,8 @@ pub struct CachedGrant {
 impl From<CapabilityGrant> for CachedGrant {
     fn from(mut grant: CapabilityGrant) -> Self {
         super::run::strip(&mut grant);
-        let meta = &mut grant.metadata;
-        let metadata = ObjectMeta {
-            name: meta.name.take(),
-            namespace: meta.namespace.take(),
-            uid: meta.uid.take(),
-            resource_version: meta.resource_version.take(),
-            generation: meta.generation.take(),
-            creation_timestamp: meta.creation_timestamp.take(),
-            deletion_timestamp: meta.deletion_timestamp.take(),
-            deletion_grace_period_seconds: meta.deletion_grace_period_seconds.take(),
-            ..Default::default()
-        };
+        let mut metadata = ObjectMeta::default();
+        move_identity(&mut grant.metadata, &mut metadata);
         let status = grant.status.as_ref();
         // Encoding a value of our own types into a Vec cannot fail.
         let json = serde_json::to_vec(&grant).unwrap_or_default();
@@ -123,7 +113,7 @@ impl From<CapabilityGrant> for CachedGrant {
             pod: grant.spec.pod.clone(),
             parent: grant.spec.parent.clone(),
             phase: status.map(|s| s.phase).unwrap_or_default(),
-            expires_at: status.and_then(|s| s.expires_at.as_ref()).map(|t| t.0.as_second()),
+            expires_at: status.and_then(|s| s.expires_at.as_ref()).map(unix),
             compressed: lz4_flex::block::compress_with_dict(&json, &DICTIONARY).into_boxed_slice(),
             // A grant's JSON is a few kilobytes (the API server limits an object to 1.5 MB).
             json_len: u32::try_from(json.len()).unwrap_or(u32::MAX),
@@ -139,15 +129,7 @@ impl CachedGrant {
             .unwrap_or_else(|e| unreachable!("a cached grant is what this process compressed: {e}"));
         let mut grant: CapabilityGrant = serde_json::from_slice(&json)
             .unwrap_or_else(|e| unreachable!("a cached grant is JSON that its own type wrote: {e}"));
-        let meta = &mut grant.metadata;
-        meta.name.clone_from(&self.metadata.name);
-        meta.namespace.clone_from(&self.metadata.namespace);
-        meta.uid.clone_from(&self.metadata.uid);
-        meta.resource_version.clone_from(&self.metadata.resource_version);
-        meta.generation = self.metadata.generation;
-        meta.creation_timestamp.clone_from(&self.metadata.creation_timestamp);
-        meta.deletion_timestamp.clone_from(&self.metadata.deletion_timestamp);
-        meta.deletion_grace_period_seconds = self.metadata.deletion_grace_period_seconds;
+        move_identity(&mut self.metadata.clone(), &mut grant.metadata);
         grant
     }
 
@@ -155,6 +137,21 @@ impl CachedGrant {
     pub fn is_active(&self) -> bool {
         self.phase == GrantPhase::Active
     }
+}
+
+/// Moves the metadata a [`CachedGrant`] keeps outside its JSON (name,
+/// namespace, uid, `resourceVersion`, generation, creation and deletion
+/// timestamps) from `from` to `to`: out of a grant when it is cached, back
+/// into it when it is decoded.
+fn move_identity(from: &mut ObjectMeta, to: &mut ObjectMeta) {
+    to.name = from.name.take();
+    to.namespace = from.namespace.take();
+    to.uid = from.uid.take();
+    to.resource_version = from.resource_version.take();
+    to.generation = from.generation.take();
+    to.creation_timestamp = from.creation_timestamp.take();
+    to.deletion_timestamp = from.deletion_timestamp.take();
+    to.deletion_grace_period_seconds = from.deletion_grace_period_seconds.take();
 }
 
 impl Resource for CachedGrant {
