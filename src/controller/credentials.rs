@@ -352,8 +352,8 @@ pub async fn revoke_secret(
     }
     let revoked_tokens: Vec<RevokedToken> = tokens
         .iter()
-        .filter_map(|t| t.facts.as_ref())
-        .map(|f| RevokedToken { jti: f.jti.clone(), expires_at: f.exp })
+        .filter_map(crate::runtime::StoredToken::facts)
+        .map(|f| RevokedToken { jti: f.jti.to_string(), expires_at: f.exp })
         .collect();
     let revoked_certs: Vec<RevokedCertificate> =
         cert.iter().map(|c| RevokedCertificate { serial: c.serial_hex.clone(), expires_at: c.not_after }).collect();
@@ -366,7 +366,7 @@ pub async fn revoke_secret(
     // Through the token writer, so that removals and token writes to this
     // Secret go out one patch at a time, in the order they were asked for.
     let removals = std::iter::once((keys::KEY.to_string(), None))
-        .chain(tokens.iter().map(|t| (format!("{}{}{}", keys::GRANT_PREFIX, t.grant, keys::GRANT_SUFFIX), None)));
+        .chain(tokens.iter().map(|t| (format!("{}{}{}", keys::GRANT_PREFIX, t.grant(), keys::GRANT_SUFFIX), None)));
     match ctx.secret_writes.write_keys(&namespace, &secret.name_any(), removals).await {
         Ok(()) => {}
         Err(e) if is_not_found(&e) => {}

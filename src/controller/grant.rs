@@ -370,16 +370,16 @@ async fn issue_token(
         source,
     })?;
     let Some(cert) = secret.as_deref().and_then(CredentialSecret::certificate) else { return Ok(None) };
-    let existing = secret.as_deref().and_then(|s| s.token(&g.name_any())?.facts.as_ref());
+    let existing = secret.as_deref().and_then(|s| s.token(&g.name_any())?.facts());
     let fresh = existing.filter(|t| {
         t.thumbprint == cert.thumbprint
             && t.grant_uid == g.uid().unwrap_or_default()
             && t.exp == expires_at.min(cert.not_after)
             && t.pod_uid == pod.uid().unwrap_or_default()
-            && t.kid.as_deref().is_some_and(|kid| shared.trust.has_kid(kid, now))
+            && t.kid.is_some_and(|kid| shared.trust.has_kid(kid, now))
     });
     if let Some(t) = fresh {
-        return Ok(Some(TokenRecord { pod: pod.name_any(), jti: t.jti.clone(), expires_at: time(t.exp) }));
+        return Ok(Some(TokenRecord { pod: pod.name_any(), jti: t.jti.to_string(), expires_at: time(t.exp) }));
     }
     let claims = token::Claims {
         iss: format!("spiffe://{}/writ", shared.config.trust_domain),
@@ -410,7 +410,7 @@ async fn issue_token(
     })?;
     // The token being replaced (older certificate, key or expiry) is revoked
     // durably before it is overwritten: a crash in between must not lose it.
-    let replaced = existing.map(|old| RevokedToken { jti: old.jti.clone(), expires_at: old.exp });
+    let replaced = existing.map(|old| RevokedToken { jti: old.jti.to_string(), expires_at: old.exp });
     if let Some(old) = &replaced {
         shared
             .revocations
@@ -461,9 +461,9 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
             continue;
         };
         if let Some(held) = secret.token(&g.name_any()) {
-            if let Some(t) = &held.facts {
+            if let Some(t) = held.facts() {
                 if !revoked.iter().any(|r| r.jti == t.jti) {
-                    revoked.push(RevokedToken { jti: t.jti.clone(), expires_at: t.exp });
+                    revoked.push(RevokedToken { jti: t.jti.to_string(), expires_at: t.exp });
                 }
             }
             holding.push(secret_name.to_string());
@@ -700,7 +700,7 @@ pub fn grants_for_secret(
         let active = g.is_active();
         match secret.token(&g.name_any()) {
             None => active,
-            Some(held) if active => held.facts.as_ref().map(|t| t.thumbprint.as_str()) != thumbprint,
+            Some(held) if active => held.facts().map(|t| t.thumbprint) != thumbprint,
             Some(_) => true,
         }
     })

@@ -46,9 +46,25 @@ pub struct AgentPodSpec {
 /// `status.phase`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct AgentPodStatus {
-    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    /// The pod's phase (a byte here, not a string per cached pod).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<PodPhase>,
+}
+
+/// A pod's `status.phase`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum PodPhase {
+    /// Accepted, not yet running.
+    Pending,
+    /// Bound to a node, a container running.
+    Running,
+    /// Every container ended in success.
+    Succeeded,
+    /// Every container ended, one in failure.
+    Failed,
+    /// `Unknown`, or a phase this version of Writ does not know.
+    #[serde(other)]
+    Unknown,
 }
 
 super::served_as!(AgentPod, k8s_openapi::api::core::v1::Pod);
@@ -65,7 +81,7 @@ impl AgentPod {
     /// Whether the pod has finished (its credential must go).
     pub fn finished(&self) -> bool {
         self.metadata.deletion_timestamp.is_some()
-            || matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+            || matches!(self.status.phase, Some(PodPhase::Succeeded | PodPhase::Failed))
     }
 
     /// The AgentIdentity the pod claims (its `writ.dev/agent` label).
@@ -85,9 +101,11 @@ impl AgentPod {
     /// out of the metadata's maps (a map costs over 500 bytes before its
     /// first entry), and the rest of the labels and annotations (a
     /// workload's own, `kubectl`'s and tools'), field-ownership records,
-    /// owner references and finalizers are dropped.
+    /// owner references, finalizers and the `resourceVersion` (nothing reads
+    /// a cached pod's, and the cache's key would copy it) are dropped.
     pub fn trim(&mut self) {
         let m = &mut self.metadata;
+        m.resource_version = None;
         m.managed_fields = None;
         m.owner_references = None;
         m.generate_name = None;
@@ -140,7 +158,7 @@ status:
         ));
         assert_eq!(agent.metadata, full.metadata, "metadata is read whole, then trimmed");
         assert_eq!(agent.service_account(), "release-bot");
-        assert_eq!(agent.status.phase.as_deref(), Some("Running"));
+        assert_eq!(agent.status.phase, Some(PodPhase::Running));
         assert!(!agent.finished());
         // Untrimmed (as read from the API), the label and annotation are read from the maps.
         assert_eq!((agent.agent(), agent.credential_secret()), (Some("release-bot"), Some("writ-cred-1")));
@@ -150,7 +168,7 @@ status:
             (m.name.as_deref(), m.namespace.as_deref(), m.uid.as_deref()),
             (Some("web-0"), Some("ci"), Some("7c1d"))
         );
-        assert_eq!(m.resource_version.as_deref(), Some("42"));
+        assert!(m.resource_version.is_none());
         assert!(m.labels.is_none() && m.annotations.is_none(), "{m:?}");
         assert!(m.owner_references.is_none() && m.managed_fields.is_none() && m.generate_name.is_none());
         assert_eq!((agent.agent(), agent.credential_secret()), (Some("release-bot"), Some("writ-cred-1")));
@@ -166,7 +184,9 @@ status:
         assert_eq!(bare.service_account(), "default");
         let (_, old) = pod("metadata: {name: p}\nspec: {serviceAccount: legacy}");
         assert_eq!(old.service_account(), "legacy");
-        for (status, finished) in [("Succeeded", true), ("Failed", true), ("Running", false), ("Pending", false)] {
+        for (status, finished) in
+            [("Succeeded", true), ("Failed", true), ("Running", false), ("Pending", false), ("Hibernating", false)]
+        {
             let (_, p) = pod(&format!("metadata: {{name: p}}\nstatus: {{phase: {status}}}"));
             assert_eq!(p.finished(), finished, "{status}");
         }

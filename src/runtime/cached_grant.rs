@@ -78,9 +78,11 @@ static DICTIONARY: LazyLock<Vec<u8>> = LazyLock::new(|| {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(from = "CapabilityGrant")]
 pub struct CachedGrant {
-    /// Name, namespace, uid, `resourceVersion`, generation, creation and
-    /// deletion timestamps. The rest of the metadata (annotations,
-    /// finalizers, labels, owner references) is in the JSON.
+    /// Name, namespace, generation, creation and deletion timestamps. The
+    /// rest of the metadata (uid, `resourceVersion`, annotations,
+    /// finalizers, labels, owner references) is in the JSON: the cache's key
+    /// for a grant copies its uid and `resourceVersion` when they are here,
+    /// and only a reconcile, which decodes the grant, reads them.
     pub metadata: ObjectMeta,
     /// `spec.agent`.
     pub agent: String,
@@ -140,14 +142,11 @@ impl CachedGrant {
 }
 
 /// Moves the metadata a [`CachedGrant`] keeps outside its JSON (name,
-/// namespace, uid, `resourceVersion`, generation, creation and deletion
-/// timestamps) from `from` to `to`: out of a grant when it is cached, back
-/// into it when it is decoded.
+/// namespace, generation, creation and deletion timestamps) from `from` to
+/// `to`: out of a grant when it is cached, back into it when it is decoded.
 fn move_identity(from: &mut ObjectMeta, to: &mut ObjectMeta) {
     to.name = from.name.take();
     to.namespace = from.namespace.take();
-    to.uid = from.uid.take();
-    to.resource_version = from.resource_version.take();
     to.generation = from.generation.take();
     to.creation_timestamp = from.creation_timestamp.take();
     to.deletion_timestamp = from.deletion_timestamp.take();
@@ -254,8 +253,10 @@ mod tests {
     fn keeps_only_the_identity_in_its_metadata() {
         let cached: CachedGrant = serde_json::from_value(sample()).expect("decodes");
         let m = &cached.metadata;
-        assert_eq!((m.name.as_deref(), m.namespace.as_deref(), m.uid.as_deref()), (Some("g"), Some("ci"), Some("u-1")));
-        assert_eq!((m.resource_version.as_deref(), m.generation), (Some("42"), Some(2)));
+        assert_eq!((m.name.as_deref(), m.namespace.as_deref(), m.generation), (Some("g"), Some("ci"), Some(2)));
+        assert!(m.uid.is_none() && m.resource_version.is_none(), "only in the JSON (the cache's key would copy them)");
+        let decoded = cached.grant();
+        assert_eq!((decoded.uid().as_deref(), decoded.resource_version().as_deref()), (Some("u-1"), Some("42")));
         assert!(m.deletion_timestamp.is_some());
         assert!(m.annotations.is_none() && m.labels.is_none() && m.finalizers.is_none() && m.managed_fields.is_none());
     }

@@ -57,7 +57,7 @@ use kube::{
     Client, ResourceExt,
 };
 
-pub use agent_pod::{AgentPod, AgentPodSpec, AgentPodStatus};
+pub use agent_pod::{AgentPod, AgentPodSpec, AgentPodStatus, PodPhase};
 pub use cached_grant::CachedGrant;
 pub use config::RunConfig;
 pub use credential_secret::{CredentialSecret, StoredToken, TokenFacts};

@@ -532,6 +532,18 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let secrets_controller =
         intake.drain(controller.run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone()));
 
+    // Our writes to credential Secrets are remembered (so that reads do not
+    // return an older cached version) until the cache has them.
+    let (resync, relisted) = Resync::channel();
+    let writes = ctx.secret_writes.clone();
+    let forget_seen = secrets.changes(&resync).for_each(move |s| {
+        writes.seen(&s);
+        future::ready(())
+    });
+    // Re-lists need nothing here: a record the watch never confirms goes
+    // with the next sweep.
+    let relisted = relisted.for_each(|()| future::ready(()));
+
     let (resync, all) = Resync::channel();
     let identities = Controller::for_shared_stream(caches.identities.changes(&resync), caches.identities.store())
         .watches_shared_stream(caches.pods.changes(&resync), |p| {
@@ -613,7 +625,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         intake.drain(grant_controller.run(controller::grant::reconcile, controller::grant::error_policy, ctx.clone()));
 
     tracing::info!("controllers started");
-    tokio::join!(pods, secrets_controller, identities, grants);
+    tokio::join!(pods, secrets_controller, identities, grants, forget_seen, relisted);
     drop(secrets);
 }
 
