@@ -12,7 +12,7 @@ use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Owne
 use kube::{
     api::{Api, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{controller::Action, reflector::ObjectRef},
-    Resource, ResourceExt,
+    ResourceExt,
 };
 
 use super::{is_not_found, Context, Error, MANAGER};
@@ -396,15 +396,12 @@ pub async fn revoke_secret(
 /// release the finalizer. This is how deleted pods' serials get revoked
 /// even if the operator was down when the pod went.
 pub async fn reconcile_secret(secret: Arc<CredentialSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if secret.metadata.deletion_timestamp.is_none() || !secret.finalizers().iter().any(|f| f == super::FINALIZER) {
+    if secret.metadata.deletion_timestamp.is_none() || !secret.has_writ_finalizer() {
         return Ok(Action::await_change());
     }
     let namespace = secret.namespace().unwrap_or_default();
     let pod_name = secret.pod.clone().unwrap_or_default();
-    let pod = AgentPod {
-        metadata: ObjectMeta { name: Some(pod_name), namespace: Some(namespace.clone()), ..Default::default() },
-        ..Default::default()
-    };
+    let pod = AgentPod::named(&namespace, &pod_name);
     revoke_secret(&ctx, &pod, &secret, "pod deleted").await?;
     // Revoking rewrote the Secret: release the finalizer on that version.
     let Some(secret) = ctx.secret_writes.read(&namespace, &secret.name_any()).await.map_err(|source| Error::Kube {
@@ -416,7 +413,7 @@ pub async fn reconcile_secret(secret: Arc<CredentialSecret>, ctx: Arc<Context>) 
         return Ok(Action::await_change());
     };
     let api: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &namespace);
-    let remaining: Vec<String> = secret.finalizers().iter().filter(|f| *f != super::FINALIZER).cloned().collect();
+    let remaining: Vec<String> = secret.finalizers().into_iter().filter(|f| f != super::FINALIZER).collect();
     let patch = serde_json::json!({
         "metadata": { "finalizers": remaining, "resourceVersion": secret.resource_version() }
     });

@@ -23,6 +23,11 @@ pub struct AgentPod {
     /// The `writ.dev/credential-secret` annotation, moved here by [`AgentPod::trim`].
     #[serde(skip)]
     pub credential_secret: Option<String>,
+    /// `metadata.uid` as 16 bytes, moved here by [`AgentPod::trim`] when it
+    /// is a UUID in the form the API server writes (read it with
+    /// [`AgentPod::uid`]).
+    #[serde(skip)]
+    uuid: Option<[u8; 16]>,
     /// The part of the spec Writ reads.
     #[serde(default)]
     pub spec: AgentPodSpec,
@@ -70,6 +75,15 @@ pub enum PodPhase {
 super::served_as!(AgentPod, k8s_openapi::api::core::v1::Pod);
 
 impl AgentPod {
+    /// A pod known only by its namespace and name (a deleted pod, seen
+    /// through its credential Secret).
+    pub fn named(namespace: &str, name: &str) -> Self {
+        Self {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(namespace.into()), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
     /// The service account the pod runs as (`default` when unset).
     pub fn service_account(&self) -> &str {
         crate::webhook::pods::effective_service_account(
@@ -89,6 +103,17 @@ impl AgentPod {
         self.agent.as_deref().or_else(|| self.metadata.labels.as_ref()?.get(AGENT_LABEL).map(String::as_str))
     }
 
+    /// The pod's uid (the same as `ResourceExt::uid`, which reads only the
+    /// metadata and so must not be used on an `AgentPod`).
+    pub fn uid(&self) -> Option<String> {
+        self.uuid.map(|u| format_uuid(&u)).or_else(|| self.metadata.uid.clone())
+    }
+
+    /// A reference to the pod, with its uid (for Events).
+    pub fn object_ref(&self, dt: &()) -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference { uid: self.uid(), ..kube::Resource::object_ref(self, dt) }
+    }
+
     /// The credential Secret the webhook named for the pod (its
     /// `writ.dev/credential-secret` annotation).
     pub fn credential_secret(&self) -> Option<&str> {
@@ -102,10 +127,20 @@ impl AgentPod {
     /// first entry), and the rest of the labels and annotations (a
     /// workload's own, `kubectl`'s and tools'), field-ownership records,
     /// owner references, finalizers and the `resourceVersion` (nothing reads
-    /// a cached pod's, and the cache's key would copy it) are dropped.
+    /// a cached pod's, and the cache's key would copy it) are dropped. The
+    /// uid is kept as 16 bytes, and `spec.serviceAccount` only when
+    /// `spec.serviceAccountName` is unset (the name wins when both are set,
+    /// and the API server sets both).
     pub fn trim(&mut self) {
+        if self.spec.service_account_name.is_some() {
+            self.spec.service_account = None;
+        }
         let m = &mut self.metadata;
         m.resource_version = None;
+        if let Some(uuid) = m.uid.as_deref().and_then(parse_uuid) {
+            self.uuid = Some(uuid);
+            m.uid = None;
+        }
         m.managed_fields = None;
         m.owner_references = None;
         m.generate_name = None;
@@ -117,6 +152,38 @@ impl AgentPod {
             self.credential_secret = Some(secret);
         }
     }
+}
+
+/// The 16 bytes of a UUID written as the API server writes uids (lowercase,
+/// hyphenated 8-4-4-4-12), `None` for any other string: only a uid that
+/// [`format_uuid`] gives back exactly is kept as bytes.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut digits = b.iter().filter(|&&c| c != b'-');
+    let mut out = [0u8; 16];
+    for byte in &mut out {
+        *byte = hex(*digits.next()?)? << 4 | hex(*digits.next()?)?;
+    }
+    Some(out)
+}
+
+fn format_uuid(u: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, byte) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{byte:02x}"));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -176,6 +243,49 @@ status:
         agent.trim();
         assert_eq!((agent.agent(), agent.credential_secret()), (Some("release-bot"), Some("writ-cred-1")));
         assert!(std::mem::size_of::<AgentPod>() * 4 < std::mem::size_of::<Pod>(), "the point of the projection");
+    }
+
+    #[test]
+    fn a_uuid_uid_is_kept_as_bytes_and_read_back_exactly() {
+        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let (_, mut p) = pod(&format!("metadata: {{name: p, namespace: ci, uid: {uuid}}}"));
+        p.trim();
+        assert!(p.metadata.uid.is_none(), "kept once, as bytes");
+        assert_eq!(p.uid().as_deref(), Some(uuid));
+        assert_eq!(p.object_ref(&()).uid.as_deref(), Some(uuid), "Events name the pod's uid");
+        p.trim();
+        assert_eq!(p.uid().as_deref(), Some(uuid), "trimming twice keeps it");
+        // Anything else stays a string, exactly as written.
+        for other in [
+            "0F8FAD5B-D9CB-469F-A165-70867728950E",
+            "0f8fad5bd9cb469fa16570867728950e",
+            "u-1",
+            "",
+            "0f8fad5b-d9cb-469f-a165-70867728950g",
+        ] {
+            let (_, mut p) = pod(&format!("metadata: {{name: p, uid: '{other}'}}"));
+            p.trim();
+            assert_eq!(p.uid().as_deref(), Some(other), "{other}");
+        }
+        for i in 0..=255u8 {
+            let bytes = [i; 16];
+            assert_eq!(parse_uuid(&format_uuid(&bytes)), Some(bytes));
+        }
+    }
+
+    #[test]
+    fn the_deprecated_service_account_alias_is_dropped_when_the_name_is_set() {
+        for (spec, sa) in [
+            ("{serviceAccountName: bot, serviceAccount: bot}", "bot"),
+            ("{serviceAccountName: bot, serviceAccount: other}", "bot"),
+            ("{serviceAccount: legacy}", "legacy"),
+            ("{serviceAccountName: '', serviceAccount: legacy}", "default"),
+        ] {
+            let (_, mut p) = pod(&format!("metadata: {{name: p}}\nspec: {spec}"));
+            let before = p.service_account().to_string();
+            p.trim();
+            assert_eq!((before.as_str(), p.service_account()), (sa, sa), "{spec}");
+        }
     }
 
     #[test]

@@ -78,11 +78,13 @@ static DICTIONARY: LazyLock<Vec<u8>> = LazyLock::new(|| {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(from = "CapabilityGrant")]
 pub struct CachedGrant {
-    /// Name, namespace, generation, creation and deletion timestamps. The
-    /// rest of the metadata (uid, `resourceVersion`, annotations,
-    /// finalizers, labels, owner references) is in the JSON: the cache's key
-    /// for a grant copies its uid and `resourceVersion` when they are here,
-    /// and only a reconcile, which decodes the grant, reads them.
+    /// Name, namespace, generation, creation and deletion timestamps, and
+    /// the `resourceVersion` until [`CachedGrant::trim`] (the watch reads
+    /// each event's from the object). The rest of the metadata (uid,
+    /// `resourceVersion`, annotations, finalizers, labels, owner
+    /// references) is in the JSON: the cache's key for a grant copies its
+    /// uid and `resourceVersion` when they are here, and only a reconcile,
+    /// which decodes the grant, reads them.
     pub metadata: ObjectMeta,
     /// `spec.agent`.
     pub agent: String,
@@ -106,6 +108,7 @@ impl From<CapabilityGrant> for CachedGrant {
         super::run::strip(&mut grant);
         let mut metadata = ObjectMeta::default();
         move_identity(&mut grant.metadata, &mut metadata);
+        metadata.resource_version = grant.metadata.resource_version.clone();
         let status = grant.status.as_ref();
         // Encoding a value of our own types into a Vec cannot fail.
         let json = serde_json::to_vec(&grant).unwrap_or_default();
@@ -133,6 +136,14 @@ impl CachedGrant {
             .unwrap_or_else(|e| unreachable!("a cached grant is JSON that its own type wrote: {e}"));
         move_identity(&mut self.metadata.clone(), &mut grant.metadata);
         grant
+    }
+
+    /// Drops the metadata's copy of the `resourceVersion` (the JSON keeps
+    /// it), once the watch has read it: applied to every watch event before
+    /// the cache stores it. Not before: the watch resumes from each event's
+    /// `resourceVersion`, and re-lists everything when one has none.
+    pub fn trim(&mut self) {
+        self.metadata.resource_version = None;
     }
 
     /// Whether the grant is Active.
@@ -251,7 +262,9 @@ mod tests {
 
     #[test]
     fn keeps_only_the_identity_in_its_metadata() {
-        let cached: CachedGrant = serde_json::from_value(sample()).expect("decodes");
+        let mut cached: CachedGrant = serde_json::from_value(sample()).expect("decodes");
+        assert_eq!(cached.resource_version().as_deref(), Some("42"), "the watch reads it from the decoded object");
+        cached.trim();
         let m = &cached.metadata;
         assert_eq!((m.name.as_deref(), m.namespace.as_deref(), m.generation), (Some("g"), Some("ci"), Some(2)));
         assert!(m.uid.is_none() && m.resource_version.is_none(), "only in the JSON (the cache's key would copy them)");

@@ -18,7 +18,10 @@ use serde::Deserialize;
 
 use crate::{
     api::AGENT_LABEL,
-    controller::credentials::{keys, stored_tokens, POD_LABEL},
+    controller::{
+        credentials::{keys, stored_tokens, POD_LABEL},
+        FINALIZER,
+    },
     pki::{token, CertificateInfo},
 };
 
@@ -26,11 +29,16 @@ use crate::{
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(from = "Secret")]
 pub struct CredentialSecret {
-    /// Name, namespace, finalizers, creation and deletion timestamps; no
-    /// uid (nothing reads it), no labels, annotations, owner references or
-    /// field-ownership records, and the `resourceVersion` only when it is
-    /// not a plain number (see [`CredentialSecret::resource_version`]).
+    /// Name, namespace, creation and deletion timestamps, and finalizers
+    /// other than Writ's; no uid (nothing reads it), no labels, annotations,
+    /// owner references or field-ownership records, and, once the cache has
+    /// it ([`CredentialSecret::trim`]), the `resourceVersion` only when it is
+    /// not a plain number (see [`CredentialSecret::resource_version`] and
+    /// [`CredentialSecret::finalizers`]).
     pub metadata: ObjectMeta,
+    /// Whether Writ's finalizer is on the Secret (a flag, not a list and a
+    /// string per Secret).
+    writ_finalizer: bool,
     /// The `resourceVersion` when it is a plain number, as every API server
     /// backed by etcd writes it: a `u64` here instead of a string in the
     /// metadata and another in the cache's key for it.
@@ -166,13 +174,16 @@ impl From<Secret> for CredentialSecret {
         // garbage collector, not Writ, reads the owner reference.
         metadata.owner_references = None;
         metadata.uid = None;
+        let mut finalizers = metadata.finalizers.take().unwrap_or_default();
+        let all = finalizers.len();
+        finalizers.retain(|f| f != FINALIZER);
+        let writ_finalizer = finalizers.len() != all;
+        metadata.finalizers = (!finalizers.is_empty()).then_some(finalizers);
         let version =
             metadata.resource_version.as_deref().and_then(|rv| rv.parse::<u64>().ok().filter(|v| v.to_string() == rv));
-        if version.is_some() {
-            metadata.resource_version = None;
-        }
         Self {
             metadata,
+            writ_finalizer,
             version,
             pod: labels.remove(POD_LABEL),
             agent: labels.remove(AGENT_LABEL),
@@ -197,6 +208,28 @@ impl CredentialSecret {
     /// the metadata and so must not be used on a `CredentialSecret`).
     pub fn resource_version(&self) -> Option<String> {
         self.version.map(|v| v.to_string()).or_else(|| self.metadata.resource_version.clone())
+    }
+
+    /// Drops the metadata's `resourceVersion` when it is kept as a number,
+    /// once the watch has read it: applied to every watch event before the
+    /// cache stores it. Not before: the watch resumes from each event's
+    /// `resourceVersion`, and re-lists everything when one has none.
+    pub fn trim(&mut self) {
+        if self.version.is_some() {
+            self.metadata.resource_version = None;
+        }
+    }
+
+    /// Whether Writ's finalizer (`writ.dev/revoke`) is on the Secret.
+    pub fn has_writ_finalizer(&self) -> bool {
+        self.writ_finalizer
+    }
+
+    /// Every finalizer on the Secret, Writ's too (`ResourceExt::finalizers`
+    /// would miss it: it is kept as a flag).
+    pub fn finalizers(&self) -> Vec<String> {
+        let others = self.metadata.finalizers.iter().flatten().cloned();
+        self.writ_finalizer.then(|| FINALIZER.to_string()).into_iter().chain(others).collect()
     }
 
     /// The `resourceVersion` as a number, when it is one (`None` for an
@@ -272,7 +305,12 @@ mod tests {
         assert_eq!((s.pod.as_deref(), s.agent.as_deref()), (Some("p"), Some("bot")));
         assert!(s.metadata.labels.is_none() && s.metadata.annotations.is_none());
         assert_eq!((s.resource_version().as_deref(), s.version()), (Some("7"), Some(7)));
-        assert!(s.metadata.resource_version.is_none() && s.metadata.uid.is_none(), "kept once, as a number");
+        let wire = kube::ResourceExt::resource_version(&s);
+        assert_eq!(wire.as_deref(), Some("7"), "the watch reads it from the decoded object");
+        let mut cached = s.clone();
+        cached.trim();
+        assert_eq!((cached.resource_version().as_deref(), cached.version()), (Some("7"), Some(7)));
+        assert!(cached.metadata.resource_version.is_none() && cached.metadata.uid.is_none(), "kept once, as a number");
         assert_eq!(s.certificate().map(|c| c.serial_hex.clone()), Some(issued.serial_hex.clone()));
         let facts = s.token("g1").and_then(StoredToken::facts).expect("decoded token");
         let (header, claims) = token::decode_unverified(&jwt).expect("sample decodes");
@@ -307,11 +345,29 @@ mod tests {
     }
 
     #[test]
+    fn writs_finalizer_is_a_flag_and_the_others_stay() {
+        for (on, expected) in [
+            (vec![], vec![]),
+            (vec![FINALIZER], vec![FINALIZER]),
+            (vec!["other/f", FINALIZER], vec![FINALIZER, "other/f"]),
+            (vec!["other/f"], vec!["other/f"]),
+        ] {
+            let mut s = secret(&[]);
+            s.metadata.finalizers = Some(on.iter().map(|f| f.to_string()).collect());
+            let cached = CredentialSecret::from(s);
+            assert_eq!(cached.finalizers(), expected, "{on:?}");
+            assert_eq!(cached.has_writ_finalizer(), on.contains(&FINALIZER), "{on:?}");
+            assert!(!cached.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER), "kept once, as the flag");
+        }
+    }
+
+    #[test]
     fn an_opaque_resource_version_is_kept_as_it_is() {
         for (rv, number) in [("007", None), ("abc", None), ("18446744073709551616", None), ("42", Some(42))] {
             let mut s = secret(&[]);
             s.metadata.resource_version = Some(rv.into());
-            let cached = CredentialSecret::from(s);
+            let mut cached = CredentialSecret::from(s);
+            cached.trim();
             assert_eq!((cached.resource_version().as_deref(), cached.version()), (Some(rv), number), "{rv}");
         }
     }

@@ -186,7 +186,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         identities: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
         policies: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
         // Stripped as it is decoded (see [`CachedGrant`]).
-        grants: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), |_| {}),
+        grants: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), CachedGrant::trim),
         pods: Cache::spawn(Api::all(client.clone()), agent_pods, AgentPod::trim),
     });
     let shared = Arc::new(Shared::new(
@@ -447,7 +447,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let secrets = Cache::spawn(
         Api::<CredentialSecret>::all(client.clone()),
         watcher::Config::default().labels(credentials::POD_LABEL),
-        |_| {},
+        CredentialSecret::trim,
     );
     if secrets.store().wait_until_ready().await.is_err() {
         return;
