@@ -218,6 +218,13 @@ async fn metrics_expose_every_family_after_a_small_scenario() {
     // The sample line itself: the gauge's HELP text also contains "writ_leader 1".
     assert!(body.lines().any(|l| l == "writ_leader 1"), "leader gauge not 1:\n{body}");
     assert!(body.contains("decision=\"denied\""), "no denial counted:\n{body}");
+    // Each kind was listed once, when its cache started: a watch that
+    // re-lists on its own (e.g. on events it cannot resume from) would
+    // read every object again for each change.
+    for kind in ["agentidentities", "delegationpolicies", "capabilitygrants", "pods", "secrets"] {
+        let line = format!("writ_cache_lists_total{{kind=\"{kind}\"}} 1");
+        assert!(body.lines().any(|l| l == line), "{line} missing from /metrics:\n{body}");
+    }
     ns.cleanup().await;
 }
 

@@ -65,8 +65,14 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     /// Starts watching `api` (filtered by `config`); the cache keeps each
-    /// object as `trim` leaves it.
-    pub fn spawn(api: Api<K>, config: watcher::Config, trim: fn(&mut K)) -> Self {
+    /// object as `trim` leaves it, and `lists` counts the full lists (the
+    /// first, then every re-list).
+    pub fn spawn(
+        api: Api<K>,
+        config: watcher::Config,
+        trim: fn(&mut K),
+        lists: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         let (store, mut writer) = reflector::store();
         let (tx, _) = broadcast::channel(FAN_OUT);
         let fan_out = tx.clone();
@@ -82,7 +88,11 @@ where
                     watcher::Event::Apply(obj) => reader.get(&ObjectRef::from_obj(obj)).map(Signal::Changed),
                     watcher::Event::Delete(obj) => Some(Signal::Changed(Arc::new(obj.clone()))),
                     watcher::Event::InitDone => Some(Signal::Relisted),
-                    watcher::Event::Init | watcher::Event::InitApply(_) => None,
+                    watcher::Event::Init => {
+                        lists.inc();
+                        None
+                    }
+                    watcher::Event::InitApply(_) => None,
                 };
                 if let Some(signal) = signal {
                     // No subscriber (not leading) is not an error.

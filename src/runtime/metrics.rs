@@ -49,6 +49,13 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+/// Labels naming a watched kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `agentidentities`, `delegationpolicies`, `capabilitygrants`, `pods` or `secrets`.
+    pub kind: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +80,11 @@ pub struct Metrics {
     /// 1 once every cache is filled: the grant and pod caches too, which
     /// the controllers wait for and admission does not need.
     pub caches_synced: Gauge,
+    /// Full lists of each watched kind: one when its cache starts (for
+    /// credential Secrets, which only a leader watches, one per leadership
+    /// term), then one per re-list (a watch that fell too far behind, or
+    /// lost its place).
+    pub cache_lists: Family<KindLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -123,6 +135,12 @@ impl Default for Metrics {
             "1 once every cache is filled (the controllers of a leader start then)",
             caches_synced.clone(),
         );
+        let cache_lists = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "cache_lists",
+            "Full lists of each watched kind (one at start, then one per re-list)",
+            cache_lists.clone(),
+        );
         Self {
             registry,
             credentials,
@@ -135,6 +153,7 @@ impl Default for Metrics {
             grant_to_active,
             leader,
             caches_synced,
+            cache_lists,
         }
     }
 }
@@ -148,6 +167,11 @@ impl Metrics {
     /// Counts an admission decision.
     pub fn admission(&self, webhook: &'static str, decision: &'static str, rule: &str) {
         self.admission.get_or_create(&AdmissionLabels { webhook, decision, rule: rule.to_string() }).inc();
+    }
+
+    /// The counter of full lists of a watched kind.
+    pub fn cache_lists(&self, kind: &'static str) -> Counter {
+        self.cache_lists.get_or_create(&KindLabels { kind }).clone()
     }
 
     /// Counts a reconcile error.

@@ -183,11 +183,26 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // controllers share them).
     let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
     let caches = Arc::new(Caches {
-        identities: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
-        policies: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), strip),
+        identities: Cache::spawn(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            strip,
+            metrics.cache_lists("agentidentities"),
+        ),
+        policies: Cache::spawn(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            strip,
+            metrics.cache_lists("delegationpolicies"),
+        ),
         // Stripped as it is decoded (see [`CachedGrant`]).
-        grants: Cache::spawn(Api::all(client.clone()), watcher::Config::default(), CachedGrant::trim),
-        pods: Cache::spawn(Api::all(client.clone()), agent_pods, AgentPod::trim),
+        grants: Cache::spawn(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            CachedGrant::trim,
+            metrics.cache_lists("capabilitygrants"),
+        ),
+        pods: Cache::spawn(Api::all(client.clone()), agent_pods, AgentPod::trim, metrics.cache_lists("pods")),
     });
     let shared = Arc::new(Shared::new(
         client.clone(),
@@ -448,6 +463,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         Api::<CredentialSecret>::all(client.clone()),
         watcher::Config::default().labels(credentials::POD_LABEL),
         CredentialSecret::trim,
+        shared.metrics.cache_lists("secrets"),
     );
     if secrets.store().wait_until_ready().await.is_err() {
         return;
