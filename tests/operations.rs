@@ -12,7 +12,7 @@ use k8s_openapi::{
     api::core::v1::{Pod, Secret},
     ByteString,
 };
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use writ::api::GrantPhase;
 
 const WEB: (&str, &str) = ("k8s:deployments.patch", "k8s:staging/deployments/web");
@@ -91,6 +91,41 @@ async fn a_restarted_operator_reuses_its_trust_does_not_remint_and_catches_up_on
     assert_eq!(secret_fingerprint(&client, &op_ns, writ::trust::SIGNING_SECRET).await, keys, "the keys changed");
     let issued = op.metric("writ_credentials_total", &[r#"kind="certificate""#, r#"event="issued""#]).await;
     assert_eq!(issued.unwrap_or(0.0), 0.0, "certificates issued after the restart");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_token_written_before_its_grants_status_keeps_its_time_after_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    let op = Operator::start(&c, &operator_namespace("crash-window"), "w-0", &[]).await;
+    let ns = TestNamespace::new(&client, "crash-window").await;
+    let n = &ns.name;
+    example_setup(&c, &client, n).await;
+    let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
+    assert!(ok, "{out}");
+    let token = wait_for_token(&client, n, &pod, "g").await;
+    wait_phase(&client, n, "g", GrantPhase::Active, Duration::from_secs(10)).await;
+    // As if the operator had been stopped between writing the token and
+    // writing the grant's status: the status does not know the activation.
+    op.kill();
+    let grants: Api<writ::api::CapabilityGrant> = Api::namespaced(client.clone(), n);
+    let forget =
+        serde_json::json!({"status": {"phase": "Pending", "issuedAt": null, "expiresAt": null, "tokens": null}});
+    grants.patch_status("g", &PatchParams::default(), &Patch::Merge(forget)).await.expect("status rewound");
+    op.restart(&c).await;
+    let status = eventually(Duration::from_secs(15), "the grant Active again", || async {
+        grants.get("g").await.ok()?.status.filter(|s| s.phase == GrantPhase::Active && s.issued_at.is_some())
+    })
+    .await;
+    let (_, claims) = writ::pki::token::decode_unverified(&token).expect("token");
+    assert_eq!(status.issued_at.map(|t| t.0.as_second()), Some(claims.nbf), "the activation time is the token's");
+    assert_eq!(status.expires_at.map(|t| t.0.as_second()), Some(claims.exp), "so is the expiry");
+    assert_eq!(token_in(&client, n, &pod, "g").await, Some(token), "the token was re-minted");
+    let issued = op.metric("writ_credentials_total", &[r#"kind="token""#, r#"event="issued""#]).await;
+    assert_eq!(issued.unwrap_or(0.0), 0.0, "tokens issued after the restart");
     ns.cleanup().await;
 }
 

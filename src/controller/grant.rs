@@ -234,7 +234,22 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     let status = g.status.clone().unwrap_or_default();
     let uid = g.uid().unwrap_or_default();
     let decided = ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).copied();
-    let issued_at = status.issued_at.as_ref().map(unix).or(decided.map(|d| d.0)).unwrap_or(now);
+    // Neither the status nor this term knows the activation time, but a
+    // token may already be out: a replica stopped between writing it and
+    // writing the status. Its `nbf` is that time; taking it keeps the token
+    // (a new time would re-mint it, and stretch the grant by the downtime).
+    let minted = match (&status.issued_at, decided) {
+        (None, None) => minted_at(ctx, g).await?,
+        _ => None,
+    };
+    let created = g.metadata.creation_timestamp.as_ref().map_or(i64::MIN, unix);
+    let issued_at = status
+        .issued_at
+        .as_ref()
+        .map(unix)
+        .or(decided.map(|d| d.0))
+        .or(minted.map(|nbf| nbf.clamp(created.min(now), now)))
+        .unwrap_or(now);
     let mut expires_at =
         status.expires_at.as_ref().map(unix).or(decided.map(|d| d.1)).unwrap_or(issued_at + g.spec.ttl.as_secs_i64());
     if let Some(Some(p)) = parent {
@@ -261,6 +276,29 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens).await?;
     // The expiry is found by the sweep ([`expired`]), not kept as a requeue.
     Ok(Action::await_change())
+}
+
+/// When a token of `g` already held by one of its bound pods says the grant
+/// was activated (its `nbf`; the earliest, if several): tokens minted for
+/// this grant (same uid) before its status recorded the time.
+async fn minted_at(ctx: &Context, g: &CapabilityGrant) -> Result<Option<i64>, Error> {
+    let ns = g.namespace().unwrap_or_default();
+    let (name, uid) = (g.name_any(), g.uid().unwrap_or_default());
+    let mut earliest: Option<i64> = None;
+    for pod in bound_pods(ctx, g) {
+        let Some(secret_name) = pod.credential_secret() else { continue };
+        let secret = ctx.secret_writes.read(&ns, secret_name).await.map_err(|source| Error::Kube {
+            op: "reading credential Secret for",
+            object: object(g),
+            source,
+        })?;
+        let nbf = secret.as_deref().and_then(|s| s.token(&name)?.facts()).filter(|t| t.grant_uid == uid).map(|t| t.nbf);
+        earliest = match (earliest, nbf) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(earliest)
 }
 
 /// The AgentIdentities and (not deleting) DelegationPolicies of a namespace,

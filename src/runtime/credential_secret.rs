@@ -69,6 +69,8 @@ pub struct StoredToken {
     ends: [u32; 6],
     /// `exp`.
     exp: i64,
+    /// `nbf`.
+    nbf: i64,
     /// Whether the token decoded (else `text` is the grant alone).
     decoded: bool,
     /// Whether its header named a key id.
@@ -84,6 +86,8 @@ pub struct TokenFacts<'a> {
     pub jti: &'a str,
     /// `exp`, unix seconds.
     pub exp: i64,
+    /// `nbf`, unix seconds: the grant's activation time when it was minted.
+    pub nbf: i64,
     /// `cnf.x5t#S256`: the certificate the token is bound to.
     pub thumbprint: &'a str,
     /// `grant.uid`.
@@ -110,6 +114,7 @@ impl StoredToken {
             text: text.into_boxed_str(),
             ends,
             exp: facts.map_or(0, |f| f.exp),
+            nbf: facts.map_or(0, |f| f.nbf),
             decoded: facts.is_some(),
             has_kid: facts.is_some_and(|f| f.kid.is_some()),
         }
@@ -131,6 +136,7 @@ impl StoredToken {
             kid: self.has_kid.then(|| self.part(1)),
             jti: self.part(2),
             exp: self.exp,
+            nbf: self.nbf,
             thumbprint: self.part(3),
             grant_uid: self.part(4),
             pod_uid: self.part(5),
@@ -156,6 +162,7 @@ impl From<Secret> for CredentialSecret {
                         kid: h.kid.as_deref(),
                         jti: &c.jti,
                         exp: c.exp,
+                        nbf: c.nbf,
                         thumbprint: &c.cnf.x5t_s256,
                         grant_uid: &c.grant.uid,
                         pod_uid: &c.pod.uid,
@@ -315,7 +322,7 @@ mod tests {
         let facts = s.token("g1").and_then(StoredToken::facts).expect("decoded token");
         let (header, claims) = token::decode_unverified(&jwt).expect("sample decodes");
         assert_eq!(facts.jti, claims.jti);
-        assert_eq!(facts.exp, claims.exp);
+        assert_eq!((facts.exp, facts.nbf), (claims.exp, claims.nbf));
         assert_eq!(facts.kid, header.kid.as_deref());
         assert_eq!(facts.thumbprint, issued.thumbprint);
         assert_eq!((facts.grant_uid, facts.pod_uid), (claims.grant.uid.as_str(), claims.pod.uid.as_str()));
@@ -328,8 +335,15 @@ mod tests {
 
     #[test]
     fn a_stored_token_gives_back_each_string_as_it_was() {
-        let facts =
-            TokenFacts { kid: Some("k-1"), jti: "j\u{e9}", exp: 42, thumbprint: "", grant_uid: "g-uid", pod_uid: "p" };
+        let facts = TokenFacts {
+            kid: Some("k-1"),
+            jti: "j\u{e9}",
+            exp: 42,
+            nbf: 7,
+            thumbprint: "",
+            grant_uid: "g-uid",
+            pod_uid: "p",
+        };
         let t = StoredToken::new("grant-a", Some(facts));
         assert_eq!((t.grant(), t.facts()), ("grant-a", Some(facts)));
         let no_kid = TokenFacts { kid: None, ..facts };

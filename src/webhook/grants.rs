@@ -183,21 +183,46 @@ pub async fn requester_identities(shared: &Shared, req: &AdmissionRequest<Capabi
     }
 }
 
-/// Grant CREATE/UPDATE validation. Fails closed: unsynced caches or an
-/// unreadable chain deny.
+/// The DelegationPolicies of a namespace: from the cache, or, when it has
+/// none there, listed from the API server (a policy applied together with
+/// its grants, or just before them, may not have reached the watch; "no
+/// policy" would deny every grant of the namespace). An error when the list
+/// cannot be read: the caller then refuses.
+pub async fn namespace_policies(shared: &Shared, namespace: &str) -> Result<Vec<DelegationPolicy>, kube::Error> {
+    let cached = shared.policies_in(namespace);
+    if !cached.is_empty() {
+        return Ok(cached);
+    }
+    let api: Api<DelegationPolicy> = Api::namespaced(shared.client.clone(), namespace);
+    let mut listed = api.list(&Default::default()).await?.items;
+    listed.retain(|p| p.metadata.deletion_timestamp.is_none());
+    Ok(listed)
+}
+
+/// Grant CREATE/UPDATE validation. Fails closed: unsynced caches, an
+/// unreadable chain or unreadable policies deny.
 pub fn validate_grant(
     shared: &Shared,
     req: &AdmissionRequest<CapabilityGrant>,
     ancestors: Result<Vec<CapabilityGrant>, kube::Error>,
     agent: Option<Arc<AgentIdentity>>,
     requester_identities: &[AgentIdentity],
+    policies: Result<Vec<DelegationPolicy>, kube::Error>,
 ) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
     if !shared.is_synced() {
         return Decision::deny("not-ready", "writ is starting and cannot check grants yet; retry shortly");
     }
     let namespace = req.namespace.clone().unwrap_or_default();
-    let policies = shared.policies_in(&namespace);
+    let policies = match policies {
+        Ok(p) => p,
+        Err(e) => {
+            return Decision::deny(
+                "internal",
+                format!("writ could not read the DelegationPolicies of {namespace}: {e}"),
+            )
+        }
+    };
     let requester = Requester::from_user_info(username(req), groups(req), requester_identities, &namespace);
     match req.operation {
         Operation::Create => {

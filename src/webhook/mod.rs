@@ -178,7 +178,7 @@ async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl
     let req = parse_request::<crate::api::CapabilityGrant>(&body);
     // Ancestors are read from the API server (fresh), so resolve them before
     // the synchronous decision.
-    let (ancestors, agent, requesters) = match &req {
+    let (ancestors, agent, requesters, policies) = match &req {
         Ok(r) => {
             let ns = r.namespace.clone().unwrap_or_default();
             let agent = r.object.as_ref().map(|g| g.spec.agent.as_str());
@@ -186,12 +186,13 @@ async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl
                 grants::ancestors(&shared, r).await,
                 grants::identity_fallback(&shared, &ns, agent).await,
                 grants::requester_identities(&shared, r).await,
+                grants::namespace_policies(&shared, &ns).await,
             )
         }
-        Err(_) => (Ok(vec![]), None, vec![]),
+        Err(_) => (Ok(vec![]), None, vec![], Ok(vec![])),
     };
     reply(handle(&shared, "validate-grants", &body, |r| {
-        grants::validate_grant(&shared, r, ancestors, agent, &requesters)
+        grants::validate_grant(&shared, r, ancestors, agent, &requesters, policies)
     }))
 }
 
