@@ -18,10 +18,7 @@ use kube::{
 use super::{is_not_found, Context, Error, MANAGER};
 use crate::{
     api::{AgentIdentity, KeyAlgorithm, AGENT_LABEL},
-    pki::{
-        self,
-        cert::{CertificateInfo, PodCertificateRequest},
-    },
+    pki::{self, cert::PodCertificateRequest},
     runtime::{AgentPod, CredentialSecret},
     verify::{RevokedCertificate, RevokedToken},
 };
@@ -73,7 +70,7 @@ pub enum PodPlan {
 pub fn plan_pod(
     pod: &AgentPod,
     identity: Option<&AgentIdentity>,
-    stored: Option<&CertificateInfo>,
+    stored: Option<crate::runtime::CertificateFacts<'_>>,
     expected_spiffe_id: &str,
     max_ttl_secs: i64,
     now: i64,
@@ -100,7 +97,7 @@ pub fn plan_pod(
     let ttl = identity.spec.credential.ttl.as_secs_i64().min(max_ttl_secs);
     let rotate_before = identity.spec.credential.rotate_before.as_secs_i64().min(ttl / 2);
     let rotate_at = cert.not_after - rotate_before;
-    let wrong_identity = cert.spiffe_id.as_deref() != Some(expected_spiffe_id);
+    let wrong_identity = cert.spiffe_id != Some(expected_spiffe_id);
     if wrong_identity || now >= rotate_at || cert.not_after - cert.not_before > ttl {
         return PodPlan::Issue { rotation: true };
     }
@@ -356,7 +353,7 @@ pub async fn revoke_secret(
         .map(|f| RevokedToken { jti: f.jti.to_string(), expires_at: f.exp })
         .collect();
     let revoked_certs: Vec<RevokedCertificate> =
-        cert.iter().map(|c| RevokedCertificate { serial: c.serial_hex.clone(), expires_at: c.not_after }).collect();
+        cert.iter().map(|c| RevokedCertificate { serial: c.serial_hex.to_string(), expires_at: c.not_after }).collect();
     shared
         .revocations
         .revoke(revoked_tokens.clone(), revoked_certs, now)

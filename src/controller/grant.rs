@@ -436,7 +436,7 @@ async fn issue_token(
         task: token::Task { id: g.spec.task.id.clone(), intent: g.spec.task.intent.clone() },
         grant: token::GrantRef { namespace: ns.clone(), name: g.name_any(), uid: g.uid().unwrap_or_default() },
         pod: token::PodRef { name: pod.name_any(), uid: pod.uid().unwrap_or_default() },
-        cnf: token::Confirmation { x5t_s256: cert.thumbprint.clone() },
+        cnf: token::Confirmation { x5t_s256: cert.thumbprint.to_string() },
         act,
         req: g.annotations().get(REQUESTED_BY_ANNOTATION).cloned().unwrap_or_default(),
         apr: g.annotations().get(APPROVED_BY_ANNOTATION).cloned(),
@@ -729,7 +729,7 @@ pub fn grants_for_secret(
 ) -> Vec<kube::runtime::reflector::ObjectRef<CachedGrant>> {
     let agent = secret.agent.as_deref().unwrap_or_default();
     let ns = secret.namespace().unwrap_or_default();
-    let thumbprint = secret.leaf.as_ref().map(|c| c.thumbprint.as_str());
+    let thumbprint = secret.leaf().map(|c| c.thumbprint);
     let pod = secret.pod.as_deref().unwrap_or_default();
     grants_where(ctx_grants, &ns, |g| {
         if g.agent != agent || g.pod.as_ref().is_some_and(|bound| bound != pod) {

@@ -60,7 +60,7 @@ use kube::{
 pub use agent_pod::{AgentPod, AgentPodSpec, AgentPodStatus, PodPhase};
 pub use cached_grant::CachedGrant;
 pub use config::RunConfig;
-pub use credential_secret::{CredentialSecret, StoredToken, TokenFacts};
+pub use credential_secret::{CertificateFacts, CredentialSecret, StoredCertificate, StoredToken, TokenFacts};
 pub use run::run;
 
 use crate::{
