@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# `make bench`: the in-process benchmarks (crypto, webhook), then the grants
+# `make bench`: the in-process benchmarks (crypto, webhook, cache footprint), then the grants
 # benchmark on a real API server (hack/with-cluster.sh: KUBECONFIG if
 # reachable, else the local control plane, stopped again afterwards unless
 # WRIT_KEEP_CLUSTER=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench --bench crypto --bench webhook
+cargo bench --bench crypto --bench webhook --bench footprint
 hack/with-cluster.sh bench bash -c '
   cargo run --quiet -- crds | kubectl apply --server-side --force-conflicts -f - >/dev/null
   cargo bench --bench grants'
