@@ -23,6 +23,27 @@ fn operator_namespace(what: &str) -> String {
     format!("writ-{what}-{}", std::process::id())
 }
 
+/// An operator (run with `extra` arguments) and a namespace with the example
+/// identities and policy, a running agent pod `bot-1` with its credential,
+/// and grant `g` (15 minutes) with its token, which is returned.
+async fn one_active_grant(
+    c: &Cluster,
+    client: &kube::Client,
+    what: &str,
+    id: &str,
+    extra: &[&str],
+) -> (Operator, TestNamespace, Pod, String) {
+    let op = Operator::start(c, &operator_namespace(what), id, extra).await;
+    let ns = TestNamespace::new(client, what).await;
+    let n = &ns.name;
+    example_setup(c, client, n).await;
+    let pod = running_agent_pod(client, n, "bot-1", "release-bot").await;
+    let (ok, out) = apply_as(c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
+    assert!(ok, "{out}");
+    let token = wait_for_token(client, n, &pod, "g").await;
+    (op, ns, pod, token)
+}
+
 async fn cert_serial(client: &kube::Client, ns: &str, pod: &Pod) -> String {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let d = secret_data(&api.get(&credential_secret_name(pod)).await.expect("credential Secret"));
@@ -99,14 +120,8 @@ async fn a_token_written_before_its_grants_status_keeps_its_time_after_a_restart
     let _serial = SERIAL.lock().await;
     let c = cluster();
     let client = c.client().await;
-    let op = Operator::start(&c, &operator_namespace("crash-window"), "w-0", &[]).await;
-    let ns = TestNamespace::new(&client, "crash-window").await;
+    let (op, ns, pod, token) = one_active_grant(&c, &client, "crash-window", "w-0", &[]).await;
     let n = &ns.name;
-    example_setup(&c, &client, n).await;
-    let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
-    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
-    assert!(ok, "{out}");
-    let token = wait_for_token(&client, n, &pod, "g").await;
     wait_phase(&client, n, "g", GrantPhase::Active, Duration::from_secs(10)).await;
     // As if the operator had been stopped between writing the token and
     // writing the grant's status: the status does not know the activation.
@@ -227,14 +242,8 @@ async fn metrics_expose_every_family_after_a_small_scenario() {
     let _serial = SERIAL.lock().await;
     let c = cluster();
     let client = c.client().await;
-    let op = Operator::start(&c, &operator_namespace("metrics"), "m-0", &[]).await;
-    let ns = TestNamespace::new(&client, "metrics").await;
+    let (op, ns, pod, _) = one_active_grant(&c, &client, "metrics", "m-0", &[]).await;
     let n = &ns.name;
-    example_setup(&c, &client, n).await;
-    let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
-    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
-    assert!(ok, "{out}");
-    wait_for_token(&client, n, &pod, "g").await;
     let (ok, _) = apply_as(&c, Some("alice"), n, &grant_yaml("wild", "release-bot", &[("k8s:*", "k8s:*")], "5m", None));
     assert!(!ok, "a wildcard grant was admitted");
     let (_, body) = http_get(&format!("{}/metrics", op.metrics_url)).await.expect("metrics");
@@ -445,14 +454,8 @@ async fn nothing_secret_leaks_into_logs_events_status_or_metrics() {
     let _serial = SERIAL.lock().await;
     let c = cluster();
     let client = c.client().await;
-    let op = Operator::start(&c, &operator_namespace("leaks"), "l-0", &["--log-format", "json"]).await;
-    let ns = TestNamespace::new(&client, "leaks").await;
+    let (op, ns, pod, jwt) = one_active_grant(&c, &client, "leaks", "l-0", &["--log-format", "json"]).await;
     let n = &ns.name;
-    example_setup(&c, &client, n).await;
-    let pod = running_agent_pod(&client, n, "bot-1", "release-bot").await;
-    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("g", "release-bot", &[WEB], "15m", None));
-    assert!(ok, "{out}");
-    let jwt = wait_for_token(&client, n, &pod, "g").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
     let secret = secrets.get(&credential_secret_name(&pod)).await.expect("Secret");
     // Credential Secrets are owned by their pod (garbage-collected with it).

@@ -195,7 +195,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             strip,
             metrics.cache_lists("delegationpolicies"),
         ),
-        // Stripped as it is decoded (see [`CachedGrant`]).
+        // Stripped as it is decoded (see [`CachedGrant`]); the resourceVersion
+        // goes once the watch has read it.
         grants: Cache::spawn(
             Api::all(client.clone()),
             watcher::Config::default(),
