@@ -35,6 +35,14 @@ pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
     /// PEM of every CA certificate, issuing certificate first.
     bundle_pem: String,
+    /// PEM of the CA certificates an issued certificate's chain carries
+    /// after the leaf: those of the bundle that are not self-signed (the
+    /// intermediates of a brought CA). A self-signed root is a trust
+    /// anchor, which a chain may leave out (RFC 8446 §4.4.2) and a peer
+    /// takes from `ca.crt`: leaving it out makes each credential Secret
+    /// about a fifth smaller, a fifth less for etcd to store and for every
+    /// watch to carry (cert-manager leaves the root out of `tls.crt` too).
+    chain_pem: String,
     not_before: i64,
     not_after: i64,
     serial_hex: String,
@@ -81,6 +89,7 @@ impl CertificateAuthority {
             .map_err(|source| PkiError::Certificate { operation: "self-signing CA certificate", source })?;
         Ok(CertificateAuthority {
             bundle_pem: cert.pem(),
+            chain_pem: String::new(),
             issuer: Issuer::new(params, key),
             not_before: now,
             not_after,
@@ -122,9 +131,16 @@ impl CertificateAuthority {
         let serial_hex = crate::pki::cert::serial_hex(&cert);
         let issuer = Issuer::from_ca_cert_der(&issuing_der.as_slice().into(), key)
             .map_err(|source| PkiError::Certificate { operation: "loading CA certificate", source })?;
-        let bundle_pem =
-            ders.iter().map(|der| crate::pki::pem_lf(&pem::Pem::new("CERTIFICATE", der.clone()))).collect();
-        Ok(CertificateAuthority { issuer, bundle_pem, not_before, not_after, serial_hex })
+        let pem_of = |der: &Vec<u8>| crate::pki::pem_lf(&pem::Pem::new("CERTIFICATE", der.clone()));
+        let bundle_pem = ders.iter().map(pem_of).collect();
+        let mut chain_pem = String::new();
+        for der in &ders {
+            let cert = parse_x509(der)?;
+            if cert.subject().as_raw() != cert.issuer().as_raw() {
+                chain_pem.push_str(&pem_of(der));
+            }
+        }
+        Ok(CertificateAuthority { issuer, bundle_pem, chain_pem, not_before, not_after, serial_hex })
     }
 
     /// The CA certificate(s), PEM, issuing certificate first (store this in the CA Secret).
@@ -234,7 +250,7 @@ impl CertificateAuthority {
             }
         };
         let cert_pem = cert.pem();
-        let chain_pem = format!("{cert_pem}{}", self.bundle_pem);
+        let chain_pem = format!("{cert_pem}{}", self.chain_pem);
         Ok(IssuedCertificate {
             thumbprint: thumbprint(cert.der()),
             cert_pem,
@@ -358,6 +374,37 @@ mod tests {
         leaf.verify_signature(Some(ca_cert.public_key())).expect("chains");
     }
 
+    #[test]
+    fn an_issued_chain_carries_a_brought_intermediate_but_no_self_signed_root() {
+        // Company root, and an intermediate it signs that Writ is given (with the root after it).
+        let root_key = KeyAlgorithm::EcdsaP256.generate_key().expect("root key");
+        let mut root_params = CertificateParams::default();
+        root_params.distinguished_name.push(DnType::CommonName, "Company Root");
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        set_validity(&mut root_params, NOW - 60, NOW + 86400).expect("validity");
+        let root = root_params.self_signed(&root_key).expect("root");
+        let root_issuer = Issuer::new(root_params, root_key);
+        let key = KeyAlgorithm::EcdsaP256.generate_key().expect("intermediate key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "Company Writ Intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        set_validity(&mut params, NOW - 60, NOW + 86400).expect("validity");
+        let intermediate = params.signed_by(&key, &root_issuer).expect("intermediate");
+
+        let brought =
+            CertificateAuthority::from_pem(&format!("{}{}", intermediate.pem(), root.pem()), &key.serialize_pem())
+                .expect("brought CA");
+        let issued = brought.issue(&request()).expect("issue");
+        let chain = parse_certificates(issued.chain_pem.as_bytes()).expect("chain");
+        assert_eq!(chain, vec![first_der(&issued.cert_pem), intermediate.der().to_vec()], "leaf, intermediate");
+        let bundle = parse_certificates(brought.bundle_pem().as_bytes()).expect("bundle");
+        assert_eq!(bundle, vec![intermediate.der().to_vec(), root.der().to_vec()], "the bundle keeps both");
+
+        // Writ's own CA is a self-signed root: the chain is the leaf alone.
+        let own = CertificateAuthority::generate("Writ CA", NOW, 86400).expect("CA");
+        let issued = own.issue(&request()).expect("issue");
+        assert_eq!(parse_certificates(issued.chain_pem.as_bytes()).expect("chain"), vec![first_der(&issued.cert_pem)]);
+    }
     #[test]
     fn user_provided_ca_rejects_non_ca_certificates_and_wrong_keys() {
         let ca = CertificateAuthority::generate("Writ CA", NOW, 86400).expect("CA");

@@ -163,7 +163,8 @@ impl PodCertificateRequest {
 pub struct IssuedCertificate {
     /// The leaf certificate, PEM.
     pub cert_pem: String,
-    /// The leaf followed by the issuing CA certificate, PEM (what a TLS client presents).
+    /// The leaf followed by the CA certificates between it and its root, PEM (what a TLS peer
+    /// presents): the leaf alone when a self-signed root signs it (the root is in the bundle).
     pub chain_pem: String,
     /// The private key, PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`). Secret.
     pub key_pem: String,
@@ -499,9 +500,10 @@ mod tests {
         assert!(issued.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         assert_eq!(key.public_key_raw(), cert.public_key().subject_public_key.data.as_ref());
 
-        // Chain = leaf + CA; thumbprint over the leaf DER.
+        // Chain = the leaf alone (its self-signed root is the bundle); thumbprint over the leaf DER.
         let chain = parse_certificates(issued.chain_pem.as_bytes()).expect("chain");
-        assert_eq!(chain, vec![der.clone(), ca_der]);
+        assert_eq!(chain, vec![der.clone()]);
+        assert_eq!(parse_certificates(ca.bundle_pem().as_bytes()).expect("bundle"), vec![ca_der]);
         assert_eq!(issued.thumbprint, thumbprint(&der));
     }
 
@@ -634,7 +636,10 @@ mod tests {
         let issued = ca().issue(&request(KeyAlgorithm::EcdsaP256)).expect("issue");
         let der = leaf_der(&issued);
         assert_eq!(parse_certificates(&der).expect("der"), vec![der.clone()]);
-        assert_eq!(parse_certificates(issued.chain_pem.as_bytes()).expect("pem").len(), 2);
+        assert_eq!(
+            parse_certificates(format!("{}{}", issued.cert_pem, ca().cert_pem()).as_bytes()).expect("pem").len(),
+            2
+        );
         assert!(parse_certificates(b"").is_err());
         assert!(parse_certificates(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
         assert!(CertificateInfo::from_der(b"not a certificate").is_err());

@@ -47,8 +47,7 @@ enum Signal<K> {
 pub struct Cache<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
     tx: broadcast::Sender<Signal<K>>,
-    /// The watch; stopped when the cache is dropped (the leader's Secret
-    /// cache lives as long as its leadership term).
+    /// The watch; stopped when the cache is dropped.
     watch: Option<tokio::task::AbortHandle>,
 }
 

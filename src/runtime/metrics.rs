@@ -77,13 +77,12 @@ pub struct Metrics {
     pub grant_to_active: Histogram,
     /// 1 when this replica leads (runs the controllers).
     pub leader: Gauge,
-    /// 1 once every cache is filled: the grant and pod caches too, which
-    /// the controllers wait for and admission does not need.
+    /// 1 once every cache is filled: the grant, pod and credential Secret
+    /// caches too, which the controllers wait for and admission does not
+    /// need.
     pub caches_synced: Gauge,
-    /// Full lists of each watched kind: one when its cache starts (for
-    /// credential Secrets, which only a leader watches, one per leadership
-    /// term), then one per re-list (a watch that fell too far behind, or
-    /// lost its place).
+    /// Full lists of each watched kind: one when its cache starts, then one
+    /// per re-list (a watch that fell too far behind, or lost its place).
     pub cache_lists: Family<KindLabels, Counter>,
 }
 

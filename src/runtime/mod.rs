@@ -142,14 +142,14 @@ impl Shared {
         self.synced.load(Ordering::SeqCst)
     }
 
-    /// Marks every cache as synced, the grant and pod caches too.
+    /// Marks every cache as synced, the grant, pod and credential Secret caches too.
     pub fn set_all_synced(&self) {
         self.all_synced.store(true, Ordering::SeqCst);
         self.metrics.caches_synced.set(1);
     }
 
     /// Whether every cache has its initial list: the controllers decide on
-    /// the grant and pod caches, and do not start before (an empty cache
+    /// the grant, pod and Secret caches, and do not start before (an empty cache
     /// would have them revoke and re-issue).
     pub fn is_all_synced(&self) -> bool {
         self.all_synced.load(Ordering::SeqCst)
