@@ -146,6 +146,31 @@ pub fn time(secs: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 pub struct GenerationGate(std::sync::Mutex<std::collections::HashMap<String, (i64, bool)>>);
 
 impl GenerationGate {
+    /// A gate that has already seen every object in `cache`: for a
+    /// leadership term, whose controllers begin with a full pass over what
+    /// the caches hold. A fresh gate passed each object's first sighting,
+    /// so the first status write of each AgentIdentity in a term (its pod
+    /// counts, written at once) re-queued every pod and grant of that agent:
+    /// 10,000 no-op reconciles at the start of a term at scale.
+    pub fn seeded<K>(cache: &kube::runtime::reflector::Store<K>) -> Self
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        Self(std::sync::Mutex::new(
+            cache
+                .state()
+                .iter()
+                .map(|obj| {
+                    let meta = obj.meta();
+                    (
+                        meta.uid.clone().unwrap_or_default(),
+                        (meta.generation.unwrap_or_default(), meta.deletion_timestamp.is_some()),
+                    )
+                })
+                .collect(),
+        ))
+    }
+
     /// Whether this sighting of `obj` is a change dependents must see.
     /// An object no longer in `cache` (this is its deletion) always passes,
     /// whatever its last state says.
@@ -201,5 +226,28 @@ mod gate_tests {
         assert!(seen(&id, false), "deletion started");
         assert!(!seen(&id, false));
         assert!(seen(&id, true), "removed after its deletion started");
+    }
+
+    #[test]
+    fn a_seeded_gate_has_seen_what_the_cache_held() {
+        let (cache, mut feed) = reflector::store::<AgentIdentity>();
+        let identity = |name: &str, generation: i64| -> AgentIdentity {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
+                "metadata": {"name": name, "uid": format!("u-{name}"), "generation": generation},
+                "spec": {"class": "Agent", "serviceAccountName": name, "owner": "o", "ceiling": []}
+            }))
+            .expect("identity")
+        };
+        feed.apply_watcher_event(&Event::Apply(identity("a", 3)));
+        let gate = GenerationGate::seeded(&cache);
+        let mut seen = |id: AgentIdentity| {
+            feed.apply_watcher_event(&Event::Apply(id.clone()));
+            gate.changed(&id, &cache)
+        };
+        assert!(!seen(identity("a", 3)), "a status update of an object the term started with");
+        assert!(seen(identity("a", 4)), "its spec changed");
+        assert!(seen(identity("b", 1)), "an object the cache did not hold");
+        assert!(!seen(identity("b", 1)));
     }
 }

@@ -504,7 +504,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // a second while pods come and go, and re-queueing every pod of the agent
     // on each write kept the controller busy with thousands of no-op
     // reconciles while new pods waited for their credentials.
-    let pod_identity_gate = controller::GenerationGate::default();
+    let pod_identity_gate = controller::GenerationGate::seeded(&caches.identities.store());
     let identity_cache = shared.identities.clone();
     let requests = futures::stream::select_all([
         caches.pods.changes(&resync).map(|p| ObjectRef::from_obj(&*p)).boxed(),
@@ -592,7 +592,10 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         shared.grants.clone(),
         shared.grants.clone(),
     );
-    let (identity_gate, policy_gate) = (controller::GenerationGate::default(), controller::GenerationGate::default());
+    let (identity_gate, policy_gate) = (
+        controller::GenerationGate::seeded(&caches.identities.store()),
+        controller::GenerationGate::seeded(&caches.policies.store()),
+    );
     let (identity_cache, policy_cache) = (shared.identities.clone(), shared.policies.clone());
     let (resync, all) = Resync::channel();
     let each = |refs: Vec<ObjectRef<CachedGrant>>| futures::stream::iter(refs);
