@@ -527,13 +527,21 @@ async fn main() {
         eprintln!("[scale] WRIT_SCALE_KEEP: namespaces {ns}, {raw_ns} and {op_ns} kept");
         return;
     }
-    for name in [&ns, &raw_ns, &op_ns] {
+    // The operator's namespace goes last: its credential Secrets carry Writ's
+    // finalizer, which only a leader (whose Lease lives there) removes, once
+    // it has revoked what they hold. Deleted together, the scale namespace
+    // stayed Terminating with every Secret in it.
+    for name in [&ns, &raw_ns] {
         let _ = namespaces.delete(name, &DeleteParams::default()).await;
     }
     let gone = Instant::now();
     while namespaces.get_opt(&ns).await.ok().flatten().is_some() && gone.elapsed() < Duration::from_secs(300) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    if gone.elapsed() >= Duration::from_secs(300) {
+        eprintln!("[scale] namespace {ns} still there 300 s after its deletion");
+    }
+    let _ = namespaces.delete(&op_ns, &DeleteParams::default()).await;
 }
 
 /// Two write-count deltas added up.

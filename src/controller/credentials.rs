@@ -209,7 +209,17 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
             PodPlan::Issue { rotation } => {
                 let Some(identity) = identity.as_deref() else { return Ok(Action::await_change()) };
                 let first = secret.is_none();
-                let issued = issue(ctx, pod, identity, &secret_name, &spiffe, (rotation, first, from_api), now).await?;
+                let issued =
+                    match issue(ctx, pod, identity, &secret_name, &spiffe, (rotation, first, from_api), now).await {
+                        // The pod goes with its namespace: nothing to issue, and no retry
+                        // (each pod of a deleted namespace retried every second, thousands
+                        // of refused creates a second while the namespace emptied).
+                        Err(Error::Kube { source, .. }) if namespace_terminating(&source) => {
+                            tracing::debug!("namespace terminating; no credential issued");
+                            return Ok(Action::await_change());
+                        }
+                        issued => issued?,
+                    };
                 if !issued {
                     // The Secret exists after all: decide again on what it holds.
                     from_api = true;
@@ -219,6 +229,13 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
             }
         };
     }
+}
+
+/// Whether the API server refused a write because its namespace is being
+/// deleted (`NamespaceTerminating`, from the NamespaceLifecycle admission).
+pub fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 403
+        && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
 /// Mints a certificate for `pod` and writes its credential Secret; returns
@@ -476,8 +493,19 @@ mod tests {
         existing: Arc<Mutex<Option<serde_json::Value>>>,
         log: Arc<Mutex<Vec<(Method, String)>>>,
     ) -> kube::Client {
+        let conflict =
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409});
+        fake_api_refusing_creates(existing, log, conflict)
+    }
+
+    /// [`fake_api`] with creates of Secrets refused with `refusal` (a Status).
+    fn fake_api_refusing_creates(
+        existing: Arc<Mutex<Option<serde_json::Value>>>,
+        log: Arc<Mutex<Vec<(Method, String)>>>,
+        refusal: serde_json::Value,
+    ) -> kube::Client {
         let service = tower::service_fn(move |req: Request<kube::client::Body>| {
-            let (existing, log) = (existing.clone(), log.clone());
+            let (existing, log, refusal) = (existing.clone(), log.clone(), refusal.clone());
             async move {
                 let (method, path) = (req.method().clone(), req.uri().path().to_string());
                 let body = req.into_body().collect().await?.to_bytes();
@@ -489,9 +517,10 @@ mod tests {
                     )
                 };
                 let (code, body) = match (&method, path.as_str()) {
-                    (&Method::POST, p) if p == format!("/api/v1/namespaces/{NS}/secrets") => {
-                        (StatusCode::CONFLICT, status(409, "AlreadyExists"))
-                    }
+                    (&Method::POST, p) if p == format!("/api/v1/namespaces/{NS}/secrets") => (
+                        StatusCode::from_u16(refusal["code"].as_u64().unwrap_or(500) as u16).expect("status code"),
+                        Bytes::from(refusal.to_string()),
+                    ),
                     (&Method::GET, p) if p == format!("/api/v1/namespaces/{NS}/secrets/{SECRET}") => {
                         match existing.lock().expect("existing").clone() {
                             Some(s) => (StatusCode::OK, Bytes::from(s.to_string())),
@@ -612,6 +641,28 @@ mod tests {
         assert!(rotations_due(&ctx.shared, &secrets, now).is_empty(), "not due while the certificate is fresh");
         let due = rotations_due(&ctx.shared, &secrets, not_after);
         assert_eq!(due, vec![ObjectRef::from_obj(&*pod)], "due by its expiry");
+    }
+
+    #[tokio::test]
+    async fn a_pod_in_a_terminating_namespace_gets_one_refused_create_and_no_retry() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let refusal = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": format!("secrets \"{SECRET}\" is forbidden: unable to create new content in namespace {NS} because it is being terminated"),
+            "details": {"name": SECRET, "kind": "secrets", "causes": [{"reason": "NamespaceTerminating",
+                "message": format!("namespace {NS} is being terminated"), "field": "metadata.namespace"}]}
+        });
+        let ctx = context(fake_api_refusing_creates(Arc::default(), log.clone(), refusal)).await;
+        log.lock().expect("log").clear();
+        let action = reconcile(pod(), ctx.clone()).await.expect("not an error: nothing to retry");
+        assert_eq!(action, Action::await_change());
+        assert_eq!(credential_requests(&log), vec![(Method::POST, format!("/api/v1/namespaces/{NS}/secrets"))]);
+
+        // Any other refusal is an error (retried by the error policy).
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                               "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
+        let ctx = context(fake_api_refusing_creates(Arc::default(), log.clone(), forbidden)).await;
+        assert!(reconcile(pod(), ctx).await.is_err(), "an RBAC refusal is not the namespace going away");
     }
 
     #[tokio::test]
