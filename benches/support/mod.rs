@@ -236,6 +236,29 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Waits, at most `max`, until the local control plane is quiet: its API
+/// server and etcd used less than a tenth of a core over the last second
+/// (on another cluster, whose processes the bench cannot see: 5 s). A timed
+/// phase then starts, as the first one does, on a control plane that has
+/// finished the previous phase's work (its watch deliveries, its garbage
+/// collection). Returns how long it waited.
+pub async fn control_plane_quiet(operator: u32, max: Duration) -> Duration {
+    let start = Instant::now();
+    let Some(mut last) = control_plane_cpu(operator) else {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        return start.elapsed();
+    };
+    while start.elapsed() < max {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(now) = control_plane_cpu(operator) else { break };
+        if now - last < 0.1 {
+            break;
+        }
+        last = now;
+    }
+    start.elapsed()
+}
+
 /// CPU seconds the local control plane's API server and etcd have used so
 /// far (`None` when the cluster is not the local control plane).
 pub fn control_plane_cpu(operator: u32) -> Option<f64> {
