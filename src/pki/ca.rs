@@ -405,6 +405,7 @@ mod tests {
         let issued = own.issue(&request()).expect("issue");
         assert_eq!(parse_certificates(issued.chain_pem.as_bytes()).expect("chain"), vec![first_der(&issued.cert_pem)]);
     }
+
     #[test]
     fn user_provided_ca_rejects_non_ca_certificates_and_wrong_keys() {
         let ca = CertificateAuthority::generate("Writ CA", NOW, 86400).expect("CA");
