@@ -222,12 +222,13 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         // server's identities and policies. The caches may not yet hold a
         // policy or the requesting agent's identity that were just created
         // (a planner's sub-grant was denied this way).
-        let (identities, policies) = api_authorities(ctx, &ns).await.map_err(|source| Error::Kube {
+        let listed = ctx.authorities.get(&ns).await.map_err(|source| Error::Write {
             op: "reading the identities and policies for",
             object: object(g),
             source,
         })?;
-        (w.authorised, w.needs_approval) = crate::policy::authorisation(g, &identities, &policies);
+        let (identities, policies) = &*listed;
+        (w.authorised, w.needs_approval) = crate::policy::authorisation(g, identities, policies);
     }
     let (phase, reason) = next_phase(g, &w);
     let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
@@ -311,20 +312,6 @@ async fn minted_at(ctx: &Context, g: &CapabilityGrant) -> Result<Option<i64>, Er
         };
     }
     Ok(earliest)
-}
-
-/// The AgentIdentities and (not deleting) DelegationPolicies of a namespace,
-/// from the API server: what [`world`] reads from the caches.
-async fn api_authorities(
-    ctx: &Context,
-    ns: &str,
-) -> Result<(Vec<AgentIdentity>, Vec<crate::api::DelegationPolicy>), kube::Error> {
-    let client = &ctx.shared.client;
-    let identities = Api::<AgentIdentity>::namespaced(client.clone(), ns).list(&Default::default()).await?.items;
-    let mut policies =
-        Api::<crate::api::DelegationPolicy>::namespaced(client.clone(), ns).list(&Default::default()).await?.items;
-    policies.retain(|p| p.metadata.deletion_timestamp.is_none());
-    Ok((identities, policies))
 }
 
 async fn api_grant(ctx: &Context, ns: &str, name: &str) -> Result<Option<Arc<CapabilityGrant>>, kube::Error> {

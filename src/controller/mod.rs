@@ -1,5 +1,6 @@
 //! The reconcilers, run by the leader: pod credentials, identity status, grants.
 
+pub mod authorities;
 pub mod batch;
 pub mod credentials;
 pub mod events;
@@ -33,6 +34,9 @@ pub struct Context {
     pub activations: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
     /// Trust bundle last published per namespace, and when (unix seconds).
     pub published_bundles: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+    /// A namespace's identities and policies listed from the API server,
+    /// shared by the grant reconciles that ask together.
+    pub authorities: authorities::AuthorityLists,
 }
 
 impl Context {
@@ -43,7 +47,15 @@ impl Context {
         secrets: kube::runtime::reflector::Store<crate::runtime::CredentialSecret>,
     ) -> Self {
         let secret_writes = batch::SecretWriter::new(shared.client.clone(), secrets);
-        Self { shared, events, secret_writes, activations: Default::default(), published_bundles: Default::default() }
+        let authorities = authorities::AuthorityLists::new(shared.client.clone());
+        Self {
+            shared,
+            events,
+            secret_writes,
+            activations: Default::default(),
+            published_bundles: Default::default(),
+            authorities,
+        }
     }
 
     /// Publishes an Event; failures are logged, never fatal.
@@ -66,7 +78,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// A batched Secret write failed (shared by every change it carried).
+    /// A batched API call failed (shared by every caller it served: a
+    /// Secret write, every change it carried; a list of authorities).
     #[error("{op} {object}: {source}")]
     Write {
         /// What we were doing.
