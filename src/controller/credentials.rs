@@ -233,7 +233,7 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
 
 /// Whether the API server refused a write because its namespace is being
 /// deleted (`NamespaceTerminating`, from the NamespaceLifecycle admission).
-pub fn namespace_terminating(e: &kube::Error) -> bool {
+fn namespace_terminating(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 403
         && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }

@@ -169,19 +169,7 @@ impl GenerationGate {
     where
         K: kube::Resource<DynamicType = ()> + Clone + 'static,
     {
-        Self(std::sync::Mutex::new(
-            cache
-                .state()
-                .iter()
-                .map(|obj| {
-                    let meta = obj.meta();
-                    (
-                        meta.uid.clone().unwrap_or_default(),
-                        (meta.generation.unwrap_or_default(), meta.deletion_timestamp.is_some()),
-                    )
-                })
-                .collect(),
-        ))
+        Self(std::sync::Mutex::new(cache.state().iter().map(|obj| sighting(obj.meta())).collect()))
     }
 
     /// Whether this sighting of `obj` is a change dependents must see.
@@ -191,17 +179,21 @@ impl GenerationGate {
     where
         K: kube::Resource<DynamicType = ()> + Clone + 'static,
     {
-        let meta = obj.meta();
-        let key = meta.uid.clone().unwrap_or_default();
+        let (key, now) = sighting(obj.meta());
         let gone = cache.get(&kube::runtime::reflector::ObjectRef::from_obj(obj)).is_none();
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if gone {
             seen.remove(&key);
             return true;
         }
-        let now = (meta.generation.unwrap_or_default(), meta.deletion_timestamp.is_some());
         seen.insert(key, now) != Some(now)
     }
+}
+
+/// What a gate records of an object: by uid, its generation and whether its
+/// deletion has started.
+fn sighting(meta: &kube::api::ObjectMeta) -> (String, (i64, bool)) {
+    (meta.uid.clone().unwrap_or_default(), (meta.generation.unwrap_or_default(), meta.deletion_timestamp.is_some()))
 }
 
 #[cfg(test)]
