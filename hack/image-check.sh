@@ -79,6 +79,12 @@ work=$(mktemp -d)
 pid=
 ns="writ-image-$$"
 cleanup() {
+  local status=$?
+  # A failure after the start shows what writ said (it logs no secrets).
+  if [ "$status" != 0 ] && [ -s "$work/writ.log" ]; then
+    log "the last lines writ logged:"
+    tail -40 "$work/writ.log" >&2
+  fi
   if [ -n "$pid" ]; then
     for p in $(writ_pids); do as_root kill "$p" 2>/dev/null || true; done
   fi
@@ -157,10 +163,10 @@ as_root env -i KUBECONFIG=/kubeconfig "$chroot" --userspec="$user" "$root" "$ins
 pid=$!
 for _ in $(seq 1 120); do
   curl -fs "http://127.0.0.1:$metrics/readyz" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { tail -20 "$work/writ.log" >&2; die "writ run exited"; }
+  kill -0 "$pid" 2>/dev/null || die "writ run exited"
   sleep 0.5
 done
-curl -fs "http://127.0.0.1:$metrics/readyz" >/dev/null || { tail -20 "$work/writ.log" >&2; die "not ready after 60 s"; }
+curl -fs "http://127.0.0.1:$metrics/readyz" >/dev/null || die "not ready after 60 s"
 for _ in $(seq 1 60); do
   curl -fs "http://127.0.0.1:$metrics/metrics" | grep -qx 'writ_leader 1' && break
   sleep 0.5
