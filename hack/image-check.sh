@@ -167,11 +167,15 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 curl -fs "http://127.0.0.1:$metrics/readyz" >/dev/null || die "not ready after 60 s"
-for _ in $(seq 1 60); do
-  curl -fs "http://127.0.0.1:$metrics/metrics" | grep -qx 'writ_leader 1' && break
+# The scrape is read whole before it is searched: `curl | grep -q` under
+# pipefail fails when grep stops reading first and curl is left writing.
+leading() { local m; m=$(curl -fs "http://127.0.0.1:$metrics/metrics") && grep -qx 'writ_leader 1' <<<"$m"; }
+for _ in $(seq 1 120); do
+  leading && break
+  kill -0 "$pid" 2>/dev/null || die "writ run exited"
   sleep 0.5
 done
-curl -fs "http://127.0.0.1:$metrics/metrics" | grep -qx 'writ_leader 1' || die "never became leader"
+leading || die "not leading 60 s after it was ready ($(curl -fs "http://127.0.0.1:$metrics/metrics" | grep '^writ_leader ' || echo 'no writ_leader in /metrics'))"
 kubectl -n "$ns" get secret writ-ca >/dev/null || die "no CA Secret in $ns"
 running=$(writ_pids | sed -n 1p)
 [ -n "$running" ] || die "the writ process is gone"
