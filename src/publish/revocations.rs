@@ -22,6 +22,9 @@ pub const KEY: &str = "revocations.json";
 /// credential for up to their clock-skew allowance past `exp`, so the
 /// revocation must stay published at least that long.
 pub const RETENTION_AFTER_EXPIRY_SECS: i64 = 300;
+/// The most a ConfigMap's data may hold (the API server's limit, 1 MiB): a
+/// list that would not fit is refused here, before anything is sent.
+pub const MAX_LIST_BYTES: usize = 1024 * 1024;
 
 /// Errors while persisting revocations.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,23 @@ pub enum RevocationError {
         /// What went wrong.
         message: String,
     },
+    /// The list with these revocations would not fit in its ConfigMap.
+    /// Nothing is written and the credentials stay issued (fail closed) until
+    /// enough entries reach their expiry to make room.
+    #[error(
+        "ConfigMap {namespace}/{CONFIGMAP} key {KEY}: the revocation list would be {bytes} bytes \
+         ({entries} entries), over the {MAX_LIST_BYTES} bytes a ConfigMap holds; the credentials stay \
+         issued until older entries expire (each is kept until its credential's own expiry: shorter \
+         certificate ttl and grant durations keep the list smaller)"
+    )]
+    Full {
+        /// Namespace.
+        namespace: String,
+        /// The encoded size it would have had.
+        bytes: usize,
+        /// Entries it would have held.
+        entries: usize,
+    },
     /// Encoding failed.
     #[error("encoding the revocation list: {0}")]
     Encode(#[from] serde_json::Error),
@@ -63,6 +83,12 @@ pub struct RevocationStore {
     api: Api<ConfigMap>,
     namespace: String,
     list: Mutex<RevocationList>,
+    /// The encoded size of `list` as last read or written.
+    bytes: std::sync::atomic::AtomicUsize,
+    /// The ConfigMap's resourceVersion as last read or written: a write
+    /// replaces that version without reading the list back first (it is up to
+    /// a mebibyte); a conflict means someone else wrote it meanwhile.
+    resource_version: std::sync::Mutex<Option<String>>,
     /// Revocations waiting for the next write, and who waits for it.
     pending: std::sync::Mutex<Pending>,
 }
@@ -83,29 +109,47 @@ impl RevocationStore {
     /// Loads the persisted list (an absent ConfigMap is an empty list).
     pub async fn load(client: &Client, namespace: &str) -> Result<Self, RevocationError> {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let list = Self::read(&api, namespace).await?;
-        Ok(Self { api, namespace: namespace.into(), list: Mutex::new(list), pending: Default::default() })
+        let stored = Self::read(&api, namespace).await?;
+        Ok(Self {
+            api,
+            namespace: namespace.into(),
+            list: Mutex::new(stored.list),
+            bytes: stored.bytes.into(),
+            resource_version: stored.resource_version.into(),
+            pending: Default::default(),
+        })
+    }
+
+    /// The persisted list's size: its encoded bytes and its entries.
+    pub async fn size(&self) -> (usize, usize) {
+        let list = self.list.lock().await;
+        (self.bytes.load(std::sync::atomic::Ordering::Relaxed), list.tokens.len() + list.certificates.len())
     }
 
     /// Reads the persisted list. An unreadable list is an error, never an
     /// empty list: forgetting revocations would re-validate revoked credentials.
-    async fn read(api: &Api<ConfigMap>, namespace: &str) -> Result<RevocationList, RevocationError> {
+    async fn read(api: &Api<ConfigMap>, namespace: &str) -> Result<Stored, RevocationError> {
         let cm = api
             .get_opt(CONFIGMAP)
             .await
             .map_err(|source| RevocationError::Kube { namespace: namespace.into(), source })?;
+        let resource_version = cm.as_ref().and_then(|cm| cm.metadata.resource_version.clone());
         let Some(text) = cm.and_then(|cm| cm.data).and_then(|mut d| d.remove(KEY)) else {
-            return Ok(RevocationList::default());
+            return Ok(Stored { list: RevocationList::default(), bytes: 0, resource_version });
         };
-        serde_json::from_str(&text).map_err(|source| RevocationError::Corrupt { namespace: namespace.into(), source })
+        let list = serde_json::from_str(&text)
+            .map_err(|source| RevocationError::Corrupt { namespace: namespace.into(), source })?;
+        Ok(Stored { list, bytes: text.len(), resource_version })
     }
 
     /// Re-reads the persisted list (followers; a new leader before writing).
     pub async fn refresh(&self) -> Result<(), RevocationError> {
-        let list = Self::read(&self.api, &self.namespace).await?;
+        let stored = Self::read(&self.api, &self.namespace).await?;
         let mut cur = self.list.lock().await;
-        if list.version >= cur.version {
-            *cur = list;
+        if stored.list.version >= cur.version {
+            *cur = stored.list;
+            self.bytes.store(stored.bytes, std::sync::atomic::Ordering::Relaxed);
+            *self.resource_version.lock().unwrap_or_else(|e| e.into_inner()) = stored.resource_version;
         }
         Ok(())
     }
@@ -182,58 +226,239 @@ impl RevocationStore {
     ) -> Result<(), RevocationError> {
         let mut list = self.list.lock().await;
         let mut next = list.clone();
-        let mut changed = false;
-        let keep = |expires_at: i64| expires_at + RETENTION_AFTER_EXPIRY_SECS > now;
-        let mut jtis: std::collections::HashSet<String> = next.tokens.iter().map(|t| t.jti.clone()).collect();
-        for t in tokens {
-            if keep(t.expires_at) && jtis.insert(t.jti.clone()) {
-                next.tokens.push(t);
-                changed = true;
-            }
-        }
-        let mut serials: std::collections::HashSet<String> =
-            next.certificates.iter().map(|c| c.serial.clone()).collect();
-        for c in certificates {
-            if keep(c.expires_at) && serials.insert(c.serial.clone()) {
-                next.certificates.push(c);
-                changed = true;
-            }
-        }
-        let before = next.tokens.len() + next.certificates.len();
-        next.tokens.retain(|t| keep(t.expires_at));
-        next.certificates.retain(|c| keep(c.expires_at));
-        changed |= next.tokens.len() + next.certificates.len() != before;
-        if !changed {
+        let before = (next.tokens.len(), next.certificates.len());
+        let added = merge(&mut next, tokens, certificates, now);
+        if added == 0 && (next.tokens.len(), next.certificates.len()) == before {
             return Ok(());
         }
         next.version = list.version + 1;
-        self.persist(&next).await?;
+        self.persist(&mut next, now).await?;
         *list = next;
         Ok(())
     }
 
-    async fn persist(&self, list: &RevocationList) -> Result<(), RevocationError> {
-        let json = serde_json::to_string(list)?;
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(CONFIGMAP.into()),
-                labels: Some([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())].into()),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(KEY.to_string(), json)])),
-            ..Default::default()
-        };
+    /// Writes `list` over the version last read or written. When someone
+    /// else wrote meanwhile (a replica that led for a while, a person), what
+    /// they hold that is still in force is kept: their list is read, merged
+    /// into `list`, and written over their version.
+    async fn persist(&self, list: &mut RevocationList, now: i64) -> Result<(), RevocationError> {
         let err = |source| RevocationError::Kube { namespace: self.namespace.clone(), source };
-        match self.api.get_opt(CONFIGMAP).await.map_err(err)? {
-            None => {
-                self.api.create(&PostParams::default(), &cm).await.map_err(err)?;
+        let mut attempts = 0;
+        loop {
+            let json = serde_json::to_string(&*list)?;
+            let bytes = json.len();
+            if bytes > MAX_LIST_BYTES {
+                return Err(RevocationError::Full {
+                    namespace: self.namespace.clone(),
+                    bytes,
+                    entries: list.tokens.len() + list.certificates.len(),
+                });
             }
-            Some(existing) => {
-                let mut cm = cm;
-                cm.metadata.resource_version = existing.metadata.resource_version;
-                self.api.replace(CONFIGMAP, &PostParams::default(), &cm).await.map_err(err)?;
+            let resource_version = self.resource_version.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(CONFIGMAP.into()),
+                    labels: Some([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())].into()),
+                    resource_version: resource_version.clone(),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(KEY.to_string(), json)])),
+                ..Default::default()
+            };
+            let written = match resource_version {
+                None => self.api.create(&PostParams::default(), &cm).await,
+                Some(_) => self.api.replace(CONFIGMAP, &PostParams::default(), &cm).await,
+            };
+            match written {
+                Ok(cm) => {
+                    *self.resource_version.lock().unwrap_or_else(|e| e.into_inner()) = cm.metadata.resource_version;
+                    self.bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
+                // 409: a newer version (or, for a create, one) is stored.
+                Err(kube::Error::Api(e)) if e.code == 409 && attempts < 3 => {
+                    attempts += 1;
+                    let stored = Self::read(&self.api, &self.namespace).await?;
+                    tracing::info!(
+                        stored_version = stored.list.version,
+                        our_version = list.version,
+                        "the revocation list was written by someone else meanwhile; merging"
+                    );
+                    list.version = list.version.max(stored.list.version + 1);
+                    merge(list, stored.list.tokens, stored.list.certificates, now);
+                    *self.resource_version.lock().unwrap_or_else(|e| e.into_inner()) = stored.resource_version;
+                }
+                Err(e) => return Err(err(e)),
             }
         }
-        Ok(())
+    }
+}
+
+/// What the ConfigMap held when read.
+struct Stored {
+    list: RevocationList,
+    bytes: usize,
+    resource_version: Option<String>,
+}
+
+/// Adds the entries `list` lacks (by `jti`, by serial) and drops every entry
+/// past its expiry and retention. Returns how many were added.
+fn merge(
+    list: &mut RevocationList,
+    tokens: Vec<RevokedToken>,
+    certificates: Vec<RevokedCertificate>,
+    now: i64,
+) -> usize {
+    let keep = |expires_at: i64| expires_at + RETENTION_AFTER_EXPIRY_SECS > now;
+    list.tokens.retain(|t| keep(t.expires_at));
+    list.certificates.retain(|c| keep(c.expires_at));
+    let mut added = 0;
+    let mut jtis: std::collections::HashSet<String> = list.tokens.iter().map(|t| t.jti.clone()).collect();
+    for t in tokens {
+        if keep(t.expires_at) && jtis.insert(t.jti.clone()) {
+            list.tokens.push(t);
+            added += 1;
+        }
+    }
+    let mut serials: std::collections::HashSet<String> = list.certificates.iter().map(|c| c.serial.clone()).collect();
+    for c in certificates {
+        if keep(c.expires_at) && serials.insert(c.serial.clone()) {
+            list.certificates.push(c);
+            added += 1;
+        }
+    }
+    added
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use bytes::Bytes;
+    use http::{Method, Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use serde_json::json;
+
+    use super::*;
+
+    type Stored = Arc<StdMutex<Option<serde_json::Value>>>;
+
+    fn status(code: StatusCode, reason: &str) -> (StatusCode, Bytes) {
+        let body =
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code.as_u16(), "reason": reason});
+        (code, Bytes::from(body.to_string()))
+    }
+
+    /// An API server holding one ConfigMap (or none) with optimistic
+    /// concurrency on its resourceVersion, recording each request's method.
+    fn fake_api(stored: Stored, log: Arc<StdMutex<Vec<Method>>>) -> Client {
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let (stored, log) = (stored.clone(), log.clone());
+            async move {
+                let method = req.method().clone();
+                let body = req.into_body().collect().await?.to_bytes();
+                log.lock().expect("log").push(method.clone());
+                let mut stored = stored.lock().expect("stored");
+                let version = |cm: &serde_json::Value| cm["metadata"]["resourceVersion"].as_str().map(str::to_string);
+                let (code, body) = match (&method, stored.as_ref()) {
+                    (&Method::GET, Some(cm)) => (StatusCode::OK, Bytes::from(cm.to_string())),
+                    (&Method::GET, None) => status(StatusCode::NOT_FOUND, "NotFound"),
+                    (&Method::POST, Some(_)) => status(StatusCode::CONFLICT, "AlreadyExists"),
+                    (&Method::PUT, current)
+                        if current.and_then(version) != version(&serde_json::from_slice(&body)?) =>
+                    {
+                        status(StatusCode::CONFLICT, "Conflict")
+                    }
+                    _ => {
+                        let mut cm: serde_json::Value = serde_json::from_slice(&body)?;
+                        let next = stored.as_ref().and_then(version).map_or(1, |v| v.parse::<u64>().expect("rv") + 1);
+                        cm["metadata"]["resourceVersion"] = next.to_string().into();
+                        *stored = Some(cm.clone());
+                        (StatusCode::OK, Bytes::from(cm.to_string()))
+                    }
+                };
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    Response::builder().status(code).body(Full::new(body)).expect("response"),
+                )
+            }
+        });
+        Client::new(service, "writ-system")
+    }
+
+    fn certificates(from: usize, n: usize, expires_at: i64) -> Vec<RevokedCertificate> {
+        (from..from + n).map(|i| RevokedCertificate { serial: format!("{i:032x}"), expires_at }).collect()
+    }
+
+    fn stored_list(stored: &Stored) -> RevocationList {
+        let cm = stored.lock().expect("stored").clone().expect("the ConfigMap");
+        serde_json::from_str(cm["data"][KEY].as_str().expect("the list")).expect("a revocation list")
+    }
+
+    #[tokio::test]
+    async fn a_list_that_would_not_fit_its_configmap_is_refused_before_any_write_and_nothing_is_lost() {
+        let (stored, log) = (Stored::default(), Arc::new(StdMutex::new(Vec::new())));
+        let client = fake_api(stored.clone(), log.clone());
+        let store = Arc::new(RevocationStore::load(&client, "writ-system").await.expect("load"));
+        let now = 1_800_000_000;
+        store.revoke(vec![], certificates(0, 100, now + 3_600), now).await.expect("a small list is written");
+        let written = stored.lock().expect("stored").clone().expect("the ConfigMap");
+        let (bytes, entries) = store.size().await;
+        assert_eq!(entries, 100);
+        assert_eq!(bytes, written["data"][KEY].as_str().expect("the list").len());
+        log.lock().expect("log").clear();
+
+        // About 60 bytes an entry: 20,000 more do not fit in 1 MiB.
+        let err = store.revoke(vec![], certificates(100, 20_000, now + 3_600), now).await.expect_err("over the limit");
+        let message = err.to_string();
+        assert!(message.contains("writ-system/writ-revocations") && message.contains("(20100 entries)"), "{message}");
+        assert!(message.contains("over the 1048576 bytes a ConfigMap holds"), "{message}");
+        assert_eq!(*log.lock().expect("log"), Vec::<Method>::new(), "nothing sent");
+        assert_eq!(stored.lock().expect("stored").clone().expect("the ConfigMap"), written, "the stored list is kept");
+        assert_eq!(store.snapshot().await.certificates.len(), 100, "the list in memory is kept");
+        assert_eq!(store.size().await, (bytes, 100));
+
+        // Once the first hundred have expired (and their retention passed),
+        // a batch that fits is written, in one request.
+        let later = now + 3_600 + RETENTION_AFTER_EXPIRY_SECS + 1;
+        store.revoke(vec![], certificates(100_000, 10_000, later + 3_600), later).await.expect("room again");
+        assert_eq!(*log.lock().expect("log"), vec![Method::PUT], "written over the version it wrote last");
+        let (bytes, entries) = store.size().await;
+        assert_eq!(entries, 10_000, "the expired hundred were pruned");
+        assert!(bytes <= MAX_LIST_BYTES);
+        assert_eq!(stored_list(&stored).certificates.len(), 10_000);
+    }
+
+    #[tokio::test]
+    async fn what_someone_else_wrote_meanwhile_is_merged_not_overwritten() {
+        let (stored, log) = (Stored::default(), Arc::new(StdMutex::new(Vec::new())));
+        let client = fake_api(stored.clone(), log.clone());
+        let store = Arc::new(RevocationStore::load(&client, "writ-system").await.expect("load"));
+        let now = 1_800_000_000;
+        let a = certificates(0, 1, now + 60);
+        store.revoke(vec![], a.clone(), now).await.expect("first write");
+
+        // Another replica (which led for a while) writes its own list: a
+        // revocation this one has not seen, and a later version.
+        let theirs = RevocationList {
+            version: 7,
+            tokens: vec![RevokedToken { jti: "their-token".into(), expires_at: now + 60 }],
+            certificates: a.clone(),
+        };
+        {
+            let mut cm = stored.lock().expect("stored");
+            let cm = cm.as_mut().expect("the ConfigMap");
+            cm["data"][KEY] = serde_json::to_string(&theirs).expect("json").into();
+            cm["metadata"]["resourceVersion"] = "5".into();
+        }
+        log.lock().expect("log").clear();
+
+        let c = certificates(1, 1, now + 60);
+        store.revoke(vec![], c.clone(), now).await.expect("written after merging");
+        assert_eq!(*log.lock().expect("log"), vec![Method::PUT, Method::GET, Method::PUT]);
+        let list = stored_list(&stored);
+        assert_eq!(list.version, 8, "after theirs");
+        assert_eq!(list.tokens, theirs.tokens, "their revocation is kept");
+        assert_eq!(list.certificates, [a, c].concat(), "ours are added once");
+        assert_eq!(store.snapshot().await, list, "and this replica serves the merged list");
     }
 }

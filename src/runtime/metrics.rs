@@ -84,6 +84,11 @@ pub struct Metrics {
     /// Full lists of each watched kind: one when its cache starts, then one
     /// per re-list (a watch that fell too far behind, or lost its place).
     pub cache_lists: Family<KindLabels, Counter>,
+    /// Bytes of the persisted revocation list (its ConfigMap holds at most
+    /// [`crate::publish::revocations::MAX_LIST_BYTES`]).
+    pub revocation_list_bytes: Gauge,
+    /// Entries of the persisted revocation list.
+    pub revocation_list_entries: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -140,6 +145,18 @@ impl Default for Metrics {
             "Full lists of each watched kind (one at start, then one per re-list)",
             cache_lists.clone(),
         );
+        let revocation_list_bytes = Gauge::default();
+        registry.register(
+            "revocation_list_bytes",
+            "Bytes of the persisted revocation list (its ConfigMap holds at most 1048576)",
+            revocation_list_bytes.clone(),
+        );
+        let revocation_list_entries = Gauge::default();
+        registry.register(
+            "revocation_list_entries",
+            "Revoked tokens and certificates in the persisted list, each kept until its own expiry",
+            revocation_list_entries.clone(),
+        );
         Self {
             registry,
             credentials,
@@ -153,6 +170,8 @@ impl Default for Metrics {
             leader,
             caches_synced,
             cache_lists,
+            revocation_list_bytes,
+            revocation_list_entries,
         }
     }
 }

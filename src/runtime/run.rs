@@ -300,6 +300,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     publish::publish_configmaps(&shared).await;
                     published = current;
                 }
+                let (bytes, entries) = shared.revocations.size().await;
+                shared.metrics.revocation_list_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                shared.metrics.revocation_list_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
                 for phase in GrantPhase::ALL {
                     let n = shared.grants.state().iter().filter(|g| g.phase == phase).count();
                     shared
