@@ -183,4 +183,5 @@ uid=$(awk '/^Uid:/{print $2}' "/proc/$running/status")
 [ "$uid" = "${user%%:*}" ] || die "writ runs as uid $uid, not ${user%%:*}"
 how="the Dockerfile's build line"
 [ "$verbatim" = 1 ] || how="a static glibc build (NOT the Dockerfile's musl build, see the WARNING above)"
-log "ok: $how in the Dockerfile's context, static, ran as $user from a read-only root with only $installed, ready and leading"
+scrape=$(curl -fs "http://127.0.0.1:$metrics/metrics" | wc -c)
+log "ok: $how in the Dockerfile's context, static, ran as $user from a read-only root with only $installed, ready and leading (/metrics: $scrape bytes)"

@@ -48,11 +48,10 @@ pub enum RevocationError {
         #[source]
         source: serde_json::Error,
     },
-    /// The batched write that carried these revocations failed.
-    #[error("writing ConfigMap {namespace}/{CONFIGMAP}: {message}")]
+    /// The batched write that carried these revocations failed; `message` is
+    /// that write's error, which names the ConfigMap.
+    #[error("{message}")]
     Batch {
-        /// Namespace.
-        namespace: String,
         /// What went wrong.
         message: String,
     },
@@ -194,8 +193,10 @@ impl RevocationStore {
         let namespace = self.namespace.clone();
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(RevocationError::Batch { namespace, message }),
-            Err(_) => Err(RevocationError::Batch { namespace, message: "the write was abandoned".into() }),
+            Ok(Err(message)) => Err(RevocationError::Batch { message }),
+            Err(_) => Err(RevocationError::Batch {
+                message: format!("writing ConfigMap {namespace}/{CONFIGMAP}: the write was abandoned"),
+            }),
         }
     }
 
@@ -410,7 +411,13 @@ mod tests {
         // About 60 bytes an entry: 20,000 more do not fit in 1 MiB.
         let err = store.revoke(vec![], certificates(100, 20_000, now + 3_600), now).await.expect_err("over the limit");
         let message = err.to_string();
-        assert!(message.contains("writ-system/writ-revocations") && message.contains("(20100 entries)"), "{message}");
+        assert!(
+            message.starts_with(
+                "ConfigMap writ-system/writ-revocations key revocations.json: the revocation list would be "
+            ),
+            "{message}"
+        );
+        assert!(message.contains(" bytes (20100 entries), "), "{message}");
         assert!(message.contains("over the 1048576 bytes a ConfigMap holds"), "{message}");
         assert_eq!(*log.lock().expect("log"), Vec::<Method>::new(), "nothing sent");
         assert_eq!(stored.lock().expect("stored").clone().expect("the ConfigMap"), written, "the stored list is kept");
