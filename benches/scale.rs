@@ -541,8 +541,10 @@ async fn main() {
     // The operator's namespace goes last: its credential Secrets carry Writ's
     // finalizer, which only a leader (whose Lease lives there) removes, once
     // it has revoked what they hold. Deleted together, the scale namespace
-    // stayed Terminating with every Secret in it. Revoking N pods' credentials
-    // takes minutes (10 to 30 a second in this bench's runs), hence the long wait.
+    // stayed Terminating with every Secret in it. Emptying the namespace takes
+    // minutes at 10k (the pods' grace period, then the controller-manager's
+    // rate-limited deletes; the operator revoked about 73 credentials a second
+    // in a 2,000-pod run), hence the long wait.
     for name in [&ns, &raw_ns] {
         let _ = namespaces.delete(name, &DeleteParams::default()).await;
     }
