@@ -3,6 +3,7 @@
 //! (so a restart or a new leader never forgets one), served on `/revocations`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -83,7 +84,7 @@ pub struct RevocationStore {
     namespace: String,
     list: Mutex<RevocationList>,
     /// The encoded size of `list` as last read or written.
-    bytes: std::sync::atomic::AtomicUsize,
+    bytes: AtomicUsize,
     /// The ConfigMap's resourceVersion as last read or written: a write
     /// replaces that version without reading the list back first (it is up to
     /// a mebibyte); a conflict means someone else wrote it meanwhile.
@@ -122,7 +123,7 @@ impl RevocationStore {
     /// The persisted list's size: its encoded bytes and its entries.
     pub async fn size(&self) -> (usize, usize) {
         let list = self.list.lock().await;
-        (self.bytes.load(std::sync::atomic::Ordering::Relaxed), list.tokens.len() + list.certificates.len())
+        (self.bytes.load(Ordering::Relaxed), list.tokens.len() + list.certificates.len())
     }
 
     /// Reads the persisted list. An unreadable list is an error, never an
@@ -147,8 +148,8 @@ impl RevocationStore {
         let mut cur = self.list.lock().await;
         if stored.list.version >= cur.version {
             *cur = stored.list;
-            self.bytes.store(stored.bytes, std::sync::atomic::Ordering::Relaxed);
-            *self.resource_version.lock().unwrap_or_else(|e| e.into_inner()) = stored.resource_version;
+            self.bytes.store(stored.bytes, Ordering::Relaxed);
+            self.remember(stored.resource_version);
         }
         Ok(())
     }
@@ -227,15 +228,18 @@ impl RevocationStore {
     ) -> Result<(), RevocationError> {
         let mut list = self.list.lock().await;
         let mut next = list.clone();
-        let before = (next.tokens.len(), next.certificates.len());
-        let added = merge(&mut next, tokens, certificates, now);
-        if added == 0 && (next.tokens.len(), next.certificates.len()) == before {
+        if !merge(&mut next, tokens, certificates, now) {
             return Ok(());
         }
         next.version = list.version + 1;
         self.persist(&mut next, now).await?;
         *list = next;
         Ok(())
+    }
+
+    /// The ConfigMap's resourceVersion just read or written.
+    fn remember(&self, resource_version: Option<String>) {
+        *self.resource_version.lock().unwrap_or_else(|e| e.into_inner()) = resource_version;
     }
 
     /// Writes `list` over the version last read or written. When someone
@@ -272,8 +276,8 @@ impl RevocationStore {
             };
             match written {
                 Ok(cm) => {
-                    *self.resource_version.lock().unwrap_or_else(|e| e.into_inner()) = cm.metadata.resource_version;
-                    self.bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
+                    self.remember(cm.metadata.resource_version);
+                    self.bytes.store(bytes, Ordering::Relaxed);
                     return Ok(());
                 }
                 // 409: a newer version (or, for a create, one) is stored.
@@ -287,7 +291,7 @@ impl RevocationStore {
                     );
                     list.version = list.version.max(stored.list.version + 1);
                     merge(list, stored.list.tokens, stored.list.certificates, now);
-                    *self.resource_version.lock().unwrap_or_else(|e| e.into_inner()) = stored.resource_version;
+                    self.remember(stored.resource_version);
                 }
                 Err(e) => return Err(err(e)),
             }
@@ -303,32 +307,33 @@ struct Stored {
 }
 
 /// Adds the entries `list` lacks (by `jti`, by serial) and drops every entry
-/// past its expiry and retention. Returns how many were added.
+/// past its expiry and retention. Returns whether `list` changed.
 fn merge(
     list: &mut RevocationList,
     tokens: Vec<RevokedToken>,
     certificates: Vec<RevokedCertificate>,
     now: i64,
-) -> usize {
+) -> bool {
     let keep = |expires_at: i64| expires_at + RETENTION_AFTER_EXPIRY_SECS > now;
+    let before = (list.tokens.len(), list.certificates.len());
     list.tokens.retain(|t| keep(t.expires_at));
     list.certificates.retain(|c| keep(c.expires_at));
-    let mut added = 0;
+    let mut changed = (list.tokens.len(), list.certificates.len()) != before;
     let mut jtis: std::collections::HashSet<String> = list.tokens.iter().map(|t| t.jti.clone()).collect();
     for t in tokens {
         if keep(t.expires_at) && jtis.insert(t.jti.clone()) {
             list.tokens.push(t);
-            added += 1;
+            changed = true;
         }
     }
     let mut serials: std::collections::HashSet<String> = list.certificates.iter().map(|c| c.serial.clone()).collect();
     for c in certificates {
         if keep(c.expires_at) && serials.insert(c.serial.clone()) {
             list.certificates.push(c);
-            added += 1;
+            changed = true;
         }
     }
-    added
+    changed
 }
 
 #[cfg(test)]
@@ -342,7 +347,10 @@ mod tests {
 
     use super::*;
 
-    type Stored = Arc<StdMutex<Option<serde_json::Value>>>;
+    /// What the fake API server holds.
+    type Held = Arc<StdMutex<Option<serde_json::Value>>>;
+    /// The methods of the requests it answered.
+    type Log = Arc<StdMutex<Vec<Method>>>;
 
     fn status(code: StatusCode, reason: &str) -> (StatusCode, Bytes) {
         let body =
@@ -352,7 +360,7 @@ mod tests {
 
     /// An API server holding one ConfigMap (or none) with optimistic
     /// concurrency on its resourceVersion, recording each request's method.
-    fn fake_api(stored: Stored, log: Arc<StdMutex<Vec<Method>>>) -> Client {
+    fn fake_api(stored: Held, log: Log) -> Client {
         let service = tower::service_fn(move |req: Request<kube::client::Body>| {
             let (stored, log) = (stored.clone(), log.clone());
             async move {
@@ -386,20 +394,26 @@ mod tests {
         Client::new(service, "writ-system")
     }
 
+    /// A store loaded from an empty fake API server, what it holds and its log.
+    async fn store() -> (Arc<RevocationStore>, Held, Log) {
+        let (stored, log) = (Held::default(), Log::default());
+        let client = fake_api(stored.clone(), log.clone());
+        let store = Arc::new(RevocationStore::load(&client, "writ-system").await.expect("load"));
+        (store, stored, log)
+    }
+
     fn certificates(from: usize, n: usize, expires_at: i64) -> Vec<RevokedCertificate> {
         (from..from + n).map(|i| RevokedCertificate { serial: format!("{i:032x}"), expires_at }).collect()
     }
 
-    fn stored_list(stored: &Stored) -> RevocationList {
+    fn stored_list(stored: &Held) -> RevocationList {
         let cm = stored.lock().expect("stored").clone().expect("the ConfigMap");
         serde_json::from_str(cm["data"][KEY].as_str().expect("the list")).expect("a revocation list")
     }
 
     #[tokio::test]
     async fn a_list_that_would_not_fit_its_configmap_is_refused_before_any_write_and_nothing_is_lost() {
-        let (stored, log) = (Stored::default(), Arc::new(StdMutex::new(Vec::new())));
-        let client = fake_api(stored.clone(), log.clone());
-        let store = Arc::new(RevocationStore::load(&client, "writ-system").await.expect("load"));
+        let (store, stored, log) = store().await;
         let now = 1_800_000_000;
         store.revoke(vec![], certificates(0, 100, now + 3_600), now).await.expect("a small list is written");
         let written = stored.lock().expect("stored").clone().expect("the ConfigMap");
@@ -437,9 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_someone_else_wrote_meanwhile_is_merged_not_overwritten() {
-        let (stored, log) = (Stored::default(), Arc::new(StdMutex::new(Vec::new())));
-        let client = fake_api(stored.clone(), log.clone());
-        let store = Arc::new(RevocationStore::load(&client, "writ-system").await.expect("load"));
+        let (store, stored, log) = store().await;
         let now = 1_800_000_000;
         let a = certificates(0, 1, now + 60);
         store.revoke(vec![], a.clone(), now).await.expect("first write");
