@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::{api::Api, Client, ResourceExt};
+use kube::{api::Api, runtime::WatchStreamExt, Client, ResourceExt};
 use x509_parser::prelude::*;
 
 const IDENTITY: &str = r#"
@@ -200,5 +200,70 @@ async fn deleting_a_pod_deletes_its_secret_and_revokes_the_serial() {
     .await;
     let (_, body) = op.https_get("/revocations").await;
     assert!(body.contains(&format!("\"{serial}\"")), "serial {serial} not in {body}");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_a_live_pods_secret_revokes_it_and_issues_one_new_credential() {
+    let c = cluster();
+    let op = shared_operator().await;
+    let client = c.client().await;
+    let ns = TestNamespace::new(&client, "resecret").await;
+    setup(&c, &client, &ns.name, "1h", "20m", "ECDSA-P256").await;
+    let pod = create_pod(&client, &ns.name, &agent_pod("agent-r", "release-bot", "release-bot")).await.expect("pod");
+    let data = wait_for_credential(&client, &ns.name, &pod).await;
+    let serial = |pem: &str| writ::pki::cert::CertificateInfo::from_pem(pem).expect("cert").serial_hex;
+    let first = serial(&data["tls.crt"]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let name = credential_secret_name(&pod);
+
+    // Every version of the Secret from here on: (being deleted, serial, has key).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(bool, String, bool)>::new()));
+    let watch = {
+        let (secrets, seen) = (secrets.clone(), seen.clone());
+        let config = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(kube::runtime::watcher(secrets, config).applied_objects());
+            while let Some(Ok(s)) = futures::StreamExt::next(&mut events).await {
+                let d = secret_data(&s);
+                let cert = d.get("tls.crt").map(|p| serial(p)).unwrap_or_default();
+                seen.lock().expect("seen").push((
+                    s.metadata.deletion_timestamp.is_some(),
+                    cert,
+                    d.contains_key("tls.key"),
+                ));
+            }
+        })
+    };
+    eventually(Duration::from_secs(10), "the test's watch of the Secret", || async {
+        (!seen.lock().expect("seen").is_empty()).then_some(())
+    })
+    .await;
+    secrets.delete(&name, &Default::default()).await.expect("delete the credential Secret");
+
+    // Revoked (its serial published, key removed), then gone, then a new
+    // credential in a new Secret.
+    let second = eventually(Duration::from_secs(30), "a new credential Secret", || async {
+        let s = secrets.get_opt(&name).await.ok()??;
+        let d = secret_data(&s);
+        let fresh = s.metadata.deletion_timestamp.is_none() && d.contains_key("tls.key");
+        fresh.then(|| serial(&d["tls.crt"])).filter(|s| *s != first)
+    })
+    .await;
+    let (code, body) = op.https_get("/revocations").await;
+    assert_eq!(code, 200);
+    assert!(body.contains(&format!("\"{first}\"")), "deleted credential {first} not revoked: {body}");
+    // It stays: nothing written into the old Secret while it was deleted
+    // was revoked in turn, and the new one is not revoked.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watch.abort();
+    let now = secret_data(&secrets.get(&name).await.expect("the new Secret"));
+    assert_eq!(serial(&now["tls.crt"]), second, "the new credential is kept");
+    let (_, body) = op.https_get("/revocations").await;
+    assert!(!body.contains(&format!("\"{second}\"")), "the new credential {second} was revoked: {body}");
+    let seen = seen.lock().expect("seen").clone();
+    let written_while_deleted: Vec<_> = seen.iter().filter(|(deleting, s, _)| *deleting && *s != first).collect();
+    assert!(written_while_deleted.is_empty(), "credentials written into the Secret being deleted: {seen:?}");
+    assert!(seen.iter().any(|(deleting, s, key)| *deleting && *s == first && !key), "revoked before release: {seen:?}");
     ns.cleanup().await;
 }

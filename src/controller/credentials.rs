@@ -186,6 +186,16 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
         };
         let secret =
             read.map_err(|source| Error::Kube { op: "reading credential Secret of", object: object(pod), source })?;
+        // A Secret being deleted (with its namespace, or by hand) is revoked
+        // by its own reconcile, which then releases it. Writing a credential
+        // into it meanwhile only had that one revoked in turn, a round per
+        // write, each adding to the revocation list (267 such writes in one
+        // 10,000-pod namespace teardown). Its removal brings the pod back
+        // here, and a pod that still needs a credential gets a new Secret.
+        if secret.as_ref().is_some_and(|s| s.metadata.deletion_timestamp.is_some()) {
+            tracing::debug!(secret = %secret_name, "credential Secret being deleted; waiting for it to go");
+            return Ok(Action::await_change());
+        }
         let stored = secret.as_deref().and_then(CredentialSecret::certificate);
         let now = pki::now_unix();
         let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
@@ -416,7 +426,15 @@ pub async fn reconcile_secret(secret: Arc<CredentialSecret>, ctx: Arc<Context>) 
     let namespace = secret.namespace().unwrap_or_default();
     let pod_name = secret.pod.clone().unwrap_or_default();
     let pod = AgentPod::named(&namespace, &pod_name);
-    revoke_secret(&ctx, &pod, &secret, "pod deleted").await?;
+    // The garbage collector deletes it after its pod; anyone else (the
+    // namespace going, a person) while the pod still runs.
+    let pod_live = ctx
+        .shared
+        .pods
+        .get(&ObjectRef::new(&pod_name).within(&namespace))
+        .is_some_and(|p| p.metadata.deletion_timestamp.is_none());
+    let reason = if pod_live { "credential Secret deleted" } else { "pod deleted" };
+    revoke_secret(&ctx, &pod, &secret, reason).await?;
     // Revoking rewrote the Secret: release the finalizer on that version.
     let Some(secret) = ctx.secret_writes.read(&namespace, &secret.name_any()).await.map_err(|source| Error::Kube {
         op: "reading credential Secret",
@@ -663,6 +681,28 @@ mod tests {
                                "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
         let ctx = context(fake_api_refusing_creates(Arc::default(), log.clone(), forbidden)).await;
         assert!(reconcile(pod(), ctx).await.is_err(), "an RBAC refusal is not the namespace going away");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_into_a_secret_being_deleted() {
+        let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+        let ctx = context(fake_api(existing.clone(), log.clone())).await;
+        // Revoked (no key) and being deleted, Writ's finalizer still on it:
+        // what a pod's reconcile reads while its namespace is deleted.
+        let mut deleting = credential_secret(&ctx, &pod());
+        deleting["data"].as_object_mut().expect("data").remove(keys::KEY);
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-12-04T06:06:59Z");
+        deleting["metadata"]["finalizers"] = json!([crate::controller::FINALIZER]);
+        *existing.lock().expect("existing") = Some(deleting);
+        log.lock().expect("log").clear();
+        let action = reconcile(pod(), ctx).await.expect("reconciled");
+        let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+        assert_eq!(
+            credential_requests(&log),
+            vec![(Method::POST, secrets.clone()), (Method::GET, format!("{secrets}/{SECRET}"))],
+            "no certificate is applied over a Secret being deleted"
+        );
+        assert_eq!(action, Action::await_change(), "its removal brings the pod back");
     }
 
     #[tokio::test]
