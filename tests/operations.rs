@@ -168,6 +168,26 @@ async fn a_second_replica_takes_over_when_the_leader_dies_without_minting_twice(
     let jwt = wait_for_token(&client, n, &first, "g").await;
     assert_eq!(b.metric("writ_credentials_total", &[]).await.unwrap_or(0.0), 0.0, "the follower minted");
 
+    // The leader's revocations reach the follower's introspection and
+    // /revocations while both run (its watch of the list's ConfigMap).
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("r", "release-bot", &[WEB], "15m", None));
+    assert!(ok, "{out}");
+    let revoked = wait_for_token(&client, n, &first, "r").await;
+    let jti = writ::pki::token::decode_unverified(&revoked).expect("jwt").1.jti;
+    let (_, body) = b.https_post_form("/introspect", &format!("token={revoked}")).await;
+    assert!(body.contains(r#""active":true"#), "the follower does not know the new token: {body}");
+    let grants: Api<writ::api::CapabilityGrant> = Api::namespaced(client.clone(), n);
+    grants.delete("r", &Default::default()).await.expect("delete grant r");
+    eventually(Duration::from_secs(10), "the follower to report the revoked token inactive", || async {
+        let (_, body) = b.https_post_form("/introspect", &format!("token={revoked}")).await;
+        body.contains(r#""active":false"#).then_some(())
+    })
+    .await;
+    let (_, list) = b.https_get("/revocations").await;
+    assert!(list.contains(&jti), "the follower's /revocations lacks {jti}: {list}");
+    let failures = b.log_text().matches("following the revocation list").count();
+    assert_eq!(failures, 0, "the follower's watch of the list failed: {}", b.log_tail());
+
     a.kill();
     let killed = Instant::now();
     eventually(Duration::from_secs(30), "replica b to take over", || async {
@@ -443,6 +463,8 @@ ClusterRole writ.dev/delegationpolicies/status update
 Role coordination.k8s.io/leases create
 Role coordination.k8s.io/leases get
 Role coordination.k8s.io/leases update
+Role /configmaps[writ-revocations] list
+Role /configmaps[writ-revocations] watch
 "#;
 
 use serde::Deserialize as _;

@@ -133,6 +133,11 @@ impl RevocationStore {
             .get_opt(CONFIGMAP)
             .await
             .map_err(|source| RevocationError::Kube { namespace: namespace.into(), source })?;
+        Self::decode(cm, namespace)
+    }
+
+    /// The list a ConfigMap holds (none: an empty list).
+    fn decode(cm: Option<ConfigMap>, namespace: &str) -> Result<Stored, RevocationError> {
         let resource_version = cm.as_ref().and_then(|cm| cm.metadata.resource_version.clone());
         let Some(text) = cm.and_then(|cm| cm.data).and_then(|mut d| d.remove(KEY)) else {
             return Ok(Stored { list: RevocationList::default(), bytes: 0, resource_version });
@@ -145,13 +150,33 @@ impl RevocationStore {
     /// Re-reads the persisted list (followers; a new leader before writing).
     pub async fn refresh(&self) -> Result<(), RevocationError> {
         let stored = Self::read(&self.api, &self.namespace).await?;
+        self.adopt(stored).await;
+        Ok(())
+    }
+
+    /// Takes in the list as a watch of its ConfigMap delivered it: how the
+    /// replicas that do not lead (which serve `/revocations` and
+    /// introspection too) learn of the leader's revocations at once. A
+    /// version already held (the leader's own write coming back) is not
+    /// decoded again.
+    pub async fn absorb(&self, cm: ConfigMap) -> Result<(), RevocationError> {
+        let held = self.resource_version.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if cm.metadata.resource_version.is_some() && cm.metadata.resource_version == held {
+            return Ok(());
+        }
+        let stored = Self::decode(Some(cm), &self.namespace)?;
+        self.adopt(stored).await;
+        Ok(())
+    }
+
+    /// Replaces the list in memory with `stored` unless it is older.
+    async fn adopt(&self, stored: Stored) {
         let mut cur = self.list.lock().await;
         if stored.list.version >= cur.version {
             *cur = stored.list;
             self.bytes.store(stored.bytes, Ordering::Relaxed);
             self.remember(stored.resource_version);
         }
-        Ok(())
     }
 
     /// A copy of the current list.
@@ -479,5 +504,48 @@ mod tests {
         assert_eq!(list.tokens, theirs.tokens, "their revocation is kept");
         assert_eq!(list.certificates, [a, c].concat(), "ours are added once");
         assert_eq!(store.snapshot().await, list, "and this replica serves the merged list");
+    }
+
+    /// The ConfigMap as a watch delivers it: `list` at `resource_version`.
+    fn watched(list: &RevocationList, resource_version: &str) -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": CONFIGMAP, "namespace": "writ-system", "resourceVersion": resource_version},
+            "data": {KEY: serde_json::to_string(list).expect("json")}
+        }))
+        .expect("configmap")
+    }
+
+    #[tokio::test]
+    async fn a_follower_takes_in_newer_lists_from_its_watch_and_keeps_what_it_holds_otherwise() {
+        let (follower, stored, log) = store().await;
+        let now = 1_800_000_000;
+        let token = |jti: &str| RevokedToken { jti: jti.into(), expires_at: now + 60 };
+        let v2 = RevocationList { version: 2, tokens: vec![token("a"), token("b")], certificates: vec![] };
+        follower.absorb(watched(&v2, "20")).await.expect("a newer list");
+        assert!(follower.is_token_revoked("b").await, "revoked on the follower at once");
+        assert_eq!(follower.size().await.1, 2);
+
+        // An older version (a watch re-listing, an event overtaken) changes nothing.
+        let v1 = RevocationList { version: 1, tokens: vec![token("a")], certificates: vec![] };
+        follower.absorb(watched(&v1, "10")).await.expect("an older list");
+        assert_eq!(follower.snapshot().await, v2);
+
+        // An unreadable list is an error, and the list held is kept (never
+        // forgotten in favour of an empty one).
+        let mut corrupt = watched(&v2, "30");
+        corrupt.data.as_mut().expect("data").insert(KEY.into(), "{not json".into());
+        let err = follower.absorb(corrupt).await.expect_err("corrupt");
+        assert!(matches!(err, RevocationError::Corrupt { .. }), "{err}");
+        assert_eq!(follower.snapshot().await, v2);
+
+        // Following asks the API server for nothing. Leading later, the
+        // follower writes what it took in, over the version it took in (this
+        // fake server holds none, so that write conflicts and is merged).
+        assert_eq!(*log.lock().expect("log"), vec![Method::GET], "only the load read the API server");
+        log.lock().expect("log").clear();
+        follower.revoke(vec![token("c")], vec![], now).await.expect("written");
+        assert_eq!(*log.lock().expect("log"), vec![Method::PUT, Method::GET, Method::POST]);
+        let list = stored_list(&stored);
+        assert_eq!((list.version, list.tokens), (3, vec![token("a"), token("b"), token("c")]));
     }
 }

@@ -31,6 +31,25 @@ use crate::{
 /// Lifetime of the webhook serving certificate; re-minted at half-life.
 const SERVING_CERT_TTL: i64 = 30 * 86_400;
 
+/// Keeps `revocations` as its ConfigMap holds it, from a watch of that one
+/// object (restarted with backoff when it fails).
+async fn follow_revocations(client: Client, namespace: String, revocations: Arc<RevocationStore>) {
+    use kube::runtime::WatchStreamExt;
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, &namespace);
+    let only = watcher::Config::default().fields(&format!("metadata.name={}", publish::revocations::CONFIGMAP));
+    let events = watcher(api, only).default_backoff().applied_objects();
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let outcome = match event {
+            Ok(cm) => revocations.absorb(cm).await.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("watching ConfigMap {namespace}/{}: {e}", publish::revocations::CONFIGMAP)),
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(%error, "following the revocation list");
+        }
+    }
+}
+
 async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     if api.get_opt(name).await?.is_none() {
@@ -261,6 +280,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     register_webhooks(&client, &config, trust.bundle_pem().as_bytes()).await?;
     publish::publish_configmaps(&shared).await;
 
+    // Every replica serves `/revocations` and introspection, so each follows
+    // the revocation list as the leader writes it: through a watch of its one
+    // ConfigMap. Re-reading it every 5 s, as replicas did, left a revoked
+    // token active on a follower for up to 5 s, and read up to a mebibyte
+    // each time.
+    tokio::spawn(follow_revocations(client.clone(), config.namespace.clone(), shared.revocations.clone()));
+
     // Followers keep their copies of leader-written state fresh; everyone
     // keeps the grant gauges and the published ConfigMaps current.
     {
@@ -270,10 +296,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             let mut published = (shared.trust.bundle_pem(), shared.trust.jwks(crate::pki::now_unix()));
             let mut serving_minted = crate::pki::now_unix();
-            loop {
+            for round in 0u64.. {
                 tick.tick().await;
                 release_free_memory();
-                let _ = shared.revocations.refresh().await;
+                // A backstop for the watch (e.g. RBAC without list/watch on
+                // the ConfigMap): a full re-read once a minute.
+                if round % 12 == 11 {
+                    if let Err(e) = shared.revocations.refresh().await {
+                        tracing::warn!(error = %e, "re-reading the revocation list");
+                    }
+                }
                 let _ = shared
                     .trust
                     .reload(&shared.client, &shared.config.namespace, shared.config.ca_secret.as_deref())
