@@ -632,3 +632,49 @@ async fn the_operator_survives_an_api_server_outage_and_converges() {
     eprintln!("converged {:?} after the API server came back", recovered.elapsed());
     ns.cleanup().await;
 }
+
+/// The one ConfigMap replicas watch is allowed by `manifests/rbac.yaml`, by
+/// name, exactly as kube's watcher asks for it, and no other ConfigMap is
+/// (the Role applied in a test namespace, checked with impersonation).
+#[tokio::test]
+async fn the_shipped_role_lets_a_replica_watch_the_revocation_list_and_no_other_configmap() {
+    let c = cluster();
+    let client = c.client().await;
+    let ns = TestNamespace::new(&client, "rbac").await;
+    let rbac = std::fs::read_to_string(repo().join("manifests/rbac.yaml")).expect("rbac.yaml");
+    let namespaced: Vec<String> = rbac
+        .split("\n---\n")
+        .filter(|doc| doc.contains("namespace: writ-system") && !doc.contains("kind: ClusterRoleBinding"))
+        .map(|doc| doc.replace("namespace: writ-system", &format!("namespace: {}", ns.name)))
+        .collect();
+    assert!(namespaced.iter().any(|d| d.contains("name: writ-revocation-list")), "{namespaced:?}");
+    let file = std::env::temp_dir().join(format!("{}-rbac.yaml", ns.name));
+    std::fs::write(&file, namespaced.join("\n---\n")).expect("write");
+    let out = c.kubectl(&["apply", "-f", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    for name in ["writ-revocations", "other"] {
+        let out = c.kubectl(&["-n", &ns.name, "create", "configmap", name]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let sa = format!("--as=system:serviceaccount:{}:writ", ns.name);
+    let path = |name: &str, watch: bool| {
+        let watch = if watch { "&watch=true&timeoutSeconds=1" } else { "" };
+        format!("/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{name}{watch}", ns.name)
+    };
+    // RBAC may need a moment to see the new binding.
+    eventually(Duration::from_secs(10), "the Role to apply", || async {
+        c.kubectl(&[&sa, "get", "--raw", &path(writ::publish::revocations::CONFIGMAP, false)])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let out = c.kubectl(&[&sa, "get", "--raw", &path(writ::publish::revocations::CONFIGMAP, true)]);
+    assert!(out.status.success() && text(&out).contains(r#""name":"writ-revocations""#), "{}", text(&out));
+    for denied in [path("other", false), path("other", true), format!("/api/v1/namespaces/{}/configmaps", ns.name)] {
+        let out = c.kubectl(&[&sa, "get", "--raw", &denied]);
+        assert!(!out.status.success() && text(&out).contains("forbidden"), "{denied}: {}", text(&out));
+    }
+    let _ = std::fs::remove_file(&file);
+    ns.cleanup().await;
+}
