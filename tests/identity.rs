@@ -253,8 +253,8 @@ async fn deleting_a_live_pods_secret_revokes_it_and_issues_one_new_credential() 
     let (code, body) = op.https_get("/revocations").await;
     assert_eq!(code, 200);
     assert!(body.contains(&format!("\"{first}\"")), "deleted credential {first} not revoked: {body}");
-    // It stays: nothing written into the old Secret while it was deleted
-    // was revoked in turn, and the new one is not revoked.
+    // The new credential stays and is not revoked, and nothing was ever
+    // written into the old Secret while it was being deleted.
     tokio::time::sleep(Duration::from_secs(3)).await;
     watch.abort();
     let now = secret_data(&secrets.get(&name).await.expect("the new Secret"));
