@@ -220,27 +220,27 @@ pub fn write_delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>) 
 
 /// Resident memory of a process, KiB (0 if it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, &["VmRSS:"])[0]
 }
 
 /// Resident memory of a process split as the kernel counts it, KiB:
 /// anonymous (heap and stacks) and file-backed (the mapped binary and
 /// libraries); (0, 0) if it is gone.
 pub fn rss_split_kib(pid: u32) -> (u64, u64) {
+    let [anon, file] = status_kib(pid, &["RssAnon:", "RssFile:"]);
+    (anon, file)
+}
+
+/// The `kB` fields of `/proc/<pid>/status` named (0 for one not there).
+fn status_kib<const N: usize>(pid: u32, names: &[&str; N]) -> [u64; N] {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
+    names.map(|name| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    })
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
