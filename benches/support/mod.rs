@@ -172,6 +172,16 @@ pub async fn dump_metrics(client: &Client, op: &Operator, label: &str) {
     for (name, pid) in processes(op.pid()) {
         writ.push_str(&format!("# cpu {name} {}\n", cpu_seconds(pid).unwrap_or(0.0)));
     }
+    // TCP connections opened on this machine so far (each a TLS handshake
+    // for the API server when it is the local one).
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    if let [names, values] = tcp[..] {
+        if let Some((_, v)) = names.split_whitespace().zip(values.split_whitespace()).find(|(k, _)| *k == "ActiveOpens")
+        {
+            writ.push_str(&format!("# tcp_active_opens {v}\n"));
+        }
+    }
     std::fs::create_dir_all(dir)
         .and_then(|_| std::fs::write(dir.join(format!("{label}.prom")), api))
         .and_then(|_| std::fs::write(dir.join(format!("{label}.writ.prom")), writ))
