@@ -438,7 +438,7 @@ async fn main() {
     let raw_a_less: Vec<(String, f64)> = raw_a_writes.into_iter().map(|(k, v)| (k, -v)).collect();
     let backlog_writes = sum_writes(&write_delta(&backlog_before, &api_writes(&client).await), &raw_a_less);
     dump_metrics(&client, &op, "backlog-after").await;
-    let backlog_rate = (n - half) as f64 / backlog_elapsed.as_secs_f64();
+    let backlog_rate = backlog_n as f64 / backlog_elapsed.as_secs_f64();
     control_plane_quiet(op.pid(), Duration::from_secs(30)).await;
     let raw_b = raw_creates(&raw_secrets, ("same-b", bracket..backlog_n, concurrency), op.pid(), &template).await;
     let raw_rate = backlog_n as f64 / (raw_a.0 + raw_b.0).as_secs_f64();
