@@ -326,9 +326,18 @@ async fn settled_rss(op: &Operator) -> u64 {
     op.rss_kib()
 }
 
-/// `anonymous + file-backed` RSS, MiB.
-fn split((anon, file): (u64, u64)) -> String {
-    format!("{:.1} + {:.1} MiB", anon as f64 / 1024.0, file as f64 / 1024.0)
+/// `anonymous + file-backed` RSS, MiB, and of the anonymous part what the
+/// allocator has handed out (the rest it holds free, or is not heap).
+fn split(((anon, file), heap): ((u64, u64), Option<u64>)) -> String {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let heap = heap.map_or("n/a".into(), |h| format!("{:.1}", mib(h)));
+    format!("{:.1} + {:.1} MiB (heap in use {heap})", mib(anon), mib(file))
+}
+
+/// The operator's `writ_heap_in_use_bytes`, KiB.
+fn heap_in_use_kib(op: &Operator) -> Option<u64> {
+    let text = op.metrics_text()?;
+    text.lines().find_map(|l| l.strip_prefix("writ_heap_in_use_bytes ")?.parse::<u64>().ok()).map(|b| b / 1024)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -368,7 +377,7 @@ async fn main() {
     Api::namespaced(client.clone(), &ns).create(&PostParams::default(), &policy).await.expect("policy");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_idle = op.rss_kib();
-    let split_idle = support::rss_split_kib(op.pid());
+    let split_idle = (support::rss_split_kib(op.pid()), heap_in_use_kib(&op));
     eprintln!("[scale] N={n}, concurrency {concurrency}; operator idle RSS {rss_idle} KiB");
 
     // 1. Raw Secret creates on the empty cluster (for reference: the ratios
@@ -528,7 +537,7 @@ async fn main() {
     )
     .await;
     let rss_grants = settled_rss(&op).await;
-    let split_grants = support::rss_split_kib(op.pid());
+    let split_grants = (support::rss_split_kib(op.pid()), heap_in_use_kib(&op));
     let grant_rate = n as f64 / active.elapsed.as_secs_f64();
     let grant_op_writes = operator_writes(&active.writes, &[("POST capabilitygrants", n as f64)]) / n as f64;
     eprintln!(
@@ -569,7 +578,7 @@ async fn main() {
     let restart_writes = write_delta(&restart_before, &api_writes(&client).await);
     // The same state held by a process that did not live through the bursts.
     let rss_restarted = op.rss_kib();
-    let split_restarted = support::rss_split_kib(op.pid());
+    let split_restarted = (support::rss_split_kib(op.pid()), heap_in_use_kib(&op));
     let restart_total = operator_writes(&restart_writes, &[]);
     let restart_secrets: f64 =
         restart_writes.iter().filter(|(k, _)| k.ends_with(" secrets")).map(|(_, v)| v).sum::<f64>() + 0.0;
@@ -615,7 +624,7 @@ async fn main() {
          | Operator API writes per credential | **{cred_op_writes:.2}** (plain client: {raw_per:.2} per Secret) | ≤ 1.2 | {} |\n\
          | Operator RSS with {n} credentials + {n} grants | **{:.1} MiB** (idle {:.1} MiB) | ≤ 60 MiB | {} |\n\
          | Operator RSS with the same state, restarted (15 s after it leads; {} grants left after the revocations) | {:.1} MiB | | |\n\
-         | Of that RSS, anonymous (heap, stacks) + file-backed (the mapped binary and libraries): idle / at {n} + {n} / restarted | {} / {} / {} | | |\n\
+         | Of that RSS, anonymous (heap, stacks) + file-backed (the mapped binary and libraries), and of the anonymous part the heap the allocator has handed out (`writ_heap_in_use_bytes`; the rest it holds free, or is stacks): idle / at {n} + {n} / restarted | {} / {} / {} | | |\n\
          | RSS slope per credential (from N/2 to N credentials) | **{slope_cred:.2} KiB** | ≤ 5 KB | {} |\n\
          | RSS per object (credential + grant + token), idle → all | {slope_all:.2} KiB | | |\n\
          | Cold start to serving (`/readyz`: webhooks and trust endpoints answer) with that state | **{:.2} s** | ≤ 5 s | {} |\n\

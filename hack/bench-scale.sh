@@ -7,7 +7,8 @@
 # WRIT_SCALE_REVOCATIONS (100), WRIT_SCALE_RESULTS (output file), WRIT_SCALE_KEEP
 # (leave the objects and the operator's namespace in place),
 # WRIT_SCALE_METRICS_DIR (save the API server's and the operator's /metrics, and
-# per-process CPU seconds, before and after the raw and backlog phases).
+# per-process CPU seconds and TCP opens, before and after the empty-cluster raw
+# phase and the backlog phase).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/with-cluster.sh bench-scale bash -c '

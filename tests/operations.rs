@@ -276,6 +276,7 @@ async fn metrics_expose_every_family_after_a_small_scenario() {
         "writ_reconcile_duration_seconds_bucket{",
         "writ_pod_credential_latency_seconds_count",
         "writ_grant_activation_latency_seconds_count",
+        "writ_heap_in_use_bytes",
     ] {
         assert!(body.contains(family), "{family} missing from /metrics:\n{body}");
     }

@@ -132,7 +132,7 @@ impl Operator {
     }
 
     /// The operator's `/metrics` text (`None` if it does not answer).
-    fn metrics_text(&self) -> Option<String> {
+    pub fn metrics_text(&self) -> Option<String> {
         let metrics = format!("http://127.0.0.1:{}/metrics", self.metrics);
         let out = Command::new("curl").args(["-fs", &metrics]).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
