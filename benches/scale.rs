@@ -538,10 +538,11 @@ async fn main() {
     .await;
     let rss_grants = settled_rss(&op).await;
     let split_grants = (support::rss_split_kib(op.pid()), heap_in_use_kib(&op));
+    let peak_rss = support::peak_rss_kib(op.pid());
     let grant_rate = n as f64 / active.elapsed.as_secs_f64();
     let grant_op_writes = operator_writes(&active.writes, &[("POST capabilitygrants", n as f64)]) / n as f64;
     eprintln!(
-        "[scale] grants: {grant_rate:.1}/s to Active, {grant_op_writes:.2} operator writes each, RSS {rss_grants} KiB"
+        "[scale] grants: {grant_rate:.1}/s to Active, {grant_op_writes:.2} operator writes each, RSS {rss_grants} KiB (peak so far {peak_rss} KiB)"
     );
 
     // 4. Revocation -> introspection says inactive.
@@ -622,7 +623,7 @@ async fn main() {
          | Credentials/s while pods are being created ({half} pods through the pod webhook, in two halves; each first create → last Secret) vs pods + Secrets/s by a plain client at the same state ({quarter} pairs between the halves: a pod without the agent label, then a credential-shaped Secret; until a metadata watch saw the last Secret) | {pipe_rate:.1} / {pairs_rate:.1} = **{pipe_ratio:.2}×** ({:.2}× raw Secret creates) | ≥ 0.8× | {} |\n\
          | Agent pods admitted/s through Writ's pod webhook (the second {backlog_n}, controllers stopped) | {admit_rate:.1}/s ({:.2}× raw Secret creates) | | |\n\
          | Operator API writes per credential | **{cred_op_writes:.2}** (plain client: {raw_per:.2} per Secret) | ≤ 1.2 | {} |\n\
-         | Operator RSS with {n} credentials + {n} grants | **{:.1} MiB** (idle {:.1} MiB) | ≤ 60 MiB | {} |\n\
+         | Operator RSS with {n} credentials + {n} grants | **{:.1} MiB** (idle {:.1} MiB; the most it had resident so far, `VmHWM`: {:.1} MiB) | ≤ 60 MiB | {} |\n\
          | Operator RSS with the same state, restarted (15 s after it leads; {} grants left after the revocations) | {:.1} MiB | | |\n\
          | Of that RSS, anonymous (heap, stacks) + file-backed (the mapped binary and libraries), and of the anonymous part the heap the allocator has handed out (`writ_heap_in_use_bytes`; the rest it holds free, or is stacks): idle / at {n} + {n} / restarted | {} / {} / {} | | |\n\
          | RSS slope per credential (from N/2 to N credentials) | **{slope_cred:.2} KiB** | ≤ 5 KB | {} |\n\
@@ -645,6 +646,7 @@ async fn main() {
         verdict(cred_op_writes <= 1.2),
         rss_grants as f64 / 1024.0,
         rss_idle as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
         verdict(rss_grants as f64 / 1024.0 <= 60.0),
         n - samples,
         rss_restarted as f64 / 1024.0,

@@ -233,6 +233,11 @@ pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, &["VmRSS:"])[0]
 }
 
+/// The most resident memory a process has had so far (`VmHWM`), KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, &["VmHWM:"])[0]
+}
+
 /// Resident memory of a process split as the kernel counts it, KiB:
 /// anonymous (heap and stacks) and file-backed (the mapped binary and
 /// libraries); (0, 0) if it is gone.
