@@ -610,9 +610,13 @@ async fn main() {
     let date = String::from_utf8_lossy(&date.stdout).trim().to_string();
     let version = client.apiserver_version().await.map(|v| v.git_version).unwrap_or_default();
     let (quiet_raw_s, quiet_backlog_s) = (quiet_raw.as_secs_f64(), quiet_backlog.as_secs_f64());
+    let binary = match std::env::var_os("WRIT_BENCH_BIN") {
+        Some(path) => format!("`{}` (`WRIT_BENCH_BIN`)", path.to_string_lossy()),
+        None => "this build's `writ` (release, glibc)".into(),
+    };
     let report = format!(
         "# Writ scale benchmark\n\n\
-         - Date: {date}\n- Machine: {machine}\n- API server: kube-apiserver {version} with etcd, on loopback (`hack/control-plane.sh`)\n\
+         - Date: {date}\n- Machine: {machine}\n- API server: kube-apiserver {version} with etcd, on loopback (`hack/control-plane.sh`)\n- Operator: {binary}\n\
          - Command: `make bench-scale` (= `hack/bench-scale.sh`; N via `WRIT_SCALE_N`, here **N = {n}**, concurrency {concurrency})\n\
          - One run; ratios are the pass criteria (both sides measured in this run on this machine). The raw and backlog phases each start once the control plane is quiet (API server + etcd under 0.1 core over a second; waited {quiet_raw_s:.1} s and {quiet_backlog_s:.1} s).\n\n\
          ## Results\n\n\

@@ -62,7 +62,7 @@ impl Operator {
             .append(true)
             .open(std::env::temp_dir().join(format!("writ-bench-{namespace}.log")))
             .expect("log");
-        Command::new(env!("CARGO_BIN_EXE_writ"))
+        Command::new(operator_binary())
             .args(["run", "--namespace", namespace, "--trust-domain", "bench.writ.dev"])
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
@@ -226,6 +226,13 @@ pub fn write_delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>) 
         .collect();
     d.sort_by(|a, b| b.1.total_cmp(&a.1));
     d
+}
+
+/// The operator binary the benches run: this build's, or the one
+/// `WRIT_BENCH_BIN` names (e.g. the image's static musl build, whose
+/// allocator is musl's, to measure what the image runs).
+pub fn operator_binary() -> std::path::PathBuf {
+    std::env::var_os("WRIT_BENCH_BIN").map_or_else(|| env!("CARGO_BIN_EXE_writ").into(), Into::into)
 }
 
 /// Resident memory of a process, KiB (0 if it is gone).

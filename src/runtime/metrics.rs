@@ -89,13 +89,11 @@ pub struct Metrics {
     pub revocation_list_bytes: Gauge,
     /// Entries of the persisted revocation list.
     pub revocation_list_entries: Gauge,
-    /// Bytes the allocator has handed out and not had back (read at each
-    /// scrape; glibc only).
-    heap_in_use: Gauge,
-    /// Bytes free inside the allocator's heaps (read at each scrape; glibc
-    /// only). Part of it is no longer resident: the operator hands whole free
-    /// pages back every 5 s, and glibc still counts them as free heap.
-    heap_free: Gauge,
+    /// The allocator's own accounting, read at each scrape. glibc only: the
+    /// static musl build (the image) has no such interface and exports no
+    /// heap gauges rather than zeros.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    heap: HeapGauges,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -164,18 +162,8 @@ impl Default for Metrics {
             "Revoked tokens and certificates in the persisted list, each kept until its own expiry",
             revocation_list_entries.clone(),
         );
-        let heap_in_use = Gauge::default();
-        registry.register(
-            "heap_in_use_bytes",
-            "Bytes allocated and not yet freed (glibc's mallinfo2; with RSS, tells what the caches hold from what the allocator keeps)",
-            heap_in_use.clone(),
-        );
-        let heap_free = Gauge::default();
-        registry.register(
-            "heap_free_bytes",
-            "Bytes free inside the allocator's heaps (glibc's mallinfo2), whole free pages included after they are handed back",
-            heap_free.clone(),
-        );
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        let heap = HeapGauges::register(&mut registry);
         Self {
             registry,
             credentials,
@@ -191,9 +179,39 @@ impl Default for Metrics {
             cache_lists,
             revocation_list_bytes,
             revocation_list_entries,
-            heap_in_use,
-            heap_free,
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            heap,
         }
+    }
+}
+
+/// `writ_heap_in_use_bytes` and `writ_heap_free_bytes`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+struct HeapGauges {
+    /// Bytes the allocator has handed out and not had back.
+    in_use: Gauge,
+    /// Bytes free inside the allocator's heaps. Part of it is no longer
+    /// resident: the operator hands whole free pages back every 5 s, and
+    /// glibc still counts them as free heap.
+    free: Gauge,
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+impl HeapGauges {
+    fn register(registry: &mut Registry) -> Self {
+        let in_use = Gauge::default();
+        registry.register(
+            "heap_in_use_bytes",
+            "Bytes allocated and not yet freed (glibc's mallinfo2; with RSS, tells what the caches hold from what the allocator keeps)",
+            in_use.clone(),
+        );
+        let free = Gauge::default();
+        registry.register(
+            "heap_free_bytes",
+            "Bytes free inside the allocator's heaps (glibc's mallinfo2), whole free pages included after they are handed back",
+            free.clone(),
+        );
+        Self { in_use, free }
     }
 }
 
@@ -233,8 +251,8 @@ impl Metrics {
         let info = unsafe { libc::mallinfo2() };
         let bytes = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         // Chunks taken from the heaps, and blocks mapped on their own.
-        self.heap_in_use.set(bytes(info.uordblks.saturating_add(info.hblkhd)));
-        self.heap_free.set(bytes(info.fordblks));
+        self.heap.in_use.set(bytes(info.uordblks.saturating_add(info.hblkhd)));
+        self.heap.free.set(bytes(info.fordblks));
     }
 
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
