@@ -144,16 +144,20 @@ struct DecisionArgs {
 
 /// glibc gives every thread that contends for the allocator its own arena
 /// (up to 8 per core); with a cache of thousands of small objects churned by
-/// watch events that fragments into several times the live size. Two arenas
-/// keep the operator's memory close to what it holds (see bench/RESULTS.md),
-/// unless glibc's own `MALLOC_ARENA_MAX` is set in the environment.
+/// watch events that fragments into several times the live size. Three
+/// arenas keep the operator's memory close to what it holds (see
+/// bench/RESULTS.md): the main thread's, the watch thread's (what the caches
+/// keep, apart from the controllers' short-lived buffers; see
+/// `writ::runtime::cache::start_watch_thread`) and one for the first runtime
+/// worker, the next sharing the main thread's; unless glibc's own
+/// `MALLOC_ARENA_MAX` is set in the environment.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter; called before any
         // other thread exists.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_ARENA_MAX, 3);
         }
     }
 }
@@ -168,7 +172,10 @@ fn main() -> ExitCode {
         Command::Run(config) => {
             limit_malloc_arenas();
             writ::runtime::telemetry::init(config.log_format);
-            runtime().and_then(|rt| rt.block_on(writ::runtime::run(*config)).map(|_| ExitCode::SUCCESS))
+            writ::runtime::cache::start_watch_thread()
+                .context("starting the watch thread")
+                .and_then(|()| runtime())
+                .and_then(|rt| rt.block_on(writ::runtime::run(*config)).map(|_| ExitCode::SUCCESS))
         }
         Command::Crds { dir } => crds(dir),
         Command::Webhooks => writ::webhook::register::manifests_yaml().map_err(Into::into).map(|y| {

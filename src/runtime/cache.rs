@@ -35,6 +35,43 @@ use tokio::sync::{broadcast, mpsc};
 /// Changes kept for subscribers that have not yet read them.
 const FAN_OUT: usize = 4096;
 
+/// The runtime the watches run on, once [`start_watch_thread`] started it.
+static WATCH_RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// Starts the thread every cache's watch runs on (a single-threaded runtime
+/// of its own), before any other runtime thread exists.
+///
+/// What the caches keep is decoded where the watch runs. On the controllers'
+/// worker threads each kept object landed between the short-lived buffers of
+/// reconciles, webhook calls and token minting in the same allocator arena:
+/// after a burst of 10,000 grants those buffers were freed around it, leaving
+/// thousands of holes smaller than a page that the allocator cannot hand back
+/// (6 MiB resident and free, in 11,000 free chunks, read with `malloc_info`
+/// from the scale bench). glibc gives each thread an arena of its own while
+/// there are fewer than its limit (`writ run` sets 3, see `main.rs`), and
+/// this thread takes the second, so what is kept is decoded next to little
+/// but its own watch's buffers, which the next event reuses. Without this
+/// thread (unit tests, the library used elsewhere) a cache's watch runs on
+/// the runtime that creates it.
+pub fn start_watch_thread() -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("writ-watches".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        match runtime {
+            Ok(runtime) => {
+                let _ = tx.send(Ok(runtime.handle().clone()));
+                runtime.block_on(std::future::pending::<()>());
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    })?;
+    let handle = rx.recv().map_err(|_| std::io::Error::other("the watch thread stopped before starting"))??;
+    let _ = WATCH_RUNTIME.set(handle);
+    Ok(())
+}
+
 #[derive(Clone)]
 enum Signal<K> {
     /// Created, updated or deleted (the last state seen).
@@ -76,7 +113,8 @@ where
         let (tx, _) = broadcast::channel(FAN_OUT);
         let fan_out = tx.clone();
         let reader = store.clone();
-        let watch = tokio::spawn(async move {
+        let runtime = WATCH_RUNTIME.get().cloned().unwrap_or_else(tokio::runtime::Handle::current);
+        let watch = runtime.spawn(async move {
             let events = watcher(api, config).default_backoff().modify(trim);
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
