@@ -280,6 +280,10 @@ async fn metrics_expose_every_family_after_a_small_scenario() {
     ] {
         assert!(body.contains(family), "{family} missing from /metrics:\n{body}");
     }
+    // Every cache's watch runs on a thread of its own (so what the caches
+    // keep is decoded in an allocator arena of its own; README, "At scale").
+    let threads = op.thread_names();
+    assert!(threads.iter().any(|t| t == "writ-watches"), "no watch thread among {threads:?}");
     // The sample line itself: the gauge's HELP text also contains "writ_leader 1".
     assert!(body.lines().any(|l| l == "writ_leader 1"), "leader gauge not 1:\n{body}");
     assert!(body.contains("decision=\"denied\""), "no denial counted:\n{body}");

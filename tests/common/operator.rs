@@ -123,6 +123,18 @@ impl Operator {
         panic!("writ run not ready after 30s:\n{}", self.log_tail());
     }
 
+    /// The names of the running process's threads (Linux; empty elsewhere or once it stopped).
+    pub fn thread_names(&self) -> Vec<String> {
+        let Some(pid) = self.child.lock().expect("lock").as_ref().map(Child::id) else { return Vec::new() };
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+        tasks
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect()
+    }
+
     /// The last lines of the operator's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
