@@ -47,7 +47,7 @@ static WATCH_RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::O
 /// after a burst of 10,000 grants those buffers were freed around it, leaving
 /// thousands of holes smaller than a page that the allocator cannot hand back
 /// (6 MiB resident and free, in 11,000 free chunks, read with `malloc_info`
-/// from the scale bench). glibc gives each thread an arena of its own while
+/// in a scale bench run; README, "At scale"). glibc gives each thread an arena of its own while
 /// there are fewer than its limit (`writ run` sets 3, see `main.rs`), and
 /// this thread takes the second, so what is kept is decoded next to little
 /// but its own watch's buffers, which the next event reuses. Without this
