@@ -47,12 +47,12 @@ static WATCH_RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::O
 /// after a burst of 10,000 grants those buffers were freed around it, leaving
 /// thousands of holes smaller than a page that the allocator cannot hand back
 /// (6 MiB resident and free, in 11,000 free chunks, read with `malloc_info`
-/// in a scale bench run; README, "At scale"). glibc gives each thread an arena of its own while
-/// there are fewer than its limit (`writ run` sets 3, see `main.rs`), and
-/// this thread takes the second, so what is kept is decoded next to little
-/// but its own watch's buffers, which the next event reuses. Without this
-/// thread (unit tests, the library used elsewhere) a cache's watch runs on
-/// the runtime that creates it.
+/// in a scale bench run; README, "At scale"). glibc gives each thread an
+/// arena of its own while there are fewer than its limit (`writ run` sets 3,
+/// see `main.rs`), and this thread takes the second, so what is kept is
+/// decoded next to little but its own watch's buffers, which the next event
+/// reuses. Without this thread (unit tests, the library used elsewhere) a
+/// cache's watch runs on the runtime that creates it.
 pub fn start_watch_thread() -> std::io::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("writ-watches".into()).spawn(move || {
