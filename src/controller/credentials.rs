@@ -460,18 +460,19 @@ pub async fn reconcile_secret(secret: Arc<CredentialSecret>, ctx: Arc<Context>) 
     }
 }
 
-/// Error policy for credential Secrets.
-pub fn secret_error_policy(_s: Arc<CredentialSecret>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "credential Secret reconcile failed");
-    ctx.shared.metrics.reconcile_error("credential-secrets", err.metric_label());
-    Action::requeue(Duration::from_secs(2))
+/// The pod controller's name in metrics, logs and back-off.
+pub const POD_CONTROLLER: &str = "pod-credentials";
+/// The credential Secret controller's name in metrics, logs and back-off.
+pub const SECRET_CONTROLLER: &str = "credential-secrets";
+
+/// Error policy for credential Secrets: count the error, back off per Secret.
+pub fn secret_error_policy(s: Arc<CredentialSecret>, err: &Error, ctx: Arc<Context>) -> Action {
+    super::back_off(&ctx, SECRET_CONTROLLER, &*s, err, Duration::from_secs(2))
 }
 
-/// Error policy: back off, count the error.
-pub fn error_policy(_pod: Arc<AgentPod>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "pod credential reconcile failed");
-    ctx.shared.metrics.reconcile_error("pod-credentials", err.metric_label());
-    Action::requeue(Duration::from_secs(2))
+/// Error policy: count the error, back off per pod.
+pub fn error_policy(pod: Arc<AgentPod>, err: &Error, ctx: Arc<Context>) -> Action {
+    super::back_off(&ctx, POD_CONTROLLER, &*pod, err, Duration::from_secs(2))
 }
 
 #[cfg(test)]
@@ -681,6 +682,47 @@ mod tests {
                                "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
         let ctx = context(fake_api_refusing_creates(Arc::default(), log.clone(), forbidden)).await;
         assert!(reconcile(pod(), ctx).await.is_err(), "an RBAC refusal is not the namespace going away");
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_keeps_failing_is_retried_ever_later_until_it_reconciles() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                               "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
+        let ctx = context(fake_api_refusing_creates(Arc::default(), log, forbidden)).await;
+        let reconcile = crate::controller::forgetting_failures(POD_CONTROLLER, reconcile);
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            let err = reconcile(pod(), ctx.clone()).await.expect_err("the create is refused");
+            delays.push(error_policy(pod(), &err, ctx.clone()));
+        }
+        let secs = |n| Action::requeue(Duration::from_secs(n));
+        assert_eq!(delays, vec![secs(2), secs(4), secs(8), secs(16)], "each failure in a row doubles the wait");
+        assert_eq!(ctx.retries.len(), 1);
+
+        // Another pod starts at the first delay.
+        let mut other = (*pod()).clone();
+        other.metadata.name = Some("worker-1".into());
+        let other = Arc::new(other);
+        let err = reconcile(other.clone(), ctx.clone()).await.expect_err("refused too");
+        assert_eq!(error_policy(other, &err, ctx.clone()), secs(2));
+        let err = reconcile(pod(), ctx.clone()).await.expect_err("refused again");
+        assert_eq!(error_policy(pod(), &err, ctx.clone()), secs(32), "the first pod: doubled again");
+        assert_eq!(ctx.retries.len(), 2);
+
+        // A reconcile that succeeds forgets the pod's failures.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        async fn flaky(_pod: Arc<AgentPod>, _ctx: Arc<Context>) -> Result<Action, Error> {
+            CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Action::await_change())
+        }
+        let flaky = crate::controller::forgetting_failures(POD_CONTROLLER, flaky);
+        flaky(pod(), ctx.clone()).await.expect("reconciled");
+        assert_eq!(CALLS.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(ctx.retries.len(), 1, "worker-0 forgotten, worker-1 still backing off");
+        assert_eq!(ctx.shared.metrics.reconcile_retrying.get(), 1, "writ_reconcile_retrying follows");
+        let err = reconcile(pod(), ctx.clone()).await.expect_err("refused again");
+        assert_eq!(error_policy(pod(), &err, ctx), secs(2), "after a success the back-off starts over");
     }
 
     #[tokio::test]

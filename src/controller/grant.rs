@@ -691,11 +691,12 @@ pub fn desired_status(
     st
 }
 
-/// Error policy.
-pub fn error_policy(_g: Arc<CachedGrant>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "grant reconcile failed");
-    ctx.shared.metrics.reconcile_error("grant", err.metric_label());
-    Action::requeue(Duration::from_secs(1))
+/// The grant controller's name in metrics, logs and back-off.
+pub const CONTROLLER: &str = "grant";
+
+/// Error policy: count the error, back off per grant.
+pub fn error_policy(g: Arc<CachedGrant>, err: &Error, ctx: Arc<Context>) -> Action {
+    super::back_off(&ctx, CONTROLLER, &*g, err, Duration::from_secs(1))
 }
 
 /// Index helper for watches: grants of an agent, or children of a grant.

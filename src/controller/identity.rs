@@ -262,9 +262,10 @@ pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), 
     Ok(())
 }
 
-/// Error policy.
-pub fn error_policy(_id: Arc<AgentIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(error = %err, "identity reconcile failed");
-    ctx.shared.metrics.reconcile_error("identity", err.metric_label());
-    Action::requeue(Duration::from_secs(2))
+/// The identity controller's name in metrics, logs and back-off.
+pub const CONTROLLER: &str = "identity";
+
+/// Error policy: count the error, back off per identity.
+pub fn error_policy(id: Arc<AgentIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
+    super::back_off(&ctx, CONTROLLER, &*id, err, Duration::from_secs(2))
 }

@@ -7,6 +7,7 @@ pub mod events;
 pub mod grant;
 pub mod identity;
 pub mod intake;
+pub mod retry;
 
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct Context {
     /// A namespace's identities and policies listed from the API server,
     /// shared by the grant reconciles that ask together.
     pub authorities: authorities::AuthorityLists,
+    /// Failures on record per object, for the error policies' back-off.
+    pub retries: retry::Retries,
 }
 
 impl Context {
@@ -55,12 +58,63 @@ impl Context {
             activations: Default::default(),
             published_bundles: Default::default(),
             authorities,
+            retries: Default::default(),
         }
     }
 
     /// Publishes an Event; failures are logged, never fatal.
     pub async fn event(&self, on: &ObjectReference, warning: bool, reason: &str, action: &str, note: String) {
         self.events.publish(events::Event { regarding: on, warning, reason, action, note }).await;
+    }
+}
+
+/// What every error policy does: counts the error, backs off per object
+/// (see [`retry`]) and logs the failure with the object, how many times in a
+/// row it failed and when it is tried again.
+pub fn back_off<K: kube::Resource>(
+    ctx: &Context,
+    controller: &'static str,
+    obj: &K,
+    err: &Error,
+    first: std::time::Duration,
+) -> kube::runtime::controller::Action {
+    use kube::ResourceExt;
+    let (delay, failures) = ctx.retries.failed(controller, obj, first);
+    ctx.shared.metrics.reconcile_error(controller, err.metric_label());
+    ctx.shared.metrics.reconcile_retrying.set(ctx.retries.len() as i64);
+    tracing::warn!(
+        controller,
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+        failures,
+        retry_in_secs = delay.as_secs(),
+        error = %err,
+        "reconcile failed"
+    );
+    kube::runtime::controller::Action::requeue(delay)
+}
+
+/// `reconcile`, forgetting the object's failures (its back-off) once it
+/// reconciles.
+pub fn forgetting_failures<K, F, Fut>(
+    controller: &'static str,
+    reconcile: F,
+) -> impl Fn(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<kube::runtime::controller::Action, Error>>
+where
+    K: kube::Resource + Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        Box::pin(async move {
+            let out = reconcile(obj.clone(), ctx.clone()).await;
+            if out.is_ok() {
+                if let Some(left) = ctx.retries.succeeded(controller, &*obj) {
+                    ctx.shared.metrics.reconcile_retrying.set(left as i64);
+                }
+            }
+            out
+        })
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     /// Reconcile errors per controller and error.
     pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// Objects whose last reconcile failed, waiting to be retried (each
+    /// backs off: see [`crate::controller::retry`]).
+    pub reconcile_retrying: Gauge,
     /// Seconds from pod creation to its first credential.
     pub pod_to_credential: Histogram,
     /// Seconds from grant creation to Active.
@@ -136,6 +139,12 @@ impl Default for Metrics {
             "Seconds from grant creation to Active",
             grant_to_active.clone(),
         );
+        let reconcile_retrying = Gauge::default();
+        registry.register(
+            "reconcile_retrying",
+            "Objects whose last reconcile failed, waiting for a retry that backs off per object (up to 5 minutes)",
+            reconcile_retrying.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 when this replica runs the controllers", leader.clone());
         let caches_synced = Gauge::default();
@@ -172,6 +181,7 @@ impl Default for Metrics {
             grants,
             reconcile_duration,
             reconcile_errors,
+            reconcile_retrying,
             pod_to_credential,
             grant_to_active,
             leader,

@@ -581,7 +581,11 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         },
     ]);
     let (controller, intake) = through_intake(caches.pods.store(), requests, RECONCILES_IN_FLIGHT);
-    let pods = intake.drain(controller.run(credentials::reconcile, credentials::error_policy, ctx.clone()));
+    let pods = intake.drain(controller.run(
+        controller::forgetting_failures(credentials::POD_CONTROLLER, credentials::reconcile),
+        credentials::error_policy,
+        ctx.clone(),
+    ));
 
     let (resync, all) = Resync::channel();
     let requests = futures::stream::select(
@@ -589,8 +593,11 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         every_object(all, secrets.store()),
     );
     let (controller, intake) = through_intake(secrets.store(), requests, RECONCILES_IN_FLIGHT);
-    let secrets_controller =
-        intake.drain(controller.run(credentials::reconcile_secret, credentials::secret_error_policy, ctx.clone()));
+    let secrets_controller = intake.drain(controller.run(
+        controller::forgetting_failures(credentials::SECRET_CONTROLLER, credentials::reconcile_secret),
+        credentials::secret_error_policy,
+        ctx.clone(),
+    ));
 
     // Our writes to credential Secrets are remembered (so that reads do not
     // return an older cached version) until the cache has them.
@@ -616,7 +623,11 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         // An identity's status counts its pods and active grants: during a
         // burst of grants, one status write a second instead of one per grant.
         .with_config(bounded(RECONCILES_IN_FLIGHT).debounce(Duration::from_secs(1)))
-        .run(controller::identity::reconcile, controller::identity::error_policy, ctx.clone())
+        .run(
+            controller::forgetting_failures(controller::identity::CONTROLLER, controller::identity::reconcile),
+            controller::identity::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| future::ready(()));
 
     let (g1, g2, g3, g4, g5, g6) = (
@@ -684,8 +695,11 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         intake::every(SWEEP).flat_map(move |()| each(controller::grant::expired(&g6, crate::pki::now_unix()))).boxed(),
     ]);
     let (grant_controller, intake) = through_intake(caches.grants.store(), requests, GRANT_RECONCILES_IN_FLIGHT);
-    let grants =
-        intake.drain(grant_controller.run(controller::grant::reconcile, controller::grant::error_policy, ctx.clone()));
+    let grants = intake.drain(grant_controller.run(
+        controller::forgetting_failures(controller::grant::CONTROLLER, controller::grant::reconcile),
+        controller::grant::error_policy,
+        ctx.clone(),
+    ));
 
     tracing::info!("controllers started");
     tokio::join!(pods, secrets_controller, identities, grants, forget_seen, relisted);
