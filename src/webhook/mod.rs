@@ -81,7 +81,21 @@ where
     T: kube::Resource + serde::de::DeserializeOwned,
     F: FnOnce(&AdmissionRequest<T>) -> Decision,
 {
-    let req = match parse_request::<T>(body) {
+    handle_parsed(shared, webhook, parse_request::<T>(body), f)
+}
+
+/// [`handle`] over a body already parsed with [`parse_request`].
+fn handle_parsed<T, F>(
+    shared: &Shared,
+    webhook: &'static str,
+    parsed: Result<AdmissionRequest<T>, Box<AdmissionResponse>>,
+    f: F,
+) -> AdmissionResponse
+where
+    T: kube::Resource,
+    F: FnOnce(&AdmissionRequest<T>) -> Decision,
+{
+    let req = match parsed {
         Ok(req) => req,
         Err(resp) => {
             shared.metrics.admission(webhook, "invalid", "unreadable-request");
@@ -157,17 +171,17 @@ pub fn diff_patch<T: serde::Serialize>(before: &T, after: &T) -> Result<json_pat
 }
 
 async fn mutate_pods(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
-    let fetched = match parse_request::<k8s_openapi::api::core::v1::Pod>(&body) {
-        Ok(r) => match r.object.as_ref() {
-            Some(pod) => {
-                let ns = r.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_default();
-                grants::identity_fallback(&shared, &ns, pods::claimed_agent(pod)).await
-            }
-            None => None,
-        },
-        Err(_) => None,
+    // Parsed once: a pod is the largest object the webhooks see, and one
+    // arrives per agent pod created.
+    let parsed = parse_request::<k8s_openapi::api::core::v1::Pod>(&body);
+    let fetched = match parsed.as_ref().map(|r| (r, r.object.as_ref())) {
+        Ok((r, Some(pod))) => {
+            let ns = r.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_default();
+            grants::identity_fallback(&shared, &ns, pods::claimed_agent(pod)).await
+        }
+        _ => None,
     };
-    reply(handle(&shared, "mutate-pods", &body, |req| grants::mutate_pod(&shared, req, fetched)))
+    reply(handle_parsed(&shared, "mutate-pods", parsed, |req| grants::mutate_pod(&shared, req, fetched)))
 }
 
 async fn mutate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
