@@ -435,18 +435,25 @@ async fn main() {
         )
     };
     control_plane_quiet(op.pid(), Duration::from_secs(30)).await;
+    let cpu_a = CpuSplit::now(op.pid());
     let pipe_a = pipeline(0..quarter).await;
+    let cpu_pipe_a = CpuSplit::now(op.pid()).since(&cpu_a);
     let template = credential_shaped(&secrets, &raw_ns).await;
     let raw_pod: Pod = yaml(
         "metadata: {labels: {bench.writ.dev/agent: worker}}\nspec: {serviceAccountName: worker, automountServiceAccountToken: false, containers: [{name: a, image: x}]}",
     );
     control_plane_quiet(op.pid(), Duration::from_secs(30)).await;
+    let cpu_before_pairs = CpuSplit::now(op.pid());
     let pairs =
         raw_creates(&raw_secrets, ("pair", 0..quarter, concurrency), op.pid(), (&template, Some(&raw_pod))).await;
+    let cpu_pairs = CpuSplit::now(op.pid()).since(&cpu_before_pairs);
     let pairs_rate = quarter as f64 / pairs.0.as_secs_f64();
     eprintln!("[scale] raw pod + Secret pairs at the pipeline's state: {pairs_rate:.1}/s");
     control_plane_quiet(op.pid(), Duration::from_secs(30)).await;
+    let cpu_b = CpuSplit::now(op.pid());
     let pipe_b = pipeline(quarter..half).await;
+    let cpu_pipe_b = CpuSplit::now(op.pid()).since(&cpu_b);
+    let cpu_pipe = cpu_pipe_a.plus(&cpu_pipe_b);
     let creds = Phase {
         elapsed: pipe_a.elapsed + pipe_b.elapsed,
         latencies: {
@@ -459,6 +466,8 @@ async fn main() {
     let pipe_rate = half as f64 / creds.elapsed.as_secs_f64();
     let rss_half = settled_rss(&op).await;
     eprintln!("[scale] credentials, pipeline: {pipe_rate:.1}/s, RSS {rss_half} KiB");
+    eprintln!("[scale] CPU per credential, pipeline: {}", cpu_pipe.per_item(half));
+    eprintln!("[scale] CPU per pair: {}", cpu_pairs.per_item(quarter));
 
     set_lease_holder(&client, &op_ns, "writ-bench-hold").await;
     op.wait_following().await;
@@ -604,6 +613,16 @@ async fn main() {
         }
         _ => "n/a (not the local control plane)".to_string(),
     };
+    // The same bound for the pipeline: what the API server and etcd spend
+    // per pod + Secret pair against per pipelined credential (its pod through
+    // the webhook, the operator's Secret, both delivered to its watches).
+    let pipe_ceiling = match (cpu_pairs.control_plane, cpu_pipe.control_plane) {
+        (Some(pair_cpu), Some(cred_cpu)) if cred_cpu > 0.0 => {
+            let (per_pair, per_cred) = (pair_cpu / quarter as f64, cred_cpu / half as f64);
+            format!("{:.2} ms / {:.2} ms = **{:.2}×**", per_pair * 1e3, per_cred * 1e3, per_pair / per_cred)
+        }
+        _ => "n/a (not the local control plane)".to_string(),
+    };
     let raw_per = operator_writes(&raw_writes, &[]) / n as f64;
     let machine = machine();
     let date = std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().expect("date");
@@ -625,6 +644,8 @@ async fn main() {
          | Ceiling the control plane sets on that ratio: API server + etcd CPU per raw Secret vs per backlog credential (the operator's own CPU taken as nil) | {ceiling} | | |\n\
          | For reference, raw Secret creates on the empty cluster (the first phase: {n} Secrets of 1,500 bytes and a name) | {empty_rate:.1}/s (the backlog: {:.2}× that); API server + etcd CPU {} per Secret | | |\n\
          | Credentials/s while pods are being created ({half} pods through the pod webhook, in two halves; each first create → last Secret) vs pods + Secrets/s by a plain client at the same state ({quarter} pairs between the halves: a pod without the agent label, then a credential-shaped Secret; until a metadata watch saw the last Secret) | {pipe_rate:.1} / {pairs_rate:.1} = **{pipe_ratio:.2}×** ({:.2}× raw Secret creates) | ≥ 0.8× | {} |\n\
+         | Ceiling the control plane sets on that ratio: API server + etcd CPU per pair vs per pipelined credential (the operator's own CPU taken as nil) | {pipe_ceiling} | | |\n\
+         | CPU per credential in the pipeline / per pair (each process's `/proc` counters over the timed spans) | {} / {} | | |\n\
          | Agent pods admitted/s through Writ's pod webhook (the second {backlog_n}, controllers stopped) | {admit_rate:.1}/s ({:.2}× raw Secret creates) | | |\n\
          | Operator API writes per credential | **{cred_op_writes:.2}** (plain client: {raw_per:.2} per Secret) | ≤ 1.2 | {} |\n\
          | Operator RSS with {n} credentials + {n} grants | **{:.1} MiB** (idle {:.1} MiB; the most it had resident so far, `VmHWM`: {:.1} MiB) | ≤ 60 MiB | {} |\n\
@@ -646,6 +667,8 @@ async fn main() {
         empty.1.map_or("n/a".into(), |cpu| format!("{:.2} ms", cpu * 1e3 / n as f64)),
         pipe_rate / raw_rate,
         verdict(pipe_ratio >= 0.8),
+        cpu_pipe.per_item(half),
+        cpu_pairs.per_item(quarter),
         admit_rate / raw_rate,
         verdict(cred_op_writes <= 1.2),
         rss_grants as f64 / 1024.0,
