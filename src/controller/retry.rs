@@ -3,7 +3,7 @@
 //! object doubles it, up to [`MAX_DELAY`]; a successful reconcile starts the
 //! object over. A fixed delay made a failure that lasts (the revocation list
 //! full at 10,000 deletions, say) retry every object every second or two,
-//! each retry a reconcile and a warning in the log: 1.4 million of them in
+//! each retry a reconcile and a warning in the log: 1.45 million of them in
 //! ten minutes of a scale run's teardown. A change to the object (a watch
 //! event) still reconciles it at once, whatever its delay.
 
