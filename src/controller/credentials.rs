@@ -691,13 +691,44 @@ mod tests {
                                "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
         let ctx = context(fake_api_refusing_creates(Arc::default(), log, forbidden)).await;
         let reconcile = crate::controller::forgetting_failures(POD_CONTROLLER, reconcile);
+        // What the log gets at `warn`.
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("log").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let warned = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer({
+                let warned = warned.clone();
+                move || warned.clone()
+            })
+            .finish();
+        let dispatch = tracing::Dispatch::new(subscriber);
         let mut delays = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..5 {
             let err = reconcile(pod(), ctx.clone()).await.expect_err("the create is refused");
-            delays.push(error_policy(pod(), &err, ctx.clone()));
+            delays.push(tracing::dispatcher::with_default(&dispatch, || error_policy(pod(), &err, ctx.clone())));
         }
         let secs = |n| Action::requeue(Duration::from_secs(n));
-        assert_eq!(delays, vec![secs(2), secs(4), secs(8), secs(16)], "each failure in a row doubles the wait");
+        assert_eq!(
+            delays,
+            vec![secs(2), secs(4), secs(8), secs(16), secs(32)],
+            "each failure in a row doubles the wait"
+        );
+        let warned = String::from_utf8(warned.0.lock().expect("log").clone()).expect("utf-8");
+        let lines: Vec<&str> = warned.lines().filter(|l| l.contains("reconcile failed")).collect();
+        assert_eq!(lines.len(), 3, "the 1st, 2nd and 4th failure at warn, not the 3rd and 5th:\n{warned}");
+        assert!(lines[2].contains("failures=4") && lines[2].contains("retry_in_secs=16"), "{warned}");
+        assert!(lines[0].contains("name=\"worker-0\"") && lines[0].contains("RBAC"), "{warned}");
         assert_eq!(ctx.retries.len(), 1);
 
         // Another pod starts at the first delay.
@@ -707,7 +738,7 @@ mod tests {
         let err = reconcile(other.clone(), ctx.clone()).await.expect_err("refused too");
         assert_eq!(error_policy(other, &err, ctx.clone()), secs(2));
         let err = reconcile(pod(), ctx.clone()).await.expect_err("refused again");
-        assert_eq!(error_policy(pod(), &err, ctx.clone()), secs(32), "the first pod: doubled again");
+        assert_eq!(error_policy(pod(), &err, ctx.clone()), secs(64), "the first pod: doubled again");
         assert_eq!(ctx.retries.len(), 2);
 
         // A reconcile that succeeds forgets the pod's failures.

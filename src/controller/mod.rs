@@ -70,7 +70,10 @@ impl Context {
 
 /// What every error policy does: counts the error, backs off per object
 /// (see [`retry`]) and logs the failure with the object, how many times in a
-/// row it failed and when it is tried again.
+/// row it failed and when it is tried again. The log takes the 1st, 2nd,
+/// 4th, 8th, ... failure in a row of an object at `warn` and the others at
+/// `debug`: an object stuck for a day is then a few lines, not one per
+/// retry (`writ_reconcile_errors_total` counts every one).
 pub fn back_off<K: kube::Resource>(
     ctx: &Context,
     controller: &'static str,
@@ -82,15 +85,13 @@ pub fn back_off<K: kube::Resource>(
     let (delay, failures) = ctx.retries.failed(controller, obj, first);
     ctx.shared.metrics.reconcile_error(controller, err.metric_label());
     ctx.shared.metrics.reconcile_retrying.set(ctx.retries.len() as i64);
-    tracing::warn!(
-        controller,
-        namespace = obj.namespace().unwrap_or_default(),
-        name = obj.name_any(),
-        failures,
-        retry_in_secs = delay.as_secs(),
-        error = %err,
-        "reconcile failed"
-    );
+    let (namespace, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let retry_in_secs = delay.as_secs();
+    if failures.is_power_of_two() {
+        tracing::warn!(controller, namespace, name, failures, retry_in_secs, error = %err, "reconcile failed");
+    } else {
+        tracing::debug!(controller, namespace, name, failures, retry_in_secs, error = %err, "reconcile failed");
+    }
     kube::runtime::controller::Action::requeue(delay)
 }
 
