@@ -753,7 +753,12 @@ mod tests {
         assert_eq!(ctx.retries.len(), 1, "worker-0 forgotten, worker-1 still backing off");
         assert_eq!(ctx.shared.metrics.reconcile_retrying.get(), 1, "writ_reconcile_retrying follows");
         let err = reconcile(pod(), ctx.clone()).await.expect_err("refused again");
-        assert_eq!(error_policy(pod(), &err, ctx), secs(2), "after a success the back-off starts over");
+        assert_eq!(error_policy(pod(), &err, ctx.clone()), secs(2), "after a success the back-off starts over");
+        // The leadership term ends with its context: nothing waits any more.
+        let metrics = ctx.shared.metrics.clone();
+        assert_eq!(metrics.reconcile_retrying.get(), 2);
+        drop(ctx);
+        assert_eq!(metrics.reconcile_retrying.get(), 0);
     }
 
     #[tokio::test]

@@ -68,6 +68,14 @@ impl Context {
     }
 }
 
+impl Drop for Context {
+    /// The term's back-off ends with it: a replica that stops leading has no
+    /// object waiting for a retry.
+    fn drop(&mut self) {
+        self.shared.metrics.reconcile_retrying.set(0);
+    }
+}
+
 /// What every error policy does: counts the error, backs off per object
 /// (see [`retry`]) and logs the failure with the object, how many times in a
 /// row it failed and when it is tried again. The log takes the 1st, 2nd,
