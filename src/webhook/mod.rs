@@ -171,8 +171,8 @@ pub fn diff_patch<T: serde::Serialize>(before: &T, after: &T) -> Result<json_pat
 }
 
 async fn mutate_pods(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
-    // Parsed once: a pod is the largest object the webhooks see, and one
-    // arrives per agent pod created.
+    // Parsed once (a pod is the largest object the webhooks see, and one
+    // arrives per agent pod created); the claimed identity is looked up first.
     let parsed = parse_request::<k8s_openapi::api::core::v1::Pod>(&body);
     let fetched = match parsed.as_ref().map(|r| (r, r.object.as_ref())) {
         Ok((r, Some(pod))) => {
@@ -205,7 +205,7 @@ async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl
         }
         Err(_) => (Ok(vec![]), None, vec![], Ok(vec![])),
     };
-    reply(handle(&shared, "validate-grants", &body, |r| {
+    reply(handle_parsed(&shared, "validate-grants", req, |r| {
         grants::validate_grant(&shared, r, ancestors, agent, &requesters, policies)
     }))
 }
