@@ -326,36 +326,32 @@ pub struct CpuSplit {
 impl CpuSplit {
     /// The counters now.
     pub fn now(operator: u32) -> Self {
-        let kcm = std::env::var("WRIT_CLUSTER_DIR").ok().and_then(|dir| {
-            std::fs::read_to_string(format!("{dir}/kube-controller-manager.pid")).ok()?.trim().parse().ok()
-        });
         Self {
             control_plane: control_plane_cpu(operator),
             operator: cpu_seconds(operator),
-            controller_manager: kcm.and_then(cpu_seconds),
+            controller_manager: cluster_pid("kube-controller-manager").and_then(cpu_seconds),
             client: cpu_seconds(std::process::id()),
         }
     }
 
     /// What was used between `before` and `self`.
     pub fn since(&self, before: &Self) -> Self {
-        let d = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
-        Self {
-            control_plane: d(self.control_plane, before.control_plane),
-            operator: d(self.operator, before.operator),
-            controller_manager: d(self.controller_manager, before.controller_manager),
-            client: d(self.client, before.client),
-        }
+        self.zip(before, |a, b| a - b)
     }
 
     /// Both spans together.
     pub fn plus(&self, other: &Self) -> Self {
-        let s = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        self.zip(other, |a, b| a + b)
+    }
+
+    /// Each side of `self` and `other` combined by `f` (`None` if either lacks it).
+    fn zip(&self, other: &Self, f: fn(f64, f64) -> f64) -> Self {
+        let g = |a: Option<f64>, b: Option<f64>| Some(f(a?, b?));
         Self {
-            control_plane: s(self.control_plane, other.control_plane),
-            operator: s(self.operator, other.operator),
-            controller_manager: s(self.controller_manager, other.controller_manager),
-            client: s(self.client, other.client),
+            control_plane: g(self.control_plane, other.control_plane),
+            operator: g(self.operator, other.operator),
+            controller_manager: g(self.controller_manager, other.controller_manager),
+            client: g(self.client, other.client),
         }
     }
 
@@ -377,16 +373,19 @@ impl CpuSplit {
 /// control plane's etcd and API server when it is the one in use.
 pub fn processes(operator: u32) -> Vec<(&'static str, u32)> {
     let mut out = vec![("writ run", operator)];
-    if let Ok(dir) = std::env::var("WRIT_CLUSTER_DIR") {
-        for name in ["kube-apiserver", "etcd"] {
-            if let Some(pid) =
-                std::fs::read_to_string(format!("{dir}/{name}.pid")).ok().and_then(|p| p.trim().parse().ok())
-            {
-                out.push((name, pid));
-            }
+    for name in ["kube-apiserver", "etcd"] {
+        if let Some(pid) = cluster_pid(name) {
+            out.push((name, pid));
         }
     }
     out
+}
+
+/// The pid `hack/control-plane.sh` recorded for one of the local control
+/// plane's processes (none on another cluster).
+fn cluster_pid(name: &str) -> Option<u32> {
+    let dir = std::env::var("WRIT_CLUSTER_DIR").ok()?;
+    std::fs::read_to_string(format!("{dir}/{name}.pid")).ok()?.trim().parse().ok()
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
