@@ -88,7 +88,7 @@ struct VerifyArgs {
     /// JWKS: FILE or https URL (default: ConfigMap writ-jwks).
     #[arg(long, value_name = "FILE|URL")]
     jwks: Option<String>,
-    /// Revocation list: FILE or https URL (default: ConfigMap writ-revocations; `none` to skip, not recommended).
+    /// Revocation list: FILE or https URL (default: ConfigMaps writ-revocations, writ-revocations-1 … -7; `none` to skip, not recommended).
     #[arg(long, value_name = "FILE|URL")]
     revocations: Option<String>,
     /// CA certificates (PEM) for verifying https URLs (default: the trust bundle, when it is not itself a URL).
@@ -247,22 +247,29 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let jwks: writ::pki::JwkSet = serde_json::from_slice(&jwks).context("reading the JWKS")?;
     let revocations = match args.revocations.as_deref() {
         Some("none") => RevocationList::default(),
-        other => {
-            let src = source(
-                &other.map(str::to_owned),
-                writ::publish::revocations::CONFIGMAP,
-                writ::publish::revocations::KEY,
-            );
-            match (&src, src.load(tls_ca.as_deref()).await) {
-                (_, Ok(bytes)) => serde_json::from_slice(&bytes).context("reading the revocation list")?,
-                // No revocation ConfigMap yet means nothing was ever revoked.
-                (Source::ConfigMap { .. }, Err(e))
-                    if e.chain().any(|c| matches!(c.downcast_ref(), Some(kube::Error::Api(r)) if r.code == 404)) =>
-                {
-                    RevocationList::default()
+        Some(other) => {
+            let bytes = Source::parse(other).load(tls_ca.as_deref()).await?;
+            serde_json::from_slice(&bytes).context("reading the revocation list")?
+        }
+        None => {
+            use writ::publish::revocations::{part_name, KEY, PARTS};
+            let mut parts = Vec::with_capacity(PARTS);
+            for part in 0..PARTS {
+                let name = part_name(part);
+                let src = Source::ConfigMap { namespace: ns.clone(), name: name.clone(), key: KEY.into() };
+                match src.load(tls_ca.as_deref()).await {
+                    Ok(bytes) => parts.push(
+                        serde_json::from_slice(&bytes)
+                            .with_context(|| format!("reading the revocation list's part in ConfigMap {ns}/{name}"))?,
+                    ),
+                    // A part not written yet holds nothing.
+                    Err(e)
+                        if e.chain()
+                            .any(|c| matches!(c.downcast_ref(), Some(kube::Error::Api(r)) if r.code == 404)) => {}
+                    Err(e) => return Err(e),
                 }
-                (_, Err(e)) => return Err(e),
             }
+            RevocationList::merged(&parts)
         }
     };
     let verifier = Verifier::new(&bundle, jwks)?.with_revocations(revocations).with_skew(args.skew)?;

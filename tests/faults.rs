@@ -15,7 +15,7 @@
 //! * no token is left in any Secret for an ended grant or an ended pod, and
 //!   an ended pod's Secret holds no private key (a deleted pod's is gone);
 //! * every token `jti` and every certificate serial the test ever saw that is
-//!   no longer live is on the revocation list, both the durable ConfigMap and
+//!   no longer live is on the revocation list, both the durable ConfigMaps and
 //!   the served `/revocations` (entries are pruned only 5 minutes after their
 //!   own expiry, longer than this test runs);
 //! * the CA and signing-key Secrets are the ones from before the churn
@@ -51,7 +51,7 @@ use std::{
 
 use common::*;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{
     api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{watcher, WatchStreamExt},
@@ -620,7 +620,7 @@ async fn trust_fingerprint(client: &Client, ns: &str, name: &str) -> (String, BT
     (s.metadata.uid.clone().expect("uid"), secret_data(&s))
 }
 
-/// The revocation list as persisted (the ConfigMap) and as served (`/revocations`).
+/// The revocation list as persisted (its ConfigMaps) and as served (`/revocations`).
 /// A served list that cannot be fetched is a violation (the check is
 /// repeated until convergence), not a reason to stop looking.
 async fn revocation_lists(
@@ -628,11 +628,9 @@ async fn revocation_lists(
     op_ns: &str,
     op: &Operator,
 ) -> Result<(RevocationList, RevocationList, Duration), String> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), op_ns).get(revocations::CONFIGMAP).await.ok();
-    let durable = cm
-        .and_then(|cm| cm.data?.remove(revocations::KEY))
-        .map(|text| serde_json::from_str(&text).expect("the persisted revocation list parses"))
-        .unwrap_or_default();
+    let durable = revocations::read_persisted(client, op_ns)
+        .await
+        .map_err(|e| format!("reading the persisted revocation list: {e}"))?;
     let asked = Instant::now();
     let (code, body) = op.https_get("/revocations").await;
     if code != 200 {

@@ -470,8 +470,8 @@ ClusterRole writ.dev/delegationpolicies/status update
 Role coordination.k8s.io/leases create
 Role coordination.k8s.io/leases get
 Role coordination.k8s.io/leases update
-Role /configmaps[writ-revocations] list
-Role /configmaps[writ-revocations] watch
+Role /configmaps list
+Role /configmaps watch
 "#;
 
 use serde::Deserialize as _;
@@ -640,11 +640,13 @@ async fn the_operator_survives_an_api_server_outage_and_converges() {
     ns.cleanup().await;
 }
 
-/// The one ConfigMap replicas watch is allowed by `manifests/rbac.yaml`, by
-/// name, exactly as kube's watcher asks for it, and no other ConfigMap is
-/// (the Role applied in a test namespace, checked with impersonation).
+/// The ConfigMaps replicas watch (the revocation list's parts) are allowed by
+/// `manifests/rbac.yaml` in the operator's namespace, exactly as kube's
+/// watcher asks for them, and nothing more is: not ConfigMaps elsewhere, not
+/// Secrets, not writes (the Role applied in a test namespace, checked with
+/// impersonation).
 #[tokio::test]
-async fn the_shipped_role_lets_a_replica_watch_the_revocation_list_and_no_other_configmap() {
+async fn the_shipped_role_lets_a_replica_watch_the_revocation_list_and_nothing_else() {
     let c = cluster();
     let client = c.client().await;
     let ns = TestNamespace::new(&client, "rbac").await;
@@ -659,29 +661,83 @@ async fn the_shipped_role_lets_a_replica_watch_the_revocation_list_and_no_other_
     std::fs::write(&file, namespaced.join("\n---\n")).expect("write");
     let out = c.kubectl(&["apply", "-f", file.to_str().expect("path")]);
     assert!(out.status.success(), "{}", text(&out));
-    for name in ["writ-revocations", "other"] {
+    for name in ["writ-revocations", "writ-revocations-3"] {
         let out = c.kubectl(&["-n", &ns.name, "create", "configmap", name]);
         assert!(out.status.success(), "{}", text(&out));
     }
     let sa = format!("--as=system:serviceaccount:{}:writ", ns.name);
-    let path = |name: &str, watch: bool| {
-        let watch = if watch { "&watch=true&timeoutSeconds=1" } else { "" };
-        format!("/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{name}{watch}", ns.name)
+    let configmaps = |namespace: &str, watch: bool| {
+        let watch = if watch { "?watch=true&timeoutSeconds=1" } else { "" };
+        format!("/api/v1/namespaces/{namespace}/configmaps{watch}")
     };
     // RBAC may need a moment to see the new binding.
     eventually(Duration::from_secs(10), "the Role to apply", || async {
-        c.kubectl(&[&sa, "get", "--raw", &path(writ::publish::revocations::CONFIGMAP, false)])
-            .status
-            .success()
-            .then_some(())
+        c.kubectl(&[&sa, "get", "--raw", &configmaps(&ns.name, false)]).status.success().then_some(())
     })
     .await;
-    let out = c.kubectl(&[&sa, "get", "--raw", &path(writ::publish::revocations::CONFIGMAP, true)]);
-    assert!(out.status.success() && text(&out).contains(r#""name":"writ-revocations""#), "{}", text(&out));
-    for denied in [path("other", false), path("other", true), format!("/api/v1/namespaces/{}/configmaps", ns.name)] {
+    let out = c.kubectl(&[&sa, "get", "--raw", &configmaps(&ns.name, true)]);
+    for part in ["writ-revocations", "writ-revocations-3"] {
+        assert!(out.status.success() && text(&out).contains(&format!(r#""name":"{part}""#)), "{}", text(&out));
+    }
+    for denied in [
+        configmaps("default", false),
+        configmaps("default", true),
+        "/api/v1/configmaps".to_string(),
+        format!("/api/v1/namespaces/{}/secrets", ns.name),
+    ] {
         let out = c.kubectl(&[&sa, "get", "--raw", &denied]);
         assert!(!out.status.success() && text(&out).contains("forbidden"), "{denied}: {}", text(&out));
     }
+    let out = c.kubectl(&[&sa, "-n", &ns.name, "create", "configmap", "other"]);
+    assert!(!out.status.success() && text(&out).contains("forbidden"), "create: {}", text(&out));
     let _ = std::fs::remove_file(&file);
+    ns.cleanup().await;
+}
+
+/// The revocation list outgrows one ConfigMap on a real API server: 25,000
+/// revocations (about 1.7 MB, more than the 1 MiB one ConfigMap holds) are
+/// persisted in one batch over parts that each stay within the API server's
+/// limit, and a restarted store, like any reader of the ConfigMaps, finds
+/// every one and adds to them.
+#[tokio::test]
+async fn a_revocation_list_larger_than_a_configmap_is_persisted_over_its_parts() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use writ::{
+        publish::revocations::{part_name, read_persisted, RevocationStore, KEY, MAX_PART_BYTES, PARTS},
+        verify::{RevokedCertificate, RevokedToken},
+    };
+    let c = cluster();
+    let client = c.client().await;
+    let ns = TestNamespace::new(&client, "revparts").await;
+    let now = writ::pki::now_unix();
+    let certificates: Vec<RevokedCertificate> =
+        (0..25_000).map(|i| RevokedCertificate { serial: format!("{i:032x}"), expires_at: now + 3_600 }).collect();
+    let token = |jti: &str| RevokedToken { jti: jti.into(), expires_at: now + 3_600 };
+    let tokens: Vec<RevokedToken> = (0..100).map(|i| token(&format!("jti-{i}"))).collect();
+    let store = std::sync::Arc::new(RevocationStore::load(&client, &ns.name).await.expect("load"));
+    store.revoke(tokens.clone(), certificates.clone(), now).await.expect("a list of 1.7 MB is persisted");
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let mut parts_written = 0;
+    let mut total = 0;
+    for part in 0..PARTS {
+        if let Some(cm) = cms.get_opt(&part_name(part)).await.expect("get a part") {
+            let bytes = cm.data.expect("data")[KEY].len();
+            assert!(bytes <= MAX_PART_BYTES, "part {part}: {bytes} bytes");
+            parts_written += 1;
+            total += bytes;
+        }
+    }
+    assert!(parts_written >= 2 && total > MAX_PART_BYTES, "{parts_written} parts, {total} bytes");
+    let persisted = read_persisted(&client, &ns.name).await.expect("read the parts");
+    assert_eq!((persisted.tokens.len(), persisted.certificates.len()), (100, 25_000));
+    assert_eq!(store.size().await, (total, 25_100));
+
+    let restarted = std::sync::Arc::new(RevocationStore::load(&client, &ns.name).await.expect("reload"));
+    assert_eq!(restarted.snapshot().await, store.snapshot().await);
+    assert!(restarted.is_token_revoked("jti-99").await);
+    restarted.revoke(vec![token("jti-5"), token("after")], vec![], now).await.expect("one more");
+    let persisted = read_persisted(&client, &ns.name).await.expect("read the parts");
+    assert_eq!((persisted.tokens.len(), persisted.certificates.len()), (101, 25_000), "added once, nothing lost");
     ns.cleanup().await;
 }

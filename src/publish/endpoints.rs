@@ -51,12 +51,13 @@ async fn trust_bundle(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn revocations(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let list = s.revocations.snapshot().await;
-    let etag = format!("\"{}\"", list.version);
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    let etag = |version: u64| format!("\"{version}\"");
+    let current = etag(s.revocations.version().await);
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(current.as_str()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, current)]).into_response();
     }
-    ([(header::ETAG, etag)], Json(list)).into_response()
+    let list = s.revocations.snapshot().await;
+    ([(header::ETAG, etag(list.version))], Json(list)).into_response()
 }
 
 /// The introspection request (RFC 7662 §2.1).

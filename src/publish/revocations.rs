@@ -1,9 +1,17 @@
 //! The revocation list: revoked certificate serials and token `jti`s, each
-//! kept until its own expiry. Persisted in the ConfigMap `writ-revocations`
-//! (so a restart or a new leader never forgets one), served on `/revocations`.
+//! kept until its own expiry. Persisted over [`PARTS`] ConfigMaps
+//! (`writ-revocations`, `writ-revocations-1` … `writ-revocations-7`), each
+//! holding part of the list in the list's own format, so that a restart or a
+//! new leader never forgets one; served whole on `/revocations`.
+//!
+//! One ConfigMap holds at most 1 MiB, about 17,000 entries; the parts hold
+//! eight times that. A batch of revocations goes whole into the part with the
+//! most room, so a write rewrites one part, not the whole list. Where an
+//! entry sits does not matter to readers (they join all parts), so the parts
+//! need no rebalancing, and a list written by a version of Writ that had one
+//! ConfigMap is read as its first part.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -15,36 +23,60 @@ use tokio::sync::Mutex;
 
 use crate::verify::{RevocationList, RevokedCertificate, RevokedToken};
 
-/// The ConfigMap holding the list.
+/// The ConfigMap holding the first part (and the name the others extend).
 pub const CONFIGMAP: &str = "writ-revocations";
-/// Its data key.
+/// Its data key, the same in every part.
 pub const KEY: &str = "revocations.json";
+/// How many ConfigMaps the list is spread over.
+pub const PARTS: usize = 8;
 /// How long an entry outlives the credential's own expiry: verifiers accept a
 /// credential for up to their clock-skew allowance past `exp`, so the
 /// revocation must stay published at least that long.
 pub const RETENTION_AFTER_EXPIRY_SECS: i64 = 300;
-/// The most a ConfigMap's data may hold (the API server's limit, 1 MiB): a
-/// list that would not fit is refused here, before anything is sent.
-pub const MAX_LIST_BYTES: usize = 1024 * 1024;
+/// The most one ConfigMap's data may hold (the API server's limit, 1 MiB): a
+/// part that would not fit is refused here, before anything is sent.
+pub const MAX_PART_BYTES: usize = 1024 * 1024;
+/// Room kept free in a part when choosing where a batch goes: the version
+/// number and the JSON around the entries.
+const PART_SLACK_BYTES: usize = 256;
 
-/// Errors while persisting revocations.
+/// The ConfigMap holding part `part` (0-based) of the list.
+pub fn part_name(part: usize) -> String {
+    match part {
+        0 => CONFIGMAP.to_string(),
+        n => format!("{CONFIGMAP}-{n}"),
+    }
+}
+
+/// Which part a ConfigMap of this name holds, if it holds one.
+pub fn part_of(name: &str) -> Option<usize> {
+    if name == CONFIGMAP {
+        return Some(0);
+    }
+    let n: usize = name.strip_prefix(CONFIGMAP)?.strip_prefix('-')?.parse().ok()?;
+    (1..PARTS).contains(&n).then_some(n).filter(|n| part_name(*n) == name)
+}
+
+/// Errors while reading or persisting revocations.
 #[derive(Debug, thiserror::Error)]
 pub enum RevocationError {
     /// The API server refused or failed.
-    #[error("writing ConfigMap {namespace}/{CONFIGMAP}: {source}")]
+    #[error("ConfigMap {configmap}: {source}")]
     Kube {
-        /// Namespace.
-        namespace: String,
+        /// The part's ConfigMap, `namespace/name`.
+        configmap: String,
         /// Cause.
         #[source]
         source: kube::Error,
     },
-    /// The persisted list cannot be read; Writ refuses to start over with an
+    /// A persisted part cannot be read; Writ refuses to start over with an
     /// empty one (fix or delete the ConfigMap deliberately).
-    #[error("ConfigMap {namespace}/{CONFIGMAP} key {KEY} is not a revocation list: {source}")]
+    #[error("ConfigMap {namespace}/{name} key {KEY} is not a revocation list: {source}")]
     Corrupt {
         /// Namespace.
         namespace: String,
+        /// The part's ConfigMap.
+        name: String,
         /// Cause.
         #[source]
         source: serde_json::Error,
@@ -56,47 +88,100 @@ pub enum RevocationError {
         /// What went wrong.
         message: String,
     },
-    /// The list with these revocations would not fit in its ConfigMap.
-    /// Nothing is written and the credentials stay issued (fail closed) until
-    /// enough entries reach their expiry to make room.
+    /// The revocations would not fit in the room the parts have left.
+    /// Nothing is written and the credentials stay issued (fail closed)
+    /// until enough entries reach their expiry to make room.
     #[error(
-        "ConfigMap {namespace}/{CONFIGMAP} key {KEY}: the revocation list would be {bytes} bytes \
-         ({entries} entries), over the {MAX_LIST_BYTES} bytes a ConfigMap holds; the credentials stay \
-         issued until older entries expire (each is kept until its credential's own expiry: shorter \
-         certificate ttl and grant durations keep the list smaller)"
+        "the revocation list is full: {new} new entries ({bytes} bytes) do not fit in the {free} bytes left \
+         in ConfigMaps {namespace}/{CONFIGMAP} and {CONFIGMAP}-1 to -{last} ({PARTS} x {part_bytes} bytes, \
+         {held} entries held); the credentials stay issued until older entries expire (each is kept until its \
+         credential's own expiry: shorter certificate ttl and grant durations keep the list smaller)",
+        last = PARTS - 1
     )]
     Full {
         /// Namespace.
         namespace: String,
-        /// The encoded size it would have had.
+        /// Entries that did not fit.
+        new: usize,
+        /// Their encoded size.
         bytes: usize,
-        /// Entries it would have held.
-        entries: usize,
+        /// Room left over all parts.
+        free: usize,
+        /// Entries the parts hold.
+        held: usize,
+        /// The most one part holds.
+        part_bytes: usize,
+    },
+    /// One part would outgrow its ConfigMap (after merging what someone
+    /// else wrote to it meanwhile).
+    #[error(
+        "ConfigMap {namespace}/{name} key {KEY}: the part would be {bytes} bytes, over the {limit} bytes a part holds"
+    )]
+    PartFull {
+        /// Namespace.
+        namespace: String,
+        /// The part's ConfigMap.
+        name: String,
+        /// Its encoded size.
+        bytes: usize,
+        /// The most a part holds.
+        limit: usize,
     },
     /// Encoding failed.
     #[error("encoding the revocation list: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
-/// The list in memory, written through to the ConfigMap.
+/// One part as last read or written.
+#[derive(Default)]
+struct Part {
+    list: RevocationList,
+    /// The encoded size of `list`.
+    bytes: usize,
+    /// The ConfigMap's resourceVersion: a write replaces that version without
+    /// reading the part back first; a conflict means someone else wrote it
+    /// meanwhile.
+    resource_version: Option<String>,
+}
+
+impl Part {
+    fn entries(&self) -> usize {
+        self.list.tokens.len() + self.list.certificates.len()
+    }
+
+    /// Its encoded size once the entries past their retention are dropped.
+    fn live_bytes(&self, now: i64) -> usize {
+        let expired = self.list.tokens.iter().filter(|t| !kept(t.expires_at, now)).map(listed_len).sum::<usize>()
+            + self.list.certificates.iter().filter(|c| !kept(c.expires_at, now)).map(listed_len).sum::<usize>();
+        self.bytes.saturating_sub(expired)
+    }
+}
+
+/// The encoded size of an entry in a list, with the comma before it.
+fn listed_len(entry: &impl serde::Serialize) -> usize {
+    serde_json::to_string(entry).map_or(0, |e| e.len()) + 1
+}
+
+/// Whether an entry expiring at `expires_at` is still listed at `now`.
+fn kept(expires_at: i64, now: i64) -> bool {
+    expires_at + RETENTION_AFTER_EXPIRY_SECS > now
+}
+
+/// The list in memory, written through to its ConfigMaps.
 pub struct RevocationStore {
     api: Api<ConfigMap>,
     namespace: String,
-    list: Mutex<RevocationList>,
-    /// The encoded size of `list` as last read or written.
-    bytes: AtomicUsize,
-    /// The ConfigMap's resourceVersion as last read or written: a write
-    /// replaces that version without reading the list back first (it is up to
-    /// a mebibyte); a conflict means someone else wrote it meanwhile.
-    resource_version: std::sync::Mutex<Option<String>>,
+    parts: Mutex<Vec<Part>>,
+    /// The most one part may hold ([`MAX_PART_BYTES`]; smaller in tests).
+    part_limit: usize,
     /// Revocations waiting for the next write, and who waits for it.
     pending: std::sync::Mutex<Pending>,
 }
 
-/// Group commit of revocations: while one write of the list is in flight,
-/// further revocations queue here and the next write carries them all (the
-/// list is one ConfigMap, so a write per revocation would be quadratic in
-/// bytes when thousands of credentials end together).
+/// Group commit of revocations: while one write is in flight, further
+/// revocations queue here and the next write carries them all (a write per
+/// revocation would rewrite a part per credential when thousands end
+/// together).
 #[derive(Default)]
 struct Pending {
     tokens: Vec<RevokedToken>,
@@ -105,93 +190,114 @@ struct Pending {
     flushing: bool,
 }
 
+/// Reads the whole persisted list, every part joined (an absent part is an
+/// empty one): what a consumer without the `/revocations` endpoint does.
+pub async fn read_persisted(client: &Client, namespace: &str) -> Result<RevocationList, RevocationError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let parts = read_parts(&api, namespace).await?;
+    Ok(RevocationList::merged(parts.iter().map(|p| &p.list)))
+}
+
+/// Reads every part. An unreadable part is an error, never an empty part:
+/// forgetting revocations would re-validate revoked credentials.
+async fn read_parts(api: &Api<ConfigMap>, namespace: &str) -> Result<Vec<Part>, RevocationError> {
+    futures::future::try_join_all((0..PARTS).map(|part| read_part(api, namespace, part))).await
+}
+
+async fn read_part(api: &Api<ConfigMap>, namespace: &str, part: usize) -> Result<Part, RevocationError> {
+    let name = part_name(part);
+    let cm = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| RevocationError::Kube { configmap: format!("{namespace}/{name}"), source })?;
+    decode(cm, namespace, &name)
+}
+
+/// The part a ConfigMap holds (none: an empty part).
+fn decode(cm: Option<ConfigMap>, namespace: &str, name: &str) -> Result<Part, RevocationError> {
+    let resource_version = cm.as_ref().and_then(|cm| cm.metadata.resource_version.clone());
+    let Some(text) = cm.and_then(|cm| cm.data).and_then(|mut d| d.remove(KEY)) else {
+        return Ok(Part { resource_version, ..Default::default() });
+    };
+    let list = serde_json::from_str(&text).map_err(|source| RevocationError::Corrupt {
+        namespace: namespace.into(),
+        name: name.into(),
+        source,
+    })?;
+    Ok(Part { list, bytes: text.len(), resource_version })
+}
+
 impl RevocationStore {
-    /// Loads the persisted list (an absent ConfigMap is an empty list).
+    /// Loads the persisted list (absent ConfigMaps are empty parts).
     pub async fn load(client: &Client, namespace: &str) -> Result<Self, RevocationError> {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let stored = Self::read(&api, namespace).await?;
+        let parts = read_parts(&api, namespace).await?;
         Ok(Self {
             api,
             namespace: namespace.into(),
-            list: Mutex::new(stored.list),
-            bytes: stored.bytes.into(),
-            resource_version: stored.resource_version.into(),
+            parts: Mutex::new(parts),
+            part_limit: MAX_PART_BYTES,
             pending: Default::default(),
         })
     }
 
-    /// The persisted list's size: its encoded bytes and its entries.
+    /// The persisted list's size: its encoded bytes and its entries, over
+    /// all parts.
     pub async fn size(&self) -> (usize, usize) {
-        let list = self.list.lock().await;
-        (self.bytes.load(Ordering::Relaxed), list.tokens.len() + list.certificates.len())
-    }
-
-    /// Reads the persisted list. An unreadable list is an error, never an
-    /// empty list: forgetting revocations would re-validate revoked credentials.
-    async fn read(api: &Api<ConfigMap>, namespace: &str) -> Result<Stored, RevocationError> {
-        let cm = api
-            .get_opt(CONFIGMAP)
-            .await
-            .map_err(|source| RevocationError::Kube { namespace: namespace.into(), source })?;
-        Self::decode(cm, namespace)
-    }
-
-    /// The list a ConfigMap holds (none: an empty list).
-    fn decode(cm: Option<ConfigMap>, namespace: &str) -> Result<Stored, RevocationError> {
-        let resource_version = cm.as_ref().and_then(|cm| cm.metadata.resource_version.clone());
-        let Some(text) = cm.and_then(|cm| cm.data).and_then(|mut d| d.remove(KEY)) else {
-            return Ok(Stored { list: RevocationList::default(), bytes: 0, resource_version });
-        };
-        let list = serde_json::from_str(&text)
-            .map_err(|source| RevocationError::Corrupt { namespace: namespace.into(), source })?;
-        Ok(Stored { list, bytes: text.len(), resource_version })
+        let parts = self.parts.lock().await;
+        parts.iter().fold((0, 0), |(bytes, entries), p| (bytes + p.bytes, entries + p.entries()))
     }
 
     /// Re-reads the persisted list (followers; a new leader before writing).
     pub async fn refresh(&self) -> Result<(), RevocationError> {
-        let stored = Self::read(&self.api, &self.namespace).await?;
-        self.adopt(stored).await;
+        let stored = read_parts(&self.api, &self.namespace).await?;
+        let mut parts = self.parts.lock().await;
+        for (held, stored) in parts.iter_mut().zip(stored) {
+            adopt(held, stored);
+        }
         Ok(())
     }
 
-    /// Takes in the list as a watch of its ConfigMap delivered it: how the
-    /// replicas that do not lead (which serve `/revocations` and
-    /// introspection too) learn of the leader's revocations at once. A
-    /// version already held (the leader's own write coming back) is not
-    /// decoded again.
+    /// Takes in a part as a watch of the operator's namespace delivered it:
+    /// how the replicas that do not lead (which serve `/revocations` and
+    /// introspection too) learn of the leader's revocations at once. Other
+    /// ConfigMaps are ignored; a version already held (the leader's own
+    /// write coming back) is not decoded again.
     pub async fn absorb(&self, cm: ConfigMap) -> Result<(), RevocationError> {
-        let held = self.resource_version.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(part) = cm.metadata.name.as_deref().and_then(part_of) else {
+            return Ok(());
+        };
+        let held = self.parts.lock().await[part].resource_version.clone();
         if cm.metadata.resource_version.is_some() && cm.metadata.resource_version == held {
             return Ok(());
         }
-        let stored = Self::decode(Some(cm), &self.namespace)?;
-        self.adopt(stored).await;
+        // Decoded without the lock: a part is up to a mebibyte, and
+        // introspection waits on the lock.
+        let stored = decode(Some(cm), &self.namespace, &part_name(part))?;
+        adopt(&mut self.parts.lock().await[part], stored);
         Ok(())
     }
 
-    /// Replaces the list in memory with `stored` unless it is older.
-    async fn adopt(&self, stored: Stored) {
-        let mut cur = self.list.lock().await;
-        if stored.list.version >= cur.version {
-            *cur = stored.list;
-            self.bytes.store(stored.bytes, Ordering::Relaxed);
-            self.remember(stored.resource_version);
-        }
+    /// The whole list, every part joined.
+    pub async fn snapshot(&self) -> RevocationList {
+        let parts = self.parts.lock().await;
+        RevocationList::merged(parts.iter().map(|p| &p.list))
     }
 
-    /// A copy of the current list.
-    pub async fn snapshot(&self) -> RevocationList {
-        self.list.lock().await.clone()
+    /// The whole list's version (that of [`Self::snapshot`]), without
+    /// copying the list.
+    pub async fn version(&self) -> u64 {
+        self.parts.lock().await.iter().map(|p| p.list.version).sum()
     }
 
     /// Whether a token id is revoked.
     pub async fn is_token_revoked(&self, jti: &str) -> bool {
-        self.list.lock().await.tokens.iter().any(|t| t.jti == jti)
+        self.parts.lock().await.iter().any(|p| p.list.tokens.iter().any(|t| t.jti == jti))
     }
 
-    /// Adds revocations (idempotent), prunes entries past their expiry, and
-    /// persists the result before returning: callers remove credentials only
-    /// after their revocation is durable.
+    /// Adds revocations (idempotent), prunes entries past their expiry in
+    /// the parts it writes, and persists the result before returning:
+    /// callers remove credentials only after their revocation is durable.
     pub async fn revoke(
         self: &Arc<Self>,
         tokens: Vec<RevokedToken>,
@@ -199,8 +305,7 @@ impl RevocationStore {
         now: i64,
     ) -> Result<(), RevocationError> {
         if tokens.is_empty() && certificates.is_empty() {
-            // Nothing to add; still prunes expired entries.
-            return self.apply(Vec::new(), Vec::new(), now).await;
+            return Ok(());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let flush = {
@@ -221,7 +326,9 @@ impl RevocationStore {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(RevocationError::Batch { message }),
             Err(_) => Err(RevocationError::Batch {
-                message: format!("writing ConfigMap {namespace}/{CONFIGMAP}: the write was abandoned"),
+                message: format!(
+                    "writing the revocation list to ConfigMaps {namespace}/{CONFIGMAP}*: the write was abandoned"
+                ),
             }),
         }
     }
@@ -245,49 +352,91 @@ impl RevocationStore {
         }
     }
 
+    /// Adds the entries no part holds yet: all of them to the part with the
+    /// most room if they fit there, else spread over the roomiest parts; if
+    /// all parts together lack the room, nothing is written.
     async fn apply(
         &self,
         tokens: Vec<RevokedToken>,
         certificates: Vec<RevokedCertificate>,
         now: i64,
     ) -> Result<(), RevocationError> {
-        let mut list = self.list.lock().await;
-        let mut next = list.clone();
-        if !merge(&mut next, tokens, certificates, now) {
+        let mut parts = self.parts.lock().await;
+        let fresh = fresh_entries(&parts, tokens, certificates, now);
+        if fresh.is_empty() {
             return Ok(());
         }
-        next.version = list.version + 1;
-        self.persist(&mut next, now).await?;
-        *list = next;
+        let mut room: Vec<(usize, usize)> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, self.part_limit.saturating_sub(p.live_bytes(now) + PART_SLACK_BYTES)))
+            .collect();
+        room.sort_by_key(|&(i, free)| (std::cmp::Reverse(free), i));
+        let mut batches: Vec<(usize, Vec<Entry>)> = Vec::new();
+        let mut fresh = fresh.into_iter().peekable();
+        for (part, mut free) in room.iter().copied() {
+            let mut batch = Vec::new();
+            while let Some((_, len)) = fresh.peek() {
+                if *len > free {
+                    break;
+                }
+                free -= len;
+                batch.extend(fresh.next().map(|(entry, _)| entry));
+            }
+            if !batch.is_empty() {
+                batches.push((part, batch));
+            }
+        }
+        let left: Vec<usize> = fresh.map(|(_, len)| len).collect();
+        if !left.is_empty() {
+            return Err(RevocationError::Full {
+                namespace: self.namespace.clone(),
+                new: left.len() + batches.iter().map(|(_, b)| b.len()).sum::<usize>(),
+                bytes: left.iter().sum::<usize>() + batches.iter().flat_map(|(_, b)| b).map(Entry::len).sum::<usize>(),
+                free: room.iter().map(|&(_, free)| free).sum(),
+                held: parts.iter().map(Part::entries).sum(),
+                part_bytes: self.part_limit,
+            });
+        }
+        for (part, batch) in batches {
+            let held = &mut parts[part];
+            let mut next = held.list.clone();
+            let (tokens, certificates) = Entry::split(batch);
+            merge(&mut next, tokens, certificates, now);
+            next.version = held.list.version + 1;
+            *held = self.persist(part, held.resource_version.clone(), next, now).await?;
+        }
         Ok(())
     }
 
-    /// The ConfigMap's resourceVersion just read or written.
-    fn remember(&self, resource_version: Option<String>) {
-        *self.resource_version.lock().unwrap_or_else(|e| e.into_inner()) = resource_version;
-    }
-
-    /// Writes `list` over the version last read or written. When someone
-    /// else wrote meanwhile (a replica that led for a while, a person), what
-    /// they hold that is still in force is kept: their list is read, merged
-    /// into `list`, and written over their version.
-    async fn persist(&self, list: &mut RevocationList, now: i64) -> Result<(), RevocationError> {
-        let err = |source| RevocationError::Kube { namespace: self.namespace.clone(), source };
+    /// Writes `list` as part `part` over the version last read or written.
+    /// When someone else wrote it meanwhile (a replica that led for a while,
+    /// a person), what they hold that is still in force is kept: their part
+    /// is read, merged into `list`, and written over their version.
+    async fn persist(
+        &self,
+        part: usize,
+        mut resource_version: Option<String>,
+        mut list: RevocationList,
+        now: i64,
+    ) -> Result<Part, RevocationError> {
+        let name = part_name(part);
+        let err = |source| RevocationError::Kube { configmap: format!("{}/{name}", self.namespace), source };
         let mut attempts = 0;
         loop {
-            let json = serde_json::to_string(&*list)?;
+            let json = serde_json::to_string(&list)?;
             let bytes = json.len();
-            if bytes > MAX_LIST_BYTES {
-                return Err(RevocationError::Full {
+            if bytes > self.part_limit {
+                return Err(RevocationError::PartFull {
                     namespace: self.namespace.clone(),
+                    name,
                     bytes,
-                    entries: list.tokens.len() + list.certificates.len(),
+                    limit: self.part_limit,
                 });
             }
-            let resource_version = self.resource_version.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let cm = ConfigMap {
                 metadata: ObjectMeta {
-                    name: Some(CONFIGMAP.into()),
+                    name: Some(name.clone()),
                     labels: Some([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())].into()),
                     resource_version: resource_version.clone(),
                     ..Default::default()
@@ -297,68 +446,113 @@ impl RevocationStore {
             };
             let written = match resource_version {
                 None => self.api.create(&PostParams::default(), &cm).await,
-                Some(_) => self.api.replace(CONFIGMAP, &PostParams::default(), &cm).await,
+                Some(_) => self.api.replace(&name, &PostParams::default(), &cm).await,
             };
             match written {
-                Ok(cm) => {
-                    self.remember(cm.metadata.resource_version);
-                    self.bytes.store(bytes, Ordering::Relaxed);
-                    return Ok(());
-                }
+                Ok(cm) => return Ok(Part { list, bytes, resource_version: cm.metadata.resource_version }),
                 // 409: a newer version (or, for a create, one) is stored.
                 Err(kube::Error::Api(e)) if e.code == 409 && attempts < 3 => {
                     attempts += 1;
-                    let stored = Self::read(&self.api, &self.namespace).await?;
+                    let stored = read_part(&self.api, &self.namespace, part).await?;
                     tracing::info!(
+                        part = %name,
                         stored_version = stored.list.version,
                         our_version = list.version,
-                        "the revocation list was written by someone else meanwhile; merging"
+                        "a part of the revocation list was written by someone else meanwhile; merging"
                     );
                     list.version = list.version.max(stored.list.version + 1);
-                    merge(list, stored.list.tokens, stored.list.certificates, now);
-                    self.remember(stored.resource_version);
+                    merge(&mut list, stored.list.tokens, stored.list.certificates, now);
+                    resource_version = stored.resource_version;
                 }
                 Err(e) => return Err(err(e)),
             }
         }
     }
+
+    /// Makes each part at most `bytes` long (tests: the parts fill up
+    /// without a mebibyte of entries each).
+    #[cfg(test)]
+    fn with_part_limit(mut self, bytes: usize) -> Self {
+        self.part_limit = bytes;
+        self
+    }
 }
 
-/// What the ConfigMap held when read.
-struct Stored {
-    list: RevocationList,
-    bytes: usize,
-    resource_version: Option<String>,
+/// Replaces a part in memory with `stored` unless it is older.
+fn adopt(held: &mut Part, stored: Part) {
+    if stored.list.version >= held.list.version {
+        *held = stored;
+    }
 }
 
-/// Adds the entries `list` lacks (by `jti`, by serial) and drops every entry
-/// past its expiry and retention. Returns whether `list` changed.
-fn merge(
-    list: &mut RevocationList,
+/// A revocation on its way into a part.
+enum Entry {
+    Token(RevokedToken),
+    Certificate(RevokedCertificate),
+}
+
+impl Entry {
+    /// Its encoded size in a list, with the comma before it.
+    fn len(&self) -> usize {
+        match self {
+            Entry::Token(t) => listed_len(t),
+            Entry::Certificate(c) => listed_len(c),
+        }
+    }
+
+    fn split(entries: Vec<Entry>) -> (Vec<RevokedToken>, Vec<RevokedCertificate>) {
+        let (mut tokens, mut certificates) = (Vec::new(), Vec::new());
+        for e in entries {
+            match e {
+                Entry::Token(t) => tokens.push(t),
+                Entry::Certificate(c) => certificates.push(c),
+            }
+        }
+        (tokens, certificates)
+    }
+}
+
+/// The revocations no part holds yet (by `jti`, by serial), once each, that
+/// are not already past their retention, with their encoded sizes.
+fn fresh_entries(
+    parts: &[Part],
     tokens: Vec<RevokedToken>,
     certificates: Vec<RevokedCertificate>,
     now: i64,
-) -> bool {
-    let keep = |expires_at: i64| expires_at + RETENTION_AFTER_EXPIRY_SECS > now;
-    let before = (list.tokens.len(), list.certificates.len());
-    list.tokens.retain(|t| keep(t.expires_at));
-    list.certificates.retain(|c| keep(c.expires_at));
-    let mut changed = (list.tokens.len(), list.certificates.len()) != before;
-    let mut jtis: std::collections::HashSet<String> = list.tokens.iter().map(|t| t.jti.clone()).collect();
-    for t in tokens {
-        if keep(t.expires_at) && jtis.insert(t.jti.clone()) {
-            list.tokens.push(t);
-            changed = true;
-        }
-    }
-    let mut serials: std::collections::HashSet<String> = list.certificates.iter().map(|c| c.serial.clone()).collect();
-    for c in certificates {
-        if keep(c.expires_at) && serials.insert(c.serial.clone()) {
-            list.certificates.push(c);
-            changed = true;
-        }
-    }
-    changed
+) -> Vec<(Entry, usize)> {
+    let held_jtis: HashSet<&str> = parts.iter().flat_map(|p| &p.list.tokens).map(|t| t.jti.as_str()).collect();
+    let held_serials: HashSet<&str> =
+        parts.iter().flat_map(|p| &p.list.certificates).map(|c| c.serial.as_str()).collect();
+    let (mut jtis, mut serials) = (HashSet::new(), HashSet::new());
+    let tokens = tokens
+        .into_iter()
+        .filter(|t| kept(t.expires_at, now) && !held_jtis.contains(t.jti.as_str()) && jtis.insert(t.jti.clone()))
+        .map(Entry::Token);
+    let certificates = certificates
+        .into_iter()
+        .filter(|c| {
+            kept(c.expires_at, now) && !held_serials.contains(c.serial.as_str()) && serials.insert(c.serial.clone())
+        })
+        .map(Entry::Certificate);
+    tokens
+        .chain(certificates)
+        .map(|e| {
+            let len = e.len();
+            (e, len)
+        })
+        .collect()
+}
+
+/// Adds the entries `list` lacks (by `jti`, by serial) and drops every entry
+/// past its expiry and retention.
+fn merge(list: &mut RevocationList, tokens: Vec<RevokedToken>, certificates: Vec<RevokedCertificate>, now: i64) {
+    list.tokens.retain(|t| kept(t.expires_at, now));
+    list.certificates.retain(|c| kept(c.expires_at, now));
+    let mut jtis: HashSet<String> = list.tokens.iter().map(|t| t.jti.clone()).collect();
+    list.tokens.extend(tokens.into_iter().filter(|t| kept(t.expires_at, now) && jtis.insert(t.jti.clone())));
+    let mut serials: HashSet<String> = list.certificates.iter().map(|c| c.serial.clone()).collect();
+    list.certificates
+        .extend(certificates.into_iter().filter(|c| kept(c.expires_at, now) && serials.insert(c.serial.clone())));
 }
 
 #[cfg(test)]
@@ -372,10 +566,12 @@ mod tests {
 
     use super::*;
 
-    /// What the fake API server holds.
-    type Held = Arc<StdMutex<Option<serde_json::Value>>>;
-    /// The methods of the requests it answered.
-    type Log = Arc<StdMutex<Vec<Method>>>;
+    /// What the fake API server holds: ConfigMaps by name.
+    type Held = Arc<StdMutex<BTreeMap<String, serde_json::Value>>>;
+    /// The requests it answered: method and ConfigMap name.
+    type Log = Arc<StdMutex<Vec<(Method, String)>>>;
+
+    const NS: &str = "writ-system";
 
     fn status(code: StatusCode, reason: &str) -> (StatusCode, Bytes) {
         let body =
@@ -383,18 +579,28 @@ mod tests {
         (code, Bytes::from(body.to_string()))
     }
 
-    /// An API server holding one ConfigMap (or none) with optimistic
-    /// concurrency on its resourceVersion, recording each request's method.
+    /// An API server holding ConfigMaps in one namespace, with optimistic
+    /// concurrency on their resourceVersions, logging each request.
     fn fake_api(stored: Held, log: Log) -> Client {
         let service = tower::service_fn(move |req: Request<kube::client::Body>| {
             let (stored, log) = (stored.clone(), log.clone());
             async move {
                 let method = req.method().clone();
+                let path = req.uri().path().to_string();
                 let body = req.into_body().collect().await?.to_bytes();
-                log.lock().expect("log").push(method.clone());
+                let prefix = format!("/api/v1/namespaces/{NS}/configmaps");
+                let name = match path.strip_prefix(&prefix) {
+                    Some("") => serde_json::from_slice::<serde_json::Value>(&body)?["metadata"]["name"]
+                        .as_str()
+                        .expect("a name")
+                        .to_string(),
+                    Some(rest) => rest.trim_start_matches('/').to_string(),
+                    None => panic!("unexpected request {method} {path}"),
+                };
+                log.lock().expect("log").push((method.clone(), name.clone()));
                 let mut stored = stored.lock().expect("stored");
                 let version = |cm: &serde_json::Value| cm["metadata"]["resourceVersion"].as_str().map(str::to_string);
-                let (code, body) = match (&method, stored.as_ref()) {
+                let (code, body) = match (&method, stored.get(&name)) {
                     (&Method::GET, Some(cm)) => (StatusCode::OK, Bytes::from(cm.to_string())),
                     (&Method::GET, None) => status(StatusCode::NOT_FOUND, "NotFound"),
                     (&Method::POST, Some(_)) => status(StatusCode::CONFLICT, "AlreadyExists"),
@@ -403,11 +609,11 @@ mod tests {
                     {
                         status(StatusCode::CONFLICT, "Conflict")
                     }
-                    _ => {
+                    (_, current) => {
                         let mut cm: serde_json::Value = serde_json::from_slice(&body)?;
-                        let next = stored.as_ref().and_then(version).map_or(1, |v| v.parse::<u64>().expect("rv") + 1);
+                        let next = current.and_then(version).map_or(1, |v| v.parse::<u64>().expect("rv") + 1);
                         cm["metadata"]["resourceVersion"] = next.to_string().into();
-                        *stored = Some(cm.clone());
+                        stored.insert(name, cm.clone());
                         (StatusCode::OK, Bytes::from(cm.to_string()))
                     }
                 };
@@ -416,136 +622,279 @@ mod tests {
                 )
             }
         });
-        Client::new(service, "writ-system")
+        Client::new(service, NS)
     }
 
-    /// A store loaded from an empty fake API server, what it holds and its log.
-    async fn store() -> (Arc<RevocationStore>, Held, Log) {
-        let (stored, log) = (Held::default(), Log::default());
+    /// A store loaded from the fake API server holding `stored`, with parts
+    /// of at most `part_limit` bytes; its client; the log from after the load.
+    async fn store_over(stored: &Held, part_limit: usize) -> (Arc<RevocationStore>, Client, Log) {
+        let log = Log::default();
         let client = fake_api(stored.clone(), log.clone());
-        let store = Arc::new(RevocationStore::load(&client, "writ-system").await.expect("load"));
-        (store, stored, log)
+        let store = RevocationStore::load(&client, NS).await.expect("load").with_part_limit(part_limit);
+        assert_eq!(log.lock().expect("log").len(), PARTS, "the load reads each part once");
+        log.lock().expect("log").clear();
+        (Arc::new(store), client, log)
     }
 
     fn certificates(from: usize, n: usize, expires_at: i64) -> Vec<RevokedCertificate> {
         (from..from + n).map(|i| RevokedCertificate { serial: format!("{i:032x}"), expires_at }).collect()
     }
 
-    fn stored_list(stored: &Held) -> RevocationList {
-        let cm = stored.lock().expect("stored").clone().expect("the ConfigMap");
-        serde_json::from_str(cm["data"][KEY].as_str().expect("the list")).expect("a revocation list")
+    fn stored_part(stored: &Held, part: usize) -> Option<(RevocationList, usize)> {
+        let cm = stored.lock().expect("stored").get(&part_name(part))?.clone();
+        let text = cm["data"][KEY].as_str().expect("the list").to_string();
+        Some((serde_json::from_str(&text).expect("a revocation list"), text.len()))
+    }
+
+    fn drain(log: &Log) -> Vec<(Method, String)> {
+        std::mem::take(&mut *log.lock().expect("log"))
+    }
+
+    #[test]
+    fn part_names_round_trip_and_nothing_else_is_a_part() {
+        let names: Vec<String> = (0..PARTS).map(part_name).collect();
+        assert_eq!(names[0], "writ-revocations");
+        assert_eq!(names[7], "writ-revocations-7");
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(part_of(name), Some(i));
+        }
+        for other in
+            ["writ-revocations-0", "writ-revocations-8", "writ-revocations-01", "writ-revocations-x", "writ-jwks", ""]
+        {
+            assert_eq!(part_of(other), None, "{other}");
+        }
     }
 
     #[tokio::test]
-    async fn a_list_that_would_not_fit_its_configmap_is_refused_before_any_write_and_nothing_is_lost() {
-        let (store, stored, log) = store().await;
+    async fn each_batch_rewrites_only_the_roomiest_part_and_the_list_outgrows_one_configmap() {
+        let stored = Held::default();
+        // About 70 bytes an entry: 54 fit a part of 4,096 bytes, 432 the list.
+        let limit = 4_096;
+        let (store, client, log) = store_over(&stored, limit).await;
         let now = 1_800_000_000;
-        store.revoke(vec![], certificates(0, 100, now + 3_600), now).await.expect("a small list is written");
-        let written = stored.lock().expect("stored").clone().expect("the ConfigMap");
-        let (bytes, entries) = store.size().await;
-        assert_eq!(entries, 100);
-        assert_eq!(bytes, written["data"][KEY].as_str().expect("the list").len());
-        log.lock().expect("log").clear();
+        let exp = now + 3_600;
 
-        // About 60 bytes an entry: 20,000 more do not fit in 1 MiB.
-        let err = store.revoke(vec![], certificates(100, 20_000, now + 3_600), now).await.expect_err("over the limit");
+        store.revoke(vec![], certificates(0, 10, exp), now).await.expect("written");
+        assert_eq!(drain(&log), [(Method::POST, part_name(0))], "one part created, the rest not touched");
+        store.revoke(vec![], certificates(10, 10, exp), now).await.expect("written");
+        assert_eq!(drain(&log), [(Method::POST, part_name(1))], "the next batch goes to the roomiest part");
+        // The same revocations again are no write at all.
+        store.revoke(vec![], certificates(5, 10, exp), now).await.expect("idempotent");
+        assert_eq!(drain(&log), []);
+
+        // More than one part holds: spread over the roomiest, each written once.
+        store.revoke(vec![], certificates(20, 300, exp), now).await.expect("written");
+        let written: Vec<String> = drain(&log)
+            .into_iter()
+            .map(|(m, name)| {
+                assert_eq!(m, Method::POST);
+                name
+            })
+            .collect();
+        assert_eq!(written, (2..PARTS).map(part_name).collect::<Vec<_>>());
+        let mut total_bytes = 0;
+        for part in 0..PARTS {
+            let (_, bytes) = stored_part(&stored, part).expect("every part written");
+            assert!(bytes <= limit, "part {part} is {bytes} bytes");
+            total_bytes += bytes;
+        }
+        let persisted = read_persisted(&client, NS).await.expect("read");
+        let mut serials: Vec<&str> = persisted.certificates.iter().map(|c| c.serial.as_str()).collect();
+        serials.sort();
+        serials.dedup();
+        assert_eq!(serials.len(), 320, "every revocation persisted once");
+        assert_eq!(persisted.certificates.len(), 320);
+        assert!(total_bytes > limit, "the list is larger than one part may be");
+        assert_eq!(store.snapshot().await, persisted, "what is served is what is persisted");
+        assert_eq!(store.version().await, persisted.version);
+        assert_eq!(store.size().await, (total_bytes, 320));
+    }
+
+    #[tokio::test]
+    async fn a_list_that_would_not_fit_its_configmaps_is_refused_before_any_write_and_nothing_is_lost() {
+        let stored = Held::default();
+        let limit = 4_096;
+        let (store, client, log) = store_over(&stored, limit).await;
+        let now = 1_800_000_000;
+        store.revoke(vec![], certificates(0, 400, now + 3_600), now).await.expect("400 fit");
+        drain(&log);
+        let before = stored.lock().expect("stored").clone();
+        let size = store.size().await;
+
+        let err = store.revoke(vec![], certificates(1_000, 100, now + 3_600), now).await.expect_err("over the limit");
         let message = err.to_string();
+        assert!(message.starts_with("the revocation list is full: 100 new entries ("), "{message}");
         assert!(
-            message.starts_with(
-                "ConfigMap writ-system/writ-revocations key revocations.json: the revocation list would be "
+            message.contains(
+                "in ConfigMaps writ-system/writ-revocations and writ-revocations-1 to -7 (8 x 4096 bytes, 400 entries held)"
             ),
             "{message}"
         );
-        assert!(message.contains(" bytes (20100 entries), "), "{message}");
-        assert!(message.contains("over the 1048576 bytes a ConfigMap holds"), "{message}");
-        assert_eq!(*log.lock().expect("log"), Vec::<Method>::new(), "nothing sent");
-        assert_eq!(stored.lock().expect("stored").clone().expect("the ConfigMap"), written, "the stored list is kept");
-        assert_eq!(store.snapshot().await.certificates.len(), 100, "the list in memory is kept");
-        assert_eq!(store.size().await, (bytes, 100));
+        assert!(message.contains("the credentials stay issued until older entries expire"), "{message}");
+        assert_eq!(drain(&log), [], "nothing sent");
+        assert_eq!(*stored.lock().expect("stored"), before, "the stored parts are kept");
+        assert_eq!(store.snapshot().await.certificates.len(), 400, "the list in memory is kept");
+        assert_eq!(store.size().await, size);
 
-        // Once the first hundred have expired (and their retention passed),
-        // a batch that fits is written, in one request.
+        // Once those have expired (and their retention passed), a batch is
+        // written to one part, pruned of them; the other parts still list
+        // the expired entries until they are next written.
         let later = now + 3_600 + RETENTION_AFTER_EXPIRY_SECS + 1;
-        store.revoke(vec![], certificates(100_000, 10_000, later + 3_600), later).await.expect("room again");
-        assert_eq!(*log.lock().expect("log"), vec![Method::PUT], "written over the version it wrote last");
-        let (bytes, entries) = store.size().await;
-        assert_eq!(entries, 10_000, "the expired hundred were pruned");
-        assert!(bytes <= MAX_LIST_BYTES);
-        assert_eq!(stored_list(&stored).certificates.len(), 10_000);
+        store.revoke(vec![], certificates(100_000, 50, later + 3_600), later).await.expect("room again");
+        assert_eq!(drain(&log), [(Method::PUT, part_name(0))], "written over the version it wrote last");
+        let (part0, _) = stored_part(&stored, 0).expect("part 0");
+        assert_eq!(part0.certificates, certificates(100_000, 50, later + 3_600));
+        let persisted = read_persisted(&client, NS).await.expect("read");
+        assert!(persisted.certificates.iter().any(|c| c.serial == format!("{:032x}", 100_049)));
+    }
+
+    #[tokio::test]
+    async fn filling_up_with_entries_of_every_size_and_expiry_never_oversizes_a_part() {
+        let stored = Held::default();
+        let limit = 2_048;
+        let (store, client, log) = store_over(&stored, limit).await;
+        let start = 1_800_000_000;
+        let mut expected = 0;
+        let mut refused = 0;
+        for round in 0..200_usize {
+            // Batches of 1 to 13 tokens of 1 to 60 characters, some expiring soon.
+            let now = start + round as i64 * 30;
+            let batch: Vec<RevokedToken> = (0..1 + round % 13)
+                .map(|i| RevokedToken {
+                    jti: format!("{round}-{i}-{}", "x".repeat((round * 7 + i * 13) % 60)),
+                    expires_at: now + if i % 3 == 0 { 60 } else { 36_000 },
+                })
+                .collect();
+            let before = read_persisted(&client, NS).await.expect("read");
+            match store.revoke(batch.clone(), vec![], now).await {
+                Ok(()) => expected += batch.len(),
+                // Callers see the batch's error (as text).
+                Err(e) if e.to_string().starts_with("the revocation list is full: ") => {
+                    refused += 1;
+                    let after = read_persisted(&client, NS).await.expect("read");
+                    assert_eq!(after, before, "a refused batch writes nothing");
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+            for part in 0..PARTS {
+                if let Some((_, bytes)) = stored_part(&stored, part) {
+                    assert!(bytes <= limit, "round {round}: part {part} is {bytes} bytes");
+                }
+            }
+            let persisted = read_persisted(&client, NS).await.expect("read");
+            for t in &batch {
+                let listed = persisted.tokens.iter().filter(|p| p.jti == t.jti).count();
+                assert!(listed <= 1, "round {round}: {} listed {listed} times", t.jti);
+            }
+        }
+        assert!(expected > 200 && refused > 0, "{expected} written, {refused} batches refused");
+        drain(&log);
     }
 
     #[tokio::test]
     async fn what_someone_else_wrote_meanwhile_is_merged_not_overwritten() {
-        let (store, stored, log) = store().await;
+        let stored = Held::default();
+        let (store, _, log) = store_over(&stored, MAX_PART_BYTES).await;
         let now = 1_800_000_000;
         let a = certificates(0, 1, now + 60);
         store.revoke(vec![], a.clone(), now).await.expect("first write");
+        assert_eq!(drain(&log), [(Method::POST, part_name(0))]);
 
-        // Another replica (which led for a while) writes its own list: a
-        // revocation this one has not seen, and a later version.
+        // Another replica (which led for a while) wrote part 1, which this
+        // one holds as absent: a revocation this one has not seen, and a
+        // later version.
         let theirs = RevocationList {
             version: 7,
             tokens: vec![RevokedToken { jti: "their-token".into(), expires_at: now + 60 }],
-            certificates: a.clone(),
+            certificates: vec![],
         };
-        {
-            let mut cm = stored.lock().expect("stored");
-            let cm = cm.as_mut().expect("the ConfigMap");
-            cm["data"][KEY] = serde_json::to_string(&theirs).expect("json").into();
-            cm["metadata"]["resourceVersion"] = "5".into();
-        }
-        log.lock().expect("log").clear();
+        stored.lock().expect("stored").insert(
+            part_name(1),
+            json!({"metadata": {"name": part_name(1), "resourceVersion": "5"},
+                   "data": {KEY: serde_json::to_string(&theirs).expect("json")}}),
+        );
 
         let c = certificates(1, 1, now + 60);
         store.revoke(vec![], c.clone(), now).await.expect("written after merging");
-        assert_eq!(*log.lock().expect("log"), vec![Method::PUT, Method::GET, Method::PUT]);
-        let list = stored_list(&stored);
-        assert_eq!(list.version, 8, "after theirs");
-        assert_eq!(list.tokens, theirs.tokens, "their revocation is kept");
-        assert_eq!(list.certificates, [a, c].concat(), "ours are added once");
-        assert_eq!(store.snapshot().await, list, "and this replica serves the merged list");
+        assert_eq!(
+            drain(&log),
+            [(Method::POST, part_name(1)), (Method::GET, part_name(1)), (Method::PUT, part_name(1))]
+        );
+        let (part1, _) = stored_part(&stored, 1).expect("part 1");
+        assert_eq!(part1.version, 8, "after theirs");
+        assert_eq!(part1.tokens, theirs.tokens, "their revocation is kept");
+        assert_eq!(part1.certificates, c, "ours is added");
+        let served = store.snapshot().await;
+        assert_eq!((served.version, served.certificates), (1 + 8, [a, c].concat()));
+        assert!(store.is_token_revoked("their-token").await, "and this replica honours theirs");
     }
 
-    /// The ConfigMap as a watch delivers it: `list` at `resource_version`.
-    fn watched(list: &RevocationList, resource_version: &str) -> ConfigMap {
+    /// A ConfigMap as a watch delivers it: `list` at `resource_version`.
+    fn watched(name: &str, list: &RevocationList, resource_version: &str) -> ConfigMap {
         serde_json::from_value(json!({
-            "metadata": {"name": CONFIGMAP, "namespace": "writ-system", "resourceVersion": resource_version},
+            "metadata": {"name": name, "namespace": NS, "resourceVersion": resource_version},
             "data": {KEY: serde_json::to_string(list).expect("json")}
         }))
         .expect("configmap")
     }
 
     #[tokio::test]
-    async fn a_follower_takes_in_newer_lists_from_its_watch_and_keeps_what_it_holds_otherwise() {
-        let (follower, stored, log) = store().await;
+    async fn a_follower_takes_in_newer_parts_from_its_watch_and_keeps_what_it_holds_otherwise() {
+        let stored = Held::default();
+        let (follower, _, log) = store_over(&stored, MAX_PART_BYTES).await;
         let now = 1_800_000_000;
         let token = |jti: &str| RevokedToken { jti: jti.into(), expires_at: now + 60 };
         let v2 = RevocationList { version: 2, tokens: vec![token("a"), token("b")], certificates: vec![] };
-        follower.absorb(watched(&v2, "20")).await.expect("a newer list");
+        follower.absorb(watched(&part_name(3), &v2, "20")).await.expect("a newer part");
         assert!(follower.is_token_revoked("b").await, "revoked on the follower at once");
         assert_eq!(follower.size().await.1, 2);
 
-        // An older version (a watch re-listing, an event overtaken) changes nothing.
-        let v1 = RevocationList { version: 1, tokens: vec![token("a")], certificates: vec![] };
-        follower.absorb(watched(&v1, "10")).await.expect("an older list");
+        // Other ConfigMaps of the namespace are not parts of the list.
+        follower.absorb(watched("writ-jwks", &v2, "21")).await.expect("ignored");
         assert_eq!(follower.snapshot().await, v2);
 
-        // An unreadable list is an error, and the list held is kept (never
+        // An older version (a watch re-listing, an event overtaken) changes nothing.
+        let v1 = RevocationList { version: 1, tokens: vec![token("a")], certificates: vec![] };
+        follower.absorb(watched(&part_name(3), &v1, "10")).await.expect("an older part");
+        assert_eq!(follower.snapshot().await, v2);
+
+        // An unreadable part is an error, and the part held is kept (never
         // forgotten in favour of an empty one).
-        let mut corrupt = watched(&v2, "30");
+        let mut corrupt = watched(&part_name(3), &v2, "30");
         corrupt.data.as_mut().expect("data").insert(KEY.into(), "{not json".into());
         let err = follower.absorb(corrupt).await.expect_err("corrupt");
         assert!(matches!(err, RevocationError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().starts_with("ConfigMap writ-system/writ-revocations-3 key revocations.json"), "{err}");
         assert_eq!(follower.snapshot().await, v2);
 
         // Following asks the API server for nothing. Leading later, the
-        // follower writes what it took in, over the version it took in (this
-        // fake server holds none, so that write conflicts and is merged).
-        assert_eq!(*log.lock().expect("log"), vec![Method::GET], "only the load read the API server");
-        log.lock().expect("log").clear();
-        follower.revoke(vec![token("c")], vec![], now).await.expect("written");
-        assert_eq!(*log.lock().expect("log"), vec![Method::PUT, Method::GET, Method::POST]);
-        let list = stored_list(&stored);
-        assert_eq!((list.version, list.tokens), (3, vec![token("a"), token("b"), token("c")]));
+        // follower does not repeat what a part holds, and writes new
+        // revocations to a part with room.
+        assert_eq!(drain(&log), [], "only the load read the API server");
+        follower.revoke(vec![token("b"), token("c")], vec![], now).await.expect("written");
+        assert_eq!(drain(&log), [(Method::POST, part_name(0))]);
+        let (part0, _) = stored_part(&stored, 0).expect("part 0");
+        assert_eq!((part0.version, part0.tokens), (1, vec![token("c")]));
+        assert_eq!(follower.version().await, 3);
+    }
+
+    #[tokio::test]
+    async fn a_list_kept_in_one_configmap_by_an_earlier_writ_is_read_as_the_first_part() {
+        let now = 1_800_000_000;
+        let legacy = RevocationList { version: 12, tokens: vec![], certificates: certificates(0, 3, now + 60) };
+        let stored = Held::default();
+        stored.lock().expect("stored").insert(
+            CONFIGMAP.into(),
+            json!({"metadata": {"name": CONFIGMAP, "resourceVersion": "40"},
+                   "data": {KEY: serde_json::to_string(&legacy).expect("json")}}),
+        );
+        let (store, _, log) = store_over(&stored, MAX_PART_BYTES).await;
+        assert_eq!(store.snapshot().await, legacy);
+
+        store.revoke(vec![], certificates(2, 2, now + 60), now).await.expect("written");
+        assert_eq!(drain(&log), [(Method::POST, part_name(1))], "the roomier part; the old list is left as it is");
+        let (part1, _) = stored_part(&stored, 1).expect("part 1");
+        assert_eq!(part1.certificates, certificates(3, 1, now + 60), "what the old list holds is not repeated");
+        assert_eq!(store.snapshot().await.certificates, certificates(0, 4, now + 60));
     }
 }

@@ -87,8 +87,9 @@ pub struct Metrics {
     /// Full lists of each watched kind: one when its cache starts, then one
     /// per re-list (a watch that fell too far behind, or lost its place).
     pub cache_lists: Family<KindLabels, Counter>,
-    /// Bytes of the persisted revocation list (its ConfigMap holds at most
-    /// [`crate::publish::revocations::MAX_LIST_BYTES`]).
+    /// Bytes of the persisted revocation list over all its parts
+    /// ([`crate::publish::revocations::PARTS`] ConfigMaps of at most
+    /// [`crate::publish::revocations::MAX_PART_BYTES`] each).
     pub revocation_list_bytes: Gauge,
     /// Entries of the persisted revocation list.
     pub revocation_list_entries: Gauge,
@@ -162,7 +163,7 @@ impl Default for Metrics {
         let revocation_list_bytes = Gauge::default();
         registry.register(
             "revocation_list_bytes",
-            "Bytes of the persisted revocation list (its ConfigMap holds at most 1048576)",
+            "Bytes of the persisted revocation list, all parts (8 ConfigMaps of at most 1048576 bytes each)",
             revocation_list_bytes.clone(),
         );
         let revocation_list_entries = Gauge::default();

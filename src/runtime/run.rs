@@ -31,18 +31,19 @@ use crate::{
 /// Lifetime of the webhook serving certificate; re-minted at half-life.
 const SERVING_CERT_TTL: i64 = 30 * 86_400;
 
-/// Keeps `revocations` as its ConfigMap holds it, from a watch of that one
-/// object (restarted with backoff when it fails).
+/// Keeps `revocations` as its ConfigMaps hold it, from a watch of the
+/// ConfigMaps in the operator's namespace (restarted with backoff when it
+/// fails): one watch for all parts; the namespace holds only Writ's own
+/// published material besides.
 async fn follow_revocations(client: Client, namespace: String, revocations: Arc<RevocationStore>) {
     use kube::runtime::WatchStreamExt;
     let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, &namespace);
-    let only = watcher::Config::default().fields(&format!("metadata.name={}", publish::revocations::CONFIGMAP));
-    let events = watcher(api, only).default_backoff().applied_objects();
+    let events = watcher(api, watcher::Config::default()).default_backoff().applied_objects();
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         let outcome = match event {
             Ok(cm) => revocations.absorb(cm).await.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("watching ConfigMap {namespace}/{}: {e}", publish::revocations::CONFIGMAP)),
+            Err(e) => Err(format!("watching the ConfigMaps of namespace {namespace}: {e}")),
         };
         if let Err(error) = outcome {
             tracing::warn!(%error, "following the revocation list");
@@ -281,8 +282,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     publish::publish_configmaps(&shared).await;
 
     // Every replica serves `/revocations` and introspection, so each follows
-    // the revocation list as the leader writes it: through a watch of its one
-    // ConfigMap. Re-reading it every 5 s, as replicas did, left a revoked
+    // the revocation list as the leader writes it: through a watch of its
+    // ConfigMaps. Re-reading it every 5 s, as replicas did, left a revoked
     // token active on a follower for up to 5 s, and read up to a mebibyte
     // each time.
     tokio::spawn(follow_revocations(client.clone(), config.namespace.clone(), shared.revocations.clone()));
@@ -300,7 +301,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 tick.tick().await;
                 release_free_memory();
                 // A backstop for the watch (e.g. RBAC without list/watch on
-                // the ConfigMap): a full re-read once a minute.
+                // ConfigMaps in this namespace): a full re-read once a minute.
                 if round % 12 == 11 {
                     if let Err(e) = shared.revocations.refresh().await {
                         tracing::warn!(error = %e, "re-reading the revocation list");

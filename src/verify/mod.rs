@@ -60,7 +60,11 @@ pub const DEFAULT_SKEW_SECS: i64 = 30;
 /// The largest clock skew a [`Verifier`] accepts: more would make expiry meaningless.
 pub const MAX_SKEW_SECS: i64 = 300;
 
-/// The published revocation list (`/revocations`, ConfigMap `writ-revocations`).
+/// The published revocation list: whole on `/revocations`; in parts, each in
+/// this same format, in the ConfigMaps `writ-revocations`,
+/// `writ-revocations-1` … `writ-revocations-7` (join them with
+/// [`RevocationList::merged`]; a consumer that reads only some of the parts
+/// misses revocations).
 ///
 /// Each entry stays listed until the credential's own expiry (plus a margin),
 /// after which signature and time checks refuse it anyway.
@@ -74,6 +78,21 @@ pub struct RevocationList {
     /// Revoked pod certificates.
     #[serde(default)]
     pub certificates: Vec<RevokedCertificate>,
+}
+
+impl RevocationList {
+    /// One list from its parts (the ConfigMaps `writ-revocations`,
+    /// `writ-revocations-1` …; an absent part is an empty one): their entries
+    /// together, and as version the sum of theirs, which grows whenever any
+    /// part changes.
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a RevocationList>) -> RevocationList {
+        parts.into_iter().fold(RevocationList::default(), |mut all, part| {
+            all.version += part.version;
+            all.tokens.extend_from_slice(&part.tokens);
+            all.certificates.extend_from_slice(&part.certificates);
+            all
+        })
+    }
 }
 
 /// A revoked token.
