@@ -724,10 +724,40 @@ async fn main() {
     while namespaces.get_opt(&ns).await.ok().flatten().is_some() && gone.elapsed() < cap {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    match gone.elapsed() {
-        t if t >= cap => eprintln!("[scale] namespace {ns} still there {} s after its deletion", cap.as_secs()),
-        t => eprintln!("[scale] namespace {ns} gone {:.0} s after its deletion", t.as_secs_f64()),
+    let outcome = match gone.elapsed() {
+        t if t >= cap => format!("still there {} s after its deletion (the cap)", cap.as_secs()),
+        t => format!("gone {:.0} s after its deletion", t.as_secs_f64()),
+    };
+    eprintln!("[scale] namespace {ns} {outcome}");
+    // What the teardown revoked, and whether the list had room for it: the
+    // report gains a section on it (not a target).
+    let list = writ::publish::revocations::read_persisted(&client, &op_ns).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &op_ns);
+    let mut parts = Vec::new();
+    for part in 0..writ::publish::revocations::PARTS {
+        let name = writ::publish::revocations::part_name(part);
+        if let Ok(Some(cm)) = cms.get_opt(&name).await {
+            parts.push(cm.data.and_then(|d| d.get(writ::publish::revocations::KEY).map(String::len)).unwrap_or(0));
+        }
     }
+    let log = std::fs::read_to_string(std::env::temp_dir().join(format!("writ-bench-{op_ns}.log"))).unwrap_or_default();
+    let full = log.matches("the revocation list is full").count();
+    let section = format!(
+        "\n## Teardown (not a target)\n\n\
+         Deleting namespace {ns} (its agent pods, grants and credential Secrets): {outcome}.\n\
+         Revocation list afterwards: {} tokens and {} certificates in {} of {} ConfigMaps, \
+         {} bytes (largest part {} bytes, of at most {}); \
+         operator log lines saying the list was full: {full}.\n",
+        list.as_ref().map_or(0, |l| l.tokens.len()),
+        list.as_ref().map_or(0, |l| l.certificates.len()),
+        parts.len(),
+        writ::publish::revocations::PARTS,
+        parts.iter().sum::<usize>(),
+        parts.iter().max().copied().unwrap_or(0),
+        writ::publish::revocations::MAX_PART_BYTES,
+    );
+    eprint!("{section}");
+    std::fs::write(&out, format!("{report}{section}")).expect("write results");
     let _ = namespaces.delete(&op_ns, &DeleteParams::default()).await;
 }
 
