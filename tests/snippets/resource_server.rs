@@ -3,7 +3,9 @@ use writ::verify::{Attempt, RevocationList, Verifier, VerifyError};
 
 /// Builds a verifier from the three published documents: `/trust-bundle`,
 /// `/.well-known/jwks.json` and `/revocations` (or the ConfigMaps
-/// writ-trust-bundle, writ-jwks, writ-revocations). Rebuild it when they change.
+/// writ-trust-bundle, writ-jwks, and all of writ-revocations,
+/// writ-revocations-1 … -7 joined by `RevocationList::merged`). Rebuild it
+/// when they change.
 pub fn verifier(
     bundle_pem: &str,
     jwks_json: &str,
