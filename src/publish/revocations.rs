@@ -354,17 +354,36 @@ impl RevocationStore {
 
     /// Adds the entries no part holds yet: all of them to the part with the
     /// most room if they fit there, else spread over the roomiest parts; if
-    /// all parts together lack the room, nothing is written.
+    /// all parts together lack the room, nothing is written. The list in
+    /// memory is locked only to plan the writes and to take in what was
+    /// written, never across a request: introspection and `/revocations`
+    /// answer while the API server is slow or away.
     async fn apply(
         &self,
         tokens: Vec<RevokedToken>,
         certificates: Vec<RevokedCertificate>,
         now: i64,
     ) -> Result<(), RevocationError> {
-        let mut parts = self.parts.lock().await;
+        let writes = self.plan(tokens, certificates, now).await?;
+        for (part, resource_version, next) in writes {
+            let written = self.persist(part, resource_version, next, now).await?;
+            adopt(&mut self.parts.lock().await[part], written);
+        }
+        Ok(())
+    }
+
+    /// The parts to write for these revocations: each as it would be after
+    /// them, with the resourceVersion it is written over.
+    async fn plan(
+        &self,
+        tokens: Vec<RevokedToken>,
+        certificates: Vec<RevokedCertificate>,
+        now: i64,
+    ) -> Result<Vec<(usize, Option<String>, RevocationList)>, RevocationError> {
+        let parts = self.parts.lock().await;
         let fresh = fresh_entries(&parts, tokens, certificates, now);
         if fresh.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut room: Vec<(usize, usize)> = parts
             .iter()
@@ -398,15 +417,17 @@ impl RevocationStore {
                 part_bytes: self.part_limit,
             });
         }
-        for (part, batch) in batches {
-            let held = &mut parts[part];
-            let mut next = held.list.clone();
-            let (tokens, certificates) = Entry::split(batch);
-            merge(&mut next, tokens, certificates, now);
-            next.version = held.list.version + 1;
-            *held = self.persist(part, held.resource_version.clone(), next, now).await?;
-        }
-        Ok(())
+        Ok(batches
+            .into_iter()
+            .map(|(part, batch)| {
+                let held = &parts[part];
+                let mut next = held.list.clone();
+                let (tokens, certificates) = Entry::split(batch);
+                merge(&mut next, tokens, certificates, now);
+                next.version = held.list.version + 1;
+                (part, held.resource_version.clone(), next)
+            })
+            .collect())
     }
 
     /// Writes `list` as part `part` over the version last read or written.
@@ -789,6 +810,61 @@ mod tests {
         }
         assert!(expected > 200 && refused > 0, "{expected} written, {refused} batches refused");
         drain(&log);
+    }
+
+    #[tokio::test]
+    async fn the_list_answers_while_a_write_of_it_waits_on_the_api_server() {
+        // An API server with no ConfigMaps whose writes hang until released.
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = release.clone();
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let gate = gate.clone();
+            async move {
+                let method = req.method().clone();
+                let body = req.into_body().collect().await?.to_bytes();
+                let (code, body) = match method {
+                    Method::GET => status(StatusCode::NOT_FOUND, "NotFound"),
+                    _ => {
+                        let _permit = gate.acquire().await.expect("gate");
+                        let mut cm: serde_json::Value = serde_json::from_slice(&body)?;
+                        cm["metadata"]["resourceVersion"] = "1".into();
+                        (StatusCode::CREATED, Bytes::from(cm.to_string()))
+                    }
+                };
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    Response::builder().status(code).body(Full::new(body)).expect("response"),
+                )
+            }
+        });
+        let client = Client::new(service, NS);
+        let store = Arc::new(RevocationStore::load(&client, NS).await.expect("load"));
+        let now = 1_800_000_000;
+        let token = move |jti: &str| RevokedToken { jti: jti.into(), expires_at: now + 60 };
+        let writing = tokio::spawn({
+            let store = store.clone();
+            async move { store.revoke(vec![token("a")], vec![], now).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!writing.is_finished(), "the write waits on the API server");
+        let answers = async {
+            (
+                store.is_token_revoked("a").await,
+                store.snapshot().await.version,
+                store.size().await,
+                store.version().await,
+            )
+        };
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(1), answers).await;
+        assert_eq!(
+            answered.expect("answered while the write waits"),
+            (false, 0, (0, 0), 0),
+            "not revoked until durable"
+        );
+
+        release.add_permits(1);
+        writing.await.expect("task").expect("written once released");
+        assert!(store.is_token_revoked("a").await, "revoked once durable");
+        assert_eq!(store.version().await, 1);
     }
 
     #[tokio::test]
