@@ -19,7 +19,7 @@ use kube::{
     api::{Api, ObjectMeta, PostParams},
     Client,
 };
-use tokio::sync::Mutex;
+use tokio::sync::RwLock;
 
 use crate::verify::{RevocationList, RevokedCertificate, RevokedToken};
 
@@ -171,7 +171,9 @@ fn kept(expires_at: i64, now: i64) -> bool {
 pub struct RevocationStore {
     api: Api<ConfigMap>,
     namespace: String,
-    parts: Mutex<Vec<Part>>,
+    /// Read by every introspection and `/revocations` request at once;
+    /// written only to take in a part.
+    parts: RwLock<Vec<Part>>,
     /// The most one part may hold ([`MAX_PART_BYTES`]; smaller in tests).
     part_limit: usize,
     /// Revocations waiting for the next write, and who waits for it.
@@ -235,7 +237,7 @@ impl RevocationStore {
         Ok(Self {
             api,
             namespace: namespace.into(),
-            parts: Mutex::new(parts),
+            parts: RwLock::new(parts),
             part_limit: MAX_PART_BYTES,
             pending: Default::default(),
         })
@@ -244,14 +246,14 @@ impl RevocationStore {
     /// The persisted list's size: its encoded bytes and its entries, over
     /// all parts.
     pub async fn size(&self) -> (usize, usize) {
-        let parts = self.parts.lock().await;
+        let parts = self.parts.read().await;
         parts.iter().fold((0, 0), |(bytes, entries), p| (bytes + p.bytes, entries + p.entries()))
     }
 
     /// Re-reads the persisted list (followers; a new leader before writing).
     pub async fn refresh(&self) -> Result<(), RevocationError> {
         let stored = read_parts(&self.api, &self.namespace).await?;
-        let mut parts = self.parts.lock().await;
+        let mut parts = self.parts.write().await;
         for (held, stored) in parts.iter_mut().zip(stored) {
             adopt(held, stored);
         }
@@ -267,32 +269,32 @@ impl RevocationStore {
         let Some(part) = cm.metadata.name.as_deref().and_then(part_of) else {
             return Ok(());
         };
-        let held = self.parts.lock().await[part].resource_version.clone();
+        let held = self.parts.read().await[part].resource_version.clone();
         if cm.metadata.resource_version.is_some() && cm.metadata.resource_version == held {
             return Ok(());
         }
         // Decoded without the lock: a part is up to a mebibyte, and
         // introspection waits on the lock.
         let stored = decode(Some(cm), &self.namespace, &part_name(part))?;
-        adopt(&mut self.parts.lock().await[part], stored);
+        adopt(&mut self.parts.write().await[part], stored);
         Ok(())
     }
 
     /// The whole list, every part joined.
     pub async fn snapshot(&self) -> RevocationList {
-        let parts = self.parts.lock().await;
+        let parts = self.parts.read().await;
         RevocationList::merged(parts.iter().map(|p| &p.list))
     }
 
     /// The whole list's version (that of [`Self::snapshot`]), without
     /// copying the list.
     pub async fn version(&self) -> u64 {
-        self.parts.lock().await.iter().map(|p| p.list.version).sum()
+        self.parts.read().await.iter().map(|p| p.list.version).sum()
     }
 
     /// Whether a token id is revoked.
     pub async fn is_token_revoked(&self, jti: &str) -> bool {
-        self.parts.lock().await.iter().any(|p| p.list.tokens.iter().any(|t| t.jti == jti))
+        self.parts.read().await.iter().any(|p| p.list.tokens.iter().any(|t| t.jti == jti))
     }
 
     /// Adds revocations (idempotent), prunes entries past their expiry in
@@ -367,7 +369,7 @@ impl RevocationStore {
         let writes = self.plan(tokens, certificates, now).await?;
         for (part, resource_version, next) in writes {
             let written = self.persist(part, resource_version, next, now).await?;
-            adopt(&mut self.parts.lock().await[part], written);
+            adopt(&mut self.parts.write().await[part], written);
         }
         Ok(())
     }
@@ -380,7 +382,7 @@ impl RevocationStore {
         certificates: Vec<RevokedCertificate>,
         now: i64,
     ) -> Result<Vec<(usize, Option<String>, RevocationList)>, RevocationError> {
-        let parts = self.parts.lock().await;
+        let parts = self.parts.read().await;
         let fresh = fresh_entries(&parts, tokens, certificates, now);
         if fresh.is_empty() {
             return Ok(Vec::new());
