@@ -163,7 +163,11 @@ impl Default for Metrics {
         let revocation_list_bytes = Gauge::default();
         registry.register(
             "revocation_list_bytes",
-            "Bytes of the persisted revocation list, all parts (8 ConfigMaps of at most 1048576 bytes each)",
+            format!(
+                "Bytes of the persisted revocation list, all parts ({} ConfigMaps of at most {} bytes each)",
+                crate::publish::revocations::PARTS,
+                crate::publish::revocations::MAX_PART_BYTES
+            ),
             revocation_list_bytes.clone(),
         );
         let revocation_list_entries = Gauge::default();
