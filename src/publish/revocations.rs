@@ -497,7 +497,9 @@ impl RevocationStore {
             match written {
                 Ok(cm) => return Ok(Part::new(list, bytes, cm.metadata.resource_version)),
                 // 409: a newer version (or, for a create, one) is stored.
-                Err(kube::Error::Api(e)) if e.code == 409 && attempts < 3 => {
+                // 404 on a replace: the part was deleted meanwhile (by hand);
+                // it is created again from what this replica holds.
+                Err(kube::Error::Api(e)) if (e.code == 409 || e.code == 404) && attempts < 3 => {
                     attempts += 1;
                     let stored = read_part(&self.api, &self.namespace, part).await?;
                     tracing::info!(
@@ -650,6 +652,7 @@ mod tests {
                     (&Method::GET, Some(cm)) => (StatusCode::OK, Bytes::from(cm.to_string())),
                     (&Method::GET, None) => status(StatusCode::NOT_FOUND, "NotFound"),
                     (&Method::POST, Some(_)) => status(StatusCode::CONFLICT, "AlreadyExists"),
+                    (&Method::PUT, None) => status(StatusCode::NOT_FOUND, "NotFound"),
                     (&Method::PUT, current)
                         if current.and_then(version) != version(&serde_json::from_slice(&body)?) =>
                     {
@@ -928,6 +931,37 @@ mod tests {
         let served = store.snapshot().await;
         assert_eq!((served.version, served.certificates), (1 + 8, [a, c].concat()));
         assert!(store.is_token_revoked("their-token").await, "and this replica honours theirs");
+    }
+
+    #[tokio::test]
+    async fn a_part_deleted_by_hand_is_written_again_whole_from_what_the_replica_holds() {
+        let now = 1_800_000_000;
+        let stored = Held::default();
+        // Part 0 has the most room: the others hold 30 entries each.
+        for part in 0..PARTS {
+            let list = RevocationList {
+                version: 1,
+                tokens: vec![],
+                certificates: certificates(part * 100, if part == 0 { 1 } else { 30 }, now + 60),
+            };
+            stored.lock().expect("stored").insert(
+                part_name(part),
+                json!({"metadata": {"name": part_name(part), "resourceVersion": "3"},
+                       "data": {KEY: serde_json::to_string(&list).expect("json")}}),
+            );
+        }
+        let (store, _, log) = store_over(&stored, MAX_PART_BYTES).await;
+        stored.lock().expect("stored").remove(CONFIGMAP);
+
+        let token = RevokedToken { jti: "after-deletion".into(), expires_at: now + 60 };
+        store.revoke(vec![token.clone()], vec![], now).await.expect("written again");
+        assert_eq!(
+            drain(&log),
+            [(Method::PUT, part_name(0)), (Method::GET, part_name(0)), (Method::POST, part_name(0))]
+        );
+        let (part0, _) = stored_part(&stored, 0).expect("part 0 again");
+        assert_eq!(part0.certificates, certificates(0, 1, now + 60), "what it held is restored");
+        assert_eq!((part0.tokens, part0.version), (vec![token], 2));
     }
 
     /// A ConfigMap as a watch delivers it: `list` at `resource_version`.
