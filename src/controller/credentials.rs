@@ -224,7 +224,7 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
                         // The pod goes with its namespace: nothing to issue, and no retry
                         // (each pod of a deleted namespace was retried every 2 s: 18,676
                         // refused creates while a 4,000-pod namespace emptied).
-                        Err(Error::Kube { source, .. }) if namespace_terminating(&source) => {
+                        Err(Error::Kube { source, .. }) if super::namespace_terminating(&source) => {
                             tracing::debug!("namespace terminating; no credential issued");
                             return Ok(Action::await_change());
                         }
@@ -239,13 +239,6 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
             }
         };
     }
-}
-
-/// Whether the API server refused a write because its namespace is being
-/// deleted (`NamespaceTerminating`, from the NamespaceLifecycle admission).
-fn namespace_terminating(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(status) if status.code == 403
-        && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
 /// Mints a certificate for `pod` and writes its credential Secret; returns
@@ -523,6 +516,18 @@ mod tests {
         log: Arc<Mutex<Vec<(Method, String)>>>,
         refusal: serde_json::Value,
     ) -> kube::Client {
+        fake_api_refusing(existing, log, refusal, |method, path| {
+            method == Method::POST && path == format!("/api/v1/namespaces/{NS}/secrets")
+        })
+    }
+
+    /// [`fake_api`] with the requests `refused` picks refused with `refusal`.
+    fn fake_api_refusing(
+        existing: Arc<Mutex<Option<serde_json::Value>>>,
+        log: Arc<Mutex<Vec<(Method, String)>>>,
+        refusal: serde_json::Value,
+        refused: fn(&Method, &str) -> bool,
+    ) -> kube::Client {
         let service = tower::service_fn(move |req: Request<kube::client::Body>| {
             let (existing, log, refusal) = (existing.clone(), log.clone(), refusal.clone());
             async move {
@@ -536,7 +541,7 @@ mod tests {
                     )
                 };
                 let (code, body) = match (&method, path.as_str()) {
-                    (&Method::POST, p) if p == format!("/api/v1/namespaces/{NS}/secrets") => (
+                    (m, p) if refused(m, p) => (
                         StatusCode::from_u16(refusal["code"].as_u64().unwrap_or(500) as u16).expect("status code"),
                         Bytes::from(refusal.to_string()),
                     ),
@@ -662,15 +667,45 @@ mod tests {
         assert_eq!(due, vec![ObjectRef::from_obj(&*pod)], "due by its expiry");
     }
 
+    /// The API server's refusal of a write of `name` (of `kind`) into a
+    /// namespace being deleted.
+    fn namespace_terminating(kind: &str, name: &str) -> serde_json::Value {
+        json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": format!("{kind} \"{name}\" is forbidden: unable to create new content in namespace {NS} because it is being terminated"),
+            "details": {"name": name, "kind": kind, "causes": [{"reason": "NamespaceTerminating",
+                "message": format!("namespace {NS} is being terminated"), "field": "metadata.namespace"}]}
+        })
+    }
+
+    #[tokio::test]
+    async fn a_trust_bundle_is_not_published_into_a_terminating_namespace_and_that_is_no_error() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let bundle = |method: &Method, path: &str| {
+            method == Method::PATCH && path == format!("/api/v1/namespaces/{NS}/configmaps/writ-trust-bundle")
+        };
+        let refusal = namespace_terminating("configmaps", "writ-trust-bundle");
+        let ctx = context(fake_api_refusing(Arc::default(), log.clone(), refusal, bundle)).await;
+        log.lock().expect("log").clear();
+        crate::controller::identity::publish_trust_bundle(&ctx, NS).await.expect("no error: the namespace is going");
+        // Not noted as published: asked again, it tries again (a namespace
+        // made again under that name gets its bundle).
+        crate::controller::identity::publish_trust_bundle(&ctx, NS).await.expect("no error");
+        let tried = log.lock().expect("log").iter().filter(|(m, p)| bundle(m, p)).count();
+        assert_eq!(tried, 2);
+
+        // Any other refusal is an error (retried by the error policy).
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                               "reason": "Forbidden", "message": "configmaps is forbidden: RBAC"});
+        let ctx = context(fake_api_refusing(Arc::default(), log.clone(), forbidden, bundle)).await;
+        let err = crate::controller::identity::publish_trust_bundle(&ctx, NS).await.expect_err("refused");
+        assert!(err.to_string().starts_with("publishing trust bundle in ConfigMap team/writ-trust-bundle"), "{err}");
+    }
+
     #[tokio::test]
     async fn a_pod_in_a_terminating_namespace_gets_one_refused_create_and_no_retry() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let refusal = json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
-            "message": format!("secrets \"{SECRET}\" is forbidden: unable to create new content in namespace {NS} because it is being terminated"),
-            "details": {"name": SECRET, "kind": "secrets", "causes": [{"reason": "NamespaceTerminating",
-                "message": format!("namespace {NS} is being terminated"), "field": "metadata.namespace"}]}
-        });
+        let refusal = namespace_terminating("secrets", SECRET);
         let ctx = context(fake_api_refusing_creates(Arc::default(), log.clone(), refusal)).await;
         log.lock().expect("log").clear();
         let action = reconcile(pod(), ctx.clone()).await.expect("not an error: nothing to retry");

@@ -251,13 +251,25 @@ pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), 
     let mut value = serde_json::to_value(&cm).unwrap_or_default();
     value["apiVersion"] = "v1".into();
     value["kind"] = "ConfigMap".into();
-    api.patch(TRUST_BUNDLE_CONFIGMAP, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await.map_err(
-        |source| Error::Kube {
-            op: "publishing trust bundle in",
-            object: format!("ConfigMap {namespace}/{TRUST_BUNDLE_CONFIGMAP}"),
-            source,
-        },
-    )?;
+    match api.patch(TRUST_BUNDLE_CONFIGMAP, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await {
+        Ok(_) => {}
+        // The namespace is being deleted, its AgentIdentities with it: no pod
+        // will start there to read a bundle, and a retry would be refused the
+        // same way (an identity reconciled in that window used to fail and
+        // back off until the namespace controller reached it). Not noted as
+        // published: a namespace made again under that name gets its bundle.
+        Err(source) if super::namespace_terminating(&source) => {
+            tracing::debug!(namespace, "namespace terminating; trust bundle not published");
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(Error::Kube {
+                op: "publishing trust bundle in",
+                object: format!("ConfigMap {namespace}/{TRUST_BUNDLE_CONFIGMAP}"),
+                source,
+            })
+        }
+    }
     ctx.published_bundles.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string(), (bundle_copy, now));
     Ok(())
 }

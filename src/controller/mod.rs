@@ -195,6 +195,14 @@ impl Error {
     }
 }
 
+/// Whether the API server refused a write because its namespace is being
+/// deleted (`NamespaceTerminating`, from the NamespaceLifecycle admission):
+/// nothing new can be made there, and a retry would be refused the same way.
+pub fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 403
+        && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
 /// Whether a kube error is a 404 (counts as success during cleanup).
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
