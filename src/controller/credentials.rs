@@ -703,6 +703,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_identity_whose_finalizer_went_with_it_is_done_and_not_retried() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let identity_patch = |method: &Method, path: &str| {
+            method == Method::PATCH && path == format!("/apis/writ.dev/v1alpha1/namespaces/{NS}/agentidentities/worker")
+        };
+        let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
+                          "message": "agentidentities.writ.dev \"worker\" not found"});
+        let ctx = context(fake_api_refusing(Arc::default(), log.clone(), gone, identity_patch)).await;
+        // A second pass from a cache that has not yet seen the deletion: the
+        // first already removed the finalizer and the identity is gone.
+        let identity: AgentIdentity = serde_json::from_value(json!({
+            "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": {"name": "worker", "namespace": NS, "uid": "i-1", "finalizers": [crate::controller::FINALIZER],
+                         "deletionTimestamp": "2026-12-05T00:00:00Z"},
+            "spec": {"class": "Agent", "serviceAccountName": "worker", "owner": "o",
+                     "ceiling": [{"action": "a", "resource": "r"}]}
+        }))
+        .expect("identity");
+        log.lock().expect("log").clear();
+        let action = crate::controller::identity::reconcile(Arc::new(identity), ctx).await.expect("gone is done");
+        assert_eq!(action, Action::await_change());
+        assert_eq!(
+            log.lock().expect("log").iter().filter(|(m, p)| identity_patch(m, p)).count(),
+            1,
+            "one removal tried"
+        );
+    }
+
+    #[tokio::test]
     async fn a_pod_in_a_terminating_namespace_gets_one_refused_create_and_no_retry() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let refusal = namespace_terminating("secrets", SECRET);

@@ -8,12 +8,12 @@ use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{
         controller::Action,
-        finalizer::{self, finalizer, Event as Finalizer},
+        finalizer::{finalizer, Event as Finalizer},
     },
     Resource, ResourceExt,
 };
 
-use super::{credentials, is_not_found, time, unix, Context, Error, FINALIZER, MANAGER};
+use super::{credentials, finalized, is_not_found, time, unix, Context, Error, FINALIZER, MANAGER};
 use crate::{
     api::{
         condition::{condition, set_condition},
@@ -142,17 +142,6 @@ pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Ac
     .await;
     ctx.shared.metrics.reconciled("grant", started);
     finalized(result).map_err(|e| Error::Finalizer { object: object(&grant), message: e.to_string() })
-}
-
-/// A finalizer that cannot be removed because the grant is gone has been
-/// removed: by this controller's previous pass, when a second pass started
-/// from a cache that had not yet seen the deletion (half the grants of a
-/// burst of deletions, each a warning and a reconcile error).
-fn finalized(result: Result<Action, finalizer::Error<Error>>) -> Result<Action, finalizer::Error<Error>> {
-    match result {
-        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => Ok(Action::await_change()),
-        other => other,
-    }
 }
 
 /// The agent pods a grant binds: every running pod of the agent, or the one named.
@@ -757,6 +746,8 @@ pub fn grants_for_secret(
 
 #[cfg(test)]
 mod tests {
+    use kube::runtime::finalizer;
+
     use super::*;
 
     fn api_error(code: u16, reason: &str) -> kube::Error {
@@ -767,11 +758,11 @@ mod tests {
 
     #[test]
     fn a_finalizer_already_gone_with_its_grant_is_done_and_other_failures_are_not() {
-        let gone = finalized(Err(finalizer::Error::RemoveFinalizer(api_error(404, "NotFound"))));
+        let gone = finalized::<Error>(Err(finalizer::Error::RemoveFinalizer(api_error(404, "NotFound"))));
         assert_eq!(gone.expect("gone is done"), Action::await_change());
-        let conflict = finalized(Err(finalizer::Error::RemoveFinalizer(api_error(409, "Conflict"))));
+        let conflict = finalized::<Error>(Err(finalizer::Error::RemoveFinalizer(api_error(409, "Conflict"))));
         assert!(matches!(conflict, Err(finalizer::Error::RemoveFinalizer(_))), "{conflict:?}");
-        let not_added = finalized(Err(finalizer::Error::AddFinalizer(api_error(404, "NotFound"))));
+        let not_added = finalized::<Error>(Err(finalizer::Error::AddFinalizer(api_error(404, "NotFound"))));
         assert!(matches!(not_added, Err(finalizer::Error::AddFinalizer(_))), "{not_added:?}");
     }
 }

@@ -139,13 +139,15 @@ fn strip_times(s: &AgentIdentityStatus) -> AgentIdentityStatus {
 pub async fn reconcile(id: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let api: Api<AgentIdentity> = Api::namespaced(ctx.shared.client.clone(), &id.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, id.clone(), |event| async {
-        match event {
-            Finalizer::Apply(id) => apply(&id, &ctx).await,
-            Finalizer::Cleanup(id) => cleanup(&id, &ctx).await,
-        }
-    })
-    .await
+    let result = super::finalized(
+        finalizer(&api, FINALIZER, id.clone(), |event| async {
+            match event {
+                Finalizer::Apply(id) => apply(&id, &ctx).await,
+                Finalizer::Cleanup(id) => cleanup(&id, &ctx).await,
+            }
+        })
+        .await,
+    )
     .map_err(|e| Error::Finalizer { object: object(&id), message: e.to_string() });
     ctx.shared.metrics.reconciled("identity", started);
     result

@@ -203,6 +203,25 @@ pub fn namespace_terminating(e: &kube::Error) -> bool {
         && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
+/// A finalizer that cannot be removed because its object is gone has been
+/// removed: by the controller's previous pass, when a second pass started
+/// from a cache that had not yet seen the deletion (half the grants of a
+/// burst of deletions, each a warning and a reconcile error; an identity at
+/// the end of the 10k scale run's teardown).
+pub fn finalized<E>(
+    result: Result<kube::runtime::controller::Action, kube::runtime::finalizer::Error<E>>,
+) -> Result<kube::runtime::controller::Action, kube::runtime::finalizer::Error<E>>
+where
+    E: std::error::Error + 'static,
+{
+    match result {
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => {
+            Ok(kube::runtime::controller::Action::await_change())
+        }
+        other => other,
+    }
+}
+
 /// Whether a kube error is a 404 (counts as success during cleanup).
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
