@@ -251,25 +251,12 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let bytes = Source::parse(other).load(tls_ca.as_deref()).await?;
             serde_json::from_slice(&bytes).context("reading the revocation list")?
         }
+        // Every part, with one client (an absent part holds nothing).
         None => {
-            use writ::publish::revocations::{part_name, KEY, PARTS};
-            let mut parts = Vec::with_capacity(PARTS);
-            for part in 0..PARTS {
-                let name = part_name(part);
-                let src = Source::ConfigMap { namespace: ns.clone(), name: name.clone(), key: KEY.into() };
-                match src.load(tls_ca.as_deref()).await {
-                    Ok(bytes) => parts.push(
-                        serde_json::from_slice(&bytes)
-                            .with_context(|| format!("reading the revocation list's part in ConfigMap {ns}/{name}"))?,
-                    ),
-                    // A part not written yet holds nothing.
-                    Err(e)
-                        if e.chain()
-                            .any(|c| matches!(c.downcast_ref(), Some(kube::Error::Api(r)) if r.code == 404)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            RevocationList::merged(&parts)
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the API server (or give --revocations as a file or URL)")?;
+            writ::publish::revocations::read_persisted(&client, ns).await.context("reading the revocation list")?
         }
     };
     let verifier = Verifier::new(&bundle, jwks)?.with_revocations(revocations).with_skew(args.skew)?;

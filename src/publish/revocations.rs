@@ -568,13 +568,14 @@ fn fresh_entries(
     certificates: Vec<RevokedCertificate>,
     now: i64,
 ) -> Vec<(Entry, usize)> {
-    let held_jtis: HashSet<&str> = parts.iter().flat_map(|p| &p.list.tokens).map(|t| t.jti.as_str()).collect();
     let held_serials: HashSet<&str> =
         parts.iter().flat_map(|p| &p.list.certificates).map(|c| c.serial.as_str()).collect();
     let (mut jtis, mut serials) = (HashSet::new(), HashSet::new());
     let tokens = tokens
         .into_iter()
-        .filter(|t| kept(t.expires_at, now) && !held_jtis.contains(t.jti.as_str()) && jtis.insert(t.jti.clone()))
+        .filter(|t| {
+            kept(t.expires_at, now) && !parts.iter().any(|p| p.holds_token(&t.jti)) && jtis.insert(t.jti.clone())
+        })
         .map(Entry::Token);
     let certificates = certificates
         .into_iter()
