@@ -14,6 +14,9 @@ use kube::{
 };
 
 use super::{credentials, finalized, is_not_found, time, unix, Context, Error, FINALIZER, MANAGER};
+use crate::pki::seal::SealKeys;
+use crate::policy::Rule;
+use crate::runtime::metrics::FindingLabels;
 use crate::{
     api::{
         condition::{condition, set_condition},
@@ -44,17 +47,47 @@ pub struct World<'a> {
     pub agent: Option<&'a AgentIdentity>,
     /// `None`: no parent named. `Some(None)`: the named parent is gone.
     pub parent: Option<Option<&'a CapabilityGrant>>,
-    /// Some DelegationPolicy still authorises this delegation.
-    pub authorised: bool,
+    /// The grant's admission (and approval) seals verify: it passed Writ's
+    /// webhook. `Err` says why not.
+    pub admitted: Result<(), String>,
+    /// Every admission rule the controller decides again (the same engine as
+    /// the webhook and `writ check`). `Err` holds the first rule's id and
+    /// every violation.
+    pub recheck: Result<(), Refusal>,
     /// The authorising policy requires approval for one of the capabilities.
     pub needs_approval: bool,
-    /// `spec.pod` is set and that pod finished or is gone.
+    /// `spec.pod` is set and that pod finished, is gone, or is another pod
+    /// of the same name than the one bound at activation.
     pub bound_pod_finished: bool,
     /// Now, unix seconds.
     pub now: i64,
 }
 
+/// A rule the controller's re-check found broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The first violated rule's id.
+    pub rule: &'static str,
+    /// Every violation, as the webhook would list them.
+    pub message: String,
+}
+
+impl Refusal {
+    fn from_violations(v: &[crate::policy::Violation]) -> Self {
+        Refusal {
+            rule: v.first().map_or("unknown", |v| v.rule.id()),
+            message: v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        }
+    }
+
+    /// The status reason: the rule id first.
+    pub fn reason(&self) -> String {
+        format!("{}: {}", self.rule, self.message)
+    }
+}
+
 /// The phase a grant should be in, and why. Pure: the state machine.
+/// `grant.status` must be the trusted status ([`trusted`]).
 pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String) {
     let status = grant.status.clone().unwrap_or_default();
     let current = status.phase;
@@ -63,6 +96,9 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
     }
     let was_active = current == GrantPhase::Active;
     let end_early = |why: String| if was_active { (GrantPhase::Revoked, why) } else { (GrantPhase::Denied, why) };
+    if let Err(why) = &w.admitted {
+        return end_early(format!("{}: {why}", Rule::NotAdmitted.id()));
+    }
     if w.agent.is_none_or(|a| a.metadata.deletion_timestamp.is_some()) {
         return end_early(format!("AgentIdentity {} no longer exists", grant.spec.agent));
     }
@@ -81,8 +117,8 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
         }
         None => {}
     }
-    if !w.authorised {
-        return end_early("no DelegationPolicy authorises this grant any more".into());
+    if let Err(refusal) = &w.recheck {
+        return end_early(refusal.reason());
     }
     if grant.spec.completed {
         return (GrantPhase::Completed, "the agent marked the task completed".into());
@@ -101,6 +137,38 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
         }
     }
     (GrantPhase::Active, "tokens issued to the bound pods".into())
+}
+
+/// The revocation-list entry that marks a grant as ended for good (its
+/// `grant:<uid>` id is no token's): a status rewritten afterwards cannot
+/// revive it.
+pub fn ended_marker(uid: &str) -> String {
+    format!("grant:{uid}")
+}
+
+/// The status the controller can trust: the stored one when its seal
+/// verifies (or when there is none yet), otherwise a fresh Pending status,
+/// with why the stored one was refused. Status is writable by whoever may
+/// write `capabilitygrants/status`; nothing in it counts unless Writ sealed it.
+pub fn trusted(stored: &CapabilityGrant, keys: &SealKeys, now: i64) -> (CapabilityGrant, Option<String>) {
+    let mut g = stored.clone();
+    let Some(st) = stored.status.as_ref() else { return (g, None) };
+    let fresh = st.seal.is_none()
+        && st.phase == GrantPhase::Pending
+        && st.issued_at.is_none()
+        && st.expires_at.is_none()
+        && st.tokens.is_empty()
+        && st.bound_pod_uid.is_none();
+    if fresh {
+        return (g, None);
+    }
+    match crate::policy::seal::verify_status(keys, stored, st, now) {
+        Ok(()) => (g, None),
+        Err(e) => {
+            g.status = Some(CapabilityGrantStatus::default());
+            (g, Some(format!("status-tampered: the stored status is not Writ's ({e}); it was repaired")))
+        }
+    }
 }
 
 /// Whether a phase change is allowed (the state machine's edges).
@@ -134,7 +202,8 @@ pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Ac
         match event {
             Finalizer::Apply(g) => apply(&g, &ctx).await,
             Finalizer::Cleanup(g) => {
-                end(&g, &ctx, GrantPhase::Revoked, "the grant was deleted").await?;
+                let (trusted, _) = trusted(&g, &ctx.shared.trust.seal_keys(), pki::now_unix());
+                end(&trusted, &ctx, g.status.as_ref(), GrantPhase::Revoked, "the grant was deleted").await?;
                 Ok(Action::await_change())
             }
         }
@@ -144,7 +213,8 @@ pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Ac
     finalized(result).map_err(|e| Error::Finalizer { object: object(&grant), message: e.to_string() })
 }
 
-/// The agent pods a grant binds: every running pod of the agent, or the one named.
+/// The agent pods a grant binds: every running pod of the agent, or the one
+/// named (and, once Active, only the pod of that name it bound then).
 fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
     let ns = g.namespace().unwrap_or_default();
     // A grant bound to one pod looks that pod up instead of scanning every pod.
@@ -154,6 +224,7 @@ fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
         }
         None => ctx.shared.pods.state(),
     };
+    let bound_uid = g.status.as_ref().and_then(|s| s.bound_pod_uid.clone());
     candidates
         .into_iter()
         .filter(|p| {
@@ -162,8 +233,86 @@ fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
                 && p.credential_secret().is_some()
                 && !p.finished()
                 && g.spec.pod.as_ref().is_none_or(|name| *name == p.name_any())
+                && bound_uid.as_ref().is_none_or(|uid| p.uid().as_ref() == Some(uid))
         })
         .collect()
+}
+
+/// The pod `spec.pod` names, from the cache.
+fn named_pod(ctx: &Context, g: &CapabilityGrant) -> Option<Arc<AgentPod>> {
+    let ns = g.namespace().unwrap_or_default();
+    g.spec
+        .pod
+        .as_ref()
+        .and_then(|name| ctx.shared.pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)))
+}
+
+/// The delegation chain above `g` (parent first), for the re-check: the
+/// parent as resolved, then its ancestors from the cache.
+fn ancestors(ctx: &Context, g: &CapabilityGrant, parent: Option<&CapabilityGrant>) -> Vec<CapabilityGrant> {
+    let ns = g.namespace().unwrap_or_default();
+    let mut chain: Vec<CapabilityGrant> = parent.into_iter().cloned().collect();
+    while let Some(next) = chain.last().and_then(|p| p.spec.parent.clone()) {
+        if chain.len() >= 16 || chain.iter().any(|a| a.name_any() == next) || next == g.name_any() {
+            break;
+        }
+        match ctx.shared.grants.get(&kube::runtime::reflector::ObjectRef::new(&next).within(&ns)) {
+            Some(found) => chain.push(found.grant()),
+            None => break,
+        }
+    }
+    chain
+}
+
+/// Runs the admission engine again over an admitted grant: its rules with
+/// the stamped requester, the current agent, policies and ancestors, and
+/// (before activation) that `spec.pod` is a pod of the agent.
+fn recheck(
+    ctx: &Context,
+    g: &CapabilityGrant,
+    agent: Option<&AgentIdentity>,
+    ancestors: &[CapabilityGrant],
+    identities: &[AgentIdentity],
+    policies: &[crate::api::DelegationPolicy],
+    pod: Option<crate::policy::PodFacts<'_>>,
+) -> (Result<(), Refusal>, bool) {
+    let ns = g.namespace().unwrap_or_default();
+    let Some(requester) = crate::policy::stamped_requester(g, identities) else {
+        let v = crate::policy::Violation::new(
+            "metadata.annotations",
+            Rule::NotAdmitted,
+            "the grant carries no requester stamp",
+        );
+        return (Err(Refusal::from_violations(&[v])), false);
+    };
+    let limits = ctx.shared.config.limits();
+    let gctx = crate::policy::GrantContext {
+        namespace: &ns,
+        requester: &requester,
+        agent,
+        policies,
+        ancestors,
+        now: jiff::Timestamp::now(),
+        limits: &limits,
+    };
+    let mut result = crate::policy::recheck_grant(g, &gctx);
+    let before_activation = g.status.as_ref().is_none_or(|s| s.phase != GrantPhase::Active);
+    if before_activation {
+        let pod_violations = crate::policy::check_bound_pod(g, pod, agent);
+        if !pod_violations.is_empty() {
+            result = Err(match result {
+                Ok(_) => pod_violations,
+                Err(mut v) => {
+                    v.extend(pod_violations);
+                    v
+                }
+            });
+        }
+    }
+    match result {
+        Ok(admission) => (Ok(()), admission.needs_approval),
+        Err(v) => (Err(Refusal::from_violations(&v)), false),
+    }
 }
 
 fn world<'a>(
@@ -171,20 +320,44 @@ fn world<'a>(
     g: &CapabilityGrant,
     agent: Option<&'a AgentIdentity>,
     parent: Option<Option<&'a CapabilityGrant>>,
+    keys: &SealKeys,
+    now: i64,
 ) -> World<'a> {
     let ns = g.namespace().unwrap_or_default();
     let policies = ctx.shared.policies_in(&ns);
     let identities = ctx.shared.identities_in(&ns);
-    let (authorised, needs_approval) = crate::policy::authorisation(g, &identities, &policies);
-    let bound_pod_finished = g.spec.pod.as_ref().is_some_and(|name| {
-        ctx.shared.pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)).is_none_or(|p| p.finished())
-    }) && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active);
-    World { agent, parent, authorised, needs_approval, bound_pod_finished, now: pki::now_unix() }
+    let chain = ancestors(ctx, g, parent.flatten());
+    let pod = named_pod(ctx, g);
+    let facts =
+        pod.as_ref().map(|p| crate::policy::PodFacts { agent: p.agent(), service_account: Some(p.service_account()) });
+    let (recheck, needs_approval) = recheck(ctx, g, agent, &chain, &identities, &policies, facts);
+    let bound_uid = g.status.as_ref().and_then(|s| s.bound_pod_uid.as_deref());
+    let bound_pod_finished = g.spec.pod.is_some()
+        && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active)
+        && pod.is_none_or(|p| p.finished() || bound_uid.is_some_and(|uid| p.uid().as_deref() != Some(uid)));
+    let admitted = crate::policy::seal::verify_grant(keys, g, now).map_err(|e| e.to_string());
+    World { agent, parent, admitted, recheck, needs_approval, bound_pod_finished, now }
 }
 
-async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
+async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     let shared = &ctx.shared;
-    let ns = g.namespace().unwrap_or_default();
+    let ns = stored.namespace().unwrap_or_default();
+    let now = pki::now_unix();
+    let keys = shared.trust.seal_keys();
+    let (mut trusted_grant, tampered) = trusted(stored, &keys, now);
+    let g = &mut trusted_grant;
+    if let Some(why) = &tampered {
+        tracing::warn!(grant = %g.name_any(), namespace = %ns, "a grant status not written by Writ was found and is repaired");
+        shared.metrics.trust_findings.get_or_create(&FindingLabels { finding: "status-tampered" }).inc();
+        ctx.event(&g.object_ref(&()), true, "StatusRepaired", "Repair", why.clone()).await;
+    }
+    let uid = g.uid().unwrap_or_default();
+    let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if !current.is_terminal() && shared.revocations.is_token_revoked(&ended_marker(&uid)).await {
+        let why = "status-tampered: this grant ended earlier and its status was rewritten; it stays ended";
+        end(g, ctx, stored.status.as_ref(), GrantPhase::Revoked, why).await?;
+        return Ok(Action::await_change());
+    }
     // Ending a grant is final, so "gone" is never taken from a cache alone:
     // a watch that lags (another stream than the one that triggered this
     // reconcile) would deny a grant whose agent or parent was just created.
@@ -205,34 +378,43 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         }),
     };
     let parent = parent_obj.as_ref().map(|p| p.as_deref());
-    let mut w = world(ctx, g, agent.as_deref(), parent);
-    if !w.authorised {
-        // Unauthorised ends the grant for good: confirm it on the API
-        // server's identities and policies. The caches may not yet hold a
-        // policy or the requesting agent's identity that were just created
-        // (a planner's sub-grant was denied this way).
+    let mut w = world(ctx, g, agent.as_deref(), parent, &keys, now);
+    if w.recheck.is_err() {
+        // A refusal ends the grant for good: confirm it on the API server's
+        // identities, policies and pod. The caches may not yet hold a policy,
+        // the requesting agent's identity or the bound pod that were just
+        // created.
         let listed = ctx.authorities.get(&ns).await.map_err(|source| Error::Write {
             op: "reading the identities and policies for",
             object: object(g),
             source,
         })?;
         let (identities, policies) = &*listed;
-        (w.authorised, w.needs_approval) = crate::policy::authorisation(g, identities, policies);
+        let pod = match &g.spec.pod {
+            Some(name) => Api::<k8s_openapi::api::core::v1::Pod>::namespaced(shared.client.clone(), &ns)
+                .get_opt(name)
+                .await
+                .map_err(|source| Error::Kube { op: "reading the bound pod of", object: object(g), source })?,
+            None => None,
+        };
+        let facts = pod.as_ref().map(|p| crate::policy::PodFacts {
+            agent: p.metadata.labels.as_ref().and_then(|l| l.get(crate::api::AGENT_LABEL)).map(String::as_str),
+            service_account: p.spec.as_ref().and_then(|s| s.service_account_name.as_deref()),
+        });
+        let chain = ancestors(ctx, g, parent.flatten());
+        (w.recheck, w.needs_approval) = recheck(ctx, g, agent.as_deref(), &chain, identities, policies, facts);
     }
     let (phase, reason) = next_phase(g, &w);
-    let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
     if phase.is_terminal() {
-        end(g, ctx, phase, &reason).await?;
+        end(g, ctx, stored.status.as_ref(), phase, &reason).await?;
         return Ok(Action::await_change());
     }
     if phase != GrantPhase::Active {
-        write_status(ctx, g, phase, &reason, None, vec![]).await?;
+        write_status(ctx, g, stored.status.as_ref(), phase, &reason, None, vec![]).await?;
         return Ok(Action::await_change());
     }
     // Active: fix the expiry once, then keep every bound pod's token current.
-    let now = w.now;
     let status = g.status.clone().unwrap_or_default();
-    let uid = g.uid().unwrap_or_default();
     let decided = ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).copied();
     // Neither the status nor this term knows the activation time, but a
     // token may already be out: a replica stopped between writing it and
@@ -243,19 +425,27 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         _ => None,
     };
     let created = g.metadata.creation_timestamp.as_ref().map_or(i64::MIN, unix);
+    // A repaired status restarts from what tenants cannot write: the earliest
+    // token Writ signed for it, else its creation. Either only shortens the
+    // grant; a rewritten status never extends it.
+    let fallback = if tampered.is_some() { created.clamp(i64::MIN, now) } else { now };
     let issued_at = status
         .issued_at
         .as_ref()
         .map(unix)
         .or(decided.map(|d| d.0))
         .or(minted.map(|nbf| nbf.clamp(created.min(now), now)))
-        .unwrap_or(now);
+        .unwrap_or(fallback);
     let mut expires_at =
         status.expires_at.as_ref().map(unix).or(decided.map(|d| d.1)).unwrap_or(issued_at + g.spec.ttl.as_secs_i64());
     if let Some(Some(p)) = parent {
         if let Some(pexp) = p.status.as_ref().and_then(|s| s.expires_at.as_ref()) {
             expires_at = expires_at.min(unix(pexp));
         }
+    }
+    if now >= expires_at {
+        end(g, ctx, stored.status.as_ref(), GrantPhase::Expired, "the grant's TTL ran out").await?;
+        return Ok(Action::await_change());
     }
     {
         let mut memo = ctx.activations.lock().unwrap_or_else(|e| e.into_inner());
@@ -264,8 +454,13 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         if status.issued_at.is_some() && status.expires_at.is_some() {
             memo.remove(&uid);
         } else {
-            memo.insert(uid, (issued_at, expires_at));
+            memo.insert(uid.clone(), (issued_at, expires_at));
         }
+    }
+    // A grant bound to a pod binds to that pod's uid at activation.
+    if g.spec.pod.is_some() && status.bound_pod_uid.is_none() {
+        let uid = named_pod(ctx, g).and_then(|p| p.uid());
+        g.status.get_or_insert_with(Default::default).bound_pod_uid = uid;
     }
     let tokens = issue_tokens(ctx, g, parent, issued_at, expires_at).await?;
     if current != GrantPhase::Active {
@@ -273,7 +468,8 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
             shared.metrics.grant_to_active.observe((now - unix(created)).max(0) as f64);
         }
     }
-    write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens).await?;
+    write_status(ctx, g, stored.status.as_ref(), GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens)
+        .await?;
     // The expiry is found by the sweep ([`expired`]), not kept as a requeue.
     Ok(Action::await_change())
 }
@@ -455,10 +651,20 @@ async fn issue_token(
 }
 
 /// Ends a grant: every token `jti` goes on the revocation list (durably),
-/// then the token files are removed from the pods' Secrets, then status.
-async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str) -> Result<(), Error> {
+/// with the grant's [`ended_marker`], then the token files are removed from
+/// the pods' Secrets, then status. `g` carries the trusted status
+/// ([`trusted`]): only token records Writ sealed are revoked from it, so a
+/// rewritten status cannot revoke another grant's tokens.
+async fn end(
+    g: &CapabilityGrant,
+    ctx: &Context,
+    stored: Option<&CapabilityGrantStatus>,
+    phase: GrantPhase,
+    reason: &str,
+) -> Result<(), Error> {
     let shared = &ctx.shared;
-    ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).remove(&g.uid().unwrap_or_default());
+    let uid = g.uid().unwrap_or_default();
+    ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
     let ns = g.namespace().unwrap_or_default();
     let now = pki::now_unix();
     let key = token_key(&g.name_any());
@@ -468,6 +674,16 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
         .flat_map(|s| s.tokens.iter())
         .map(|t| RevokedToken { jti: t.jti.clone(), expires_at: unix(&t.expires_at) })
         .collect();
+    // The marker lasts while the grant could still be in force: to its
+    // sealed expiry, or one operator-maximum TTL for a grant never activated.
+    let marker_until = g
+        .status
+        .as_ref()
+        .and_then(|s| s.expires_at.as_ref())
+        .map(unix)
+        .unwrap_or(now + shared.config.limits().max_grant_ttl.as_secs_i64())
+        .max(now + 60);
+    revoked.push(RevokedToken { jti: ended_marker(&uid), expires_at: marker_until });
     // Also whatever is stored (a token written just before a crash, before
     // status recorded it): in the one pod a bound grant names (its spec is
     // immutable, and no other pod ever got its token), or any pod of the
@@ -521,7 +737,7 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
     }
     let tokens = g.status.as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
     if g.metadata.deletion_timestamp.is_none() {
-        write_status(ctx, g, phase, reason, None, tokens).await?;
+        write_status(ctx, g, stored, phase, reason, None, tokens).await?;
     } else if g.status.as_ref().map(|s| s.phase) != Some(phase) {
         audit(g, phase, reason);
         shared
@@ -534,13 +750,17 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
             false,
             phase.as_str(),
             "Revoke",
-            format!("{reason}; {} token(s) revoked", revoked.len()),
+            format!("{reason}; {} token(s) revoked", revoked.len() - 1),
         )
         .await;
     }
     Ok(())
 }
 
+/// The audit line of a transition, from what the API server stored (never
+/// from an admission request alone). Values a user chose are written with
+/// `?` (quoted, control characters escaped) so none can forge another line
+/// or field in the text log format.
 fn audit(g: &CapabilityGrant, phase: GrantPhase, reason: &str) {
     let caps: Vec<String> = g.spec.capabilities.iter().map(ToString::to_string).collect();
     tracing::info!(
@@ -548,22 +768,27 @@ fn audit(g: &CapabilityGrant, phase: GrantPhase, reason: &str) {
         grant = %g.name_any(),
         namespace = %g.namespace().unwrap_or_default(),
         agent = %g.spec.agent,
-        requester = %g.annotations().get(REQUESTED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
-        approver = %g.annotations().get(APPROVED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
+        requester = ?g.annotations().get(REQUESTED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
+        approver = ?g.annotations().get(APPROVED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
+        decision = ?g.spec.approval.as_ref().map(|a| a.decision),
+        decision_reason = ?g.spec.approval.as_ref().and_then(|a| a.reason.as_deref()).unwrap_or(""),
         requested = ?caps,
         approved = ?if phase == GrantPhase::Active || phase.is_terminal() && g.status.as_ref().is_some_and(|s| !s.approved.is_empty()) { caps.clone() } else { vec![] },
-        task_id = %g.spec.task.id,
-        task_intent = %g.spec.task.intent.as_deref().unwrap_or(""),
+        task_id = ?g.spec.task.id,
+        task_intent = ?g.spec.task.intent.as_deref().unwrap_or(""),
         phase = %phase,
-        reason,
+        reason = ?reason,
         "grant transition"
     );
 }
 
-/// Builds and writes the status for `phase`; Event, audit line and metric on transitions only.
+/// Builds, seals and writes the status for `phase`; Event, audit line and
+/// metric on transitions only. `g` carries the trusted status, `stored` is
+/// what the API server holds (the write is skipped when they agree).
 async fn write_status(
     ctx: &Context,
     g: &CapabilityGrant,
+    stored: Option<&CapabilityGrantStatus>,
     phase: GrantPhase,
     reason: &str,
     active: Option<(i64, i64)>,
@@ -572,8 +797,10 @@ async fn write_status(
     let shared = &ctx.shared;
     let old = g.status.clone().unwrap_or_default();
     let now = pki::now_unix();
-    let desired = desired_status(g, &old, phase, reason, active, tokens, now);
-    if desired == old {
+    let mut desired = desired_status(g, &old, phase, reason, active, tokens, now);
+    desired.seal = None;
+    desired.seal = Some(crate::policy::seal::seal_status(&shared.trust.seal_keys(), g, &desired));
+    if stored == Some(&desired) {
         return Ok(());
     }
     let api: Api<CapabilityGrant> = Api::namespaced(shared.client.clone(), &g.namespace().unwrap_or_default());
@@ -581,7 +808,7 @@ async fn write_status(
     api.patch_status(&g.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
         .await
         .map_err(|source| Error::Kube { op: "writing status of", object: object(g), source })?;
-    if old.phase != phase || g.status.is_none() {
+    if old.phase != phase || stored.is_none() {
         audit(g, phase, reason);
         shared
             .metrics

@@ -14,6 +14,7 @@ pub mod grammar;
 mod grant;
 mod requester;
 mod rules;
+pub mod seal;
 mod update;
 mod validate;
 
@@ -26,7 +27,9 @@ pub use grammar::{
     capability_within, parse_action, parse_action_pattern, parse_resource, parse_resource_pattern, parse_selector,
     Action, CapabilityPattern, GrammarError, Pattern, PatternKind, Resource,
 };
-pub use grant::{admit_grant, authorisation, Admission, GrantContext};
+pub use grant::{
+    admit_grant, authorisation, check_bound_pod, recheck_grant, stamped_requester, Admission, GrantContext, PodFacts,
+};
 pub use requester::{delegate_matches, Requester, SERVICE_ACCOUNT_PREFIX};
 pub use rules::{rules_markdown, Rule, Violation};
 pub use update::{admit_grant_update, UpdateKind};

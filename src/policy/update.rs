@@ -7,7 +7,7 @@ use crate::api::{
 };
 
 use super::grammar::CapabilityPattern;
-use super::grant::{annotation_field, policy_requires_approval};
+use super::grant::{annotation_field, check_free_text, policy_requires_approval};
 use super::requester::{delegate_matches, principal_field, PrincipalField, Requester, SERVICE_ACCOUNT_PREFIX};
 use super::rules::{Rule, Violation};
 
@@ -55,6 +55,9 @@ pub fn admit_grant_update(
         ));
     }
     check_stamps(old, new, requester, approval_step, &mut out);
+    if let Some(reason) = new.spec.approval.as_ref().and_then(|a| a.reason.as_deref()).filter(|_| approval_step) {
+        check_free_text("spec.approval.reason", reason, &mut out);
+    }
     if approval_step {
         check_approver(old, new, requester, policies, &mut out);
     }
