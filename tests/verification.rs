@@ -337,7 +337,10 @@ fn inspect_prints_fields_and_never_key_material() {
 fn readme_snippets_are_the_tested_ones() {
     let readme = std::fs::read_to_string(repo().join("docs/verify.md")).expect("docs/verify.md");
     let rust = std::fs::read_to_string(repo().join("tests/snippets/resource_server.rs")).expect("snippet");
-    assert!(readme.contains(rust.trim()), "docs/verify.md's Rust snippet differs from tests/snippets/resource_server.rs");
+    assert!(
+        readme.contains(rust.trim()),
+        "docs/verify.md's Rust snippet differs from tests/snippets/resource_server.rs"
+    );
     let python = std::fs::read_to_string(repo().join("tests/interop/verify_token.py")).expect("snippet");
     let start = python.find("def verify(").expect("verify()");
     let end = python.find("\n\ndef main(").expect("main()");
