@@ -1,4 +1,4 @@
-//! Admission of a new CapabilityGrant (DESIGN §5): the grant is well-formed,
+//! Admission of a new CapabilityGrant (docs/design.md, "Admission"): the grant is well-formed,
 //! within its agent's ceiling, authorised by a DelegationPolicy, and (when
 //! delegated) narrower than its parent.
 

@@ -1,6 +1,6 @@
-//! Pure admission logic (DESIGN §2 and §5): the capability grammar, matching,
-//! delegation, approval, and the validation of AgentIdentity and
-//! DelegationPolicy objects. No I/O: the webhook, `writ check` and the
+//! Pure admission logic (docs/design.md, "Capability grammar" and
+//! "Admission"): the capability grammar, matching, delegation, approval, and
+//! the validation of AgentIdentity and DelegationPolicy objects. No I/O: the webhook, `writ check` and the
 //! controllers call the same functions with plain values.
 //!
 //! Every refusal is a [`Violation`] naming the field, the [`Rule`] (with a

@@ -7,10 +7,10 @@
 use std::fmt;
 
 /// One reason an object is refused. Each variant is one rejection class of
-/// DESIGN §5 or one rule of the capability grammar (§2).
+/// docs/design.md, "Admission", or one rule of its "Capability grammar".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
-    // --- capability grammar (DESIGN §2) ---
+    // --- capability grammar (docs/design.md, "Capability grammar") ---
     /// An action is not `<service>:<verb>` with a non-empty service and verb,
     /// exactly one `:` and no `/`, or uses `**`.
     MalformedAction,
