@@ -127,7 +127,12 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
         return (GrantPhase::Completed, format!("bound pod {} finished", grant.spec.pod.as_deref().unwrap_or("")));
     }
     match grant.spec.approval.as_ref().map(|a| a.decision) {
-        Some(Decision::Denied) => return (GrantPhase::Denied, "an approver denied the grant".into()),
+        Some(Decision::Denied) => return end_early("an approver denied the grant".into()),
+        // A policy that now requires approval for an Active grant, which
+        // needed none when it was activated, no longer fits it.
+        None if w.needs_approval && was_active => {
+            return end_early("the authorising policy now requires approval for this grant".into())
+        }
         None if w.needs_approval => return (GrantPhase::AwaitingApproval, "waiting for an approver".into()),
         _ => {}
     }
@@ -179,7 +184,7 @@ pub fn transition_allowed(from: GrantPhase, to: GrantPhase) -> bool {
     }
     match from {
         Pending => true,
-        AwaitingApproval => matches!(to, Active | Denied | Revoked | Completed),
+        AwaitingApproval => matches!(to, Active | Denied | Revoked | Completed | Expired),
         Active => matches!(to, Completed | Expired | Revoked),
         Completed | Expired | Revoked | Denied => false,
     }
@@ -796,6 +801,9 @@ async fn write_status(
 ) -> Result<(), Error> {
     let shared = &ctx.shared;
     let old = g.status.clone().unwrap_or_default();
+    if !transition_allowed(old.phase, phase) {
+        return Err(Error::Transition { object: object(g), from: old.phase, to: phase });
+    }
     let now = pki::now_unix();
     let mut desired = desired_status(g, &old, phase, reason, active, tokens, now);
     desired.seal = None;
@@ -981,6 +989,132 @@ mod tests {
         let mut status = kube::core::Status::failure("capabilitygrants.writ.dev \"g\" ...", reason);
         status.code = code;
         kube::Error::Api(status.boxed())
+    }
+
+    /// One event of the grant state machine, applied to a grant and its world.
+    #[derive(Clone, Copy, Debug)]
+    enum Ev {
+        Nothing,
+        Completion,
+        Expiry,
+        NeedsApproval,
+        Approval,
+        Denial,
+        ParentEnded,
+        ParentPending,
+        AgentGone,
+        PolicyGone,
+        RecheckFailed,
+        NotAdmitted,
+        BoundPodFinished,
+    }
+
+    fn case(phase: GrantPhase, ev: Ev) -> (GrantPhase, String) {
+        use crate::api::{ApprovalDecision, CapabilityGrantStatus};
+        use crate::policy::testing::{grant as make, identity};
+        let agent = identity("ns", "bot", &[]);
+        let mut g = make(
+            "ns",
+            "g",
+            "bot",
+            &[("k8s:deployments.get", "k8s:staging/deployments/web")],
+            crate::api::Duration::from_secs(600),
+        );
+        let now = 1_000;
+        let mut status = CapabilityGrantStatus { phase, ..Default::default() };
+        if phase == GrantPhase::Active {
+            status.issued_at = Some(time(now - 10));
+            status.expires_at = Some(time(now + 590));
+        }
+        let mut parent = make("ns", "p", "planner", &[], crate::api::Duration::from_secs(600));
+        parent.status = Some(CapabilityGrantStatus { phase: GrantPhase::Active, ..Default::default() });
+        let mut w = World {
+            agent: Some(&agent),
+            parent: None,
+            admitted: Ok(()),
+            recheck: Ok(()),
+            needs_approval: false,
+            bound_pod_finished: false,
+            now,
+        };
+        let refusal = |rule: &'static str| Refusal { rule, message: format!("broken [{rule}]") };
+        match ev {
+            Ev::Nothing => {}
+            Ev::Completion => g.spec.completed = true,
+            Ev::Expiry => status.expires_at = Some(time(now)),
+            Ev::NeedsApproval => w.needs_approval = true,
+            Ev::Approval | Ev::Denial => {
+                w.needs_approval = true;
+                let decision = if matches!(ev, Ev::Approval) { Decision::Approved } else { Decision::Denied };
+                g.spec.approval = Some(ApprovalDecision { decision, reason: None });
+            }
+            Ev::ParentEnded | Ev::ParentPending => {
+                let st = parent.status.as_mut().expect("status");
+                st.phase = if matches!(ev, Ev::ParentEnded) { GrantPhase::Expired } else { GrantPhase::Pending };
+            }
+            Ev::AgentGone => w.agent = None,
+            Ev::PolicyGone => w.recheck = Err(refusal("no-delegation-policy")),
+            Ev::RecheckFailed => w.recheck = Err(refusal("outside-ceiling")),
+            Ev::NotAdmitted => w.admitted = Err("its admission seal is missing".into()),
+            Ev::BoundPodFinished => w.bound_pod_finished = true,
+        }
+        if matches!(ev, Ev::ParentEnded | Ev::ParentPending) {
+            g.spec.parent = Some("p".into());
+            w.parent = Some(Some(&parent));
+        }
+        g.status = Some(status);
+        next_phase(&g, &w)
+    }
+
+    #[test]
+    fn the_grant_state_machine_as_a_table_of_phase_and_event() {
+        use GrantPhase::*;
+        // (event, from Pending, from AwaitingApproval, from Active, reason starts with)
+        let table: &[(Ev, GrantPhase, GrantPhase, GrantPhase, &str)] = &[
+            (Ev::Nothing, Active, Active, Active, "tokens issued"),
+            (Ev::Completion, Completed, Completed, Completed, "the agent marked"),
+            (Ev::Expiry, Expired, Expired, Expired, "the grant's TTL ran out"),
+            (Ev::NeedsApproval, AwaitingApproval, AwaitingApproval, Revoked, ""),
+            (Ev::Approval, Active, Active, Active, "tokens issued"),
+            (Ev::Denial, Denied, Denied, Revoked, "an approver denied"),
+            (Ev::ParentEnded, Denied, Denied, Revoked, "parent grant p ended"),
+            (Ev::ParentPending, Pending, AwaitingApproval, Active, "waiting for the parent"),
+            (Ev::AgentGone, Denied, Denied, Revoked, "AgentIdentity bot no longer exists"),
+            (Ev::PolicyGone, Denied, Denied, Revoked, "no-delegation-policy: "),
+            (Ev::RecheckFailed, Denied, Denied, Revoked, "outside-ceiling: "),
+            (Ev::NotAdmitted, Denied, Denied, Revoked, "not-admitted: "),
+            (Ev::BoundPodFinished, Completed, Completed, Completed, "bound pod"),
+        ];
+        for &(ev, from_pending, from_awaiting, from_active, why) in table {
+            for (from, want) in [(Pending, from_pending), (AwaitingApproval, from_awaiting), (Active, from_active)] {
+                let (got, reason) = case(from, ev);
+                assert_eq!(got, want, "{from} + {ev:?}: {reason}");
+                assert!(reason.starts_with(why), "{from} + {ev:?}: reason {reason:?} should start with {why:?}");
+                assert!(transition_allowed(from, got), "{from} + {ev:?} -> {got} is not an edge of the state machine");
+            }
+            for ended in [Completed, Expired, Revoked, Denied] {
+                let (got, _) = case(ended, ev);
+                assert_eq!(got, ended, "an ended grant stays ended ({ended} + {ev:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_state_machines_edges_are_allowed() {
+        use GrantPhase::*;
+        for from in GrantPhase::ALL {
+            for to in GrantPhase::ALL {
+                let allowed = transition_allowed(from, to);
+                let expected = from == to
+                    || match from {
+                        Pending => true,
+                        AwaitingApproval => matches!(to, Active | Denied | Revoked | Completed | Expired),
+                        Active => matches!(to, Completed | Expired | Revoked),
+                        _ => false,
+                    };
+                assert_eq!(allowed, expected, "{from} -> {to}");
+            }
+        }
     }
 
     #[test]
