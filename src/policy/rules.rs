@@ -99,6 +99,8 @@ pub enum Rule {
     /// A grant whose admission or approval seal is missing, does not verify,
     /// or was copied from another grant: it did not pass Writ's webhook.
     NotAdmitted,
+    /// A write of a grant's status that Writ did not seal.
+    ForeignStatus,
 
     /// A change to an admitted grant's spec other than completion or approval.
     ImmutableSpec,
@@ -118,7 +120,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 42] = [
+    pub const ALL: [Rule; 43] = [
         Rule::MalformedAction,
         Rule::MalformedResource,
         Rule::InvalidCharacter,
@@ -155,6 +157,7 @@ impl Rule {
         Rule::DelegationCycle,
         Rule::PodNotOfAgent,
         Rule::NotAdmitted,
+        Rule::ForeignStatus,
         Rule::ImmutableSpec,
         Rule::SelfApproval,
         Rule::NotAnApprover,
@@ -202,6 +205,7 @@ impl Rule {
             Rule::DelegationCycle => "delegation-cycle",
             Rule::PodNotOfAgent => "pod-not-of-agent",
             Rule::NotAdmitted => "not-admitted",
+            Rule::ForeignStatus => "foreign-status",
             Rule::ImmutableSpec => "immutable-spec",
             Rule::SelfApproval => "self-approval",
             Rule::NotAnApprover => "not-an-approver",
@@ -283,6 +287,10 @@ impl Rule {
             Rule::NotAdmitted => {
                 "A grant whose admission or approval seal is missing, does not verify or was copied from another \
                  grant (it skipped Writ's webhook, or a stamp was forged): the controller ends it and issues nothing."
+            }
+            Rule::ForeignStatus => {
+                "A write of a grant's status that the operator did not seal: status is Writ's alone (and a status \
+                 that slips through is repaired, never believed)."
             }
             Rule::ImmutableSpec => {
                 "Any change to an admitted grant's spec other than `completed: false -> true` or the one approval step."

@@ -259,6 +259,9 @@ pub fn validate_grant(
     bound_pod: Option<(Option<String>, String)>,
 ) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
+    if req.sub_resource.as_deref() == Some("status") {
+        return validate_status(shared, grant);
+    }
     if !shared.is_synced() {
         return Decision::deny("not-ready", "writ is starting and cannot check grants yet; retry shortly");
     }
@@ -314,6 +317,24 @@ pub fn validate_grant(
             }
         }
         _ => Decision::Allow,
+    }
+}
+
+/// A grant status write is admitted only when Writ sealed the status written
+/// (the controller seals every status it writes): whoever else may write
+/// `capabilitygrants/status` is refused. A replayed older sealed status of the
+/// same grant passes here and is caught by the controller's ended marker.
+fn validate_status(shared: &Shared, grant: &CapabilityGrant) -> Decision {
+    let Some(status) = grant.status.as_ref() else { return Decision::Allow };
+    match policy::seal::verify_status(&shared.trust.seal_keys(), grant, status, crate::pki::now_unix()) {
+        Ok(()) => Decision::Allow,
+        Err(e) => Decision::deny(
+            policy::Rule::ForeignStatus.id(),
+            format!(
+                "status: a grant's status is written by the Writ operator alone ({e}) [{}]",
+                policy::Rule::ForeignStatus.id()
+            ),
+        ),
     }
 }
 
