@@ -66,6 +66,8 @@ pub enum Rule {
     ReviewOverdue,
     /// The agent is dormant (condition `Dormant`).
     AgentDormant,
+    /// The agent is suspended (`spec.suspended`, `writ suspend`).
+    AgentSuspended,
 
     // --- delegation policy ---
     /// No DelegationPolicy lets this requester delegate to this agent.
@@ -120,7 +122,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 43] = [
+    pub const ALL: [Rule; 44] = [
         Rule::MalformedAction,
         Rule::MalformedResource,
         Rule::InvalidCharacter,
@@ -144,6 +146,7 @@ impl Rule {
         Rule::OutsideCeiling,
         Rule::ReviewOverdue,
         Rule::AgentDormant,
+        Rule::AgentSuspended,
         Rule::NoDelegationPolicy,
         Rule::NotCoveredByPolicy,
         Rule::TtlAbovePolicy,
@@ -192,6 +195,7 @@ impl Rule {
             Rule::OutsideCeiling => "outside-ceiling",
             Rule::ReviewOverdue => "review-overdue",
             Rule::AgentDormant => "agent-dormant",
+            Rule::AgentSuspended => "agent-suspended",
             Rule::NoDelegationPolicy => "no-delegation-policy",
             Rule::NotCoveredByPolicy => "not-covered-by-policy",
             Rule::TtlAbovePolicy => "ttl-above-policy",
@@ -261,6 +265,10 @@ impl Rule {
             }
             Rule::ReviewOverdue => "The agent's periodic access review is overdue (configurable).",
             Rule::AgentDormant => "The agent is dormant: no pod and no grant for too long (configurable).",
+            Rule::AgentSuspended => {
+                "The agent is suspended (`writ suspend`): its grants end, and no new grant or pod claims it until \
+                 `writ resume`."
+            }
             Rule::NoDelegationPolicy => {
                 "No DelegationPolicy in the namespace lets this requester delegate to this agent (default deny)."
             }

@@ -131,9 +131,16 @@ pub fn mutating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> MutatingWe
         match_policy: Some("Equivalent".into()),
         match_conditions: None,
     };
+    let identities = MutatingWebhook {
+        name: "agentidentities.writ.dev".into(),
+        client_config: endpoint.client_config(paths::MUTATE_IDENTITIES, ca_bundle),
+        rules: Some(vec![rule(crate::api::GROUP, "agentidentities", &["CREATE", "UPDATE"])]),
+        reinvocation_policy: Some("Never".into()),
+        ..grants.clone()
+    };
     MutatingWebhookConfiguration {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-        webhooks: Some(vec![pods, grants]),
+        webhooks: Some(vec![pods, grants, identities]),
     }
 }
 
