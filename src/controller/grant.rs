@@ -395,7 +395,7 @@ async fn issue_token(
         object: object(g),
         source,
     })?;
-    let Some(cert) = secret.as_deref().and_then(CredentialSecret::certificate) else { return Ok(None) };
+    let Some(cert) = secret.as_deref().and_then(|s| s.certificate_for(&pod)) else { return Ok(None) };
     let existing = secret.as_deref().and_then(|s| s.token(&g.name_any())?.facts());
     let fresh = existing.filter(|t| {
         t.thumbprint == cert.thumbprint

@@ -108,11 +108,19 @@ pub enum Rule {
     MalformedIdentity,
     /// A DelegationPolicy that is itself malformed.
     MalformedPolicy,
+
+    // --- pods ---
+    /// A `writ.dev/*` label or annotation added, changed or removed on an
+    /// existing pod.
+    PodWritMetadataImmutable,
+    /// A pod that mounts (volume, projected volume, `env`, `envFrom`)
+    /// another pod's credential Secret.
+    ForeignCredentialMount,
 }
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 40] = [
+    pub const ALL: [Rule; 42] = [
         Rule::MalformedAction,
         Rule::MalformedResource,
         Rule::InvalidCharacter,
@@ -153,6 +161,8 @@ impl Rule {
         Rule::ApprovalNotRequired,
         Rule::MalformedIdentity,
         Rule::MalformedPolicy,
+        Rule::PodWritMetadataImmutable,
+        Rule::ForeignCredentialMount,
     ];
 
     /// The stable, kebab-case id printed in brackets after every message.
@@ -198,6 +208,8 @@ impl Rule {
             Rule::ApprovalNotRequired => "approval-not-required",
             Rule::MalformedIdentity => "malformed-identity",
             Rule::MalformedPolicy => "malformed-policy",
+            Rule::PodWritMetadataImmutable => "pod-writ-metadata-immutable",
+            Rule::ForeignCredentialMount => "foreign-credential-mount",
         }
     }
 
@@ -276,6 +288,14 @@ impl Rule {
             }
             Rule::MalformedPolicy => {
                 "A DelegationPolicy with a bad principal, empty lists, `maxDepth` outside 1..=8, or non-human approvers."
+            }
+            Rule::PodWritMetadataImmutable => {
+                "A `writ.dev/*` label or annotation added, changed or removed on an existing pod: a pod's claim and \
+                 its credential Secret are fixed when it is created."
+            }
+            Rule::ForeignCredentialMount => {
+                "A pod that mounts another pod's credential Secret (volume, projected volume, `env` or `envFrom`): \
+                 a credential Secret serves only its pod."
             }
         }
     }
