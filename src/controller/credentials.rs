@@ -374,12 +374,12 @@ pub async fn revoke_secret(
         .collect();
     let revoked_certs: Vec<RevokedCertificate> =
         cert.iter().map(|c| RevokedCertificate { serial: c.serial_hex.to_string(), expires_at: c.not_after }).collect();
+    let namespace = secret.namespace().unwrap_or_default();
     shared
         .revocations
-        .revoke(revoked_tokens.clone(), revoked_certs, now)
+        .revoke(&namespace, revoked_tokens.clone(), revoked_certs, now)
         .await
         .map_err(|source| Error::Revocation { object: object(pod), source })?;
-    let namespace = secret.namespace().unwrap_or_default();
     // Through the token writer, so that removals and token writes to this
     // Secret go out one patch at a time, in the order they were asked for.
     let removals = std::iter::once((keys::KEY.to_string(), None))
