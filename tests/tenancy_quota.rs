@@ -40,7 +40,22 @@ async fn a_namespace_at_its_quota_keeps_its_grant_while_another_namespace_revoke
     let c = cluster();
     let client = c.client().await;
     let op_ns = format!("writ-quota-{}", std::process::id());
-    let op = Operator::start(&c, &op_ns, "q", &["--revocation-namespace-quota", "1"]).await;
+    let [endpoints_port] = free_ports();
+    let endpoints_addr = format!("127.0.0.1:{endpoints_port}");
+    let op =
+        Operator::start(&c, &op_ns, "q", &["--revocation-namespace-quota", "1", "--endpoints-addr", &endpoints_addr])
+            .await;
+    // The trust endpoints have a port of their own, without the webhooks.
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("https://{endpoints_addr}{path}")])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("/trust-bundle"), "200");
+    assert_eq!(curl("/revocations"), "200");
+    assert_eq!(curl("/validate/capabilitygrants"), "404", "no webhook on the endpoints port");
     let full = TestNamespace::new(&client, "quota-full").await;
     let free = TestNamespace::new(&client, "quota-free").await;
     let mut tokens = Vec::new();
