@@ -1,8 +1,9 @@
-//! The revocation list's per-namespace quota, end to end on the real API
-//! server: one namespace at its quota cannot revoke (its grant stays, its
-//! token stays known as active: fail closed) while another namespace's
-//! revocation goes through at once. Its own binary: it runs an operator of
-//! its own, with a small quota.
+//! Operators of their own, with flags the shared one does not have: the
+//! revocation list's per-namespace quota, end to end on the real API server
+//! (one namespace at its quota cannot revoke: its grant stays, its token
+//! stays known as active, fail closed; another namespace's revocation goes
+//! through at once), and webhooks that answer only the webhook client CA's
+//! certificates. One at a time: each operator registers the webhooks.
 
 mod common;
 
@@ -18,6 +19,8 @@ use writ::{
 };
 
 const WEB: (&str, &str) = ("k8s:deployments.patch", "k8s:staging/deployments/web");
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Removes the finalizers of a namespace's grants and Secrets (the operator
 /// that would have removed them is gone).
@@ -37,6 +40,7 @@ async fn release(client: &kube::Client, ns: &str) {
 
 #[tokio::test]
 async fn a_namespace_at_its_quota_keeps_its_grant_while_another_namespace_revokes() {
+    let _serial = SERIAL.lock().await;
     let c = cluster();
     let client = c.client().await;
     let op_ns = format!("writ-quota-{}", std::process::id());
@@ -138,4 +142,75 @@ async fn a_namespace_at_its_quota_keeps_its_grant_while_another_namespace_revoke
     release(&client, &free.name).await;
     full.cleanup().await;
     free.cleanup().await;
+}
+
+/// Under `--webhook-client-ca`, the webhook paths answer only a client
+/// certificate chained to that CA (what the API server presents when its
+/// AdmissionConfiguration names one); the trust endpoints on the same port
+/// stay open, and a certificate of another CA counts as none.
+#[tokio::test]
+async fn webhooks_under_a_client_ca_answer_only_its_certificates() {
+    use writ::pki::{
+        ca::{CertificateAuthority, CertificateIssuer},
+        cert::{spiffe_id, KeyAlgorithm, PodCertificateRequest},
+    };
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = writ::pki::now_unix();
+    let issue = |ca: &CertificateAuthority, name: &str| {
+        let issued = ca
+            .issue(&PodCertificateRequest {
+                spiffe_id: spiffe_id("example.org", "clients", name),
+                namespace: "clients".into(),
+                pod_name: name.into(),
+                pod_uid: "uid".into(),
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                not_before: now - 60,
+                ttl_secs: 600,
+            })
+            .expect("issued");
+        let (cert, key) = (dir.path().join(format!("{name}.crt")), dir.path().join(format!("{name}.key")));
+        std::fs::write(&cert, &issued.chain_pem).expect("write");
+        std::fs::write(&key, &issued.key_pem).expect("write");
+        (cert, key)
+    };
+    let clients_ca = CertificateAuthority::generate("apiserver-webhook-clients", now - 60, 3_600).expect("CA");
+    let other_ca = CertificateAuthority::generate("someone-else", now - 60, 3_600).expect("CA");
+    let ca_file = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca_file, clients_ca.cert_pem()).expect("write");
+    let op_ns = format!("writ-clientca-{}", std::process::id());
+    let op = Operator::start(&c, &op_ns, "w", &["--webhook-client-ca", ca_file.to_str().expect("path")]).await;
+
+    let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u-1"}})
+    .to_string();
+    let post = |cert: Option<&(std::path::PathBuf, std::path::PathBuf)>| {
+        let mut args = vec![
+            "-sk".to_string(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data".into(),
+            review.clone(),
+        ];
+        if let Some((cert, key)) = cert {
+            args.extend(["--cert".into(), cert.display().to_string(), "--key".into(), key.display().to_string()]);
+        }
+        args.push(format!("{}/validate/capabilitygrants", op.url));
+        let out = std::process::Command::new("curl").args(&args).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(post(None), "403", "no certificate");
+    assert_eq!(post(Some(&issue(&other_ca, "stranger"))), "403", "another CA's certificate counts as none");
+    assert_eq!(post(Some(&issue(&clients_ca, "kube-apiserver"))), "200", "the webhook client CA's");
+    let (status, _) = op.https_get("/trust-bundle").await;
+    assert_eq!(status, 200, "the trust endpoints need no certificate");
+    op.kill();
+    // Webhooks that answer only a certificate the test API server does not
+    // present would refuse every grant and pod: unregister them.
+    remove_webhooks(&c.client().await).await;
 }
