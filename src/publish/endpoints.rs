@@ -1,4 +1,6 @@
-//! HTTPS trust endpoints, on the webhook listener:
+//! HTTPS trust endpoints, on the webhook listener and, with
+//! `--endpoints-addr`, on a listener of their own (so that a NetworkPolicy can
+//! close the webhook port to all but the API server):
 //!
 //! - `GET /.well-known/jwks.json`: RFC 7517 JWK Set (current and still-needed previous keys)
 //! - `GET /trust-bundle`: PEM CA bundle
