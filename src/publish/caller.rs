@@ -34,6 +34,9 @@ pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// The most token reviews the cache holds; when full, expired entries go
 /// first, then all of them.
 pub const CACHE_ENTRIES: usize = 4096;
+/// The longest bearer token sent for review: ServiceAccount tokens are JWTs
+/// of a kilobyte or two.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// The prefix of a ServiceAccount's user name.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
@@ -107,8 +110,13 @@ impl TokenReviewer {
     }
 
     /// Who `token` belongs to; `None` when the API server does not
-    /// authenticate it.
+    /// authenticate it. What cannot be a ServiceAccount token (not a JWT's
+    /// three base64url parts, or over [`MAX_TOKEN_BYTES`]) is refused
+    /// without asking the API server.
     pub async fn review(&self, token: &str) -> Result<Option<Caller>, CallerError> {
+        if !jwt_shaped(token) {
+            return Ok(None);
+        }
         let key = token_key(token);
         let now = Instant::now();
         if let Some((until, caller)) = self.lock().get(&key) {
@@ -155,6 +163,13 @@ fn caller_of(user: &str) -> Caller {
         }
         _ => Caller::User(user.into()),
     }
+}
+
+/// Whether `token` has a JWT's shape: three non-empty base64url parts.
+fn jwt_shaped(token: &str) -> bool {
+    let base64url =
+        |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    token.len() <= MAX_TOKEN_BYTES && token.split('.').count() == 3 && token.split('.').all(base64url)
 }
 
 fn token_key(token: &str) -> [u8; 32] {
@@ -211,6 +226,9 @@ mod tests {
         }
     }
 
+    /// A token of JWT shape that the fake API server authenticates.
+    const GOOD: &str = "aGVhZGVy.Z29vZA.c2lnbmF0dXJl";
+
     #[tokio::test]
     async fn reviews_are_cached_briefly_and_never_by_the_token_itself() {
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -221,7 +239,7 @@ mod tests {
                 assert_eq!(req.uri().path(), "/apis/authentication.k8s.io/v1/tokenreviews");
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect().await?.to_bytes())?;
-                let good = body["spec"]["token"] == "good-token";
+                let good = body["spec"]["token"] == GOOD;
                 let status = if good {
                     serde_json::json!({"authenticated": true, "user": {"username": "system:serviceaccount:ci:deploy-api"}})
                 } else {
@@ -238,19 +256,27 @@ mod tests {
             }
         });
         let reviewer = TokenReviewer::new(Client::new(service, "default"));
-        assert_eq!(reviewer.review("good-token").await.expect("review"), Some(sa("ci", "deploy-api")));
-        assert_eq!(reviewer.review("good-token").await.expect("review"), Some(sa("ci", "deploy-api")));
-        assert_eq!(reviewer.review("bad-token").await.expect("review"), None);
-        assert_eq!(reviewer.review("bad-token").await.expect("review"), None);
+        assert_eq!(reviewer.review(GOOD).await.expect("review"), Some(sa("ci", "deploy-api")));
+        assert_eq!(reviewer.review(GOOD).await.expect("review"), Some(sa("ci", "deploy-api")));
+        assert_eq!(reviewer.review("aGVhZGVy.YmFk.c2ln").await.expect("review"), None);
+        assert_eq!(reviewer.review("aGVhZGVy.YmFk.c2ln").await.expect("review"), None);
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2, "one review per token while cached");
         assert_eq!(reviewer.cached(), 2);
         let keys: Vec<[u8; 32]> = reviewer.lock().keys().copied().collect();
-        assert!(keys.iter().all(|k| !k.windows(4).any(|w| w == b"good")), "tokens are kept only as hashes");
+        assert!(keys.iter().all(|k| !k.windows(4).any(|w| w == b"aGVh")), "tokens are kept only as hashes");
 
         // Bounded: however many tokens are tried, the cache holds at most CACHE_ENTRIES.
         for i in 0..CACHE_ENTRIES + 10 {
-            reviewer.review(&format!("junk-{i}")).await.expect("review");
+            reviewer.review(&format!("aGVhZGVy.{i}.c2ln")).await.expect("review");
         }
         assert!(reviewer.cached() <= CACHE_ENTRIES, "{}", reviewer.cached());
+
+        // What is no JWT is refused without a review.
+        let asked_before = asked.load(std::sync::atomic::Ordering::SeqCst);
+        let long = format!("a.{}.c", "b".repeat(MAX_TOKEN_BYTES));
+        for junk in ["", "not-a-token", "a.b", "a.b.c.d", "a..c", "a.b c.d", "a.b.c\n", long.as_str()] {
+            assert_eq!(reviewer.review(junk).await.expect("review"), None, "{junk:?}");
+        }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), asked_before, "no review of junk");
     }
 }
