@@ -554,7 +554,17 @@ async fn main() {
         "[scale] grants: {grant_rate:.1}/s to Active, {grant_op_writes:.2} operator writes each, RSS {rss_grants} KiB (peak so far {peak_rss} KiB)"
     );
 
-    // 4. Revocation -> introspection says inactive.
+    // 4. Revocation -> introspection says inactive, asked by the tokens'
+    // audience (the ServiceAccount `deploy-api` of the grants' namespace).
+    let caller = {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        sas.create(&PostParams::default(), &yaml("metadata: {name: deploy-api}"))
+            .await
+            .expect("the audience's ServiceAccount");
+        let request: TokenRequest = yaml("spec: {audiences: []}");
+        let issued = sas.create_token_request("deploy-api", &PostParams::default(), &request).await.expect("a token");
+        issued.status.and_then(|s| s.token).expect("token")
+    };
     let mut revocations = Vec::new();
     for i in 0..samples {
         let pod = pods.get(&format!("p-{i}")).await.expect("pod");
@@ -564,10 +574,10 @@ async fn main() {
             .ok()
             .and_then(|s| s.data?.get(&format!("grant.g-{i}.jwt")).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
             .expect("token in the pod's Secret");
-        assert!(op.introspect_active(&token), "token of g-{i} active before revocation");
+        assert!(op.introspect_active(&token, &caller), "token of g-{i} active before revocation");
         let t = Instant::now();
         grants.delete(&format!("g-{i}"), &DeleteParams::default()).await.expect("delete grant");
-        while op.introspect_active(&token) {
+        while op.introspect_active(&token, &caller) {
             assert!(t.elapsed() < Duration::from_secs(30), "g-{i} still active 30 s after deletion");
         }
         revocations.push(t.elapsed());

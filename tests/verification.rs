@@ -146,15 +146,17 @@ async fn a_token_verifies_only_with_its_pods_certificate_for_its_audience_action
     let refused = resource_server::authorize(&v, &bearer, &std::fs::read(&f2.cert).expect("cert"));
     assert_eq!(refused, Err(writ::verify::VerifyError::ConfirmationMismatch));
 
-    // Introspection (RFC 7662 shape).
-    let (status, body) = op.https_post_form("/introspect", &introspect_form(&token)).await;
+    // Introspection (RFC 7662 shape), asked by the token's audience: the
+    // ServiceAccount `deploy-api` of the grant's namespace.
+    let audience = service_account_token(&client, n, "deploy-api").await;
+    let (status, body) = op.https_post_form_as("/introspect", &introspect_form(&token), &audience).await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["active"], true, "{body}");
     assert_eq!(v["sub"], format!("spiffe://test.writ.dev/ns/{n}/agent/release-bot"));
     assert_eq!(v["scope"], format!("{} {}", WEB.0, WEB.1));
     for junk in ["token=", "token=a.b.c", "token=eyJhbGciOiJub25lIn0.e30."] {
-        let (status, body) = op.https_post_form("/introspect", junk).await;
+        let (status, body) = op.https_post_form_as("/introspect", junk, &audience).await;
         assert_eq!((status, body.contains(r#""active":false"#)), (200, true), "{junk}: {body}");
     }
 
@@ -170,7 +172,7 @@ async fn a_token_verifies_only_with_its_pods_certificate_for_its_audience_action
     assert_eq!((code, out.contains("(revoked)")), (1, true), "{out}");
     let (code, out) = writ_verify(&c, op, &remote);
     assert_eq!((code, out.contains("(revoked)")), (1, true), "{out}");
-    let (_, body) = op.https_post_form("/introspect", &introspect_form(&token)).await;
+    let (_, body) = op.https_post_form_as("/introspect", &introspect_form(&token), &audience).await;
     assert!(body.contains(r#""active":false"#), "{body}");
     let jti = writ::pki::token::decode_unverified(&std::fs::read_to_string(&token).expect("token")).expect("jwt").1.jti;
     let (_, list) = op.https_get("/revocations").await;
@@ -188,7 +190,7 @@ async fn a_token_verifies_only_with_its_pods_certificate_for_its_audience_action
     wait_phase(&client, n, "brief", GrantPhase::Expired, Duration::from_secs(20)).await;
     let (code, out) = writ_verify(&c, op, &strict);
     assert_eq!((code, out.contains("(expired)")), (1, true), "{out}");
-    let (_, body) = op.https_post_form("/introspect", &introspect_form(&brief)).await;
+    let (_, body) = op.https_post_form_as("/introspect", &introspect_form(&brief), &audience).await;
     assert!(body.contains(r#""active":false"#), "{body}");
     ns.cleanup().await;
 }

@@ -138,10 +138,19 @@ impl Operator {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// POSTs an introspection request; whether the operator says `active`.
-    pub fn introspect_active(&self, token: &str) -> bool {
+    /// POSTs an introspection request as the caller whose ServiceAccount
+    /// token is `caller`; whether the operator says `active`.
+    pub fn introspect_active(&self, token: &str, caller: &str) -> bool {
+        let auth = format!("Authorization: Bearer {caller}");
         let out = Command::new("curl")
-            .args(["-sk", "--data-urlencode", &format!("token={token}"), &format!("{}/introspect", self.url)])
+            .args([
+                "-sk",
+                "-H",
+                &auth,
+                "--data-urlencode",
+                &format!("token={token}"),
+                &format!("{}/introspect", self.url),
+            ])
             .output()
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).contains("\"active\":true")

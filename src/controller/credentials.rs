@@ -453,7 +453,7 @@ pub async fn rotate_exposed(
         .collect();
     shared
         .revocations
-        .revoke(tokens.clone(), certs, now)
+        .revoke(&namespace, tokens.clone(), certs, now)
         .await
         .map_err(|source| Error::Revocation { object: object(victim), source })?;
     let agent = victim.agent().unwrap_or_default().to_string();
@@ -573,12 +573,12 @@ pub async fn revoke_secret(
         .collect();
     let revoked_certs: Vec<RevokedCertificate> =
         cert.iter().map(|c| RevokedCertificate { serial: c.serial_hex.to_string(), expires_at: c.not_after }).collect();
+    let namespace = secret.namespace().unwrap_or_default();
     shared
         .revocations
-        .revoke(revoked_tokens.clone(), revoked_certs, now)
+        .revoke(&namespace, revoked_tokens.clone(), revoked_certs, now)
         .await
         .map_err(|source| Error::Revocation { object: object(pod), source })?;
-    let namespace = secret.namespace().unwrap_or_default();
     // Through the token writer, so that removals and token writes to this
     // Secret go out one patch at a time, in the order they were asked for.
     let removals = std::iter::once((keys::KEY.to_string(), None))

@@ -573,7 +573,7 @@ async fn issue_tokens(
     if !gone.is_empty() {
         shared
             .revocations
-            .revoke(gone, vec![], now)
+            .revoke(&g.namespace().unwrap_or_default(), gone, vec![], now)
             .await
             .map_err(|source| Error::Revocation { object: object(g), source })?;
     }
@@ -645,7 +645,7 @@ async fn issue_token(
     if let Some(old) = &replaced {
         shared
             .revocations
-            .revoke(vec![old.clone()], vec![], now)
+            .revoke(&ns, vec![old.clone()], vec![], now)
             .await
             .map_err(|source| Error::Revocation { object: object(g), source })?;
     }
@@ -733,7 +733,7 @@ async fn end(
     }
     shared
         .revocations
-        .revoke(revoked.clone(), vec![], now)
+        .revoke(&ns, revoked.clone(), vec![], now)
         .await
         .map_err(|source| Error::Revocation { object: object(g), source })?;
     let removals = holding.iter().map(|secret_name| ctx.secret_writes.write(&ns, secret_name, &key, None));

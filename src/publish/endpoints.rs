@@ -1,16 +1,21 @@
-//! HTTPS trust endpoints, on the webhook listener:
+//! HTTPS trust endpoints, on the webhook listener and, with
+//! `--endpoints-addr`, on a listener of their own (so that a NetworkPolicy can
+//! close the webhook port to all but the API server):
 //!
 //! - `GET /.well-known/jwks.json`: RFC 7517 JWK Set (current and still-needed previous keys)
 //! - `GET /trust-bundle`: PEM CA bundle
 //! - `GET /revocations`: revoked token `jti`s and certificate serials, with an ETag
 //! - `POST /introspect`: RFC 7662-style, form field `token`; `{"active": false}` for
-//!   anything expired, revoked, unknown or badly signed. It answers only about the
-//!   token presented, so it cannot be used to list tokens.
+//!   anything expired, revoked, unknown or badly signed, and for a caller that is
+//!   not one of the token's audiences. The caller authenticates (RFC 7662 §2.1)
+//!   with a ServiceAccount bearer token or a Writ client certificate (see
+//!   [`super::caller`]); an anonymous one gets `401` with `WWW-Authenticate`. It
+//!   answers only about the token presented, so it cannot be used to list tokens.
 
 use std::sync::Arc;
 
 use axum::{
-    extract::State,
+    extract::{rejection::FormRejection, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -18,7 +23,18 @@ use axum::{
 };
 use serde::Deserialize;
 
-use crate::runtime::Shared;
+use super::caller::{workload_of, Caller, TokenReviewer, WritClientCertificate};
+use crate::{runtime::Shared, webhook::server::PeerCertificate};
+
+/// What the endpoints answer from: the operator's state, and the reviewer of
+/// introspection callers' tokens.
+pub struct EndpointState {
+    shared: Arc<Shared>,
+    reviewer: TokenReviewer,
+}
+
+/// The `WWW-Authenticate` challenge of an introspection without credentials.
+pub const CHALLENGE: &str = r#"Bearer realm="writ-introspection""#;
 
 /// Paths of the trust endpoints.
 pub mod paths {
@@ -34,23 +50,25 @@ pub mod paths {
 
 /// The endpoint routes.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let state = Arc::new(EndpointState { reviewer: TokenReviewer::new(shared.client.clone()), shared });
     Router::new()
         .route(paths::JWKS, get(jwks))
         .route(paths::TRUST_BUNDLE, get(trust_bundle))
         .route(paths::REVOCATIONS, get(revocations))
         .route(paths::INTROSPECT, post(introspect))
-        .with_state(shared)
+        .with_state(state)
 }
 
-async fn jwks(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "max-age=60")], Json(s.trust.jwks(crate::pki::now_unix())))
+async fn jwks(State(s): State<Arc<EndpointState>>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "max-age=60")], Json(s.shared.trust.jwks(crate::pki::now_unix())))
 }
 
-async fn trust_bundle(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/pem-certificate-chain")], s.trust.bundle_pem())
+async fn trust_bundle(State(s): State<Arc<EndpointState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/pem-certificate-chain")], s.shared.trust.bundle_pem())
 }
 
-async fn revocations(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn revocations(State(s): State<Arc<EndpointState>>, headers: HeaderMap) -> Response {
+    let s = &s.shared;
     let etag = |version: u64| format!("\"{version}\"");
     let current = etag(s.revocations.version().await);
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(current.as_str()) {
@@ -67,13 +85,69 @@ pub struct IntrospectionRequest {
     pub token: String,
 }
 
-async fn introspect(State(s): State<Arc<Shared>>, Form(req): Form<IntrospectionRequest>) -> impl IntoResponse {
+/// Who the caller is: a ServiceAccount by its bearer token, else a workload
+/// by its Writ client certificate; otherwise the response to send.
+async fn authenticate(
+    s: &EndpointState,
+    headers: &HeaderMap,
+    peer: Option<&PeerCertificate>,
+) -> Result<Caller, Response> {
+    let unauthorized = |challenge: &str, why: &str| {
+        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge.to_string())], why.to_string()).into_response()
+    };
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
+            return Err(unauthorized(CHALLENGE, "the Authorization header is not a Bearer token\n"));
+        };
+        return match s.reviewer.review(token).await {
+            Ok(Some(caller)) => Ok(caller),
+            Ok(None) => Err(unauthorized(
+                &format!(r#"{CHALLENGE}, error="invalid_token""#),
+                "the bearer token is not one the API server authenticates\n",
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "reviewing an introspection caller's token");
+                Err((StatusCode::SERVICE_UNAVAILABLE, "the caller's token cannot be reviewed now\n").into_response())
+            }
+        };
+    }
+    if let Some(peer) = peer.filter(|p| p.writ) {
+        if let Some(caller) = workload_of(&WritClientCertificate(peer.leaf.clone()), &s.shared.revocations).await {
+            return Ok(caller);
+        }
+        return Err(unauthorized(CHALLENGE, "the client certificate is revoked or names no SPIFFE ID\n"));
+    }
+    Err(unauthorized(
+        CHALLENGE,
+        "introspection needs a ServiceAccount bearer token or a Writ client certificate (RFC 7662 section 2.1)\n",
+    ))
+}
+
+async fn introspect(
+    State(s): State<Arc<EndpointState>>,
+    peer: Option<axum::Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    form: Result<Form<IntrospectionRequest>, FormRejection>,
+) -> Response {
+    let caller = match authenticate(&s, &headers, peer.as_ref().map(|p| &p.0)).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let req = match form {
+        Ok(Form(req)) => req,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let s = &s.shared;
     let now = crate::pki::now_unix();
     let jwks = s.trust.jwks(now);
-    let inactive = Json(serde_json::json!({ "active": false }));
+    let inactive = Json(serde_json::json!({ "active": false })).into_response();
     let Ok(claims) = crate::verify::verify_signed(&req.token, &jwks, now, crate::verify::DEFAULT_SKEW_SECS) else {
         return inactive;
     };
+    if !caller.is_audience(&claims.aud, &claims.grant.namespace) {
+        tracing::debug!(caller = %caller.describe(), "introspection by a caller not among the token's audiences");
+        return inactive;
+    }
     if s.revocations.is_token_revoked(&claims.jti).await {
         return inactive;
     }
@@ -93,4 +167,5 @@ async fn introspect(State(s): State<Arc<Shared>>, Form(req): Form<IntrospectionR
         "cnf": claims.cnf,
         "grant": claims.grant,
     }))
+    .into_response()
 }

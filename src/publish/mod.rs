@@ -1,6 +1,7 @@
 //! Publishing trust: the CA bundle, the JWKS and the revocation list, as
 //! HTTPS endpoints and as ConfigMaps for in-cluster consumers.
 
+pub mod caller;
 pub mod endpoints;
 pub mod revocations;
 

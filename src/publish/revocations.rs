@@ -10,8 +10,18 @@
 //! entry sits does not matter to readers (they join all parts), so the parts
 //! need no rebalancing, and a list written by a version of Writ that had one
 //! ConfigMap is read as its first part.
+//!
+//! Each stored entry also names the namespace it was revoked for (`ns`, a
+//! field readers of the list ignore: `writ verify` and
+//! [`crate::verify::RevocationList`] need no namespace, and `/revocations`
+//! serves the list without it). No namespace may hold more than its quota
+//! ([`DEFAULT_NAMESPACE_QUOTA_PERCENT`] of the list's capacity unless
+//! configured otherwise): a revocation that would take a namespace past it is
+//! refused for that namespace alone ([`RevocationError::QuotaExceeded`]),
+//! and the revocations of other namespaces go on, so one tenant cannot fill
+//! the list for everyone.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -19,6 +29,7 @@ use kube::{
     api::{Api, ObjectMeta, PostParams},
     Client,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
 use crate::verify::{RevocationList, RevokedCertificate, RevokedToken};
@@ -39,6 +50,14 @@ pub const MAX_PART_BYTES: usize = 1024 * 1024;
 /// Room kept free in a part when choosing where a batch goes: the version
 /// number and the JSON around the entries.
 const PART_SLACK_BYTES: usize = 256;
+/// The share of the list's capacity ([`PARTS`] x [`MAX_PART_BYTES`]) one
+/// namespace may hold unless configured otherwise, in percent: about 2 MiB,
+/// 25,000 entries, room for the revocations of 10,000 pods with a token each
+/// in one namespace; four namespaces at their quota fill the list, which
+/// `writ_revocation_list_capacity_ratio` shows long before.
+pub const DEFAULT_NAMESPACE_QUOTA_PERCENT: u8 = 25;
+/// The flag that sets the quota, named in refusals.
+pub const QUOTA_FLAG: &str = "--revocation-namespace-quota";
 
 /// The ConfigMap holding part `part` (0-based) of the list.
 pub fn part_name(part: usize) -> String {
@@ -127,15 +146,115 @@ pub enum RevocationError {
         /// The most a part holds.
         limit: usize,
     },
+    /// The revocations would take one namespace past its share of the list.
+    /// Nothing of that namespace's request is written and its credentials
+    /// stay issued (fail closed) until its older entries expire; the
+    /// revocations of other namespaces go on.
+    #[error(
+        "namespace {namespace} is over its revocation quota: {new} new entries ({bytes} bytes) on top of the \
+         {used} bytes it holds exceed its quota of {quota} bytes ({percent}% of the list's {capacity} bytes, \
+         set by {QUOTA_FLAG} / WRIT_REVOCATION_NAMESPACE_QUOTA); its credentials stay issued until its older \
+         entries expire, and revocations of other namespaces go on"
+    )]
+    QuotaExceeded {
+        /// The namespace the revocations are for.
+        namespace: String,
+        /// Entries refused.
+        new: usize,
+        /// Their encoded size.
+        bytes: usize,
+        /// What the namespace holds already (live entries).
+        used: usize,
+        /// Its quota in bytes.
+        quota: usize,
+        /// The quota in percent of the capacity.
+        percent: u8,
+        /// The whole list's capacity in bytes.
+        capacity: usize,
+    },
     /// Encoding failed.
     #[error("encoding the revocation list: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
+/// A revoked token as a part stores it: [`RevokedToken`]'s fields and the
+/// namespace it was revoked for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct StoredToken {
+    jti: String,
+    expires_at: i64,
+    /// Absent on entries written before namespaces were recorded: such an
+    /// entry counts against no namespace's quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ns: Option<String>,
+}
+
+/// A revoked certificate as a part stores it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct StoredCertificate {
+    serial: String,
+    expires_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ns: Option<String>,
+}
+
+/// A part as stored: [`RevocationList`]'s format, its entries with their
+/// namespace (which [`RevocationList`] reads past).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct StoredList {
+    version: u64,
+    #[serde(default)]
+    tokens: Vec<StoredToken>,
+    #[serde(default)]
+    certificates: Vec<StoredCertificate>,
+}
+
+impl StoredList {
+    /// The part as readers see it (no namespaces).
+    fn public(&self) -> RevocationList {
+        RevocationList {
+            version: self.version,
+            tokens: self.tokens.iter().map(|t| RevokedToken { jti: t.jti.clone(), expires_at: t.expires_at }).collect(),
+            certificates: self
+                .certificates
+                .iter()
+                .map(|c| RevokedCertificate { serial: c.serial.clone(), expires_at: c.expires_at })
+                .collect(),
+        }
+    }
+}
+
+/// The whole list as readers see it, every part joined (as
+/// [`RevocationList::merged`] joins them), without namespaces.
+fn public_list(parts: &[Part]) -> RevocationList {
+    parts.iter().fold(RevocationList::default(), |mut all, part| {
+        let public = part.list.public();
+        all.version += public.version;
+        all.tokens.extend(public.tokens);
+        all.certificates.extend(public.certificates);
+        all
+    })
+}
+
+/// What a namespace's entries take, as [`RevocationStore::usage`] reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// The list's capacity in bytes, over all parts.
+    pub capacity: usize,
+    /// The bytes of live entries (not yet past their retention) over all parts.
+    pub live: usize,
+    /// One namespace's quota in bytes.
+    pub quota: usize,
+    /// Each namespace's live bytes, largest first.
+    pub namespaces: Vec<(String, usize)>,
+}
+
 /// One part as last read or written.
 #[derive(Default)]
 struct Part {
-    list: RevocationList,
+    list: StoredList,
     /// The encoded size of `list`.
     bytes: usize,
     /// The ConfigMap's resourceVersion: a write replaces that version without
@@ -146,12 +265,32 @@ struct Part {
     /// not revoked (the usual case) is one lookup, not a scan of up to
     /// 140,000 entries.
     jtis: HashSet<u64>,
+    /// The same for certificate serials (a client certificate presented to
+    /// introspection).
+    serials: HashSet<u64>,
+    /// The encoded size of each namespace's entries, those past their
+    /// retention included until the part is next written: an upper bound of
+    /// what the namespace holds here, kept so that a batch is checked
+    /// against the quotas without encoding every entry again.
+    namespaces: HashMap<String, usize>,
 }
 
 impl Part {
-    fn new(list: RevocationList, bytes: usize, resource_version: Option<String>) -> Self {
+    fn new(list: StoredList, bytes: usize, resource_version: Option<String>) -> Self {
         let jtis = list.tokens.iter().map(|t| jti_hash(&t.jti)).collect();
-        Part { list, bytes, resource_version, jtis }
+        let serials = list.certificates.iter().map(|c| jti_hash(&c.serial)).collect();
+        let mut namespaces: HashMap<String, usize> = HashMap::new();
+        let tokens = list.tokens.iter().map(|t| (&t.ns, listed_len(t)));
+        for (ns, len) in tokens.chain(list.certificates.iter().map(|c| (&c.ns, listed_len(c)))) {
+            if let Some(ns) = ns {
+                *namespaces.entry(ns.clone()).or_default() += len;
+            }
+        }
+        Part { list, bytes, resource_version, jtis, serials, namespaces }
+    }
+
+    fn holds_certificate(&self, serial: &str) -> bool {
+        self.serials.contains(&jti_hash(serial)) && self.list.certificates.iter().any(|c| c.serial == serial)
     }
 
     fn holds_token(&self, jti: &str) -> bool {
@@ -167,6 +306,16 @@ impl Part {
         let expired = self.list.tokens.iter().filter(|t| !kept(t.expires_at, now)).map(listed_len).sum::<usize>()
             + self.list.certificates.iter().filter(|c| !kept(c.expires_at, now)).map(listed_len).sum::<usize>();
         self.bytes.saturating_sub(expired)
+    }
+
+    /// The encoded size of `namespace`'s entries still within their
+    /// retention at `now`.
+    fn live_bytes_of(&self, namespace: &str, now: i64) -> usize {
+        let of = |ns: &Option<String>| ns.as_deref() == Some(namespace);
+        let tokens = self.list.tokens.iter().filter(|t| of(&t.ns) && kept(t.expires_at, now)).map(listed_len);
+        let certificates =
+            self.list.certificates.iter().filter(|c| of(&c.ns) && kept(c.expires_at, now)).map(listed_len);
+        tokens.sum::<usize>() + certificates.sum::<usize>()
     }
 }
 
@@ -199,6 +348,8 @@ pub struct RevocationStore {
     parts: RwLock<Vec<Part>>,
     /// The most one part may hold ([`MAX_PART_BYTES`]; smaller in tests).
     part_limit: usize,
+    /// The share of the capacity one namespace may hold, in percent.
+    quota_percent: u8,
     /// Revocations waiting for the next write, and who waits for it.
     pending: std::sync::Mutex<Pending>,
 }
@@ -209,10 +360,16 @@ pub struct RevocationStore {
 /// together).
 #[derive(Default)]
 struct Pending {
+    requests: Vec<Request>,
+    flushing: bool,
+}
+
+/// One caller's revocations, for one namespace, and where its outcome goes.
+struct Request {
+    namespace: String,
     tokens: Vec<RevokedToken>,
     certificates: Vec<RevokedCertificate>,
-    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    flushing: bool,
+    waiter: tokio::sync::oneshot::Sender<Result<(), RevocationError>>,
 }
 
 /// Reads the whole persisted list, every part joined (an absent part is an
@@ -220,7 +377,7 @@ struct Pending {
 pub async fn read_persisted(client: &Client, namespace: &str) -> Result<RevocationList, RevocationError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let parts = read_parts(&api, namespace).await?;
-    Ok(RevocationList::merged(parts.iter().map(|p| &p.list)))
+    Ok(public_list(&parts))
 }
 
 /// Reads every part. An unreadable part is an error, never an empty part:
@@ -262,8 +419,47 @@ impl RevocationStore {
             namespace: namespace.into(),
             parts: RwLock::new(parts),
             part_limit: MAX_PART_BYTES,
+            quota_percent: DEFAULT_NAMESPACE_QUOTA_PERCENT,
             pending: Default::default(),
         })
+    }
+
+    /// Lets one namespace hold at most `percent` of the list's capacity
+    /// (1 to 100, out of range clamped to it; 100 is no quota at all).
+    pub fn with_namespace_quota(mut self, percent: u8) -> Self {
+        self.quota_percent = percent.clamp(1, 100);
+        self
+    }
+
+    /// The list's capacity in bytes, over all parts.
+    fn capacity(&self) -> usize {
+        PARTS * self.part_limit
+    }
+
+    /// One namespace's quota in bytes.
+    fn quota(&self) -> usize {
+        self.capacity() / 100 * usize::from(self.quota_percent)
+    }
+
+    /// How full the list is at `now`, and what each namespace holds (its
+    /// entries past their retention included until their part is next
+    /// written: cheap enough for every scrape).
+    pub async fn usage(&self, now: i64) -> Usage {
+        let parts = self.parts.read().await;
+        let mut namespaces: HashMap<String, usize> = HashMap::new();
+        for p in parts.iter() {
+            for (ns, bytes) in &p.namespaces {
+                *namespaces.entry(ns.clone()).or_default() += bytes;
+            }
+        }
+        let mut namespaces: Vec<(String, usize)> = namespaces.into_iter().map(|(ns, b)| (ns.to_string(), b)).collect();
+        namespaces.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Usage {
+            capacity: self.capacity(),
+            live: parts.iter().map(|p| p.live_bytes(now)).sum(),
+            quota: self.quota(),
+            namespaces,
+        }
     }
 
     /// The persisted list's size: its encoded bytes and its entries, over
@@ -306,7 +502,7 @@ impl RevocationStore {
     /// The whole list, every part joined.
     pub async fn snapshot(&self) -> RevocationList {
         let parts = self.parts.read().await;
-        RevocationList::merged(parts.iter().map(|p| &p.list))
+        public_list(&parts)
     }
 
     /// The whole list's version (that of [`Self::snapshot`]), without
@@ -315,16 +511,24 @@ impl RevocationStore {
         self.parts.read().await.iter().map(|p| p.list.version).sum()
     }
 
+    /// Whether a certificate serial (lowercase hex) is revoked.
+    pub async fn is_certificate_revoked(&self, serial: &str) -> bool {
+        self.parts.read().await.iter().any(|p| p.holds_certificate(serial))
+    }
+
     /// Whether a token id is revoked.
     pub async fn is_token_revoked(&self, jti: &str) -> bool {
         self.parts.read().await.iter().any(|p| p.holds_token(jti))
     }
 
-    /// Adds revocations (idempotent), prunes entries past their expiry in
-    /// the parts it writes, and persists the result before returning:
-    /// callers remove credentials only after their revocation is durable.
+    /// Adds revocations for credentials of `namespace` (idempotent), prunes
+    /// entries past their expiry in the parts it writes, and persists the
+    /// result before returning: callers remove credentials only after their
+    /// revocation is durable. Refused whole, with nothing written, when the
+    /// entries new to the list would take `namespace` past its quota.
     pub async fn revoke(
         self: &Arc<Self>,
+        namespace: &str,
         tokens: Vec<RevokedToken>,
         certificates: Vec<RevokedCertificate>,
         now: i64,
@@ -335,9 +539,7 @@ impl RevocationStore {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let flush = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.tokens.extend(tokens);
-            p.certificates.extend(certificates);
-            p.waiters.push(tx);
+            p.requests.push(Request { namespace: namespace.into(), tokens, certificates, waiter: tx });
             !std::mem::replace(&mut p.flushing, true)
         };
         if flush {
@@ -348,8 +550,7 @@ impl RevocationStore {
         }
         let namespace = self.namespace.clone();
         match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(RevocationError::Batch { message }),
+            Ok(outcome) => outcome,
             Err(_) => Err(RevocationError::Batch {
                 message: format!(
                     "writing the revocation list to ConfigMaps {namespace}/{CONFIGMAP}*: the write was abandoned"
@@ -361,20 +562,77 @@ impl RevocationStore {
     /// Writes queued revocations, one batch per write, until none is left.
     async fn flush(&self, now: i64) {
         loop {
-            let (tokens, certificates, waiters) = {
+            let requests = {
                 let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                if p.waiters.is_empty() {
+                if p.requests.is_empty() {
                     p.flushing = false;
                     return;
                 }
-                (std::mem::take(&mut p.tokens), std::mem::take(&mut p.certificates), std::mem::take(&mut p.waiters))
+                std::mem::take(&mut p.requests)
             };
-            let outcome =
-                self.apply(tokens, certificates, now.max(crate::pki::now_unix())).await.map_err(|e| e.to_string());
+            let now = now.max(crate::pki::now_unix());
+            // The requests that would take their namespace past its quota
+            // are answered at once; the others are written together.
+            let (admitted, waiters) = self.admit(requests, now).await;
+            let outcome = self.apply(admitted, now).await.map_err(|e| e.to_string());
             for w in waiters {
-                let _ = w.send(outcome.clone());
+                let _ = w.send(outcome.clone().map_err(|message| RevocationError::Batch { message }));
             }
         }
+    }
+
+    /// Splits a batch of requests: those whose entries new to the list fit
+    /// their namespace's quota (counting what the requests before them in
+    /// the batch add), as entries to write with their waiters; the others
+    /// are refused here, each with its own error.
+    async fn admit(&self, requests: Vec<Request>, now: i64) -> (Vec<Entry>, Vec<WaiterOf>) {
+        let parts = self.parts.read().await;
+        // What each namespace holds: first the parts' upper bounds; exact
+        // (entries past their retention left out) once a request would not
+        // fit by the bound.
+        let mut usage: HashMap<String, (usize, bool)> = HashMap::new();
+        for p in parts.iter() {
+            for (ns, bytes) in &p.namespaces {
+                usage.entry(ns.clone()).or_default().0 += bytes;
+            }
+        }
+        let quota = self.quota();
+        let mut seen = Seen::new(&parts);
+        let mut admitted = Vec::new();
+        let mut waiters = Vec::new();
+        for request in requests {
+            let fresh = seen.fresh(&request, now);
+            let bytes: usize = fresh.iter().map(Entry::len).sum();
+            let held = usage.entry(request.namespace.clone()).or_default();
+            if self.quota_percent < 100 && held.0 + bytes > quota && !held.1 {
+                let added_by_batch = held.0
+                    - parts.iter().map(|p| p.namespaces.get(&request.namespace).copied().unwrap_or(0)).sum::<usize>();
+                *held = (
+                    parts.iter().map(|p| p.live_bytes_of(&request.namespace, now)).sum::<usize>() + added_by_batch,
+                    true,
+                );
+            }
+            let used = held.0;
+            // At 100% a namespace may take the whole list: only the list's
+            // own room limits it (and names the list in its refusal).
+            if self.quota_percent < 100 && used + bytes > quota {
+                seen.forget(&fresh);
+                let _ = request.waiter.send(Err(RevocationError::QuotaExceeded {
+                    namespace: request.namespace.to_string(),
+                    new: fresh.len(),
+                    bytes,
+                    used,
+                    quota,
+                    percent: self.quota_percent,
+                    capacity: self.capacity(),
+                }));
+                continue;
+            }
+            held.0 += bytes;
+            admitted.extend(fresh);
+            waiters.push(request.waiter);
+        }
+        (admitted, waiters)
     }
 
     /// Adds the entries no part holds yet: all of them to the part with the
@@ -383,13 +641,8 @@ impl RevocationStore {
     /// memory is locked only to plan the writes and to take in what was
     /// written, never across a request: introspection and `/revocations`
     /// answer while the API server is slow or away.
-    async fn apply(
-        &self,
-        tokens: Vec<RevokedToken>,
-        certificates: Vec<RevokedCertificate>,
-        now: i64,
-    ) -> Result<(), RevocationError> {
-        let writes = self.plan(tokens, certificates, now).await?;
+    async fn apply(&self, fresh: Vec<Entry>, now: i64) -> Result<(), RevocationError> {
+        let writes = self.plan(fresh, now).await?;
         for (part, resource_version, next) in writes {
             let written = self.persist(part, resource_version, next, now).await?;
             adopt(&mut self.parts.write().await[part], written);
@@ -401,12 +654,21 @@ impl RevocationStore {
     /// them, with the resourceVersion it is written over.
     async fn plan(
         &self,
-        tokens: Vec<RevokedToken>,
-        certificates: Vec<RevokedCertificate>,
+        fresh: Vec<Entry>,
         now: i64,
-    ) -> Result<Vec<(usize, Option<String>, RevocationList)>, RevocationError> {
+    ) -> Result<Vec<(usize, Option<String>, StoredList)>, RevocationError> {
         let parts = self.parts.read().await;
-        let fresh = fresh_entries(&parts, tokens, certificates, now);
+        // Entries a part took in since they were admitted (a watch event,
+        // another flush) are not written twice.
+        let mut seen = Seen::new(&parts);
+        let fresh: Vec<(Entry, usize)> = fresh
+            .into_iter()
+            .filter(|e| seen.admit(e))
+            .map(|e| {
+                let len = e.len();
+                (e, len)
+            })
+            .collect();
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
@@ -463,7 +725,7 @@ impl RevocationStore {
         &self,
         part: usize,
         mut resource_version: Option<String>,
-        mut list: RevocationList,
+        mut list: StoredList,
         now: i64,
     ) -> Result<Part, RevocationError> {
         let name = part_name(part);
@@ -535,9 +797,12 @@ fn adopt(held: &mut Part, stored: Part) {
 
 /// A revocation on its way into a part.
 enum Entry {
-    Token(RevokedToken),
-    Certificate(RevokedCertificate),
+    Token(StoredToken),
+    Certificate(StoredCertificate),
 }
+
+/// Where the outcome of an admitted request goes.
+type WaiterOf = tokio::sync::oneshot::Sender<Result<(), RevocationError>>;
 
 impl Entry {
     /// Its encoded size in a list, with the comma before it.
@@ -548,7 +813,7 @@ impl Entry {
         }
     }
 
-    fn split(entries: Vec<Entry>) -> (Vec<RevokedToken>, Vec<RevokedCertificate>) {
+    fn split(entries: Vec<Entry>) -> (Vec<StoredToken>, Vec<StoredCertificate>) {
         let (mut tokens, mut certificates) = (Vec::new(), Vec::new());
         for e in entries {
             match e {
@@ -560,41 +825,62 @@ impl Entry {
     }
 }
 
-/// The revocations no part holds yet (by `jti`, by serial), once each, that
-/// are not already past their retention, with their encoded sizes.
-fn fresh_entries(
-    parts: &[Part],
-    tokens: Vec<RevokedToken>,
-    certificates: Vec<RevokedCertificate>,
-    now: i64,
-) -> Vec<(Entry, usize)> {
-    let held_serials: HashSet<&str> =
-        parts.iter().flat_map(|p| &p.list.certificates).map(|c| c.serial.as_str()).collect();
-    let (mut jtis, mut serials) = (HashSet::new(), HashSet::new());
-    let tokens = tokens
-        .into_iter()
-        .filter(|t| {
-            kept(t.expires_at, now) && !parts.iter().any(|p| p.holds_token(&t.jti)) && jtis.insert(t.jti.clone())
-        })
-        .map(Entry::Token);
-    let certificates = certificates
-        .into_iter()
-        .filter(|c| {
-            kept(c.expires_at, now) && !held_serials.contains(c.serial.as_str()) && serials.insert(c.serial.clone())
-        })
-        .map(Entry::Certificate);
-    tokens
-        .chain(certificates)
-        .map(|e| {
-            let len = e.len();
-            (e, len)
-        })
-        .collect()
+/// The token ids and serials the parts hold, and those a batch adds: what
+/// is new to the list, once each.
+struct Seen<'a> {
+    parts: &'a [Part],
+    serials: HashSet<&'a str>,
+    jtis: HashSet<String>,
+    new_serials: HashSet<String>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(parts: &'a [Part]) -> Self {
+        let serials = parts.iter().flat_map(|p| &p.list.certificates).map(|c| c.serial.as_str()).collect();
+        Seen { parts, serials, jtis: HashSet::new(), new_serials: HashSet::new() }
+    }
+
+    /// Whether `entry` is new to the list; remembers it if so (retention is
+    /// checked by [`Seen::fresh`], with the batch's time).
+    fn admit(&mut self, entry: &Entry) -> bool {
+        match entry {
+            Entry::Token(t) => !self.parts.iter().any(|p| p.holds_token(&t.jti)) && self.jtis.insert(t.jti.clone()),
+            Entry::Certificate(c) => {
+                !self.serials.contains(c.serial.as_str()) && self.new_serials.insert(c.serial.clone())
+            }
+        }
+    }
+
+    /// A request's entries new to the list, stamped with its namespace.
+    fn fresh(&mut self, request: &Request, now: i64) -> Vec<Entry> {
+        let ns = Some(request.namespace.clone());
+        let tokens = request
+            .tokens
+            .iter()
+            .filter(|t| kept(t.expires_at, now))
+            .map(|t| Entry::Token(StoredToken { jti: t.jti.clone(), expires_at: t.expires_at, ns: ns.clone() }));
+        let certificates = request.certificates.iter().filter(|c| kept(c.expires_at, now)).map(|c| {
+            Entry::Certificate(StoredCertificate { serial: c.serial.clone(), expires_at: c.expires_at, ns: ns.clone() })
+        });
+        let entries: Vec<Entry> = tokens.chain(certificates).collect();
+        entries.into_iter().filter(|e| self.admit(e)).collect()
+    }
+
+    /// Un-remembers entries of a refused request, so that a later request
+    /// of the batch carrying the same ones is judged on its own.
+    fn forget(&mut self, entries: &[Entry]) {
+        for e in entries {
+            match e {
+                Entry::Token(t) => self.jtis.remove(&t.jti),
+                Entry::Certificate(c) => self.new_serials.remove(&c.serial),
+            };
+        }
+    }
 }
 
 /// Adds the entries `list` lacks (by `jti`, by serial) and drops every entry
 /// past its expiry and retention.
-fn merge(list: &mut RevocationList, tokens: Vec<RevokedToken>, certificates: Vec<RevokedCertificate>, now: i64) {
+fn merge(list: &mut StoredList, tokens: Vec<StoredToken>, certificates: Vec<StoredCertificate>, now: i64) {
     list.tokens.retain(|t| kept(t.expires_at, now));
     list.certificates.retain(|c| kept(c.expires_at, now));
     let mut jtis: HashSet<String> = list.tokens.iter().map(|t| t.jti.clone()).collect();
@@ -621,6 +907,8 @@ mod tests {
     type Log = Arc<StdMutex<Vec<(Method, String)>>>;
 
     const NS: &str = "writ-system";
+    /// The namespace the tests' revocations are for.
+    const TENANT: &str = "team-a";
 
     fn status(code: StatusCode, reason: &str) -> (StatusCode, Bytes) {
         let body =
@@ -680,7 +968,11 @@ mod tests {
     async fn store_over(stored: &Held, part_limit: usize) -> (Arc<RevocationStore>, Client, Log) {
         let log = Log::default();
         let client = fake_api(stored.clone(), log.clone());
-        let store = RevocationStore::load(&client, NS).await.expect("load").with_part_limit(part_limit);
+        let store = RevocationStore::load(&client, NS)
+            .await
+            .expect("load")
+            .with_part_limit(part_limit)
+            .with_namespace_quota(100);
         assert_eq!(log.lock().expect("log").len(), PARTS, "the load reads each part once");
         log.lock().expect("log").clear();
         (Arc::new(store), client, log)
@@ -718,22 +1010,22 @@ mod tests {
     #[tokio::test]
     async fn each_batch_rewrites_only_the_roomiest_part_and_the_list_outgrows_one_configmap() {
         let stored = Held::default();
-        // About 70 bytes an entry: 54 fit a part of 4,096 bytes, 432 the list.
-        let limit = 4_096;
+        // About 80 bytes an entry (with its namespace): 55 fit a part of 4,608 bytes, 440 the list.
+        let limit = 4_608;
         let (store, client, log) = store_over(&stored, limit).await;
         let now = 1_800_000_000;
         let exp = now + 3_600;
 
-        store.revoke(vec![], certificates(0, 10, exp), now).await.expect("written");
+        store.revoke(TENANT, vec![], certificates(0, 10, exp), now).await.expect("written");
         assert_eq!(drain(&log), [(Method::POST, part_name(0))], "one part created, the rest not touched");
-        store.revoke(vec![], certificates(10, 10, exp), now).await.expect("written");
+        store.revoke(TENANT, vec![], certificates(10, 10, exp), now).await.expect("written");
         assert_eq!(drain(&log), [(Method::POST, part_name(1))], "the next batch goes to the roomiest part");
         // The same revocations again are no write at all.
-        store.revoke(vec![], certificates(5, 10, exp), now).await.expect("idempotent");
+        store.revoke(TENANT, vec![], certificates(5, 10, exp), now).await.expect("idempotent");
         assert_eq!(drain(&log), []);
 
         // More than one part holds: spread over the roomiest, each written once.
-        store.revoke(vec![], certificates(20, 300, exp), now).await.expect("written");
+        store.revoke(TENANT, vec![], certificates(20, 300, exp), now).await.expect("written");
         let written: Vec<String> = drain(&log)
             .into_iter()
             .map(|(m, name)| {
@@ -763,20 +1055,21 @@ mod tests {
     #[tokio::test]
     async fn a_list_that_would_not_fit_its_configmaps_is_refused_before_any_write_and_nothing_is_lost() {
         let stored = Held::default();
-        let limit = 4_096;
+        let limit = 4_608;
         let (store, client, log) = store_over(&stored, limit).await;
         let now = 1_800_000_000;
-        store.revoke(vec![], certificates(0, 400, now + 3_600), now).await.expect("400 fit");
+        store.revoke(TENANT, vec![], certificates(0, 400, now + 3_600), now).await.expect("400 fit");
         drain(&log);
         let before = stored.lock().expect("stored").clone();
         let size = store.size().await;
 
-        let err = store.revoke(vec![], certificates(1_000, 100, now + 3_600), now).await.expect_err("over the limit");
+        let err =
+            store.revoke(TENANT, vec![], certificates(1_000, 100, now + 3_600), now).await.expect_err("over the limit");
         let message = err.to_string();
         assert!(message.starts_with("the revocation list is full: 100 new entries ("), "{message}");
         assert!(
             message.contains(
-                "in ConfigMaps writ-system/writ-revocations and writ-revocations-1 to -7 (8 x 4096 bytes, 400 entries held)"
+                "in ConfigMaps writ-system/writ-revocations and writ-revocations-1 to -7 (8 x 4608 bytes, 400 entries held)"
             ),
             "{message}"
         );
@@ -790,7 +1083,7 @@ mod tests {
         // written to one part, pruned of them; the other parts still list
         // the expired entries until they are next written.
         let later = now + 3_600 + RETENTION_AFTER_EXPIRY_SECS + 1;
-        store.revoke(vec![], certificates(100_000, 50, later + 3_600), later).await.expect("room again");
+        store.revoke(TENANT, vec![], certificates(100_000, 50, later + 3_600), later).await.expect("room again");
         assert_eq!(drain(&log), [(Method::PUT, part_name(0))], "written over the version it wrote last");
         let (part0, _) = stored_part(&stored, 0).expect("part 0");
         assert_eq!(part0.certificates, certificates(100_000, 50, later + 3_600));
@@ -816,7 +1109,7 @@ mod tests {
                 })
                 .collect();
             let before = read_persisted(&client, NS).await.expect("read");
-            match store.revoke(batch.clone(), vec![], now).await {
+            match store.revoke(TENANT, batch.clone(), vec![], now).await {
                 Ok(()) => expected += batch.len(),
                 // Callers see the batch's error (as text).
                 Err(e) if e.to_string().starts_with("the revocation list is full: ") => {
@@ -838,6 +1131,98 @@ mod tests {
             }
         }
         assert!(expected > 200 && refused > 0, "{expected} written, {refused} batches refused");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_over_its_quota_is_refused_alone_and_other_namespaces_still_revoke() {
+        let stored = Held::default();
+        let limit = 4_608;
+        let (store, client, log) = store_over(&stored, limit).await;
+        // A quarter of 8 x 4,608 bytes: 9,200 bytes, about 115 entries.
+        let store = Arc::new(Arc::into_inner(store).expect("one owner").with_namespace_quota(25));
+        let now = 1_800_000_000;
+        store.revoke(TENANT, vec![], certificates(0, 100, now + 3_600), now).await.expect("within the quota");
+        drain(&log);
+        let before = stored.lock().expect("stored").clone();
+
+        let err = store.revoke(TENANT, vec![], certificates(100, 30, now + 3_600), now).await.expect_err("over");
+        assert!(matches!(err, RevocationError::QuotaExceeded { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.starts_with("namespace team-a is over its revocation quota: 30 new entries ("), "{message}");
+        assert!(
+            message.contains("exceed its quota of 9200 bytes (25% of the list's 36864 bytes, set by --revocation-namespace-quota / WRIT_REVOCATION_NAMESPACE_QUOTA)"),
+            "{message}"
+        );
+        assert!(message.contains("its credentials stay issued"), "{message}");
+        assert_eq!(drain(&log), [], "nothing sent");
+        assert_eq!(*stored.lock().expect("stored"), before, "nothing written");
+        assert_eq!(store.snapshot().await.certificates.len(), 100);
+
+        // Another namespace's revocations go through, and what the tenant
+        // already listed is no new entry (no refusal, no write).
+        store.revoke("team-b", vec![], certificates(1_000, 30, now + 3_600), now).await.expect("another namespace");
+        assert_eq!(drain(&log).len(), 1, "one write");
+        store.revoke(TENANT, vec![], certificates(0, 100, now + 3_600), now).await.expect("already listed");
+        assert_eq!(drain(&log), []);
+
+        // Both at once, in one batch or two: the tenant is refused, the other
+        // namespace's revocation is written.
+        let (a, b) = tokio::join!(
+            store.revoke(TENANT, vec![], certificates(200, 30, now + 3_600), now),
+            store.revoke("team-c", vec![], certificates(2_000, 5, now + 3_600), now),
+        );
+        assert!(matches!(a, Err(RevocationError::QuotaExceeded { .. })), "{a:?}");
+        b.expect("team-c revoked");
+        let persisted = read_persisted(&client, NS).await.expect("read");
+        assert_eq!(persisted.certificates.len(), 135);
+        assert!(!persisted.certificates.iter().any(|c| c.serial == format!("{:032x}", 200)));
+
+        // Once the tenant's entries pass their retention, it has room again.
+        let later = now + 3_600 + RETENTION_AFTER_EXPIRY_SECS + 1;
+        store.revoke(TENANT, vec![], certificates(300, 30, later + 60), later).await.expect("room again");
+    }
+
+    #[tokio::test]
+    async fn parts_record_each_entrys_namespace_and_readers_never_see_it() {
+        let stored = Held::default();
+        let (store, client, _) = store_over(&stored, MAX_PART_BYTES).await;
+        let now = 1_800_000_000;
+        let token = RevokedToken { jti: "t-1".into(), expires_at: now + 60 };
+        store.revoke(TENANT, vec![token.clone()], certificates(0, 2, now + 60), now).await.expect("a");
+        store.revoke("team-b", vec![], certificates(5, 1, now + 60), now).await.expect("b");
+
+        // Stored: each entry names its namespace.
+        let raw: Vec<String> = stored
+            .lock()
+            .expect("stored")
+            .values()
+            .map(|cm| cm["data"][KEY].as_str().expect("list").to_string())
+            .collect();
+        let raw = raw.join("\n");
+        assert_eq!(raw.matches(r#""ns":"team-a""#).count(), 3, "{raw}");
+        assert_eq!(raw.matches(r#""ns":"team-b""#).count(), 1, "{raw}");
+
+        // Read as the list's own format (`writ verify`, `writ::verify`): the
+        // same entries, no namespace; served the same way.
+        let persisted = read_persisted(&client, NS).await.expect("read");
+        assert_eq!(persisted.tokens, vec![token]);
+        assert_eq!(persisted.certificates.len(), 3);
+        let served = serde_json::to_string(&store.snapshot().await).expect("json");
+        assert!(!served.contains("team-"), "{served}");
+        let parsed: RevocationList =
+            serde_json::from_str(raw.lines().next().expect("a part")).expect("the list format");
+        assert!(!parsed.tokens.is_empty() || !parsed.certificates.is_empty());
+
+        // Usage per namespace, largest first; entries of an earlier Writ
+        // (no namespace) count against none.
+        let legacy = RevocationList { version: 1, tokens: vec![], certificates: certificates(100, 4, now + 60) };
+        store.absorb(watched(&part_name(7), &legacy, "90")).await.expect("absorbed");
+        let usage = store.usage(now).await;
+        assert_eq!(usage.capacity, PARTS * MAX_PART_BYTES);
+        assert_eq!(usage.quota, PARTS * MAX_PART_BYTES / 100 * 100);
+        let names: Vec<&str> = usage.namespaces.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["team-a", "team-b"]);
+        assert!(usage.live > usage.namespaces.iter().map(|(_, b)| b).sum::<usize>(), "legacy entries are live");
     }
 
     #[tokio::test]
@@ -870,7 +1255,7 @@ mod tests {
         let token = move |jti: &str| RevokedToken { jti: jti.into(), expires_at: now + 60 };
         let writing = tokio::spawn({
             let store = store.clone();
-            async move { store.revoke(vec![token("a")], vec![], now).await }
+            async move { store.revoke(TENANT, vec![token("a")], vec![], now).await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!writing.is_finished(), "the write waits on the API server");
@@ -901,7 +1286,7 @@ mod tests {
         let (store, _, log) = store_over(&stored, MAX_PART_BYTES).await;
         let now = 1_800_000_000;
         let a = certificates(0, 1, now + 60);
-        store.revoke(vec![], a.clone(), now).await.expect("first write");
+        store.revoke(TENANT, vec![], a.clone(), now).await.expect("first write");
         assert_eq!(drain(&log), [(Method::POST, part_name(0))]);
 
         // Another replica (which led for a while) wrote part 1, which this
@@ -919,7 +1304,7 @@ mod tests {
         );
 
         let c = certificates(1, 1, now + 60);
-        store.revoke(vec![], c.clone(), now).await.expect("written after merging");
+        store.revoke(TENANT, vec![], c.clone(), now).await.expect("written after merging");
         assert_eq!(
             drain(&log),
             [(Method::POST, part_name(1)), (Method::GET, part_name(1)), (Method::PUT, part_name(1))]
@@ -954,7 +1339,7 @@ mod tests {
         stored.lock().expect("stored").remove(CONFIGMAP);
 
         let token = RevokedToken { jti: "after-deletion".into(), expires_at: now + 60 };
-        store.revoke(vec![token.clone()], vec![], now).await.expect("written again");
+        store.revoke(TENANT, vec![token.clone()], vec![], now).await.expect("written again");
         assert_eq!(
             drain(&log),
             [(Method::PUT, part_name(0)), (Method::GET, part_name(0)), (Method::POST, part_name(0))]
@@ -1006,7 +1391,7 @@ mod tests {
         // follower does not repeat what a part holds, and writes new
         // revocations to a part with room.
         assert_eq!(drain(&log), [], "only the load read the API server");
-        follower.revoke(vec![token("b"), token("c")], vec![], now).await.expect("written");
+        follower.revoke(TENANT, vec![token("b"), token("c")], vec![], now).await.expect("written");
         assert_eq!(drain(&log), [(Method::POST, part_name(0))]);
         let (part0, _) = stored_part(&stored, 0).expect("part 0");
         assert_eq!((part0.version, part0.tokens), (1, vec![token("c")]));
@@ -1026,7 +1411,7 @@ mod tests {
         let (store, _, log) = store_over(&stored, MAX_PART_BYTES).await;
         assert_eq!(store.snapshot().await, legacy);
 
-        store.revoke(vec![], certificates(2, 2, now + 60), now).await.expect("written");
+        store.revoke(TENANT, vec![], certificates(2, 2, now + 60), now).await.expect("written");
         assert_eq!(drain(&log), [(Method::POST, part_name(1))], "the roomier part; the old list is left as it is");
         let (part1, _) = stored_part(&stored, 1).expect("part 1");
         assert_eq!(part1.certificates, certificates(3, 1, now + 60), "what the old list holds is not repeated");

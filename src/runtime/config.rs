@@ -68,6 +68,28 @@ pub struct RunConfig {
     /// Log format.
     #[arg(long, env = "WRIT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The share of the cluster-wide revocation list one namespace may hold,
+    /// in percent of its capacity (1 to 100): a revocation that would take a
+    /// namespace past it is refused for that namespace alone (its
+    /// credentials stay issued), so one tenant cannot fill the list for all.
+    /// 100 sets no per-namespace limit.
+    #[arg(
+        long,
+        env = "WRIT_REVOCATION_NAMESPACE_QUOTA",
+        default_value_t = crate::publish::revocations::DEFAULT_NAMESPACE_QUOTA_PERCENT,
+        value_parser = clap::value_parser!(u8).range(1..=100)
+    )]
+    pub revocation_namespace_quota: u8,
+    /// A second HTTPS listener serving only the trust endpoints (JWKS, trust
+    /// bundle, revocations, introspection), so that a NetworkPolicy can
+    /// close the webhook port to everything but the API server.
+    #[arg(long, env = "WRIT_ENDPOINTS_ADDR")]
+    pub endpoints_addr: Option<SocketAddr>,
+    /// A PEM CA bundle: the webhook paths then answer only a client
+    /// certificate chained to it (the API server's, configured with an
+    /// AdmissionConfiguration kubeConfigFile).
+    #[arg(long, env = "WRIT_WEBHOOK_CLIENT_CA")]
+    pub webhook_client_ca: Option<std::path::PathBuf>,
 }
 
 impl RunConfig {

@@ -49,6 +49,20 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+/// Labels naming a namespace (a bounded set: see
+/// [`Metrics::revocation_usage`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    /// The namespace.
+    pub namespace: String,
+}
+
+/// How many namespaces `writ_revocation_namespace_quota_ratio` reports at
+/// most: the fullest of those at [`QUOTA_REPORT_FROM`] of their quota or more.
+pub const QUOTA_REPORTED_NAMESPACES: usize = 10;
+/// The share of its quota from which a namespace is reported.
+pub const QUOTA_REPORT_FROM: f64 = 0.5;
+
 /// Labels naming a watched kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -106,6 +120,11 @@ pub struct Metrics {
     pub revocation_list_entries: Gauge,
     /// What Writ refused to trust or act on, by what and why.
     pub untrusted: Family<UntrustedLabels, Counter>,
+    /// Live bytes of the revocation list over its capacity (0 to 1).
+    pub revocation_list_capacity_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Each namespace's share of its revocation quota (0 to 1), for the
+    /// fullest [`QUOTA_REPORTED_NAMESPACES`] at [`QUOTA_REPORT_FROM`] or more.
+    pub revocation_namespace_quota_ratio: Family<NamespaceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// The allocator's own accounting, read at each scrape. glibc only: the
     /// static musl build (the image) has no such interface and exports no
     /// heap gauges rather than zeros.
@@ -197,6 +216,21 @@ impl Default for Metrics {
              another pod's credential Secret",
             untrusted.clone(),
         );
+        let revocation_list_capacity_ratio = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "revocation_list_capacity_ratio",
+            "Live bytes of the revocation list over its capacity (at 1 every revocation is refused: alert well before)",
+            revocation_list_capacity_ratio.clone(),
+        );
+        let revocation_namespace_quota_ratio =
+            Family::<NamespaceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "revocation_namespace_quota_ratio",
+            format!(
+                "A namespace's revocation list bytes over its quota (at 1 its revocations are refused); only the {QUOTA_REPORTED_NAMESPACES} fullest at {QUOTA_REPORT_FROM} or more"
+            ),
+            revocation_namespace_quota_ratio.clone(),
+        );
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         let heap = HeapGauges::register(&mut registry);
         Self {
@@ -216,6 +250,8 @@ impl Default for Metrics {
             revocation_list_bytes,
             revocation_list_entries,
             untrusted,
+            revocation_list_capacity_ratio,
+            revocation_namespace_quota_ratio,
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             heap,
         }
@@ -285,6 +321,27 @@ impl Metrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Sets the revocation list's capacity ratio and the per-namespace quota
+    /// ratios: only namespaces at [`QUOTA_REPORT_FROM`] of their quota or
+    /// more, the fullest [`QUOTA_REPORTED_NAMESPACES`] of them, so the label
+    /// set stays small however many namespaces revoke; a namespace that
+    /// drops below leaves the family.
+    pub fn revocation_usage(&self, usage: &crate::publish::revocations::Usage) {
+        let ratio = |part: usize, whole: usize| if whole == 0 { 0.0 } else { part as f64 / whole as f64 };
+        self.revocation_list_capacity_ratio.set(ratio(usage.live, usage.capacity));
+        self.revocation_namespace_quota_ratio.clear();
+        for (namespace, bytes) in usage
+            .namespaces
+            .iter()
+            .filter(|(_, bytes)| ratio(*bytes, usage.quota) >= QUOTA_REPORT_FROM)
+            .take(QUOTA_REPORTED_NAMESPACES)
+        {
+            self.revocation_namespace_quota_ratio
+                .get_or_create(&NamespaceLabels { namespace: namespace.clone() })
+                .set(ratio(*bytes, usage.quota));
+        }
+    }
+
     /// Reads the allocator's own accounting into the heap gauges.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn read_heap(&self) {
@@ -317,6 +374,33 @@ mod tests {
 
     fn sample(text: &str, name: &str) -> Option<i64> {
         text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn revocation_usage_reports_the_capacity_and_only_the_fullest_namespaces_near_their_quota() {
+        let metrics = Metrics::default();
+        let mut namespaces: Vec<(String, usize)> = (0..30).map(|i| (format!("ns-{i:02}"), 1_000 - i * 30)).collect();
+        namespaces.push(("small".into(), 10));
+        let usage = crate::publish::revocations::Usage { capacity: 8_000, live: 2_000, quota: 1_000, namespaces };
+        metrics.revocation_usage(&usage);
+        let text = metrics.render();
+        assert!(text.contains("writ_revocation_list_capacity_ratio 0.25"), "{text}");
+        let reported: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("writ_revocation_namespace_quota_ratio{")).collect();
+        assert_eq!(reported.len(), QUOTA_REPORTED_NAMESPACES, "{text}");
+        assert!(text.contains(r#"writ_revocation_namespace_quota_ratio{namespace="ns-00"} 1.0"#), "{text}");
+        assert!(!text.contains(r#"namespace="small""#), "{text}");
+        // Below half its quota, a namespace leaves the family.
+        let usage = crate::publish::revocations::Usage {
+            capacity: 8_000,
+            live: 400,
+            quota: 1_000,
+            namespaces: vec![("ns-00".into(), 400)],
+        };
+        metrics.revocation_usage(&usage);
+        let text = metrics.render();
+        assert!(!text.contains("writ_revocation_namespace_quota_ratio{"), "{text}");
+        assert!(text.contains("writ_revocation_list_capacity_ratio 0.05"), "{text}");
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

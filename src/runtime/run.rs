@@ -161,6 +161,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     // Listeners first, so a port clash fails fast and /healthz answers during bootstrap.
     let tls_listener = server::bind(config.webhook_addr).await?;
+    let endpoints_listener = match config.endpoints_addr {
+        Some(addr) => Some(server::bind(addr).await?),
+        None => None,
+    };
     let metrics_listener = server::bind(config.metrics_addr).await?;
 
     // Health and metrics (plain HTTP) answer from now on: /readyz says what
@@ -207,7 +211,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         config.max_credential_ttl.as_secs_i64(),
         &metrics,
     );
-    let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await?);
+    let revocations = Arc::new(
+        RevocationStore::load(&client, &config.namespace)
+            .await?
+            .with_namespace_quota(config.revocation_namespace_quota),
+    );
 
     // Caches (every replica: the webhooks read them; the leader's
     // controllers share them).
@@ -264,9 +272,29 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     // Serving certificate, then the HTTPS listener (webhooks + trust endpoints).
     mint_serving(&trust, &config, &serving)?;
-    let tls = server::tls_config(serving.clone())?;
-    let router = webhook::router(shared.clone()).merge(publish::endpoints::router(shared.clone()));
-    tokio::spawn(server::serve_tls(tls_listener, tls, router));
+    // Client certificates are requested (introspection callers, and the API
+    // server under --webhook-client-ca), never required.
+    let webhook_client_ca = match &config.webhook_client_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading --webhook-client-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let clients = Arc::new(
+        server::ClientTrust::new(&trust.bundle_pem(), webhook_client_ca.as_deref())
+            .context("--webhook-client-ca / the CA bundle")?,
+    );
+    let tls = server::tls_config_with_clients(serving.clone(), clients.clone())?;
+    let mut hooks = webhook::router(shared.clone());
+    if clients.has_webhook_client_ca() {
+        hooks = server::require_webhook_client(hooks);
+    }
+    let router = hooks.merge(publish::endpoints::router(shared.clone()));
+    tokio::spawn(server::serve_tls_with_clients(tls_listener, tls.clone(), router, Some(clients.clone())));
+    if let Some(listener) = endpoints_listener {
+        let router = publish::endpoints::router(shared.clone());
+        tokio::spawn(server::serve_tls_with_clients(listener, tls, router, Some(clients.clone())));
+    }
 
     // Admission reads only the identity and policy caches: the replica
     // serves once they are filled, while the grant, pod and Secret caches (ten
@@ -303,6 +331,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     {
         let shared = shared.clone();
         let serving = serving.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             let mut published = (shared.trust.bundle_pem(), shared.trust.jwks(crate::pki::now_unix()));
@@ -334,6 +363,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                     }
                 }
                 if ca_changed {
+                    if let Err(e) = clients.set_writ_bundle(&current.0) {
+                        tracing::error!(error = %e, "trusting the new CA bundle for client certificates");
+                    }
                     if let Err(e) = register_webhooks(&shared.client, &shared.config, current.0.as_bytes()).await {
                         tracing::error!(error = %format!("{e:#}"), "updating the webhooks' caBundle");
                     }
@@ -346,6 +378,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 let (bytes, entries) = shared.revocations.size().await;
                 shared.metrics.revocation_list_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
                 shared.metrics.revocation_list_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+                shared.metrics.revocation_usage(&shared.revocations.usage(now).await);
                 for phase in GrantPhase::ALL {
                     let n = shared.grants.state().iter().filter(|g| g.phase == phase).count();
                     shared

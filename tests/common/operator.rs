@@ -3,7 +3,7 @@
 
 use std::{
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
     time::Duration,
@@ -185,6 +185,36 @@ impl Operator {
     pub async fn https_post_form(&self, path: &str, form: &str) -> (u16, String) {
         https_request(&self.url, path, Some(form.to_string())).await
     }
+
+    /// POSTs a form with `Authorization: Bearer <bearer>`.
+    pub async fn https_post_form_as(&self, path: &str, form: &str, bearer: &str) -> (u16, String) {
+        let header = format!("Authorization: Bearer {bearer}");
+        https_request_with(&self.url, path, Some(form.to_string()), &["-H", &header]).await
+    }
+
+    /// POSTs a form presenting a client certificate (PEM files).
+    pub async fn https_post_form_with_cert(&self, path: &str, form: &str, cert: &Path, key: &Path) -> (u16, String) {
+        let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+        https_request_with(&self.url, path, Some(form.to_string()), &["--cert", cert, "--key", key]).await
+    }
+
+    /// POSTs a form and returns the status, the `WWW-Authenticate` header
+    /// (empty when absent) and the body.
+    pub async fn https_post_form_headers(&self, path: &str, form: &str) -> (u16, String, String) {
+        let dump = std::env::temp_dir().join(format!("writ-headers-{}-{}", std::process::id(), free_ports::<1>()[0]));
+        let dump_path = dump.to_str().expect("utf-8").to_string();
+        let (code, body) = https_request_with(&self.url, path, Some(form.to_string()), &["-D", &dump_path]).await;
+        let headers = std::fs::read_to_string(&dump).unwrap_or_default();
+        let _ = std::fs::remove_file(&dump);
+        let challenge = headers
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("www-authenticate").then(|| value.trim().to_string())
+            })
+            .unwrap_or_default();
+        (code, challenge, body)
+    }
 }
 
 impl Drop for Operator {
@@ -206,6 +236,10 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
 }
 
 async fn https_request(base: &str, path: &str, form: Option<String>) -> (u16, String) {
+    https_request_with(base, path, form, &[]).await
+}
+
+async fn https_request_with(base: &str, path: &str, form: Option<String>, extra: &[&str]) -> (u16, String) {
     let mut args = vec![
         "-sk".to_string(),
         "-o".into(),
@@ -219,6 +253,7 @@ async fn https_request(base: &str, path: &str, form: Option<String>) -> (u16, St
         args.push("--data".into());
         args.push(f);
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     args.push(format!("{base}{path}"));
     let out = tokio::process::Command::new("curl").args(&args).output().await.expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

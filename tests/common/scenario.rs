@@ -23,6 +23,21 @@ pub async fn service_account(client: &Client, ns: &str, name: &str) {
     }
 }
 
+/// A token of service account `ns/name` (created if absent), from the
+/// TokenRequest API, for the API server's own audience.
+pub async fn service_account_token(client: &Client, ns: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    service_account(client, ns, name).await;
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).expect("request");
+    let issued = api
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token for {ns}/{name}: {e}"));
+    issued.status.and_then(|s| s.token).expect("a token in the TokenRequest status")
+}
+
 /// An agent pod manifest: label `writ.dev/agent`, running as `sa`.
 pub fn agent_pod(name: &str, agent: &str, sa: &str) -> Pod {
     serde_json::from_value(json!({
