@@ -63,6 +63,10 @@ enum Command {
     Approve(DecisionArgs),
     /// Deny a grant that awaits approval, as your own Kubernetes identity.
     Deny(DecisionArgs),
+    /// The kill switch: end every grant of an agent, revoke its pods' certificates, refuse new ones.
+    Suspend(SuspendArgs),
+    /// Lift a suspension: new pods and grants for the agent are admitted again (nothing old comes back).
+    Resume(SuspendArgs),
 }
 
 #[derive(clap::Args)]
@@ -142,6 +146,18 @@ struct DecisionArgs {
     reason: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct SuspendArgs {
+    /// The AgentIdentity.
+    agent: String,
+    /// Its namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Why (recorded on the identity for audit; suspend only).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
 /// glibc gives every thread that contends for the allocator its own arena
 /// (up to 8 per core); with a cache of thousands of small objects churned by
 /// watch events that fragments into several times the live size. Three
@@ -188,6 +204,8 @@ fn main() -> ExitCode {
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Rotate(args) => runtime().and_then(|rt| rt.block_on(rotate(args))),
         Command::Approve(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Approved))),
+        Command::Suspend(args) => runtime().and_then(|rt| rt.block_on(suspend(args, true))),
+        Command::Resume(args) => runtime().and_then(|rt| rt.block_on(suspend(args, false))),
         Command::Deny(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Denied))),
     };
     match result {
@@ -323,6 +341,23 @@ fn crds(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets `spec.suspended`; who did it and when are stamped by admission.
+async fn suspend(args: SuspendArgs, suspended: bool) -> anyhow::Result<ExitCode> {
+    let client = kube::Client::try_default().await.context("connecting to the API server")?;
+    let ns = args.namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let api: Api<writ::api::AgentIdentity> = Api::namespaced(client, &ns);
+    let reason = if suspended { args.reason } else { None };
+    let patch = serde_json::json!({
+        "metadata": { "annotations": { writ::api::SUSPEND_REASON_ANNOTATION: reason } },
+        "spec": { "suspended": suspended }
+    });
+    api.patch(&args.agent, &PatchParams::default(), &Patch::Merge(patch)).await.with_context(|| {
+        format!("{} AgentIdentity {ns}/{}", if suspended { "suspending" } else { "resuming" }, args.agent)
+    })?;
+    println!("agentidentity.writ.dev/{} {}", args.agent, if suspended { "suspended" } else { "resumed" });
     Ok(ExitCode::SUCCESS)
 }
 

@@ -86,6 +86,9 @@ pub fn plan_pod(
     if identity.metadata.deletion_timestamp.is_some() {
         return PodPlan::Revoke(format!("AgentIdentity {agent} is being deleted"));
     }
+    if identity.spec.suspended {
+        return PodPlan::Revoke(format!("AgentIdentity {agent} is suspended"));
+    }
     let sa = pod.service_account();
     if sa != identity.spec.service_account_name {
         return PodPlan::Reject(format!(
@@ -212,7 +215,19 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
         let stored = secret.as_deref().and_then(CredentialSecret::certificate);
         let now = pki::now_unix();
         let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
-        let plan = plan_pod(pod, identity.as_deref(), stored, &spiffe, max_ttl, now);
+        let mut plan = plan_pod(pod, identity.as_deref(), stored, &spiffe, max_ttl, now);
+        // A live pod whose credential was revoked under it (its key removed:
+        // its agent was suspended) gets nothing new: resuming the agent lets
+        // new pods in, and nothing it held comes back. (A revoked certificate
+        // whose key is still there is being replaced, and is re-issued.)
+        if matches!(plan, PodPlan::Keep { .. } | PodPlan::Issue { .. }) {
+            let cut_off = secret.as_deref().filter(|s| s.certificate().is_none()).and_then(CredentialSecret::leaf);
+            if let Some(cert) = cut_off {
+                if shared.revocations.is_certificate_revoked(cert.serial_hex).await {
+                    plan = PodPlan::Ignore;
+                }
+            }
+        }
         return match plan {
             PodPlan::Ignore => Ok(Action::await_change()),
             PodPlan::Reject(reason) => {
