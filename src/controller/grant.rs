@@ -17,8 +17,8 @@ use super::{credentials, finalized, is_not_found, time, unix, Context, Error, FI
 use crate::{
     api::{
         condition::{condition, set_condition},
-        AgentIdentity, CapabilityGrant, CapabilityGrantStatus, Decision, GrantPhase, TokenRecord,
-        APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
+        AgentIdentity, CapabilityGrant, CapabilityGrantStatus, Decision, DelegationPolicy, GrantPhase, TokenRecord,
+        APPROVAL_TIMEOUT_REASON, APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
     },
     pki::{self, token},
     runtime::{AgentPod, CachedGrant, CredentialSecret},
@@ -52,6 +52,53 @@ pub struct World<'a> {
     pub bound_pod_finished: bool,
     /// Now, unix seconds.
     pub now: i64,
+    /// The authorising policy and the approval deadline the grant is held to.
+    pub authority: Authority,
+}
+
+/// What a grant is held to once admitted: the DelegationPolicy that
+/// authorises it (`status.authorisedBy`) and, when that policy requires
+/// approval for it, the approval deadline (`status.approvalDeadline`).
+/// Computed by the pure engine ([`crate::policy::authorising_policy`],
+/// [`crate::policy::approval_deadline`]) from the grant's stamped requester
+/// and the current policies, and recorded in status once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authority {
+    /// The authorising policy's name.
+    pub policy: Option<String>,
+    /// When a grant awaiting approval stops waiting (unix seconds); `None`
+    /// when the grant needs no approval.
+    pub approval_deadline: Option<i64>,
+}
+
+impl Authority {
+    /// The authority of `g` among `policies` (its namespace's).
+    pub fn of(
+        g: &CapabilityGrant,
+        identities: &[AgentIdentity],
+        policies: &[DelegationPolicy],
+        limits: &crate::policy::Limits,
+    ) -> Self {
+        let Some(policy) = crate::policy::authorising_policy(g, identities, policies) else {
+            return Self::default();
+        };
+        let (_, needs_approval) = crate::policy::authorisation(g, identities, policies);
+        Self {
+            policy: policy.metadata.name.clone(),
+            approval_deadline: needs_approval.then(|| crate::policy::approval_deadline(g, policy, limits)).flatten(),
+        }
+    }
+
+    /// Records the authority in `st` where it is not recorded yet (a
+    /// recorded one is held to); the deadline only while the grant waits.
+    fn record(&self, st: &mut CapabilityGrantStatus) {
+        if st.authorised_by.is_none() {
+            st.authorised_by.clone_from(&self.policy);
+        }
+        if st.approval_deadline.is_none() && st.phase == GrantPhase::AwaitingApproval {
+            st.approval_deadline = self.approval_deadline.map(time);
+        }
+    }
 }
 
 /// The phase a grant should be in, and why. Pure: the state machine.
@@ -92,7 +139,13 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
     }
     match grant.spec.approval.as_ref().map(|a| a.decision) {
         Some(Decision::Denied) => return (GrantPhase::Denied, "an approver denied the grant".into()),
-        None if w.needs_approval => return (GrantPhase::AwaitingApproval, "waiting for an approver".into()),
+        None if w.needs_approval => {
+            if let Some(deadline) = w.authority.approval_deadline.filter(|d| w.now >= *d) {
+                let at = time(deadline).0;
+                return (GrantPhase::Denied, format!("{APPROVAL_TIMEOUT_REASON}: no approver decided by {at}"));
+            }
+            return (GrantPhase::AwaitingApproval, "waiting for an approver".into());
+        }
         _ => {}
     }
     if let Some(exp) = status.expires_at.as_ref() {
@@ -176,10 +229,11 @@ fn world<'a>(
     let policies = ctx.shared.policies_in(&ns);
     let identities = ctx.shared.identities_in(&ns);
     let (authorised, needs_approval) = crate::policy::authorisation(g, &identities, &policies);
+    let authority = Authority::of(g, &identities, &policies, &ctx.shared.config.limits());
     let bound_pod_finished = g.spec.pod.as_ref().is_some_and(|name| {
         ctx.shared.pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)).is_none_or(|p| p.finished())
     }) && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active);
-    World { agent, parent, authorised, needs_approval, bound_pod_finished, now: pki::now_unix() }
+    World { agent, parent, authorised, needs_approval, bound_pod_finished, now: pki::now_unix(), authority }
 }
 
 async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
@@ -218,6 +272,7 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         })?;
         let (identities, policies) = &*listed;
         (w.authorised, w.needs_approval) = crate::policy::authorisation(g, identities, policies);
+        w.authority = Authority::of(g, identities, policies, &shared.config.limits());
     }
     let (phase, reason) = next_phase(g, &w);
     let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
@@ -226,7 +281,7 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     if phase != GrantPhase::Active {
-        write_status(ctx, g, phase, &reason, None, vec![]).await?;
+        write_status(ctx, g, phase, &reason, None, vec![], &w.authority).await?;
         return Ok(Action::await_change());
     }
     // Active: fix the expiry once, then keep every bound pod's token current.
@@ -273,7 +328,7 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
             shared.metrics.grant_to_active.observe((now - unix(created)).max(0) as f64);
         }
     }
-    write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens).await?;
+    write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens, &w.authority).await?;
     // The expiry is found by the sweep ([`expired`]), not kept as a requeue.
     Ok(Action::await_change())
 }
@@ -521,7 +576,7 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
     }
     let tokens = g.status.as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
     if g.metadata.deletion_timestamp.is_none() {
-        write_status(ctx, g, phase, reason, None, tokens).await?;
+        write_status(ctx, g, phase, reason, None, tokens, &Authority::default()).await?;
     } else if g.status.as_ref().map(|s| s.phase) != Some(phase) {
         audit(g, phase, reason);
         shared
@@ -568,11 +623,13 @@ async fn write_status(
     reason: &str,
     active: Option<(i64, i64)>,
     tokens: Vec<TokenRecord>,
+    authority: &Authority,
 ) -> Result<(), Error> {
     let shared = &ctx.shared;
     let old = g.status.clone().unwrap_or_default();
     let now = pki::now_unix();
-    let desired = desired_status(g, &old, phase, reason, active, tokens, now);
+    let mut desired = desired_status(g, &old, phase, reason, active, tokens, now);
+    authority.record(&mut desired);
     if desired == old {
         return Ok(());
     }
@@ -632,10 +689,8 @@ pub fn desired_status(
             );
         }
         GrantPhase::Denied => {
-            set_condition(
-                &mut st.conditions,
-                condition(conditions::APPROVED, false, "Denied", reason, gen, now_t.clone()),
-            );
+            let why = if reason.starts_with(APPROVAL_TIMEOUT_REASON) { "ApprovalTimeout" } else { "Denied" };
+            set_condition(&mut st.conditions, condition(conditions::APPROVED, false, why, reason, gen, now_t.clone()));
         }
         _ if approved => {
             set_condition(
@@ -713,6 +768,21 @@ pub fn expired(
         .state()
         .iter()
         .filter(|g| g.is_active() && g.expires_at.is_some_and(|exp| exp <= now))
+        .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
+        .collect()
+}
+
+/// Grants still awaiting approval whose deadline (`status.approvalDeadline`)
+/// has come by `now` (unix seconds): swept each second like [`expired`], so
+/// each ends Denied (`approval-timeout`) within a second of its deadline.
+pub fn approval_overdue(
+    grants: &kube::runtime::reflector::Store<CachedGrant>,
+    now: i64,
+) -> Vec<kube::runtime::reflector::ObjectRef<CachedGrant>> {
+    grants
+        .state()
+        .iter()
+        .filter(|g| g.phase == GrantPhase::AwaitingApproval && g.approval_deadline.is_some_and(|d| d <= now))
         .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
         .collect()
 }

@@ -26,10 +26,10 @@ pub use grammar::{
     capability_within, parse_action, parse_action_pattern, parse_resource, parse_resource_pattern, parse_selector,
     Action, CapabilityPattern, GrammarError, Pattern, PatternKind, Resource,
 };
-pub use grant::{admit_grant, authorisation, Admission, GrantContext};
+pub use grant::{admit_grant, authorisation, authorising_policy, Admission, GrantContext};
 pub use requester::{delegate_matches, Requester, SERVICE_ACCOUNT_PREFIX};
 pub use rules::{rules_markdown, Rule, Violation};
-pub use update::{admit_grant_update, UpdateKind};
+pub use update::{admit_grant_update, approval_deadline, UpdateContext, UpdateKind};
 pub use validate::{validate_identity, validate_policy};
 
 use crate::api::{Duration, MAX_GRANT_CAPABILITIES};
@@ -59,6 +59,9 @@ pub struct Limits {
     pub refuse_review_overdue: bool,
     /// Refuse grants to an agent whose condition `Dormant` is True. Default true.
     pub refuse_dormant: bool,
+    /// The longest a grant may wait for approval, whatever a policy's
+    /// `approval.timeout` says. Default 24h.
+    pub max_approval_wait: Duration,
 }
 
 impl Default for Limits {
@@ -70,6 +73,7 @@ impl Default for Limits {
             max_audiences: 8,
             refuse_review_overdue: true,
             refuse_dormant: true,
+            max_approval_wait: Duration::from_hours(24),
         }
     }
 }

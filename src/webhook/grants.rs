@@ -250,7 +250,18 @@ pub fn validate_grant(
         }
         Operation::Update => {
             let Some(old) = req.old_object.as_ref() else { return Decision::Allow };
-            match policy::admit_grant_update(old, grant, &requester, &policies) {
+            // The whole namespace's identities: they resolve the agent behind
+            // the grant's stamped requester, whoever makes this update.
+            let identities = shared.identities_in(&namespace);
+            let limits = shared.config.limits();
+            let ctx = policy::UpdateContext {
+                requester: &requester,
+                identities: &identities,
+                policies: &policies,
+                now: jiff::Timestamp::now(),
+                limits: &limits,
+            };
+            match policy::admit_grant_update(old, grant, &ctx) {
                 Ok(UpdateKind::Approval(d)) => {
                     tracing::info!(target: "audit", grant = %grant.name_any(), namespace = %namespace,
                         approver = %requester.username, decision = ?d, "approval decision admitted");
