@@ -150,9 +150,8 @@ async fn a_leader_stopped_with_sigterm_hands_over_to_a_waiting_replica_within_tw
     .await;
     let b = Operator::start(&c, &op_ns, "b", &[]).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &op_ns);
-    let holder = || async {
-        leases.get_opt(writ::runtime::leader::LEASE_NAME).await.ok().flatten()?.spec?.holder_identity
-    };
+    let holder =
+        || async { leases.get_opt(writ::runtime::leader::LEASE_NAME).await.ok().flatten()?.spec?.holder_identity };
     // b has looked at the Lease and follows.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(holder().await.as_deref(), Some("a"));

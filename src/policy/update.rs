@@ -342,7 +342,8 @@ mod tests {
         // A grant QA asked for is QA's leads' to decide, and not SRE's.
         let mut policies = policies();
         policies.push(qa("qa"));
-        let by_qa = annotate(annotate(old.clone(), REQUESTED_BY_ANNOTATION, "quinn"), REQUESTED_GROUPS_ANNOTATION, "qa");
+        let by_qa =
+            annotate(annotate(old.clone(), REQUESTED_BY_ANNOTATION, "quinn"), REQUESTED_GROUPS_ANNOTATION, "qa");
         let dave = Requester::user("dave", ["qa-leads"]);
         assert!(update(&by_qa, &approve(&by_qa, Decision::Approved, "dave"), &dave, &policies).is_ok());
         let v = update(&by_qa, &approve(&by_qa, Decision::Approved, "bob"), &bob(), &policies).unwrap_err();
@@ -399,12 +400,23 @@ mod tests {
             update_at(old, &new, &bob(), &[], policies, at).map_err(|v| ids(&v))
         };
         // The default timeout is one hour from creation.
-        assert!(update_at(&old, &new, &bob(), &[], &policies(), Timestamp::from_second(now().as_second() - 1).expect("t")).is_ok());
+        assert!(update_at(
+            &old,
+            &new,
+            &bob(),
+            &[],
+            &policies(),
+            Timestamp::from_second(now().as_second() - 1).expect("t")
+        )
+        .is_ok());
         let v = update_at(&old, &new, &bob(), &[], &policies(), now()).unwrap_err();
         assert_eq!(ids(&v), vec!["approval-timeout"]);
         assert!(v[0].message.contains("2030-01-01T00:00:00Z has passed"), "{}", v[0]);
         let denied = approve(&old, Decision::Denied, "bob");
-        assert_eq!(ids(&update_at(&old, &denied, &bob(), &[], &policies(), now()).unwrap_err()), vec!["approval-timeout"]);
+        assert_eq!(
+            ids(&update_at(&old, &denied, &bob(), &[], &policies(), now()).unwrap_err()),
+            vec!["approval-timeout"]
+        );
         // A policy's own timeout.
         let mut short = policies();
         short[0].spec.approval.as_mut().expect("approval").timeout = Some(Duration::from_mins(5));
@@ -413,8 +425,12 @@ mod tests {
         // A recorded deadline is held to, but never beyond the operator's maximum.
         old.status = Some(crate::api::CapabilityGrantStatus { approval_deadline: Some(at(600)), ..Default::default() });
         assert_eq!(err(now(), &policies(), &old), Ok(UpdateKind::Approval(Decision::Approved)));
-        assert_eq!(err(Timestamp::from_second(now().as_second() + 600).expect("t"), &policies(), &old), Err(vec!["approval-timeout"]));
-        old.status = Some(crate::api::CapabilityGrantStatus { approval_deadline: Some(at(86_400 * 7)), ..Default::default() });
+        assert_eq!(
+            err(Timestamp::from_second(now().as_second() + 600).expect("t"), &policies(), &old),
+            Err(vec!["approval-timeout"])
+        );
+        old.status =
+            Some(crate::api::CapabilityGrantStatus { approval_deadline: Some(at(86_400 * 7)), ..Default::default() });
         let a_day_on = Timestamp::from_second(now().as_second() - 3600 + 86_400).expect("t");
         assert_eq!(err(a_day_on, &policies(), &old), Err(vec!["approval-timeout"]));
     }
@@ -502,21 +518,12 @@ mod tests {
         assert_eq!(ids(&update(&old, &forged, &bob(), &policies()).unwrap_err()), vec!["immutable-stamp"]);
         let mut unstamped = old.clone();
         unstamped.spec.approval = Some(ApprovalDecision { decision: Decision::Approved, reason: None });
-        assert_eq!(
-            ids(&update(&old, &unstamped, &bob(), &policies()).unwrap_err()),
-            vec!["immutable-stamp"]
-        );
+        assert_eq!(ids(&update(&old, &unstamped, &bob(), &policies()).unwrap_err()), vec!["immutable-stamp"]);
         let stamp_only = annotate(old.clone(), APPROVED_BY_ANNOTATION, "bob");
-        assert_eq!(
-            ids(&update(&old, &stamp_only, &bob(), &policies()).unwrap_err()),
-            vec!["immutable-stamp"]
-        );
+        assert_eq!(ids(&update(&old, &stamp_only, &bob(), &policies()).unwrap_err()), vec!["immutable-stamp"]);
         let approved = approve(&old, Decision::Approved, "bob");
         let restamped = annotate(approved.clone(), APPROVED_BY_ANNOTATION, "mallory");
-        assert_eq!(
-            ids(&update(&approved, &restamped, &bob(), &policies()).unwrap_err()),
-            vec!["immutable-stamp"]
-        );
+        assert_eq!(ids(&update(&approved, &restamped, &bob(), &policies()).unwrap_err()), vec!["immutable-stamp"]);
     }
 
     #[test]

@@ -502,12 +502,12 @@ fn path_error(e: &webpki::Error, leaf: &X509Certificate<'_>) -> String {
         E::InvalidSignatureForPublicKey => {
             "a signature on the path does not verify with its issuer's key (a forged or mismatched CA)".into()
         }
-        E::CertExpired { .. } | E::CertNotValidYet { .. } => {
-            "an intermediate CA on the path is not valid now".into()
-        }
+        E::CertExpired { .. } | E::CertNotValidYet { .. } => "an intermediate CA on the path is not valid now".into(),
         E::EndEntityUsedAsCa => "a certificate on the path that issues it is not a CA (basicConstraints)".into(),
         E::CaUsedAsEndEntity => "a CA certificate cannot be a client identity".into(),
-        E::PathLenConstraintViolated => "a CA on the path has more CAs below it than its pathLenConstraint allows".into(),
+        E::PathLenConstraintViolated => {
+            "a CA on the path has more CAs below it than its pathLenConstraint allows".into()
+        }
         E::RequiredEkuNotFoundContext(_) => {
             "it is not for TLS client authentication (its extended key usage lacks clientAuth)".into()
         }
