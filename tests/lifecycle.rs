@@ -296,6 +296,7 @@ async fn a_token_of_a_brought_intermediate_verifies_against_the_offline_root_and
     assert_eq!(code, Some(0), "--chain: {out}");
     // A broken chain: the leaf without its intermediate.
     let (code, out) = verify(&leaf, None);
+    eprintln!("the leaf alone: {out}");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("refused (untrusted-certificate)"), "{out}");
     assert!(out.contains("Company Writ Intermediate") && out.contains("neither in the bundle"), "{out}");
@@ -306,8 +307,10 @@ async fn a_token_of_a_brought_intermediate_verifies_against_the_offline_root_and
         .expect("impostor");
     let impostor = write(d, "impostor.pem", &impostor.pem());
     let (code, out) = verify(&leaf, Some(&impostor));
+    eprintln!("an impostor intermediate: {out}");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("refused (untrusted-certificate): the certificate does not chain"), "{out}");
+    assert!(out.contains("signature on the path does not verify"), "{out}");
     ns.cleanup().await;
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client).delete(&op_ns, &Default::default()).await;
 }
