@@ -175,6 +175,68 @@ async fn a_leader_stopped_with_sigterm_hands_over_to_a_waiting_replica_within_tw
     assert!(a.log_text().contains("released the leader Lease"), "{}", a.log_tail());
 }
 
+/// Writes the Lease as a holder on another machine would: `holder` renewed
+/// at its own wall time `renewed` (which may be minutes off).
+async fn renew_as(leases: &Api<Lease>, holder: &str, renewed: jiff::Timestamp) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let lease = Lease {
+        metadata: kube::api::ObjectMeta { name: Some(writ::runtime::leader::LEASE_NAME.into()), ..Default::default() },
+        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(6),
+            renew_time: Some(MicroTime(renewed)),
+            ..Default::default()
+        }),
+    };
+    let params = kube::api::PatchParams::apply("skewed-replica").force();
+    leases
+        .patch(writ::runtime::leader::LEASE_NAME, &params, &kube::api::Patch::Apply(&lease))
+        .await
+        .expect("renewing the Lease");
+}
+
+#[tokio::test]
+async fn a_holder_whose_clock_runs_minutes_off_keeps_the_lease_while_it_renews_and_loses_it_when_it_stops() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster();
+    let client = c.client().await;
+    let op_ns = operator_namespace("skew");
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": op_ns}})).expect("namespace"),
+        )
+        .await
+        .expect("operator namespace");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &op_ns);
+    let holder =
+        || async { leases.get_opt(writ::runtime::leader::LEASE_NAME).await.ok().flatten()?.spec?.holder_identity };
+    // Another replica holds the Lease, its clock five minutes behind.
+    let behind = jiff::SignedDuration::from_mins(-5);
+    renew_as(&leases, "skewed", jiff::Timestamp::now() + behind).await;
+    let op = Operator::start(&c, &op_ns, "follower", &[]).await;
+    // It keeps renewing (every 2s of a 6s lease) for 12s: never deposed.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(holder().await.as_deref(), Some("skewed"), "deposed a renewing holder:\n{}", op.log_tail());
+        renew_as(&leases, "skewed", jiff::Timestamp::now() + behind).await;
+    }
+    assert_eq!(op.metric("writ_leader", &[]).await, Some(0.0), "two leaders");
+    // Its last renewal, written with a clock five minutes ahead: once it
+    // stops, the Lease is taken a lease duration later, not five minutes.
+    renew_as(&leases, "skewed", jiff::Timestamp::now() + jiff::SignedDuration::from_mins(5)).await;
+    let stopped = Instant::now();
+    eventually(Duration::from_secs(15), "the waiting replica to take the unrenewed Lease", || async {
+        (holder().await.as_deref() == Some("follower")).then_some(())
+    })
+    .await;
+    let taken = stopped.elapsed();
+    eprintln!("an unrenewed Lease taken after {taken:?} (lease 6s)");
+    assert!(taken >= Duration::from_secs(5), "taken {taken:?} after the last renewal: before the lease ran out");
+    drop(op);
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client).delete(&op_ns, &Default::default()).await;
+}
+
 fn write(dir: &Path, name: &str, contents: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, contents).expect("write");
