@@ -17,6 +17,7 @@ use crate::pki::{
     ca::{CertificateAuthority, CertificateIssuer},
     cert::{IssuedCertificate, PodCertificateRequest},
     jwks::{JwkSet, KeySet},
+    seal::SealKeys,
     token::SigningKey,
     PkiError,
 };
@@ -26,6 +27,8 @@ use crate::pki::{
 pub const CA_SECRET: &str = "writ-ca";
 /// Secret holding the token-signing key set.
 pub const SIGNING_SECRET: &str = "writ-signing-keys";
+/// Secret holding the keys that seal admission stamps and grant status.
+pub const SEAL_SECRET: &str = "writ-seal-keys";
 /// Key in the CA Secret with CA certificates kept in the bundle after rotation.
 pub const PREVIOUS_CA_KEY: &str = "previous.crt";
 /// Key in the CA Secret mapping each previous CA's serial to the unix time
@@ -74,6 +77,7 @@ pub struct Trust {
     ca: RwLock<Arc<CertificateAuthority>>,
     previous_cas: RwLock<PreviousCas>,
     keys: RwLock<KeySet>,
+    seal: RwLock<Arc<SealKeys>>,
 }
 
 /// CA certificates kept in the bundle after a rotation, with their retirement times.
@@ -213,7 +217,40 @@ impl Trust {
             name: SIGNING_SECRET.into(),
             source,
         })?;
-        Ok(Self { ca: RwLock::new(Arc::new(ca)), previous_cas: RwLock::new(previous), keys: RwLock::new(keys) })
+        let seal_secret = get_or_create(&api, namespace, SEAL_SECRET, || {
+            Ok(secret(SEAL_SECRET, "Opaque", SealKeys::generate()?.to_secret_data()?))
+        })
+        .await?;
+        let seal = SealKeys::from_secret_data(&data(&seal_secret)).map_err(|source| TrustError::Invalid {
+            namespace: namespace.into(),
+            name: SEAL_SECRET.into(),
+            source,
+        })?;
+        Ok(Self {
+            ca: RwLock::new(Arc::new(ca)),
+            previous_cas: RwLock::new(previous),
+            keys: RwLock::new(keys),
+            seal: RwLock::new(Arc::new(seal)),
+        })
+    }
+
+    /// Trust material made in memory, for tests: a fresh CA, signing key and seal key.
+    pub fn generate(trust_domain: &str, now: i64, ca_ttl_secs: i64) -> Result<Self, PkiError> {
+        Ok(Self {
+            ca: RwLock::new(Arc::new(CertificateAuthority::generate(
+                &format!("Writ CA {trust_domain}"),
+                now,
+                ca_ttl_secs,
+            )?)),
+            previous_cas: RwLock::new(PreviousCas::default()),
+            keys: RwLock::new(KeySet::generate(now)?),
+            seal: RwLock::new(Arc::new(SealKeys::generate()?)),
+        })
+    }
+
+    /// The keys that seal admission stamps and grant status.
+    pub fn seal_keys(&self) -> Arc<SealKeys> {
+        self.seal.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The current CA.
@@ -277,6 +314,11 @@ impl Trust {
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
             }
         }
+        if let Some(s) = api.get_opt(SEAL_SECRET).await.map_err(|e| kube_err(SEAL_SECRET, e))? {
+            if let Ok(keys) = SealKeys::from_secret_data(&data(&s)) {
+                *self.seal.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+            }
+        }
         Ok(())
     }
 }
@@ -315,6 +357,29 @@ pub async fn rotate_signing_key(
     api.replace(SIGNING_SECRET, &PostParams::default(), &current).await.map_err(|e| kube_err("replacing", e))?;
     tracing::info!(target: "audit", previous_kid = %previous, kid = %keys.current().kid(), "rotated the token-signing key");
     Ok(Rotation { previous, current: keys.current().kid().to_string(), previous_kept_until: now + keep_secs })
+}
+
+/// Replaces the seal key. The previous key keeps verifying for `keep_secs`
+/// (at least the longest grant TTL plus the longest approval wait, so every
+/// record it sealed is re-sealed or ended first); running operators pick the
+/// new key up at their next trust reload.
+pub async fn rotate_seal_key(
+    client: &Client,
+    namespace: &str,
+    keep_secs: i64,
+    now: i64,
+) -> Result<Rotation, TrustError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let kube_err = |op, source| TrustError::Kube { op, namespace: namespace.into(), name: SEAL_SECRET.into(), source };
+    let invalid = |source| TrustError::Invalid { namespace: namespace.into(), name: SEAL_SECRET.into(), source };
+    let mut current = api.get(SEAL_SECRET).await.map_err(|e| kube_err("reading", e))?;
+    let mut keys = SealKeys::from_secret_data(&data(&current)).map_err(invalid)?;
+    let previous = keys.current_kid().to_string();
+    keys.rotate(now, keep_secs).map_err(invalid)?;
+    current.data = Some(keys.to_secret_data().map_err(invalid)?.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
+    api.replace(SEAL_SECRET, &PostParams::default(), &current).await.map_err(|e| kube_err("replacing", e))?;
+    tracing::info!(target: "audit", previous_kid = %previous, kid = %keys.current_kid(), "rotated the seal key");
+    Ok(Rotation { previous, current: keys.current_kid().to_string(), previous_kept_until: now + keep_secs })
 }
 
 /// Replaces the generated CA with a new one. The previous CA certificate

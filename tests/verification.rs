@@ -136,7 +136,7 @@ async fn a_token_verifies_only_with_its_pods_certificate_for_its_audience_action
     let (code, out) = writ_verify(&c, op, &remote);
     assert_eq!(code, 0, "{out}");
 
-    // The README's Rust snippet, on the same published documents.
+    // The Rust snippet of docs/verify.md, on the same published documents.
     let (_, jwks_json) = op.https_get("/.well-known/jwks.json").await;
     let (_, revocations_json) = op.https_get("/revocations").await;
     let v = resource_server::verifier(&bundle_pem, &jwks_json, &revocations_json).expect("verifier");
@@ -332,18 +332,21 @@ fn inspect_prints_fields_and_never_key_material() {
     assert!(!text(&out).contains("BEGIN") && text(&out).contains("never prints key material"), "{}", text(&out));
 }
 
-/// The README shows exactly the snippets these tests run.
+/// The verification guide the README links (docs/verify.md) shows exactly the snippets these tests run.
 #[test]
 fn readme_snippets_are_the_tested_ones() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let readme = std::fs::read_to_string(repo().join("docs/verify.md")).expect("docs/verify.md");
     let rust = std::fs::read_to_string(repo().join("tests/snippets/resource_server.rs")).expect("snippet");
-    assert!(readme.contains(rust.trim()), "README's Rust snippet differs from tests/snippets/resource_server.rs");
+    assert!(
+        readme.contains(rust.trim()),
+        "docs/verify.md's Rust snippet differs from tests/snippets/resource_server.rs"
+    );
     let python = std::fs::read_to_string(repo().join("tests/interop/verify_token.py")).expect("snippet");
     let start = python.find("def verify(").expect("verify()");
     let end = python.find("\n\ndef main(").expect("main()");
     assert!(
         readme.contains(python[start..end].trim()),
-        "README's Python snippet differs from tests/interop/verify_token.py"
+        "docs/verify.md's Python snippet differs from tests/interop/verify_token.py"
     );
 }
 

@@ -222,4 +222,13 @@ pub struct CapabilityGrantStatus {
     /// `Approved`, `Issued`, `Expired`, `Revoked`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The uid of the pod named by `spec.pod`, fixed when the grant became
+    /// Active: a pod re-created under the same name is not that pod.
+    #[serde(default, rename = "boundPodUID", skip_serializing_if = "Option::is_none")]
+    pub bound_pod_uid: Option<String>,
+    /// The controller's seal over phase, activation window, bound pod and
+    /// tokens. A status written by anyone else does not verify and is
+    /// repaired; it never extends, revives or re-activates the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }

@@ -36,6 +36,13 @@ pub const REQUESTED_BY_ANNOTATION: &str = "writ.dev/requested-by";
 pub const APPROVED_BY_ANNOTATION: &str = "writ.dev/approved-by";
 /// Admission stamp: the groups of the authenticated creator (comma-separated).
 pub const REQUESTED_GROUPS_ANNOTATION: &str = "writ.dev/requested-by-groups";
+/// Admission seal: the mutating webhook's HMAC over the grant's namespace,
+/// name, requester stamps and spec, and when it sealed them
+/// (`<unix seconds>.<seal>`). The controller activates nothing without it.
+pub const ADMISSION_SEAL_ANNOTATION: &str = "writ.dev/admission-seal";
+/// Approval seal: the mutating webhook's HMAC over the grant's uid, the
+/// approver stamp and the decision (`<unix seconds>.<seal>`).
+pub const APPROVAL_SEAL_ANNOTATION: &str = "writ.dev/approval-seal";
 /// Where the credential Secret is mounted in agent containers.
 pub const CREDENTIALS_DIR: &str = "/var/run/secrets/writ.dev/";
 

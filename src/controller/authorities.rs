@@ -2,11 +2,10 @@
 //! lists them, for the grant reconciles that must not take "gone" from a
 //! cache alone, shared by the reconciles that ask at the same time.
 //!
-//! Deleting an AgentIdentity with thousands of grants sent each grant's
-//! reconcile to the API server for its own pair of lists before ending it
-//! (about 190 pairs a second while the scale bench's namespace was deleted).
-//! Now at most one pair per namespace is in flight; everyone who asks while
-//! it is gets the next pair, together. A pair already in flight when a
+//! Deleting an AgentIdentity with thousands of grants makes each grant's
+//! reconcile ask the API server for a pair of lists before ending it. At most
+//! one pair per namespace is in flight; everyone who asks while it is gets
+//! the next pair, together. A pair already in flight when a
 //! reconcile asks is never its answer: it may have been read before what
 //! that reconcile missed in its cache was created.
 

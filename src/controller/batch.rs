@@ -4,10 +4,10 @@
 //! (`grant.<name>.jwt`), so that the pod sees new tokens in its mounted volume.
 //! Activating many grants of one agent at once would otherwise rewrite that
 //! Secret once per grant: each write re-sends the whole (growing) object to
-//! etcd and to every watcher, which makes a burst quadratic in bytes and kept
-//! the API server saturated in the grants benchmark. Here, writes to one Secret
-//! queue up while a write to it is in flight and then go out together as one
-//! merge patch. Nothing waits on a timer: a lone write goes out at once.
+//! etcd and to every watcher, which makes a burst quadratic in bytes. Here,
+//! writes to one Secret queue up while a write to it is in flight and then go
+//! out together as one merge patch. Nothing waits on a timer: a lone write
+//! goes out at once.
 //!
 //! Each caller gets the outcome of the patch that carried its change.
 //!
@@ -142,9 +142,10 @@ impl SecretWriter {
 
     /// Forgets our last write to `secret` once the cache holds that version
     /// or a later one (or the Secret is gone): fed every change of the
-    /// credential Secret cache. Without it, the record of each Secret's
-    /// last write stayed until a later read of that Secret or the sweep ten
-    /// minutes on (at 10,000 pods, about 1.8 MB after a burst of grants).
+    /// credential Secret cache, so the record of each Secret's last write
+    /// lasts only until the watch delivers it, not until a later read of that
+    /// Secret or the ten-minute sweep (a record per pod would otherwise pile
+    /// up after a burst of grants).
     pub fn seen(&self, secret: &CredentialSecret) {
         let (Some(namespace), Some(name)) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref())
         else {

@@ -2,8 +2,8 @@
 //!
 //! kube's `Recorder` keeps a full copy of every Event it published for six
 //! minutes (to count repeats as a series) and sweeps that whole cache on every
-//! publish: during a burst of 10,000 grant transitions that was 10,000 cached
-//! Events and a quadratic sweep. Here the cache holds only what a repeat needs
+//! publish: a burst of grant transitions makes it one cached Event per
+//! transition and a quadratic sweep. Here the cache holds only what a repeat needs
 //! (the Event's name and count), for at most [`SERIES_CAPACITY`] recent keys;
 //! a repeat of an evicted key is simply published as a new Event.
 

@@ -14,6 +14,9 @@ use kube::{
 };
 
 use super::{credentials, finalized, is_not_found, time, unix, Context, Error, FINALIZER, MANAGER};
+use crate::pki::seal::SealKeys;
+use crate::policy::Rule;
+use crate::runtime::metrics::FindingLabels;
 use crate::{
     api::{
         condition::{condition, set_condition},
@@ -44,11 +47,17 @@ pub struct World<'a> {
     pub agent: Option<&'a AgentIdentity>,
     /// `None`: no parent named. `Some(None)`: the named parent is gone.
     pub parent: Option<Option<&'a CapabilityGrant>>,
-    /// Some DelegationPolicy still authorises this delegation.
-    pub authorised: bool,
+    /// The grant's admission (and approval) seals verify: it passed Writ's
+    /// webhook. `Err` says why not.
+    pub admitted: Result<(), String>,
+    /// Every admission rule the controller decides again (the same engine as
+    /// the webhook and `writ check`). `Err` holds the first rule's id and
+    /// every violation.
+    pub recheck: Result<(), Refusal>,
     /// The authorising policy requires approval for one of the capabilities.
     pub needs_approval: bool,
-    /// `spec.pod` is set and that pod finished or is gone.
+    /// `spec.pod` is set and that pod finished, is gone, or is another pod
+    /// of the same name than the one bound at activation.
     pub bound_pod_finished: bool,
     /// Now, unix seconds.
     pub now: i64,
@@ -66,6 +75,9 @@ pub struct World<'a> {
 pub struct Authority {
     /// The authorising policy's name.
     pub policy: Option<String>,
+    /// Whether that policy requires approval for the grant (`None`: no
+    /// policy authorises it).
+    pub needs_approval: Option<bool>,
     /// When a grant awaiting approval stops waiting (unix seconds); `None`
     /// when the grant needs no approval.
     pub approval_deadline: Option<i64>,
@@ -85,23 +97,53 @@ impl Authority {
         let (_, needs_approval) = crate::policy::authorisation(g, identities, policies);
         Self {
             policy: policy.metadata.name.clone(),
+            needs_approval: Some(needs_approval),
             approval_deadline: needs_approval.then(|| crate::policy::approval_deadline(g, policy, limits)).flatten(),
         }
     }
 
-    /// Records the authority in `st` where it is not recorded yet (a
-    /// recorded one is held to); the deadline only while the grant waits.
-    fn record(&self, st: &mut CapabilityGrantStatus) {
+    /// Records the authority in the grant's (trusted) status where it is
+    /// not recorded yet: a recorded one is held to. The next status write
+    /// carries it, under the controller's seal.
+    fn record(&self, g: &mut CapabilityGrant) {
+        if self.policy.is_none() && self.approval_deadline.is_none() {
+            return;
+        }
+        let st = g.status.get_or_insert_with(Default::default);
         if st.authorised_by.is_none() {
             st.authorised_by.clone_from(&self.policy);
         }
-        if st.approval_deadline.is_none() && st.phase == GrantPhase::AwaitingApproval {
+        if st.approval_deadline.is_none() {
             st.approval_deadline = self.approval_deadline.map(time);
         }
     }
 }
 
+/// A rule the controller's re-check found broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The first violated rule's id.
+    pub rule: &'static str,
+    /// Every violation, as the webhook would list them.
+    pub message: String,
+}
+
+impl Refusal {
+    fn from_violations(v: &[crate::policy::Violation]) -> Self {
+        Refusal {
+            rule: v.first().map_or("unknown", |v| v.rule.id()),
+            message: v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        }
+    }
+
+    /// The status reason: the rule id first.
+    pub fn reason(&self) -> String {
+        format!("{}: {}", self.rule, self.message)
+    }
+}
+
 /// The phase a grant should be in, and why. Pure: the state machine.
+/// `grant.status` must be the trusted status ([`trusted`]).
 pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String) {
     let status = grant.status.clone().unwrap_or_default();
     let current = status.phase;
@@ -110,6 +152,9 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
     }
     let was_active = current == GrantPhase::Active;
     let end_early = |why: String| if was_active { (GrantPhase::Revoked, why) } else { (GrantPhase::Denied, why) };
+    if let Err(why) = &w.admitted {
+        return end_early(format!("{}: {why}", Rule::NotAdmitted.id()));
+    }
     if w.agent.is_none_or(|a| a.metadata.deletion_timestamp.is_some()) {
         return end_early(format!("AgentIdentity {} no longer exists", grant.spec.agent));
     }
@@ -128,8 +173,11 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
         }
         None => {}
     }
-    if !w.authorised {
-        return end_early("no DelegationPolicy authorises this grant any more".into());
+    if let Err(refusal) = &w.recheck {
+        return end_early(refusal.reason());
+    }
+    if let (Some(held), None) = (status.authorised_by.as_deref(), w.authority.policy.as_deref()) {
+        return end_early(format!("DelegationPolicy {held}, which authorised this grant, no longer does"));
     }
     if grant.spec.completed {
         return (GrantPhase::Completed, "the agent marked the task completed".into());
@@ -138,7 +186,12 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
         return (GrantPhase::Completed, format!("bound pod {} finished", grant.spec.pod.as_deref().unwrap_or("")));
     }
     match grant.spec.approval.as_ref().map(|a| a.decision) {
-        Some(Decision::Denied) => return (GrantPhase::Denied, "an approver denied the grant".into()),
+        Some(Decision::Denied) => return end_early("an approver denied the grant".into()),
+        // A policy that now requires approval for an Active grant, which
+        // needed none when it was activated, no longer fits it.
+        None if w.needs_approval && was_active => {
+            return end_early("the authorising policy now requires approval for this grant".into())
+        }
         None if w.needs_approval => {
             if let Some(deadline) = w.authority.approval_deadline.filter(|d| w.now >= *d) {
                 let at = time(deadline).0;
@@ -156,6 +209,40 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
     (GrantPhase::Active, "tokens issued to the bound pods".into())
 }
 
+/// The revocation-list entry that marks a grant as ended for good (its
+/// `grant:<uid>` id is no token's): a status rewritten afterwards cannot
+/// revive it.
+pub fn ended_marker(uid: &str) -> String {
+    format!("grant:{uid}")
+}
+
+/// The status the controller can trust: the stored one when its seal
+/// verifies (or when there is none yet), otherwise a fresh Pending status,
+/// with why the stored one was refused. Status is writable by whoever may
+/// write `capabilitygrants/status`; nothing in it counts unless Writ sealed it.
+pub fn trusted(stored: &CapabilityGrant, keys: &SealKeys, now: i64) -> (CapabilityGrant, Option<String>) {
+    let mut g = stored.clone();
+    let Some(st) = stored.status.as_ref() else { return (g, None) };
+    let fresh = st.seal.is_none()
+        && st.phase == GrantPhase::Pending
+        && st.issued_at.is_none()
+        && st.expires_at.is_none()
+        && st.tokens.is_empty()
+        && st.bound_pod_uid.is_none()
+        && st.authorised_by.is_none()
+        && st.approval_deadline.is_none();
+    if fresh {
+        return (g, None);
+    }
+    match crate::policy::seal::verify_status(keys, stored, st, now) {
+        Ok(()) => (g, None),
+        Err(e) => {
+            g.status = Some(CapabilityGrantStatus::default());
+            (g, Some(format!("status-tampered: the stored status is not Writ's ({e}); it was repaired")))
+        }
+    }
+}
+
 /// Whether a phase change is allowed (the state machine's edges).
 pub fn transition_allowed(from: GrantPhase, to: GrantPhase) -> bool {
     use GrantPhase::*;
@@ -164,7 +251,7 @@ pub fn transition_allowed(from: GrantPhase, to: GrantPhase) -> bool {
     }
     match from {
         Pending => true,
-        AwaitingApproval => matches!(to, Active | Denied | Revoked | Completed),
+        AwaitingApproval => matches!(to, Active | Denied | Revoked | Completed | Expired),
         Active => matches!(to, Completed | Expired | Revoked),
         Completed | Expired | Revoked | Denied => false,
     }
@@ -187,7 +274,8 @@ pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Ac
         match event {
             Finalizer::Apply(g) => apply(&g, &ctx).await,
             Finalizer::Cleanup(g) => {
-                end(&g, &ctx, GrantPhase::Revoked, "the grant was deleted").await?;
+                let (trusted, _) = trusted(&g, &ctx.shared.trust.seal_keys(), pki::now_unix());
+                end(&trusted, &ctx, g.status.as_ref(), GrantPhase::Revoked, "the grant was deleted").await?;
                 Ok(Action::await_change())
             }
         }
@@ -197,7 +285,8 @@ pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Ac
     finalized(result).map_err(|e| Error::Finalizer { object: object(&grant), message: e.to_string() })
 }
 
-/// The agent pods a grant binds: every running pod of the agent, or the one named.
+/// The agent pods a grant binds: every running pod of the agent, or the one
+/// named (and, once Active, only the pod of that name it bound then).
 fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
     let ns = g.namespace().unwrap_or_default();
     // A grant bound to one pod looks that pod up instead of scanning every pod.
@@ -207,6 +296,7 @@ fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
         }
         None => ctx.shared.pods.state(),
     };
+    let bound_uid = g.status.as_ref().and_then(|s| s.bound_pod_uid.clone());
     candidates
         .into_iter()
         .filter(|p| {
@@ -215,8 +305,86 @@ fn bound_pods(ctx: &Context, g: &CapabilityGrant) -> Vec<Arc<AgentPod>> {
                 && p.credential_secret().is_some()
                 && !p.finished()
                 && g.spec.pod.as_ref().is_none_or(|name| *name == p.name_any())
+                && bound_uid.as_ref().is_none_or(|uid| p.uid().as_ref() == Some(uid))
         })
         .collect()
+}
+
+/// The pod `spec.pod` names, from the cache.
+fn named_pod(ctx: &Context, g: &CapabilityGrant) -> Option<Arc<AgentPod>> {
+    let ns = g.namespace().unwrap_or_default();
+    g.spec
+        .pod
+        .as_ref()
+        .and_then(|name| ctx.shared.pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)))
+}
+
+/// The delegation chain above `g` (parent first), for the re-check: the
+/// parent as resolved, then its ancestors from the cache.
+fn ancestors(ctx: &Context, g: &CapabilityGrant, parent: Option<&CapabilityGrant>) -> Vec<CapabilityGrant> {
+    let ns = g.namespace().unwrap_or_default();
+    let mut chain: Vec<CapabilityGrant> = parent.into_iter().cloned().collect();
+    while let Some(next) = chain.last().and_then(|p| p.spec.parent.clone()) {
+        if chain.len() >= 16 || chain.iter().any(|a| a.name_any() == next) || next == g.name_any() {
+            break;
+        }
+        match ctx.shared.grants.get(&kube::runtime::reflector::ObjectRef::new(&next).within(&ns)) {
+            Some(found) => chain.push(found.grant()),
+            None => break,
+        }
+    }
+    chain
+}
+
+/// Runs the admission engine again over an admitted grant: its rules with
+/// the stamped requester, the current agent, policies and ancestors, and
+/// (before activation) that `spec.pod` is a pod of the agent.
+fn recheck(
+    ctx: &Context,
+    g: &CapabilityGrant,
+    agent: Option<&AgentIdentity>,
+    ancestors: &[CapabilityGrant],
+    identities: &[AgentIdentity],
+    policies: &[crate::api::DelegationPolicy],
+    pod: Option<crate::policy::PodFacts<'_>>,
+) -> (Result<(), Refusal>, bool) {
+    let ns = g.namespace().unwrap_or_default();
+    let Some(requester) = crate::policy::stamped_requester(g, identities) else {
+        let v = crate::policy::Violation::new(
+            "metadata.annotations",
+            Rule::NotAdmitted,
+            "the grant carries no requester stamp",
+        );
+        return (Err(Refusal::from_violations(&[v])), false);
+    };
+    let limits = ctx.shared.config.limits();
+    let gctx = crate::policy::GrantContext {
+        namespace: &ns,
+        requester: &requester,
+        agent,
+        policies,
+        ancestors,
+        now: jiff::Timestamp::now(),
+        limits: &limits,
+    };
+    let mut result = crate::policy::recheck_grant(g, &gctx);
+    let before_activation = g.status.as_ref().is_none_or(|s| s.phase != GrantPhase::Active);
+    if before_activation {
+        let pod_violations = crate::policy::check_bound_pod(g, pod, agent);
+        if !pod_violations.is_empty() {
+            result = Err(match result {
+                Ok(_) => pod_violations,
+                Err(mut v) => {
+                    v.extend(pod_violations);
+                    v
+                }
+            });
+        }
+    }
+    match result {
+        Ok(admission) => (Ok(()), admission.needs_approval),
+        Err(v) => (Err(Refusal::from_violations(&v)), false),
+    }
 }
 
 fn world<'a>(
@@ -224,21 +392,46 @@ fn world<'a>(
     g: &CapabilityGrant,
     agent: Option<&'a AgentIdentity>,
     parent: Option<Option<&'a CapabilityGrant>>,
+    keys: &SealKeys,
+    now: i64,
 ) -> World<'a> {
     let ns = g.namespace().unwrap_or_default();
     let policies = ctx.shared.policies_in(&ns);
     let identities = ctx.shared.identities_in(&ns);
-    let (authorised, needs_approval) = crate::policy::authorisation(g, &identities, &policies);
+    let chain = ancestors(ctx, g, parent.flatten());
+    let pod = named_pod(ctx, g);
+    let facts =
+        pod.as_ref().map(|p| crate::policy::PodFacts { agent: p.agent(), service_account: Some(p.service_account()) });
+    let (recheck, needs_approval) = recheck(ctx, g, agent, &chain, &identities, &policies, facts);
     let authority = Authority::of(g, &identities, &policies, &ctx.shared.config.limits());
-    let bound_pod_finished = g.spec.pod.as_ref().is_some_and(|name| {
-        ctx.shared.pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)).is_none_or(|p| p.finished())
-    }) && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active);
-    World { agent, parent, authorised, needs_approval, bound_pod_finished, now: pki::now_unix(), authority }
+    let needs_approval = authority.needs_approval.unwrap_or(needs_approval);
+    let bound_uid = g.status.as_ref().and_then(|s| s.bound_pod_uid.as_deref());
+    let bound_pod_finished = g.spec.pod.is_some()
+        && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active)
+        && pod.is_none_or(|p| p.finished() || bound_uid.is_some_and(|uid| p.uid().as_deref() != Some(uid)));
+    let admitted = crate::policy::seal::verify_grant(keys, g, now).map_err(|e| e.to_string());
+    World { agent, parent, admitted, recheck, needs_approval, bound_pod_finished, now, authority }
 }
 
-async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
+async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
     let shared = &ctx.shared;
-    let ns = g.namespace().unwrap_or_default();
+    let ns = stored.namespace().unwrap_or_default();
+    let now = pki::now_unix();
+    let keys = shared.trust.seal_keys();
+    let (mut trusted_grant, tampered) = trusted(stored, &keys, now);
+    let g = &mut trusted_grant;
+    if let Some(why) = &tampered {
+        tracing::warn!(grant = %g.name_any(), namespace = %ns, "a grant status not written by Writ was found and is repaired");
+        shared.metrics.trust_findings.get_or_create(&FindingLabels { finding: "status-tampered" }).inc();
+        ctx.event(&g.object_ref(&()), true, "StatusRepaired", "Repair", why.clone()).await;
+    }
+    let uid = g.uid().unwrap_or_default();
+    let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if !current.is_terminal() && shared.revocations.is_token_revoked(&ended_marker(&uid)).await {
+        let why = "status-tampered: this grant ended earlier and its status was rewritten; it stays ended";
+        end(g, ctx, stored.status.as_ref(), GrantPhase::Revoked, why).await?;
+        return Ok(Action::await_change());
+    }
     // Ending a grant is final, so "gone" is never taken from a cache alone:
     // a watch that lags (another stream than the one that triggered this
     // reconcile) would deny a grant whose agent or parent was just created.
@@ -259,35 +452,46 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         }),
     };
     let parent = parent_obj.as_ref().map(|p| p.as_deref());
-    let mut w = world(ctx, g, agent.as_deref(), parent);
-    if !w.authorised {
-        // Unauthorised ends the grant for good: confirm it on the API
-        // server's identities and policies. The caches may not yet hold a
-        // policy or the requesting agent's identity that were just created
-        // (a planner's sub-grant was denied this way).
+    let mut w = world(ctx, g, agent.as_deref(), parent, &keys, now);
+    if w.recheck.is_err() {
+        // A refusal ends the grant for good: confirm it on the API server's
+        // identities, policies and pod. The caches may not yet hold a policy,
+        // the requesting agent's identity or the bound pod that were just
+        // created.
         let listed = ctx.authorities.get(&ns).await.map_err(|source| Error::Write {
             op: "reading the identities and policies for",
             object: object(g),
             source,
         })?;
         let (identities, policies) = &*listed;
-        (w.authorised, w.needs_approval) = crate::policy::authorisation(g, identities, policies);
+        let pod = match &g.spec.pod {
+            Some(name) => Api::<k8s_openapi::api::core::v1::Pod>::namespaced(shared.client.clone(), &ns)
+                .get_opt(name)
+                .await
+                .map_err(|source| Error::Kube { op: "reading the bound pod of", object: object(g), source })?,
+            None => None,
+        };
+        let facts = pod.as_ref().map(|p| crate::policy::PodFacts {
+            agent: p.metadata.labels.as_ref().and_then(|l| l.get(crate::api::AGENT_LABEL)).map(String::as_str),
+            service_account: p.spec.as_ref().and_then(|s| s.service_account_name.as_deref()),
+        });
+        let chain = ancestors(ctx, g, parent.flatten());
+        (w.recheck, w.needs_approval) = recheck(ctx, g, agent.as_deref(), &chain, identities, policies, facts);
         w.authority = Authority::of(g, identities, policies, &shared.config.limits());
+        w.needs_approval = w.authority.needs_approval.unwrap_or(w.needs_approval);
     }
+    w.authority.record(g);
     let (phase, reason) = next_phase(g, &w);
-    let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
     if phase.is_terminal() {
-        end(g, ctx, phase, &reason).await?;
+        end(g, ctx, stored.status.as_ref(), phase, &reason).await?;
         return Ok(Action::await_change());
     }
     if phase != GrantPhase::Active {
-        write_status(ctx, g, phase, &reason, None, vec![], &w.authority).await?;
+        write_status(ctx, g, stored.status.as_ref(), phase, &reason, None, vec![]).await?;
         return Ok(Action::await_change());
     }
     // Active: fix the expiry once, then keep every bound pod's token current.
-    let now = w.now;
     let status = g.status.clone().unwrap_or_default();
-    let uid = g.uid().unwrap_or_default();
     let decided = ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).copied();
     // Neither the status nor this term knows the activation time, but a
     // token may already be out: a replica stopped between writing it and
@@ -298,19 +502,27 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         _ => None,
     };
     let created = g.metadata.creation_timestamp.as_ref().map_or(i64::MIN, unix);
+    // A repaired status restarts from what tenants cannot write: the earliest
+    // token Writ signed for it, else its creation. Either only shortens the
+    // grant; a rewritten status never extends it.
+    let fallback = if tampered.is_some() { created.clamp(i64::MIN, now) } else { now };
     let issued_at = status
         .issued_at
         .as_ref()
         .map(unix)
         .or(decided.map(|d| d.0))
         .or(minted.map(|nbf| nbf.clamp(created.min(now), now)))
-        .unwrap_or(now);
+        .unwrap_or(fallback);
     let mut expires_at =
         status.expires_at.as_ref().map(unix).or(decided.map(|d| d.1)).unwrap_or(issued_at + g.spec.ttl.as_secs_i64());
     if let Some(Some(p)) = parent {
         if let Some(pexp) = p.status.as_ref().and_then(|s| s.expires_at.as_ref()) {
             expires_at = expires_at.min(unix(pexp));
         }
+    }
+    if now >= expires_at {
+        end(g, ctx, stored.status.as_ref(), GrantPhase::Expired, "the grant's TTL ran out").await?;
+        return Ok(Action::await_change());
     }
     {
         let mut memo = ctx.activations.lock().unwrap_or_else(|e| e.into_inner());
@@ -319,8 +531,13 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
         if status.issued_at.is_some() && status.expires_at.is_some() {
             memo.remove(&uid);
         } else {
-            memo.insert(uid, (issued_at, expires_at));
+            memo.insert(uid.clone(), (issued_at, expires_at));
         }
+    }
+    // A grant bound to a pod binds to that pod's uid at activation.
+    if g.spec.pod.is_some() && status.bound_pod_uid.is_none() {
+        let uid = named_pod(ctx, g).and_then(|p| p.uid());
+        g.status.get_or_insert_with(Default::default).bound_pod_uid = uid;
     }
     let tokens = issue_tokens(ctx, g, parent, issued_at, expires_at).await?;
     if current != GrantPhase::Active {
@@ -328,7 +545,8 @@ async fn apply(g: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
             shared.metrics.grant_to_active.observe((now - unix(created)).max(0) as f64);
         }
     }
-    write_status(ctx, g, GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens, &w.authority).await?;
+    write_status(ctx, g, stored.status.as_ref(), GrantPhase::Active, &reason, Some((issued_at, expires_at)), tokens)
+        .await?;
     // The expiry is found by the sweep ([`expired`]), not kept as a requeue.
     Ok(Action::await_change())
 }
@@ -510,10 +728,20 @@ async fn issue_token(
 }
 
 /// Ends a grant: every token `jti` goes on the revocation list (durably),
-/// then the token files are removed from the pods' Secrets, then status.
-async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str) -> Result<(), Error> {
+/// with the grant's [`ended_marker`], then the token files are removed from
+/// the pods' Secrets, then status. `g` carries the trusted status
+/// ([`trusted`]): only token records Writ sealed are revoked from it, so a
+/// rewritten status cannot revoke another grant's tokens.
+async fn end(
+    g: &CapabilityGrant,
+    ctx: &Context,
+    stored: Option<&CapabilityGrantStatus>,
+    phase: GrantPhase,
+    reason: &str,
+) -> Result<(), Error> {
     let shared = &ctx.shared;
-    ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).remove(&g.uid().unwrap_or_default());
+    let uid = g.uid().unwrap_or_default();
+    ctx.activations.lock().unwrap_or_else(|e| e.into_inner()).remove(&uid);
     let ns = g.namespace().unwrap_or_default();
     let now = pki::now_unix();
     let key = token_key(&g.name_any());
@@ -523,6 +751,16 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
         .flat_map(|s| s.tokens.iter())
         .map(|t| RevokedToken { jti: t.jti.clone(), expires_at: unix(&t.expires_at) })
         .collect();
+    // The marker lasts while the grant could still be in force: to its
+    // sealed expiry, or one operator-maximum TTL for a grant never activated.
+    let marker_until = g
+        .status
+        .as_ref()
+        .and_then(|s| s.expires_at.as_ref())
+        .map(unix)
+        .unwrap_or(now + shared.config.limits().max_grant_ttl.as_secs_i64())
+        .max(now + 60);
+    revoked.push(RevokedToken { jti: ended_marker(&uid), expires_at: marker_until });
     // Also whatever is stored (a token written just before a crash, before
     // status recorded it): in the one pod a bound grant names (its spec is
     // immutable, and no other pod ever got its token), or any pod of the
@@ -576,7 +814,7 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
     }
     let tokens = g.status.as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
     if g.metadata.deletion_timestamp.is_none() {
-        write_status(ctx, g, phase, reason, None, tokens, &Authority::default()).await?;
+        write_status(ctx, g, stored, phase, reason, None, tokens).await?;
     } else if g.status.as_ref().map(|s| s.phase) != Some(phase) {
         audit(g, phase, reason);
         shared
@@ -589,13 +827,17 @@ async fn end(g: &CapabilityGrant, ctx: &Context, phase: GrantPhase, reason: &str
             false,
             phase.as_str(),
             "Revoke",
-            format!("{reason}; {} token(s) revoked", revoked.len()),
+            format!("{reason}; {} token(s) revoked", revoked.len() - 1),
         )
         .await;
     }
     Ok(())
 }
 
+/// The audit line of a transition, from what the API server stored (never
+/// from an admission request alone). Values a user chose are written with
+/// `?` (quoted, control characters escaped) so none can forge another line
+/// or field in the text log format.
 fn audit(g: &CapabilityGrant, phase: GrantPhase, reason: &str) {
     let caps: Vec<String> = g.spec.capabilities.iter().map(ToString::to_string).collect();
     tracing::info!(
@@ -603,34 +845,42 @@ fn audit(g: &CapabilityGrant, phase: GrantPhase, reason: &str) {
         grant = %g.name_any(),
         namespace = %g.namespace().unwrap_or_default(),
         agent = %g.spec.agent,
-        requester = %g.annotations().get(REQUESTED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
-        approver = %g.annotations().get(APPROVED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
+        requester = ?g.annotations().get(REQUESTED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
+        approver = ?g.annotations().get(APPROVED_BY_ANNOTATION).map(String::as_str).unwrap_or(""),
+        decision = ?g.spec.approval.as_ref().map(|a| a.decision),
+        decision_reason = ?g.spec.approval.as_ref().and_then(|a| a.reason.as_deref()).unwrap_or(""),
         requested = ?caps,
         approved = ?if phase == GrantPhase::Active || phase.is_terminal() && g.status.as_ref().is_some_and(|s| !s.approved.is_empty()) { caps.clone() } else { vec![] },
-        task_id = %g.spec.task.id,
-        task_intent = %g.spec.task.intent.as_deref().unwrap_or(""),
+        task_id = ?g.spec.task.id,
+        task_intent = ?g.spec.task.intent.as_deref().unwrap_or(""),
         phase = %phase,
-        reason,
+        reason = ?reason,
         "grant transition"
     );
 }
 
-/// Builds and writes the status for `phase`; Event, audit line and metric on transitions only.
+/// Builds, seals and writes the status for `phase`; Event, audit line and
+/// metric on transitions only. `g` carries the trusted status, `stored` is
+/// what the API server holds (the write is skipped when they agree).
 async fn write_status(
     ctx: &Context,
     g: &CapabilityGrant,
+    stored: Option<&CapabilityGrantStatus>,
     phase: GrantPhase,
     reason: &str,
     active: Option<(i64, i64)>,
     tokens: Vec<TokenRecord>,
-    authority: &Authority,
 ) -> Result<(), Error> {
     let shared = &ctx.shared;
     let old = g.status.clone().unwrap_or_default();
+    if !transition_allowed(old.phase, phase) {
+        return Err(Error::Transition { object: object(g), from: old.phase, to: phase });
+    }
     let now = pki::now_unix();
     let mut desired = desired_status(g, &old, phase, reason, active, tokens, now);
-    authority.record(&mut desired);
-    if desired == old {
+    desired.seal = None;
+    desired.seal = Some(crate::policy::seal::seal_status(&shared.trust.seal_keys(), g, &desired));
+    if stored == Some(&desired) {
         return Ok(());
     }
     let api: Api<CapabilityGrant> = Api::namespaced(shared.client.clone(), &g.namespace().unwrap_or_default());
@@ -638,7 +888,7 @@ async fn write_status(
     api.patch_status(&g.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch))
         .await
         .map_err(|source| Error::Kube { op: "writing status of", object: object(g), source })?;
-    if old.phase != phase || g.status.is_none() {
+    if old.phase != phase || stored.is_none() {
         audit(g, phase, reason);
         shared
             .metrics
@@ -824,6 +1074,169 @@ mod tests {
         let mut status = kube::core::Status::failure("capabilitygrants.writ.dev \"g\" ...", reason);
         status.code = code;
         kube::Error::Api(status.boxed())
+    }
+
+    /// One event of the grant state machine, applied to a grant and its world.
+    #[derive(Clone, Copy, Debug)]
+    enum Ev {
+        Nothing,
+        Completion,
+        Expiry,
+        NeedsApproval,
+        Approval,
+        Denial,
+        ParentEnded,
+        ParentPending,
+        AgentGone,
+        PolicyGone,
+        RecheckFailed,
+        NotAdmitted,
+        BoundPodFinished,
+        /// Approval needed, none given, and the approval deadline has come.
+        ApprovalTimeout,
+        /// An approval given before the deadline, reconciled after it.
+        ApprovalAfterDeadline,
+        /// The policy recorded in status no longer authorises the grant.
+        HeldPolicyGone,
+    }
+
+    fn case(phase: GrantPhase, ev: Ev) -> (GrantPhase, String) {
+        use crate::api::{ApprovalDecision, CapabilityGrantStatus};
+        use crate::policy::testing::{grant as make, identity};
+        let agent = identity("ns", "bot", &[]);
+        let mut g = make(
+            "ns",
+            "g",
+            "bot",
+            &[("k8s:deployments.get", "k8s:staging/deployments/web")],
+            crate::api::Duration::from_secs(600),
+        );
+        let now = 1_000;
+        let mut status = CapabilityGrantStatus { phase, ..Default::default() };
+        if phase == GrantPhase::Active {
+            status.issued_at = Some(time(now - 10));
+            status.expires_at = Some(time(now + 590));
+        }
+        let mut parent = make("ns", "p", "planner", &[], crate::api::Duration::from_secs(600));
+        parent.status = Some(CapabilityGrantStatus { phase: GrantPhase::Active, ..Default::default() });
+        let mut w = World {
+            agent: Some(&agent),
+            parent: None,
+            admitted: Ok(()),
+            recheck: Ok(()),
+            needs_approval: false,
+            bound_pod_finished: false,
+            now,
+            authority: Authority {
+                policy: Some("release-flow".into()),
+                needs_approval: Some(false),
+                approval_deadline: None,
+            },
+        };
+        let refusal = |rule: &'static str| Refusal { rule, message: format!("broken [{rule}]") };
+        match ev {
+            Ev::Nothing => {}
+            Ev::Completion => g.spec.completed = true,
+            Ev::Expiry => status.expires_at = Some(time(now)),
+            Ev::NeedsApproval => w.needs_approval = true,
+            Ev::Approval | Ev::Denial => {
+                w.needs_approval = true;
+                let decision = if matches!(ev, Ev::Approval) { Decision::Approved } else { Decision::Denied };
+                g.spec.approval = Some(ApprovalDecision { decision, reason: None });
+            }
+            Ev::ParentEnded | Ev::ParentPending => {
+                let st = parent.status.as_mut().expect("status");
+                st.phase = if matches!(ev, Ev::ParentEnded) { GrantPhase::Expired } else { GrantPhase::Pending };
+            }
+            Ev::AgentGone => w.agent = None,
+            Ev::PolicyGone => w.recheck = Err(refusal("no-delegation-policy")),
+            Ev::RecheckFailed => w.recheck = Err(refusal("outside-ceiling")),
+            Ev::NotAdmitted => w.admitted = Err("its admission seal is missing".into()),
+            Ev::BoundPodFinished => w.bound_pod_finished = true,
+            Ev::ApprovalTimeout | Ev::ApprovalAfterDeadline => {
+                w.needs_approval = true;
+                w.authority.approval_deadline = Some(now);
+                if matches!(ev, Ev::ApprovalAfterDeadline) {
+                    g.spec.approval = Some(ApprovalDecision { decision: Decision::Approved, reason: None });
+                }
+            }
+            Ev::HeldPolicyGone => {
+                status.authorised_by = Some("release-flow".into());
+                w.authority = Authority::default();
+            }
+        }
+        if matches!(ev, Ev::ParentEnded | Ev::ParentPending) {
+            g.spec.parent = Some("p".into());
+            w.parent = Some(Some(&parent));
+        }
+        g.status = Some(status);
+        next_phase(&g, &w)
+    }
+
+    #[test]
+    fn the_grant_state_machine_as_a_table_of_phase_and_event() {
+        use GrantPhase::*;
+        // (event, from Pending, from AwaitingApproval, from Active, reason starts with)
+        let table: &[(Ev, GrantPhase, GrantPhase, GrantPhase, &str)] = &[
+            (Ev::Nothing, Active, Active, Active, "tokens issued"),
+            (Ev::Completion, Completed, Completed, Completed, "the agent marked"),
+            (Ev::Expiry, Expired, Expired, Expired, "the grant's TTL ran out"),
+            (Ev::NeedsApproval, AwaitingApproval, AwaitingApproval, Revoked, ""),
+            (Ev::Approval, Active, Active, Active, "tokens issued"),
+            (Ev::Denial, Denied, Denied, Revoked, "an approver denied"),
+            (Ev::ParentEnded, Denied, Denied, Revoked, "parent grant p ended"),
+            (Ev::ParentPending, Pending, AwaitingApproval, Active, "waiting for the parent"),
+            (Ev::AgentGone, Denied, Denied, Revoked, "AgentIdentity bot no longer exists"),
+            (Ev::PolicyGone, Denied, Denied, Revoked, "no-delegation-policy: "),
+            (Ev::RecheckFailed, Denied, Denied, Revoked, "outside-ceiling: "),
+            (Ev::NotAdmitted, Denied, Denied, Revoked, "not-admitted: "),
+            (Ev::BoundPodFinished, Completed, Completed, Completed, "bound pod"),
+            (Ev::ApprovalTimeout, Denied, Denied, Revoked, ""),
+            (Ev::ApprovalAfterDeadline, Active, Active, Active, "tokens issued"),
+            (Ev::HeldPolicyGone, Denied, Denied, Revoked, "DelegationPolicy release-flow, which authorised"),
+        ];
+        for &(ev, from_pending, from_awaiting, from_active, why) in table {
+            for (from, want) in [(Pending, from_pending), (AwaitingApproval, from_awaiting), (Active, from_active)] {
+                let (got, reason) = case(from, ev);
+                assert_eq!(got, want, "{from} + {ev:?}: {reason}");
+                assert!(reason.starts_with(why), "{from} + {ev:?}: reason {reason:?} should start with {why:?}");
+                assert!(transition_allowed(from, got), "{from} + {ev:?} -> {got} is not an edge of the state machine");
+            }
+            for ended in [Completed, Expired, Revoked, Denied] {
+                let (got, _) = case(ended, ev);
+                assert_eq!(got, ended, "an ended grant stays ended ({ended} + {ev:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_grant_still_waiting_at_its_approval_deadline_ends_denied_with_approval_timeout() {
+        for from in [GrantPhase::Pending, GrantPhase::AwaitingApproval] {
+            let (phase, reason) = case(from, Ev::ApprovalTimeout);
+            assert_eq!(phase, GrantPhase::Denied);
+            assert!(reason.starts_with("approval-timeout: no approver decided by 1970-01-01T00:16:40Z"), "{reason}");
+        }
+        // Before the deadline it waits.
+        let (phase, _) = case(GrantPhase::AwaitingApproval, Ev::NeedsApproval);
+        assert_eq!(phase, GrantPhase::AwaitingApproval);
+    }
+
+    #[test]
+    fn only_the_state_machines_edges_are_allowed() {
+        use GrantPhase::*;
+        for from in GrantPhase::ALL {
+            for to in GrantPhase::ALL {
+                let allowed = transition_allowed(from, to);
+                let expected = from == to
+                    || match from {
+                        Pending => true,
+                        AwaitingApproval => matches!(to, Active | Denied | Revoked | Completed | Expired),
+                        Active => matches!(to, Completed | Expired | Revoked),
+                        _ => false,
+                    };
+                assert_eq!(allowed, expected, "{from} -> {to}");
+            }
+        }
     }
 
     #[test]

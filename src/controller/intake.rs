@@ -5,12 +5,12 @@
 //! `DelayQueue` and, while the reconciles in flight are at their bound, a
 //! second entry in a "pending" set, each with its own copy of the object
 //! reference (name, namespace, `resourceVersion` and uid: four strings). None
-//! of those tables shrinks once grown. A full pass over 10,000 pods (a new
-//! leader), or 10,000 new grants queued behind the reconciles in flight, grew
-//! them to 10,000 entries for the life of the process, and every object
-//! waiting on a timed requeue (a certificate's rotation, a grant's expiry)
-//! kept one there for good: on the order of a kilobyte per object (heaptrack
-//! of a leader holding 4,000 pods and grants; README, "Measured figures").
+//! of those tables shrinks once grown, so handing it a full pass over every
+//! pod (a new leader), or every new grant of a burst, would size them to the
+//! whole cluster for the life of the process, and a timed requeue per object
+//! (a certificate's rotation, a grant's expiry) would keep an entry there for
+//! each object's whole life: on the order of a kilobyte per object (see
+//! docs/design.md, "Bounded queues and sweeps").
 //!
 //! An [`Intake`] lets a request into the controller only while fewer than its
 //! `limit` admitted requests have not yet been reconciled; the rest wait where

@@ -181,6 +181,16 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// A status write would take a grant along an edge the state machine does not have.
+    #[error("refusing to move {object} from {from} to {to}: the grant state machine has no such transition")]
+    Transition {
+        /// `Kind namespace/name`.
+        object: String,
+        /// The phase it is in.
+        from: crate::api::GrantPhase,
+        /// The phase it would have gone to.
+        to: crate::api::GrantPhase,
+    },
 }
 
 impl Error {
@@ -191,6 +201,7 @@ impl Error {
             Self::Pki { .. } => "pki",
             Self::Revocation { .. } => "revocation",
             Self::Finalizer { .. } => "finalizer",
+            Self::Transition { .. } => "transition",
         }
     }
 }

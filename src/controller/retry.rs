@@ -1,11 +1,10 @@
 //! Per-object retry delays for failed reconciles: the first retry comes
 //! after the controller's usual delay, each further failure of the same
 //! object doubles it, up to [`MAX_DELAY`]; a successful reconcile starts the
-//! object over. A fixed delay made a failure that lasts (the revocation list
-//! full at 10,000 deletions, say) retry every object every second or two,
-//! each retry a reconcile and a warning in the log: 1.45 million of them in
-//! ten minutes of a scale run's teardown. A change to the object (a watch
-//! event) still reconciles it at once, whatever its delay.
+//! object over. A failure that lasts (a full revocation list, say) then
+//! costs each stuck object a reconcile and a log line every five minutes at
+//! most, not every second or two. A change to the object (a watch event)
+//! still reconciles it at once, whatever its delay.
 
 use std::{
     collections::HashMap,

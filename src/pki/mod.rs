@@ -10,6 +10,7 @@
 //!   and [`CertificateInfo`] to read back a stored certificate.
 //! - [`token`]: Ed25519 [`SigningKey`]s, the capability token [`Claims`] and compact JWS signing.
 //! - [`jwks`]: RFC 7517 JSON Web Keys and the rotating [`KeySet`].
+//! - [`seal`]: HMAC seals over records Writ writes where tenants can write too.
 //!
 //! One crypto backend is used throughout: `aws-lc-rs` (directly, and through `rcgen` and
 //! `x509-parser`'s `verify-aws` feature).
@@ -17,6 +18,7 @@
 pub mod ca;
 pub mod cert;
 pub mod jwks;
+pub mod seal;
 pub mod token;
 
 pub use ca::{CertificateAuthority, CertificateIssuer};

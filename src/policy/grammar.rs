@@ -1,5 +1,6 @@
-//! The capability grammar (DESIGN §2): exact actions and resources for grants,
-//! patterns for ceilings and policies, and the matcher between them.
+//! The capability grammar (docs/design.md, "Capability grammar"): exact
+//! actions and resources for grants, patterns for ceilings and policies, and
+//! the matcher between them.
 //!
 //! # Values
 //!

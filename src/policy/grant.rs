@@ -1,4 +1,4 @@
-//! Admission of a new CapabilityGrant (DESIGN §5): the grant is well-formed,
+//! Admission of a new CapabilityGrant (docs/design.md, "Admission"): the grant is well-formed,
 //! within its agent's ceiling, authorised by a DelegationPolicy, and (when
 //! delegated) narrower than its parent.
 
@@ -126,6 +126,9 @@ fn check_fields(grant: &CapabilityGrant, ctx: &GrantContext<'_>, out: &mut Vec<V
             "the task id must be 1 to 253 printable characters, e.g. PR-1234",
         ));
     }
+    if let Some(intent) = &spec.task.intent {
+        check_free_text("spec.task.intent", intent, out);
+    }
     for (field, value) in [("spec.pod", &spec.pod), ("spec.parent", &spec.parent)] {
         if let Some(Err(why)) = value.as_deref().map(dns_subdomain) {
             out.push(Violation::new(
@@ -193,6 +196,19 @@ fn check_fields(grant: &CapabilityGrant, ctx: &GrantContext<'_>, out: &mut Vec<V
         ));
     }
     valid
+}
+
+/// Free text (a task's intent, an approval reason) is written into audit
+/// lines and Events: a control character (a newline above all) could forge
+/// a line there, so it is refused.
+pub(crate) fn check_free_text(field: &str, text: &str, out: &mut Vec<Violation>) {
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        out.push(Violation::new(
+            field,
+            Rule::InvalidCharacter,
+            format!("control character {c:?} in free text: write it on one line without control characters"),
+        ));
+    }
 }
 
 /// The admission stamps, when present at create time, must say what the
@@ -401,6 +417,92 @@ fn needs_approval(policy: &DelegationPolicy, grant: &CapabilityGrant, caps: &[us
     })
 }
 
+/// What the pod named by a grant's `spec.pod` is, as far as the grant cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodFacts<'a> {
+    /// Its `writ.dev/agent` label.
+    pub agent: Option<&'a str>,
+    /// Its service account.
+    pub service_account: Option<&'a str>,
+}
+
+/// `spec.pod`, when set, must name an existing pod of the grant's agent:
+/// labelled for it and running as the agent's service account (`pod` is
+/// `None` when there is no such pod). A grant cannot bind to another agent's
+/// pod, whose key would then hold tokens this agent was granted.
+pub fn check_bound_pod(
+    grant: &CapabilityGrant,
+    pod: Option<PodFacts<'_>>,
+    agent: Option<&AgentIdentity>,
+) -> Vec<Violation> {
+    let Some(name) = grant.spec.pod.as_deref() else { return vec![] };
+    let ns = grant.metadata.namespace.as_deref().unwrap_or_default();
+    let wanted = grant.spec.agent.as_str();
+    let why = match pod {
+        None => format!("there is no pod {name} in namespace {ns}"),
+        Some(p) if p.agent != Some(wanted) => {
+            format!(
+                "pod {name} is not a pod of agent {wanted} (its writ.dev/agent label is {:?})",
+                p.agent.unwrap_or("")
+            )
+        }
+        Some(p) => match agent.map(|a| a.spec.service_account_name.as_str()) {
+            Some(sa) if p.service_account.unwrap_or("default") != sa => format!(
+                "pod {name} runs as service account {:?}, not {sa:?} of agent {wanted}",
+                p.service_account.unwrap_or("default")
+            ),
+            _ => return vec![],
+        },
+    };
+    vec![Violation::new("spec.pod", Rule::PodNotOfAgent, why)]
+}
+
+/// For the controller: every admission rule that can be decided again for an
+/// admitted grant, with the stamped requester, the current agent, policies
+/// and ancestors. The approval step (sealed and checked at its own
+/// admission) and the rules about the moment of creation (the parent being
+/// Active and outliving the child: the controller follows the parent's life
+/// itself and caps the child's expiry at the parent's) are left out.
+pub fn recheck_grant(grant: &CapabilityGrant, ctx: &GrantContext<'_>) -> Result<Admission, Vec<Violation>> {
+    let mut as_created = grant.clone();
+    as_created.spec.approval = None;
+    as_created.spec.completed = false;
+    if let Some(a) = as_created.metadata.annotations.as_mut() {
+        a.remove(APPROVED_BY_ANNOTATION);
+    }
+    let moment = |v: &Violation| matches!(v.rule, Rule::ParentNotActive | Rule::OutlivesParent);
+    match admit_grant(&as_created, ctx) {
+        Ok(a) => Ok(a),
+        Err(v) if v.iter().all(moment) => {
+            // Those rules only hide whether a policy authorises the grant:
+            // decide it without them, on a chain that is taken as Active.
+            let far = ctx.now.checked_add(jiff::SignedDuration::from_hours(24 * 366 * 100)).unwrap_or(ctx.now);
+            let mut ancestors = ctx.ancestors.to_vec();
+            for a in &mut ancestors {
+                a.spec.completed = false;
+                let st = a.status.get_or_insert_with(Default::default);
+                st.phase = crate::api::GrantPhase::Active;
+                st.expires_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(far));
+            }
+            admit_grant(&as_created, &GrantContext { ancestors: &ancestors, ..*ctx })
+        }
+        Err(v) => Err(v.into_iter().filter(|v| !moment(v)).collect()),
+    }
+}
+
+/// The requester a grant's stamps name, resolved against the namespace's
+/// identities (an agent's service account makes it that agent).
+pub fn stamped_requester(grant: &CapabilityGrant, identities: &[AgentIdentity]) -> Option<Requester> {
+    let annotations = grant.metadata.annotations.as_ref()?;
+    let user = annotations.get(REQUESTED_BY_ANNOTATION)?;
+    let groups: Vec<String> = annotations
+        .get(REQUESTED_GROUPS_ANNOTATION)
+        .map(|g| g.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default();
+    let ns = grant.metadata.namespace.as_deref().unwrap_or_default();
+    Some(Requester::from_user_info(user.clone(), groups, identities, ns))
+}
+
 /// For the controller: whether the policy authorising an admitted grant
 /// ([`authorising_policy`]) still does, and whether it requires approval. A
 /// policy deleted or narrowed after admission ends the grant.
@@ -413,23 +515,6 @@ pub fn authorisation(
         Some(p) => (true, policy_requires_approval(p, grant)),
         None => (false, false),
     }
-}
-
-/// The requester an admitted grant is stamped with (`writ.dev/requested-by`
-/// and `writ.dev/requested-by-groups`), its agent resolved among
-/// `identities`; `None` without a stamp.
-pub(crate) fn stamped_requester(
-    grant: &CapabilityGrant,
-    identities: &[crate::api::AgentIdentity],
-) -> Option<Requester> {
-    let annotations = grant.metadata.annotations.as_ref()?;
-    let user = annotations.get(crate::api::REQUESTED_BY_ANNOTATION)?;
-    let groups: Vec<String> = annotations
-        .get(crate::api::REQUESTED_GROUPS_ANNOTATION)
-        .map(|g| g.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
-        .unwrap_or_default();
-    let ns = grant.metadata.namespace.as_deref().unwrap_or_default();
-    Some(Requester::from_user_info(user.clone(), groups, identities, ns))
 }
 
 /// The DelegationPolicy that authorises an admitted grant: one of its

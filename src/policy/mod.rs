@@ -1,6 +1,6 @@
-//! Pure admission logic (DESIGN §2 and §5): the capability grammar, matching,
-//! delegation, approval, and the validation of AgentIdentity and
-//! DelegationPolicy objects. No I/O: the webhook, `writ check` and the
+//! Pure admission logic (docs/design.md, "Capability grammar" and
+//! "Admission"): the capability grammar, matching, delegation, approval, and
+//! the validation of AgentIdentity and DelegationPolicy objects. No I/O: the webhook, `writ check` and the
 //! controllers call the same functions with plain values.
 //!
 //! Every refusal is a [`Violation`] naming the field, the [`Rule`] (with a
@@ -14,6 +14,7 @@ pub mod grammar;
 mod grant;
 mod requester;
 mod rules;
+pub mod seal;
 mod update;
 mod validate;
 
@@ -26,7 +27,10 @@ pub use grammar::{
     capability_within, parse_action, parse_action_pattern, parse_resource, parse_resource_pattern, parse_selector,
     Action, CapabilityPattern, GrammarError, Pattern, PatternKind, Resource,
 };
-pub use grant::{admit_grant, authorisation, authorising_policy, Admission, GrantContext};
+pub use grant::{
+    admit_grant, authorisation, authorising_policy, check_bound_pod, recheck_grant, stamped_requester, Admission,
+    GrantContext, PodFacts,
+};
 pub use requester::{delegate_matches, Requester, SERVICE_ACCOUNT_PREFIX};
 pub use rules::{rules_markdown, Rule, Violation};
 pub use update::{admit_grant_update, approval_deadline, UpdateContext, UpdateKind};

@@ -7,10 +7,10 @@
 use std::fmt;
 
 /// One reason an object is refused. Each variant is one rejection class of
-/// DESIGN §5 or one rule of the capability grammar (§2).
+/// docs/design.md, "Admission", or one rule of its "Capability grammar".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
-    // --- capability grammar (DESIGN §2) ---
+    // --- capability grammar (docs/design.md, "Capability grammar") ---
     /// An action is not `<service>:<verb>` with a non-empty service and verb,
     /// exactly one `:` and no `/`, or uses `**`.
     MalformedAction,
@@ -94,6 +94,12 @@ pub enum Rule {
     DelegationCycle,
 
     // --- updates and approval ---
+    /// `spec.pod` names no pod of the grant's agent.
+    PodNotOfAgent,
+    /// A grant whose admission or approval seal is missing, does not verify,
+    /// or was copied from another grant: it did not pass Writ's webhook.
+    NotAdmitted,
+
     /// A change to an admitted grant's spec other than completion or approval.
     ImmutableSpec,
     /// The requester approving their own grant (or the agent approving its own).
@@ -115,7 +121,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 41] = [
+    pub const ALL: [Rule; 43] = [
         Rule::MalformedAction,
         Rule::MalformedResource,
         Rule::InvalidCharacter,
@@ -150,6 +156,8 @@ impl Rule {
         Rule::OutlivesParent,
         Rule::MaxDepth,
         Rule::DelegationCycle,
+        Rule::PodNotOfAgent,
+        Rule::NotAdmitted,
         Rule::ImmutableSpec,
         Rule::SelfApproval,
         Rule::NotAnApprover,
@@ -196,6 +204,8 @@ impl Rule {
             Rule::OutlivesParent => "outlives-parent",
             Rule::MaxDepth => "max-depth",
             Rule::DelegationCycle => "delegation-cycle",
+            Rule::PodNotOfAgent => "pod-not-of-agent",
+            Rule::NotAdmitted => "not-admitted",
             Rule::ImmutableSpec => "immutable-spec",
             Rule::SelfApproval => "self-approval",
             Rule::NotAnApprover => "not-an-approver",
@@ -216,7 +226,8 @@ impl Rule {
                 "A resource is not `<scheme>:<path>`: empty scheme or path, a `/` before the first `:`, or `**`."
             }
             Rule::InvalidCharacter => {
-                "Whitespace, control or non-ASCII characters in an action, resource or pattern (refused, not trimmed)."
+                "Whitespace, control or non-ASCII characters in an action, resource or pattern, or control characters \
+                 in free text (`task.intent`, an approval reason): refused, not trimmed."
             }
             Rule::PercentEncoding => "A `%` anywhere in an action or resource: percent-encoding is refused, not decoded.",
             Rule::DotSegment => "A `.` or `..` path segment, or `..` anywhere in a path: refused, not normalised.",
@@ -269,6 +280,14 @@ impl Rule {
             Rule::MaxDepth => "A delegation chain longer than the authorising policy's `maxDepth`.",
             Rule::DelegationCycle => {
                 "A grant or agent appearing twice in a delegation chain (including an agent delegating to itself)."
+            }
+            Rule::PodNotOfAgent => {
+                "`spec.pod` names a pod that does not exist in the namespace, or one that does not run as the \
+                 grant's agent (its `writ.dev/agent` label and service account)."
+            }
+            Rule::NotAdmitted => {
+                "A grant whose admission or approval seal is missing, does not verify or was copied from another \
+                 grant (it skipped Writ's webhook, or a stamp was forged): the controller ends it and issues nothing."
             }
             Rule::ImmutableSpec => {
                 "Any change to an admitted grant's spec other than `completed: false -> true` or the one approval step."
@@ -364,6 +383,13 @@ mod tests {
             assert!(md.contains(&format!("`{}`", rule.id())), "{rule}");
         }
         assert_eq!(md.lines().count(), Rule::ALL.len() + 2);
+    }
+
+    #[test]
+    fn docs_rules_md_is_the_generated_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/rules.md");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(committed, rules_markdown(), "docs/rules.md must be `writ::policy::rules_markdown()`");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use crate::api::{
     REQUESTED_BY_ANNOTATION, REQUESTED_GROUPS_ANNOTATION,
 };
 
-use super::grant::{annotation_field, authorising_policy, policy_requires_approval, stamped_requester};
+use super::grant::{
+    annotation_field, authorising_policy, check_free_text, policy_requires_approval, stamped_requester,
+};
 use super::requester::{principal_field, PrincipalField, Requester, SERVICE_ACCOUNT_PREFIX};
 use super::rules::{Rule, Violation};
 use super::Limits;
@@ -90,6 +92,9 @@ pub fn admit_grant_update(
         ));
     }
     check_stamps(old, new, requester, approval_step, &mut out);
+    if let Some(reason) = new.spec.approval.as_ref().and_then(|a| a.reason.as_deref()).filter(|_| approval_step) {
+        check_free_text("spec.approval.reason", reason, &mut out);
+    }
     if approval_step {
         check_approver(old, new, ctx, &mut out);
     }

@@ -3,8 +3,8 @@
 //!
 //! kube's `Controller::new`/`watches`/`owns` each open a watch of their own,
 //! and each `Controller` keeps its own store: with Writ's four controllers
-//! that was four watches of pods, four of grants and three of Secrets, and two
-//! full copies of every pod and grant in memory. Here each kind is watched
+//! that would be four watches of pods, four of grants and three of Secrets,
+//! and two full copies of every pod and grant in memory. Here each kind is watched
 //! once; the store is what the webhooks read and what the controllers look
 //! objects up in, and every change is fanned out to the controllers.
 //!
@@ -42,12 +42,11 @@ static WATCH_RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::O
 /// of its own), before any other runtime thread exists.
 ///
 /// What the caches keep is decoded where the watch runs. On the controllers'
-/// worker threads each kept object landed between the short-lived buffers of
-/// reconciles, webhook calls and token minting in the same allocator arena:
-/// after a burst of 10,000 grants those buffers were freed around it, leaving
-/// thousands of holes smaller than a page that the allocator cannot hand back
-/// (6 MiB resident and free, in 11,000 free chunks, read with `malloc_info`
-/// in a scale bench run; README, "At scale"). glibc gives each thread an
+/// worker threads each kept object would land between the short-lived
+/// buffers of reconciles, webhook calls and token minting in the same
+/// allocator arena: once a burst's buffers are freed around it, they leave
+/// holes smaller than a page that the allocator cannot hand back (see
+/// docs/design.md, "Memory"). glibc gives each thread an
 /// arena of its own while there are fewer than its limit (`writ run` sets 3,
 /// see `main.rs`), and this thread takes the second, so what is kept is
 /// decoded next to little but its own watch's buffers, which the next event

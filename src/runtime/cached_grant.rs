@@ -5,7 +5,7 @@
 //! struct, a `BTreeMap` node of 544 bytes for the requester stamps, two
 //! conditions of four strings each, and the capabilities three times (spec,
 //! `status.requested`, `status.approved`). Every replica caches every grant,
-//! and at 10,000 grants that was the largest part of the operator's memory.
+//! so at scale that would be the largest part of the operator's memory.
 //! [`CachedGrant`] is the same API object kept as its JSON (about 1.2 KB),
 //! LZ4-compressed against a dictionary of Writ's own vocabulary for grants
 //! (field names, annotation keys, phases, condition types, reasons and

@@ -2,9 +2,9 @@
 //!
 //! kube's client speaks HTTP/1.1, one request per connection at a time, and
 //! keeps every connection it has opened for 90 s after its last use, however
-//! many. A new leader's first pass over 200 grants (256 reconciles in flight)
-//! left 242 TLS connections to the API server open and idle, each holding its
-//! TLS state and read and write buffers. This builds the stack
+//! many, so a burst of reconciles would leave a TLS connection per request it
+//! had in flight open and idle, each holding its TLS state and read and
+//! write buffers. This builds the stack
 //! `kube::Client::try_from` builds (base URI, retries, authentication, extra
 //! headers, timeouts, rustls), keeping at most [`IDLE_PER_HOST`] connections
 //! idle: a burst still gets a connection per request in flight, but gives the

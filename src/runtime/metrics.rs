@@ -56,6 +56,13 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a trust-boundary finding.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    /// What was found, e.g. `status-tampered`, `not-admitted`.
+    pub finding: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -93,6 +100,9 @@ pub struct Metrics {
     pub revocation_list_bytes: Gauge,
     /// Entries of the persisted revocation list.
     pub revocation_list_entries: Gauge,
+    /// State found in tenant-writable places that Writ did not write
+    /// (a status whose seal does not verify, a grant without admission seal).
+    pub trust_findings: Family<FindingLabels, Counter>,
     /// The allocator's own accounting, read at each scrape. glibc only: the
     /// static musl build (the image) has no such interface and exports no
     /// heap gauges rather than zeros.
@@ -176,6 +186,12 @@ impl Default for Metrics {
             "Revoked tokens and certificates in the persisted list, each kept until its own expiry",
             revocation_list_entries.clone(),
         );
+        let trust_findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "trust_findings",
+            "State in tenant-writable places that Writ did not write, found and refused or repaired",
+            trust_findings.clone(),
+        );
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         let heap = HeapGauges::register(&mut registry);
         Self {
@@ -194,6 +210,7 @@ impl Default for Metrics {
             cache_lists,
             revocation_list_bytes,
             revocation_list_entries,
+            trust_findings,
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             heap,
         }

@@ -12,10 +12,11 @@ use kube::{
 use super::{diff_patch, pods, Decision};
 use crate::{
     api::{
-        AgentIdentity, CapabilityGrant, DelegationPolicy, APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
-        REQUESTED_GROUPS_ANNOTATION,
+        AgentIdentity, CapabilityGrant, DelegationPolicy, ADMISSION_SEAL_ANNOTATION, APPROVAL_SEAL_ANNOTATION,
+        APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION, REQUESTED_GROUPS_ANNOTATION,
     },
-    policy::{self, GrantContext, Requester, UpdateKind},
+    pki::seal::SealKeys,
+    policy::{self, GrantContext, Requester},
     runtime::Shared,
 };
 
@@ -81,11 +82,15 @@ pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>, identity: Option
 
 /// Grant CREATE/UPDATE: stamp `writ.dev/requested-by` (create) and
 /// `writ.dev/approved-by` (the approval update) from the authenticated user,
-/// overwriting whatever the client wrote. A created grant also gets the
-/// controller's finalizer here, so the controller does not spend an API write
-/// (and a second reconcile) per grant adding it; the controller still adds it
-/// to any grant that lacks it.
-pub fn stamp(req: &AdmissionRequest<CapabilityGrant>) -> Decision {
+/// overwriting whatever the client wrote, and seal what was stamped
+/// ([`policy::seal`]): the controller activates nothing whose seals do not
+/// verify. A created grant also gets the controller's finalizer here, so the
+/// controller does not spend an API write (and a second reconcile) per grant
+/// adding it; the controller still adds it to any grant that lacks it.
+///
+/// Stamping is idempotent, so a reinvocation after another mutating webhook
+/// changed the object re-seals the spec as it now is.
+pub fn stamp(keys: &SealKeys, now: i64, req: &AdmissionRequest<CapabilityGrant>) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
     let mut stamped = grant.clone();
     let annotations = stamped.metadata.annotations.get_or_insert_with(BTreeMap::new);
@@ -94,15 +99,28 @@ pub fn stamp(req: &AdmissionRequest<CapabilityGrant>) -> Decision {
             annotations.insert(REQUESTED_BY_ANNOTATION.into(), username(req));
             annotations.insert(REQUESTED_GROUPS_ANNOTATION.into(), groups(req).join(","));
             annotations.remove(APPROVED_BY_ANNOTATION);
+            annotations.remove(APPROVAL_SEAL_ANNOTATION);
             let finalizers = stamped.metadata.finalizers.get_or_insert_with(Vec::new);
             if !finalizers.iter().any(|f| f == crate::controller::FINALIZER) {
                 finalizers.push(crate::controller::FINALIZER.into());
             }
+            if stamped.metadata.namespace.is_none() {
+                stamped.metadata.namespace.clone_from(&req.namespace);
+            }
+            let seal = policy::seal::seal_admission(keys, &stamped, now);
+            stamped.annotations_mut().insert(ADMISSION_SEAL_ANNOTATION.into(), seal);
+            stamped.metadata.namespace.clone_from(&grant.metadata.namespace);
         }
         Operation::Update => {
             let old = req.old_object.as_ref();
             let old_ann = old.and_then(|o| o.metadata.annotations.clone()).unwrap_or_default();
-            for key in [REQUESTED_BY_ANNOTATION, REQUESTED_GROUPS_ANNOTATION, APPROVED_BY_ANNOTATION] {
+            for key in [
+                REQUESTED_BY_ANNOTATION,
+                REQUESTED_GROUPS_ANNOTATION,
+                APPROVED_BY_ANNOTATION,
+                ADMISSION_SEAL_ANNOTATION,
+                APPROVAL_SEAL_ANNOTATION,
+            ] {
                 match old_ann.get(key) {
                     Some(v) => annotations.insert(key.into(), v.clone()),
                     None => annotations.remove(key),
@@ -111,6 +129,12 @@ pub fn stamp(req: &AdmissionRequest<CapabilityGrant>) -> Decision {
             let approving = old.is_some_and(|o| o.spec.approval.is_none()) && grant.spec.approval.is_some();
             if approving {
                 annotations.insert(APPROVED_BY_ANNOTATION.into(), username(req));
+                if stamped.metadata.namespace.is_none() {
+                    stamped.metadata.namespace.clone_from(&req.namespace);
+                }
+                let seal = policy::seal::seal_approval(keys, &stamped, now);
+                stamped.annotations_mut().insert(APPROVAL_SEAL_ANNOTATION.into(), seal);
+                stamped.metadata.namespace.clone_from(&grant.metadata.namespace);
             }
         }
         _ => return Decision::Allow,
@@ -199,6 +223,30 @@ pub async fn namespace_policies(shared: &Shared, namespace: &str) -> Result<Vec<
     Ok(listed)
 }
 
+/// The pod a created grant names in `spec.pod`, as (its `writ.dev/agent`
+/// label, its service account): from the cache, else from the API server (a
+/// pod created just before its grant may not have reached the watch). `None`
+/// when there is no such pod or it cannot be read (the grant is refused).
+pub async fn bound_pod(shared: &Shared, req: &AdmissionRequest<CapabilityGrant>) -> Option<(Option<String>, String)> {
+    let grant = req.object.as_ref()?;
+    let name = grant.spec.pod.as_deref().filter(|_| req.operation == Operation::Create)?;
+    let ns = req.namespace.clone().unwrap_or_default();
+    if let Some(p) = shared.pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)) {
+        return Some((p.agent().map(str::to_owned), p.service_account().to_owned()));
+    }
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &ns);
+    let pod = api.get_opt(name).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, namespace = %ns, name, "reading the pod a grant binds");
+        None
+    })?;
+    let agent = pod.labels().get(crate::api::AGENT_LABEL).cloned();
+    let sa = pods::effective_service_account(
+        pod.spec.as_ref().and_then(|s| s.service_account_name.as_deref()),
+        pod.spec.as_ref().and_then(|s| s.service_account.as_deref()),
+    );
+    Some((agent, sa.to_owned()))
+}
+
 /// Grant CREATE/UPDATE validation. Fails closed: unsynced caches, an
 /// unreadable chain or unreadable policies deny.
 pub fn validate_grant(
@@ -208,6 +256,7 @@ pub fn validate_grant(
     agent: Option<Arc<AgentIdentity>>,
     requester_identities: &[AgentIdentity],
     policies: Result<Vec<DelegationPolicy>, kube::Error>,
+    bound_pod: Option<(Option<String>, String)>,
 ) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
     if !shared.is_synced() {
@@ -243,30 +292,46 @@ pub fn validate_grant(
                 now: jiff::Timestamp::now(),
                 limits: &limits,
             };
-            match policy::admit_grant(grant, &ctx) {
-                Ok(_) => Decision::Allow,
-                Err(v) => Decision::violations(&v),
+            let pod = bound_pod
+                .as_ref()
+                .map(|(agent, sa)| policy::PodFacts { agent: agent.as_deref(), service_account: Some(sa.as_str()) });
+            let mut violations = policy::admit_grant(grant, &ctx).err().unwrap_or_default();
+            violations.extend(policy::check_bound_pod(grant, pod, agent));
+            if violations.is_empty() {
+                Decision::Allow
+            } else {
+                Decision::violations(&violations)
             }
         }
         Operation::Update => {
             let Some(old) = req.old_object.as_ref() else { return Decision::Allow };
             // The whole namespace's identities: they resolve the agent behind
-            // the grant's stamped requester, whoever makes this update.
+            // the grant's stamped requester, whoever makes this update. What
+            // the old status records (the authorising policy, the approval
+            // deadline) counts only when Writ sealed it.
             let identities = shared.identities_in(&namespace);
             let limits = shared.config.limits();
+            let now = jiff::Timestamp::now();
+            let keys = shared.trust.seal_keys();
+            let mut old = old.clone();
+            if old
+                .status
+                .as_ref()
+                .is_some_and(|st| policy::seal::verify_status(&keys, &old, st, now.as_second()).is_err())
+            {
+                old.status = None;
+            }
             let ctx = policy::UpdateContext {
                 requester: &requester,
                 identities: &identities,
                 policies: &policies,
-                now: jiff::Timestamp::now(),
+                now,
                 limits: &limits,
             };
-            match policy::admit_grant_update(old, grant, &ctx) {
-                Ok(UpdateKind::Approval(d)) => {
-                    tracing::info!(target: "audit", grant = %grant.name_any(), namespace = %namespace,
-                        approver = %requester.username, decision = ?d, "approval decision admitted");
-                    Decision::Allow
-                }
+            // The approval's audit line is the controller's, written from
+            // what the API server stored: an admission request alone may
+            // never have been the API server's.
+            match policy::admit_grant_update(&old, grant, &ctx) {
                 Ok(_) => Decision::Allow,
                 Err(v) => Decision::violations(&v),
             }
@@ -331,6 +396,10 @@ mod tests {
         })
     }
 
+    fn keys() -> crate::pki::seal::SealKeys {
+        crate::pki::seal::SealKeys::generate().expect("keys")
+    }
+
     fn patched(d: Decision, original: serde_json::Value) -> serde_json::Value {
         let Decision::Patch(patch) = d else { panic!("expected a patch, got {d:?}") };
         let mut doc = original;
@@ -341,7 +410,7 @@ mod tests {
     #[test]
     fn a_created_grant_gets_the_finalizer_and_the_requester_stamp() {
         let original = grant(&[], json!({REQUESTED_BY_ANNOTATION: "bob"}));
-        let out = patched(stamp(&request("CREATE", original.clone(), None)), original);
+        let out = patched(stamp(&keys(), 1_000, &request("CREATE", original.clone(), None)), original);
         assert_eq!(out["metadata"]["finalizers"], json!([crate::controller::FINALIZER]));
         assert_eq!(out["metadata"]["annotations"][REQUESTED_BY_ANNOTATION], "alice");
         assert_eq!(out["metadata"]["annotations"]["writ.dev/requested-by-groups"], "release-managers");
@@ -350,12 +419,12 @@ mod tests {
     #[test]
     fn the_finalizer_is_not_added_twice_nor_on_update() {
         let with = grant(&["other/f", crate::controller::FINALIZER], json!({}));
-        let out = patched(stamp(&request("CREATE", with.clone(), None)), with);
+        let out = patched(stamp(&keys(), 1_000, &request("CREATE", with.clone(), None)), with);
         assert_eq!(out["metadata"]["finalizers"], json!(["other/f", crate::controller::FINALIZER]));
         // An update that removes it (the controller, after revoking) keeps it removed.
         let old = grant(&[crate::controller::FINALIZER], json!({REQUESTED_BY_ANNOTATION: "alice"}));
         let new = grant(&[], json!({REQUESTED_BY_ANNOTATION: "alice"}));
-        let d = stamp(&request("UPDATE", new, Some(old)));
+        let d = stamp(&keys(), 1_000, &request("UPDATE", new, Some(old)));
         assert!(matches!(d, Decision::Allow), "{d:?}");
     }
 }

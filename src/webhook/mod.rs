@@ -120,14 +120,16 @@ where
         },
         Decision::Deny { rule, message } => {
             shared.metrics.admission(webhook, "denied", &rule);
+            // Not an audit line: the webhook cannot tell an API server's
+            // request from a forged one, so what it logs is diagnostics.
+            // The API server's own audit log records the refusal.
             tracing::info!(
-                target: "audit",
                 webhook,
-                user = req.user_info.username.as_deref().unwrap_or(""),
-                namespace = req.namespace.as_deref().unwrap_or(""),
-                name = %req.name,
+                user = ?req.user_info.username.as_deref().unwrap_or(""),
+                namespace = ?req.namespace.as_deref().unwrap_or(""),
+                name = ?req.name,
                 rule = %rule,
-                reason = %message,
+                reason = ?message,
                 "admission denied"
             );
             base.deny(message)
@@ -185,14 +187,16 @@ async fn mutate_pods(State(shared): State<Arc<Shared>>, body: Bytes) -> impl Int
 }
 
 async fn mutate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
-    reply(handle(&shared, "mutate-grants", &body, grants::stamp))
+    let keys = shared.trust.seal_keys();
+    let now = crate::pki::now_unix();
+    reply(handle(&shared, "mutate-grants", &body, |r| grants::stamp(&keys, now, r)))
 }
 
 async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
     let req = parse_request::<crate::api::CapabilityGrant>(&body);
     // Ancestors are read from the API server (fresh), so resolve them before
     // the synchronous decision.
-    let (ancestors, agent, requesters, policies) = match &req {
+    let (ancestors, agent, requesters, policies, pod) = match &req {
         Ok(r) => {
             let ns = r.namespace.clone().unwrap_or_default();
             let agent = r.object.as_ref().map(|g| g.spec.agent.as_str());
@@ -201,12 +205,13 @@ async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl
                 grants::identity_fallback(&shared, &ns, agent).await,
                 grants::requester_identities(&shared, r).await,
                 grants::namespace_policies(&shared, &ns).await,
+                grants::bound_pod(&shared, r).await,
             )
         }
-        Err(_) => (Ok(vec![]), None, vec![], Ok(vec![])),
+        Err(_) => (Ok(vec![]), None, vec![], Ok(vec![]), None),
     };
     reply(handle_parsed(&shared, "validate-grants", req, |r| {
-        grants::validate_grant(&shared, r, ancestors, agent, &requesters, policies)
+        grants::validate_grant(&shared, r, ancestors, agent, &requesters, policies, pod)
     }))
 }
 

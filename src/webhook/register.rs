@@ -125,7 +125,9 @@ pub fn mutating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> MutatingWe
         side_effects: "None".into(),
         admission_review_versions: vec!["v1".into()],
         timeout_seconds: Some(10),
-        reinvocation_policy: Some("Never".into()),
+        // Another mutating webhook that changes a grant after ours makes the
+        // API server call ours again, which re-seals the spec as it now is.
+        reinvocation_policy: Some("IfNeeded".into()),
         match_policy: Some("Equivalent".into()),
         match_conditions: None,
     };

@@ -2,7 +2,7 @@
 are not Writ's: PyJWT (+ cryptography) for the token, using only the
 published JWKS, and the SPIFFE project's `spiffe` package for the X.509-SVID.
 
-This is also the README's Python snippet. Usage:
+This is also the Python snippet of docs/verify.md. Usage:
 
     python3 verify_token.py JWKS TOKEN AUDIENCE CERT KEY BUNDLE TRUST_DOMAIN
 
