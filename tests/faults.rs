@@ -293,6 +293,9 @@ struct Seen {
     held: HashMap<(String, String), String>,
     /// Every `status.expiresAt` each grant had (unix seconds).
     expiries: HashMap<String, BTreeSet<i64>>,
+    /// Grants refused at admission because their bound pod was already gone
+    /// (`pod-not-of-agent`): they never exist.
+    refused_pod_gone: BTreeSet<String>,
     since: Instant,
 }
 
@@ -304,6 +307,7 @@ impl Seen {
             history: HashMap::new(),
             held: HashMap::new(),
             expiries: HashMap::new(),
+            refused_pod_gone: BTreeSet::new(),
             since: Instant::now(),
         }
     }
@@ -466,12 +470,35 @@ impl Churn {
         let (grant, alice, admin) = (&grant, &self.alice, &self.admin);
         {
             let _permit = self.gate.acquire().await.expect("semaphore");
-            let (_, refused) = retry(&format!("creating grant {}", g.name), move || async move {
-                conflict_is_done(alice.create(&PostParams::default(), grant).await.map(|_| ()))
+            // A grant bound to a pod that has already ended is refused for
+            // good (`pod-not-of-agent`): that ends its story.
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+            let pods = &pods;
+            let ((), refused) = retry(&format!("creating grant {}", g.name), move || async move {
+                match alice.create(&PostParams::default(), grant).await {
+                    Err(kube::Error::Api(e)) if e.message.contains("[pod-not-of-agent]") => {
+                        let pod = grant.spec.pod.as_deref().unwrap_or_default();
+                        match pods.get_opt(pod).await {
+                            Ok(None) => Ok(()),
+                            _ => Err(kube::Error::Api(e)),
+                        }
+                    }
+                    other => conflict_is_done(other.map(|_| ())),
+                }
             })
             .await;
             self.refused(refused);
-            self.seen.lock().expect("lock").note(&g.name, format!("test: created ({refused} refusals)"));
+            let gone = Api::<CapabilityGrant>::namespaced(self.client.clone(), &self.ns)
+                .get_opt(&g.name)
+                .await
+                .is_ok_and(|found| found.is_none());
+            let mut seen = self.seen.lock().expect("lock");
+            if gone && g.pod.is_some() {
+                seen.refused_pod_gone.insert(g.name.clone());
+                seen.note(&g.name, "test: refused at admission, its pod is gone".into());
+                return;
+            }
+            seen.note(&g.name, format!("test: created ({refused} refusals)"));
         }
         if !matches!(g.fate, GrantFate::Completed | GrantFate::Deleted) {
             return;
@@ -861,6 +888,10 @@ async fn check(plan: &Plan, client: &Client, ns: &str, op_ns: &str, op: &Operato
             }
             continue;
         };
+        let pod_ended = g.pod.as_deref().is_some_and(|p| plan.pod(p).fate != PodFate::Lives);
+        if got.is_none() && pod_ended && seen.lock().expect("lock").refused_pod_gone.contains(name) {
+            continue;
+        }
         let Some(obj) = got else {
             bad.push(("grant in the wrong phase", format!("grant {name} ({:?}) is gone, expected {expected}", g.fate)));
             continue;

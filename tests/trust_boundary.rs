@@ -46,6 +46,15 @@ async fn grant_status_writer(client: &Client, ns: &str) {
         .expect("binding");
 }
 
+/// Labels a namespace so Writ's webhooks skip it (`writ.dev/webhooks: disabled`).
+async fn skip_webhooks(client: &Client, ns: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let label = json!({"metadata": {"labels": {"writ.dev/webhooks": "disabled"}}});
+    namespaces.patch(ns, &PatchParams::default(), &Patch::Merge(label)).await.expect("label");
+    // The API server's webhook matcher reads namespace labels from its informer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
 async fn grant(client: &Client, ns: &str, name: &str) -> CapabilityGrant {
     Api::<CapabilityGrant>::namespaced(client.clone(), ns).get(name).await.expect("grant")
 }
@@ -92,12 +101,17 @@ async fn a_rewritten_status_neither_extends_nor_revives_a_grant() {
     let (_, claims) = writ::pki::token::decode_unverified(&token).expect("token");
     assert!(claims.exp <= expires);
 
-    // A tenant with status rights moves the expiry 23 hours ahead.
+    // A tenant with status rights moves the expiry 23 hours ahead: admission refuses it.
     let mallory = c.user_client("mallory").await;
     let as_mallory: Api<CapabilityGrant> = Api::namespaced(mallory, &ns.name);
     let later = jiff::Timestamp::from_second(expires + 23 * 3600).expect("ts").to_string();
+    let extend = Patch::Merge(json!({"status": {"expiresAt": later}}));
+    let refused = as_mallory.patch_status("short", &PatchParams::default(), &extend).await.expect_err("refused");
+    assert!(refused.to_string().contains("foreign-status"), "{refused}");
+    // With the webhooks skipped (a namespace admin can label the namespace), it is written ...
+    skip_webhooks(&client, &ns.name).await;
     as_mallory
-        .patch_status("short", &PatchParams::default(), &Patch::Merge(json!({"status": {"expiresAt": later}})))
+        .patch_status("short", &PatchParams::default(), &extend)
         .await
         .expect("mallory may write status (RBAC allows it): the controller must not believe it");
     // The controller repairs it, with an Event, and the grant ends at its original expiry.
@@ -169,16 +183,7 @@ async fn grants_that_skipped_admission_or_carry_copied_stamps_never_become_activ
     assert!(stamps.contains_key("writ.dev/admission-seal"), "{stamps:?}");
 
     // Skip the webhooks for this namespace, as a namespace admin could.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .patch(
-            &ns.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"writ.dev/webhooks": "disabled"}}})),
-        )
-        .await
-        .expect("label");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    skip_webhooks(&client, &ns.name).await;
     let forged_stamps = json!({"writ.dev/requested-by": "alice", "writ.dev/requested-by-groups": "release-managers"});
     let copied_stamps = serde_json::to_value(&stamps).expect("json");
     for (name, annotations, caps) in [
@@ -208,14 +213,6 @@ async fn grants_that_skipped_admission_or_carry_copied_stamps_never_become_activ
         assert!(g.status.as_ref().is_some_and(|s| s.tokens.is_empty() && s.issued_at.is_none()), "{name}");
         assert!(token_in(&client, &ns.name, &pod, name).await.is_none(), "{name}: a token was issued");
     }
-    namespaces
-        .patch(
-            &ns.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"writ.dev/webhooks": null}}})),
-        )
-        .await
-        .expect("unlabel");
     ns.cleanup().await;
 }
 

@@ -55,6 +55,15 @@ pub struct AgentIdentitySpec {
     /// Periodic access review of this non-human identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewSpec>,
+    /// The kill switch (`writ suspend` / `writ resume`): while true, every
+    /// grant of this agent ends Revoked (`agent-suspended`, cascading to the
+    /// grants delegated from them), its pods' certificates are revoked and not
+    /// re-issued, and new pods and grants for it are refused. Resuming lets
+    /// new pods and grants in; nothing that ended comes back. Who suspended
+    /// it and when are stamped by admission (`writ.dev/suspended-by`,
+    /// `writ.dev/suspended-at`), why in `writ.dev/suspend-reason`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }
 
 /// What kind of non-human workload an identity names.

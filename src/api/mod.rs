@@ -43,6 +43,12 @@ pub const ADMISSION_SEAL_ANNOTATION: &str = "writ.dev/admission-seal";
 /// Approval seal: the mutating webhook's HMAC over the grant's uid, the
 /// approver stamp and the decision (`<unix seconds>.<seal>`).
 pub const APPROVAL_SEAL_ANNOTATION: &str = "writ.dev/approval-seal";
+/// Admission stamp: who suspended an AgentIdentity (the authenticated user).
+pub const SUSPENDED_BY_ANNOTATION: &str = "writ.dev/suspended-by";
+/// Admission stamp: when an AgentIdentity was suspended (RFC 3339).
+pub const SUSPENDED_AT_ANNOTATION: &str = "writ.dev/suspended-at";
+/// Why an AgentIdentity was suspended, in words (set by `writ suspend --reason`).
+pub const SUSPEND_REASON_ANNOTATION: &str = "writ.dev/suspend-reason";
 /// Where the credential Secret is mounted in agent containers.
 pub const CREDENTIALS_DIR: &str = "/var/run/secrets/writ.dev/";
 

@@ -427,11 +427,11 @@ async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error>
     }
     let uid = g.uid().unwrap_or_default();
     let current = g.status.as_ref().map(|s| s.phase).unwrap_or_default();
-    if !current.is_terminal() && shared.revocations.is_token_revoked(&ended_marker(&uid)).await {
-        let why = "status-tampered: this grant ended earlier and its status was rewritten; it stays ended";
-        end(g, ctx, stored.status.as_ref(), GrantPhase::Revoked, why).await?;
-        return Ok(Action::await_change());
-    }
+    // The marker is written before the ended status: with it listed, a
+    // grant whose status is not terminal either had its end interrupted (a
+    // replica stopped in between: the same decision ends it again) or was
+    // given an older status; either way it ends now.
+    let ended_before = !current.is_terminal() && shared.revocations.is_token_revoked(&ended_marker(&uid)).await;
     // Ending a grant is final, so "gone" is never taken from a cache alone:
     // a watch that lags (another stream than the one that triggered this
     // reconcile) would deny a grant whose agent or parent was just created.
@@ -481,7 +481,11 @@ async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error>
         w.needs_approval = w.authority.needs_approval.unwrap_or(w.needs_approval);
     }
     w.authority.record(g);
-    let (phase, reason) = next_phase(g, &w);
+    let (mut phase, mut reason) = next_phase(g, &w);
+    if ended_before && !phase.is_terminal() {
+        phase = GrantPhase::Revoked;
+        reason = "status-tampered: this grant ended earlier and its status was rewritten; it stays ended".into();
+    }
     if phase.is_terminal() {
         end(g, ctx, stored.status.as_ref(), phase, &reason).await?;
         return Ok(Action::await_change());

@@ -279,6 +279,20 @@ fn check_agent(grant: &CapabilityGrant, ctx: &GrantContext<'_>, caps: &[usize], 
             format!("the access review of agent {name} is overdue; record a review before granting it anything"),
         ));
     }
+    if agent.spec.suspended {
+        let by = agent
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::api::SUSPENDED_BY_ANNOTATION))
+            .map(|by| format!(" by {by}"))
+            .unwrap_or_default();
+        out.push(Violation::new(
+            "spec.agent",
+            Rule::AgentSuspended,
+            format!("agent {name} is suspended{by}; nothing is granted to it until it is resumed (writ resume)"),
+        ));
+    }
     if ctx.limits.refuse_dormant && condition::is_true(conditions, DORMANT_CONDITION) {
         out.push(Violation::new(
             "spec.agent",

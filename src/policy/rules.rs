@@ -66,6 +66,8 @@ pub enum Rule {
     ReviewOverdue,
     /// The agent is dormant (condition `Dormant`).
     AgentDormant,
+    /// The agent is suspended (`spec.suspended`, `writ suspend`).
+    AgentSuspended,
 
     // --- delegation policy ---
     /// No DelegationPolicy lets this requester delegate to this agent.
@@ -99,6 +101,8 @@ pub enum Rule {
     /// A grant whose admission or approval seal is missing, does not verify,
     /// or was copied from another grant: it did not pass Writ's webhook.
     NotAdmitted,
+    /// A write of a grant's status that Writ did not seal.
+    ForeignStatus,
 
     /// A change to an admitted grant's spec other than completion or approval.
     ImmutableSpec,
@@ -121,7 +125,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 43] = [
+    pub const ALL: [Rule; 45] = [
         Rule::MalformedAction,
         Rule::MalformedResource,
         Rule::InvalidCharacter,
@@ -145,6 +149,7 @@ impl Rule {
         Rule::OutsideCeiling,
         Rule::ReviewOverdue,
         Rule::AgentDormant,
+        Rule::AgentSuspended,
         Rule::NoDelegationPolicy,
         Rule::NotCoveredByPolicy,
         Rule::TtlAbovePolicy,
@@ -158,6 +163,7 @@ impl Rule {
         Rule::DelegationCycle,
         Rule::PodNotOfAgent,
         Rule::NotAdmitted,
+        Rule::ForeignStatus,
         Rule::ImmutableSpec,
         Rule::SelfApproval,
         Rule::NotAnApprover,
@@ -193,6 +199,7 @@ impl Rule {
             Rule::OutsideCeiling => "outside-ceiling",
             Rule::ReviewOverdue => "review-overdue",
             Rule::AgentDormant => "agent-dormant",
+            Rule::AgentSuspended => "agent-suspended",
             Rule::NoDelegationPolicy => "no-delegation-policy",
             Rule::NotCoveredByPolicy => "not-covered-by-policy",
             Rule::TtlAbovePolicy => "ttl-above-policy",
@@ -206,6 +213,7 @@ impl Rule {
             Rule::DelegationCycle => "delegation-cycle",
             Rule::PodNotOfAgent => "pod-not-of-agent",
             Rule::NotAdmitted => "not-admitted",
+            Rule::ForeignStatus => "foreign-status",
             Rule::ImmutableSpec => "immutable-spec",
             Rule::SelfApproval => "self-approval",
             Rule::NotAnApprover => "not-an-approver",
@@ -262,6 +270,10 @@ impl Rule {
             }
             Rule::ReviewOverdue => "The agent's periodic access review is overdue (configurable).",
             Rule::AgentDormant => "The agent is dormant: no pod and no grant for too long (configurable).",
+            Rule::AgentSuspended => {
+                "The agent is suspended (`writ suspend`): its grants end, and no new grant or pod claims it until \
+                 `writ resume`."
+            }
             Rule::NoDelegationPolicy => {
                 "No DelegationPolicy in the namespace lets this requester delegate to this agent (default deny)."
             }
@@ -288,6 +300,10 @@ impl Rule {
             Rule::NotAdmitted => {
                 "A grant whose admission or approval seal is missing, does not verify or was copied from another \
                  grant (it skipped Writ's webhook, or a stamp was forged): the controller ends it and issues nothing."
+            }
+            Rule::ForeignStatus => {
+                "A write of a grant's status that the operator did not seal: status is Writ's alone (and a status \
+                 that slips through is repaired, never believed)."
             }
             Rule::ImmutableSpec => {
                 "Any change to an admitted grant's spec other than `completed: false -> true` or the one approval step."

@@ -34,6 +34,7 @@ pub fn identity(ns: &str, name: &str, ceiling: &[(&str, &str)]) -> AgentIdentity
             credential: CredentialSpec::default(),
             ceiling: caps(ceiling),
             review: None,
+            suspended: false,
         },
     );
     id.metadata.namespace = Some(ns.to_string());

@@ -70,6 +70,16 @@ pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>, identity: Option
         return Decision::deny("not-ready", "writ is starting and cannot check this claim yet; retry shortly");
     }
     let namespace = req.namespace.clone().or_else(|| pod.namespace()).unwrap_or_default();
+    if identity.as_ref().is_some_and(|i| i.spec.suspended) {
+        return Decision::deny(
+            policy::Rule::AgentSuspended.id(),
+            format!(
+                "metadata.labels[\"{}\"]: agent {agent} is suspended; no pod may claim it until it is resumed [{}]",
+                crate::api::AGENT_LABEL,
+                policy::Rule::AgentSuspended.id()
+            ),
+        );
+    }
     let spiffe = crate::pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, agent);
     match pods::inject(pod, &namespace, identity.as_deref(), &spiffe, &credential_secret_name()) {
         Ok(mutated) => match diff_patch(pod, &mutated) {
@@ -143,6 +153,53 @@ pub fn stamp(keys: &SealKeys, now: i64, req: &AdmissionRequest<CapabilityGrant>)
         return Decision::Allow;
     }
     match diff_patch(grant, &stamped) {
+        Ok(patch) => Decision::Patch(patch),
+        Err(e) => Decision::deny("internal", format!("writ could not build its patch: {e}")),
+    }
+}
+
+/// AgentIdentity CREATE/UPDATE: when `spec.suspended` turns true, stamp who
+/// suspended it and when (`writ.dev/suspended-by`, `-at`) from the
+/// authenticated request; while it stays suspended the stamps are kept as
+/// they were; when it is resumed they and the reason go.
+pub fn stamp_suspension(now: jiff::Timestamp, req: &AdmissionRequest<AgentIdentity>) -> Decision {
+    use crate::api::{SUSPENDED_AT_ANNOTATION, SUSPENDED_BY_ANNOTATION, SUSPEND_REASON_ANNOTATION};
+    let Some(identity) = req.object.as_ref() else { return Decision::Allow };
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Decision::Allow;
+    }
+    let mut stamped = identity.clone();
+    let annotations = stamped.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let old = req.old_object.as_ref().filter(|_| req.operation == Operation::Update);
+    let was = old.is_some_and(|o| o.spec.suspended);
+    match (was, identity.spec.suspended) {
+        (false, true) => {
+            annotations.insert(SUSPENDED_BY_ANNOTATION.into(), username(req));
+            annotations.insert(SUSPENDED_AT_ANNOTATION.into(), now.to_string());
+        }
+        (true, true) => {
+            let old_ann = old.and_then(|o| o.metadata.annotations.clone()).unwrap_or_default();
+            for key in [SUSPENDED_BY_ANNOTATION, SUSPENDED_AT_ANNOTATION] {
+                match old_ann.get(key) {
+                    Some(v) => annotations.insert(key.into(), v.clone()),
+                    None => annotations.remove(key),
+                };
+            }
+        }
+        (_, false) => {
+            for key in [SUSPENDED_BY_ANNOTATION, SUSPENDED_AT_ANNOTATION, SUSPEND_REASON_ANNOTATION] {
+                annotations.remove(key);
+            }
+        }
+    }
+    if stamped.metadata.annotations.as_ref().is_some_and(BTreeMap::is_empty) && identity.metadata.annotations.is_none()
+    {
+        stamped.metadata.annotations = None;
+    }
+    if stamped.metadata == identity.metadata {
+        return Decision::Allow;
+    }
+    match diff_patch(identity, &stamped) {
         Ok(patch) => Decision::Patch(patch),
         Err(e) => Decision::deny("internal", format!("writ could not build its patch: {e}")),
     }
@@ -259,6 +316,9 @@ pub fn validate_grant(
     bound_pod: Option<(Option<String>, String)>,
 ) -> Decision {
     let Some(grant) = req.object.as_ref() else { return Decision::Allow };
+    if req.sub_resource.as_deref() == Some("status") {
+        return validate_status(shared, grant);
+    }
     if !shared.is_synced() {
         return Decision::deny("not-ready", "writ is starting and cannot check grants yet; retry shortly");
     }
@@ -337,6 +397,24 @@ pub fn validate_grant(
             }
         }
         _ => Decision::Allow,
+    }
+}
+
+/// A grant status write is admitted only when Writ sealed the status written
+/// (the controller seals every status it writes): whoever else may write
+/// `capabilitygrants/status` is refused. A replayed older sealed status of the
+/// same grant passes here and is caught by the controller's ended marker.
+fn validate_status(shared: &Shared, grant: &CapabilityGrant) -> Decision {
+    let Some(status) = grant.status.as_ref() else { return Decision::Allow };
+    match policy::seal::verify_status(&shared.trust.seal_keys(), grant, status, crate::pki::now_unix()) {
+        Ok(()) => Decision::Allow,
+        Err(e) => Decision::deny(
+            policy::Rule::ForeignStatus.id(),
+            format!(
+                "status: a grant's status is written by the Writ operator alone ({e}) [{}]",
+                policy::Rule::ForeignStatus.id()
+            ),
+        ),
     }
 }
 

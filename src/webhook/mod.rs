@@ -23,6 +23,8 @@ pub mod paths {
     pub const MUTATE_PODS: &str = "/mutate/pods";
     /// Mutating: requester/approver stamps on grants.
     pub const MUTATE_GRANTS: &str = "/mutate/capabilitygrants";
+    /// Mutating: suspension stamps on identities.
+    pub const MUTATE_IDENTITIES: &str = "/mutate/agentidentities";
     /// Validating: grants.
     pub const VALIDATE_GRANTS: &str = "/validate/capabilitygrants";
     /// Validating: identities.
@@ -36,6 +38,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(paths::MUTATE_PODS, post(mutate_pods))
         .route(paths::MUTATE_GRANTS, post(mutate_grants))
+        .route(paths::MUTATE_IDENTITIES, post(mutate_identities))
         .route(paths::VALIDATE_GRANTS, post(validate_grants))
         .route(paths::VALIDATE_IDENTITIES, post(validate_identities))
         .route(paths::VALIDATE_POLICIES, post(validate_policies))
@@ -190,6 +193,11 @@ async fn mutate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl I
     let keys = shared.trust.seal_keys();
     let now = crate::pki::now_unix();
     reply(handle(&shared, "mutate-grants", &body, |r| grants::stamp(&keys, now, r)))
+}
+
+async fn mutate_identities(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+    let now = jiff::Timestamp::now();
+    reply(handle(&shared, "mutate-identities", &body, |r| grants::stamp_suspension(now, r)))
 }
 
 async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {

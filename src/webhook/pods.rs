@@ -134,6 +134,7 @@ mod tests {
                 credential: CredentialSpec::default(),
                 ceiling: vec![],
                 review: None,
+                suspended: false,
             },
         )
     }

@@ -131,9 +131,16 @@ pub fn mutating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> MutatingWe
         match_policy: Some("Equivalent".into()),
         match_conditions: None,
     };
+    let identities = MutatingWebhook {
+        name: "agentidentities.writ.dev".into(),
+        client_config: endpoint.client_config(paths::MUTATE_IDENTITIES, ca_bundle),
+        rules: Some(vec![rule(crate::api::GROUP, "agentidentities", &["CREATE", "UPDATE"])]),
+        reinvocation_policy: Some("Never".into()),
+        ..grants.clone()
+    };
     MutatingWebhookConfiguration {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-        webhooks: Some(vec![pods, grants]),
+        webhooks: Some(vec![pods, grants, identities]),
     }
 }
 
@@ -152,10 +159,13 @@ pub fn validating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> Validati
         match_policy: Some("Equivalent".into()),
         match_conditions: None,
     };
+    let mut grants = hook("capabilitygrants.writ.dev", "capabilitygrants", paths::VALIDATE_GRANTS);
+    // A grant's status is the operator's: a write Writ did not seal is refused.
+    grants.rules.get_or_insert_with(Vec::new).push(rule(crate::api::GROUP, "capabilitygrants/status", &["UPDATE"]));
     ValidatingWebhookConfiguration {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         webhooks: Some(vec![
-            hook("capabilitygrants.writ.dev", "capabilitygrants", paths::VALIDATE_GRANTS),
+            grants,
             hook("agentidentities.writ.dev", "agentidentities", paths::VALIDATE_IDENTITIES),
             hook("delegationpolicies.writ.dev", "delegationpolicies", paths::VALIDATE_POLICIES),
         ]),
