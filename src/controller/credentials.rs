@@ -178,7 +178,10 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
     // exist: that is believed, and the create finds out if the watch merely
     // lagged (409), after which the Secret is read from the API server.
     let mut from_api = false;
-    loop {
+    // Each write that finds the Secret changed under it (a 409) decides
+    // again on a fresh read; a Secret that keeps changing is left to the
+    // changes that concern it.
+    for _ in 0..4 {
         let read = if from_api {
             ctx.secret_writes.read_from_api(&namespace, &secret_name).await
         } else {
@@ -194,6 +197,16 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
         // here, and a pod that still needs a credential gets a new Secret.
         if secret.as_ref().is_some_and(|s| s.metadata.deletion_timestamp.is_some()) {
             tracing::debug!(secret = %secret_name, "credential Secret being deleted; waiting for it to go");
+            return Ok(Action::await_change());
+        }
+        // Writ acts only on the Secret it created for this pod: a pod's
+        // annotation may name any Secret of its namespace (a tenant's
+        // `db-password`, another pod's credential), and Writ must never
+        // write to it, own it or revoke what it holds.
+        if let Some(foreign) =
+            secret.as_deref().filter(|s| !s.belongs_to(&pod.name_any(), &pod.uid().unwrap_or_default()))
+        {
+            refuse_foreign_secret(ctx, pod, foreign).await;
             return Ok(Action::await_change());
         }
         let stored = secret.as_deref().and_then(CredentialSecret::certificate);
@@ -219,8 +232,9 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
             PodPlan::Issue { rotation } => {
                 let Some(identity) = identity.as_deref() else { return Ok(Action::await_change()) };
                 let first = secret.is_none();
+                let version = secret.as_deref().and_then(CredentialSecret::resource_version);
                 let issued =
-                    match issue(ctx, pod, identity, &secret_name, &spiffe, (rotation, first, from_api), now).await {
+                    match issue(ctx, pod, identity, &secret_name, &spiffe, (rotation, first, version), now).await {
                         // The pod goes with its namespace: nothing to issue, and no retry
                         // (each pod of a deleted namespace was retried every 2 s: 18,676
                         // refused creates while a 4,000-pod namespace emptied).
@@ -231,7 +245,7 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
                         issued => issued?,
                     };
                 if !issued {
-                    // The Secret exists after all: decide again on what it holds.
+                    // The Secret exists after all, or changed: decide again on what it holds.
                     from_api = true;
                     continue;
                 }
@@ -239,20 +253,46 @@ async fn reconcile_inner(pod: &AgentPod, ctx: &Context) -> Result<Action, Error>
             }
         };
     }
+    Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+/// What Writ does when a pod names a Secret it did not create for that pod
+/// (see [`CredentialSecret::belongs_to`]): nothing is written, owned or
+/// revoked; the pod gets a warning Event, and the refusal is counted
+/// (`writ_untrusted_total{what="secret"}`) and logged.
+async fn refuse_foreign_secret(ctx: &Context, pod: &AgentPod, secret: &CredentialSecret) {
+    let reason = if secret.pod.is_some() && secret.owner_uid().is_some() { "other-pod" } else { "not-created-by-writ" };
+    ctx.shared.metrics.untrusted("secret", reason);
+    tracing::warn!(pod = %pod.name_any(), namespace = %pod.namespace().unwrap_or_default(), secret = %secret.name_any(),
+        reason, "pod names a Secret Writ did not create for it; not writing to it");
+    ctx.event(
+        &pod.object_ref(&()),
+        true,
+        "CredentialSecretRefused",
+        "Guard",
+        format!(
+            "Secret {} was not created by Writ for this pod (its writ.dev/pod label and controller owner are not \
+             this pod): Writ does not write to it, own it or revoke from it",
+            secret.name_any()
+        ),
+    )
+    .await;
 }
 
 /// Mints a certificate for `pod` and writes its credential Secret; returns
-/// whether it wrote. `first`: the Secret was not found, so it is created;
-/// if it exists after all (409) and `from_api` is false (absence was the
-/// cache's word), returns `false` without writing, for the caller to read it
-/// from the API server and decide again. Otherwise the Secret is applied.
+/// whether it wrote. `first`: the Secret was not found, so it is created,
+/// never overwritten: if it exists after all (409), returns `false` without
+/// writing, for the caller to read it from the API server and decide again.
+/// Otherwise the Secret, read at `version` and found to be this pod's, is
+/// applied on that version only (a Secret replaced meanwhile is a 409, and
+/// the caller decides again).
 async fn issue(
     ctx: &Context,
     pod: &AgentPod,
     identity: &AgentIdentity,
     secret_name: &str,
     spiffe: &str,
-    (rotation, first, from_api): (bool, bool, bool),
+    (rotation, first, version): (bool, bool, Option<String>),
     now: i64,
 ) -> Result<bool, Error> {
     let shared = &ctx.shared;
@@ -311,28 +351,26 @@ async fn issue(
     // A first credential is a plain create (no field-ownership merge in the
     // API server, unlike an apply that creates); a rotation, or a create that
     // finds the Secret already there, is a server-side apply.
-    let created = if first {
+    let written = if first {
         let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
         match api.create(&params, &secret).await {
-            Ok(written) => Some(written),
-            Err(kube::Error::Api(e)) if e.code == 409 && !from_api => return Ok(false),
-            Err(kube::Error::Api(e)) if e.code == 409 => None,
+            Ok(written) => written,
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
             Err(source) => {
                 return Err(Error::Kube { op: "creating credential Secret of", object: object(pod), source })
             }
         }
     } else {
-        None
-    };
-    let written = match created {
-        Some(written) => written,
-        None => {
-            let mut value = serde_json::to_value(&secret).unwrap_or_default();
-            value["apiVersion"] = "v1".into();
-            value["kind"] = "Secret".into();
-            api.patch(secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value))
-                .await
-                .map_err(|source| Error::Kube { op: "writing credential Secret of", object: object(pod), source })?
+        let mut value = serde_json::to_value(&secret).unwrap_or_default();
+        value["apiVersion"] = "v1".into();
+        value["kind"] = "Secret".into();
+        if let Some(version) = version {
+            value["metadata"]["resourceVersion"] = version.into();
+        }
+        match api.patch(secret_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await {
+            Ok(written) => written,
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
+            Err(source) => return Err(Error::Kube { op: "writing credential Secret of", object: object(pod), source }),
         }
     };
     ctx.secret_writes.note_written(&written.metadata);
@@ -349,6 +387,167 @@ async fn issue(
     tracing::info!(target: "audit", pod = %pod.name_any(), namespace = %namespace, serial = %issued.serial_hex,
         spiffe_id = %spiffe, not_after = issued.not_after, rotation, "pod certificate issued");
     Ok(true)
+}
+
+/// A pod reading another pod's credential Secret.
+#[derive(Clone, Debug)]
+pub struct Exposure {
+    /// The pod whose credential Secret it is.
+    pub victim: Arc<AgentPod>,
+    /// The credential Secret.
+    pub secret: Arc<CredentialSecret>,
+    /// The field of the reading pod that names it.
+    pub field: String,
+}
+
+/// The credential Secrets of other pods that `pod` reads (volumes,
+/// projected volumes, `env`, `envFrom`): live credentials in Secrets Writ
+/// created for another pod that still runs.
+pub async fn exposures(ctx: &Context, pod: &k8s_openapi::api::core::v1::Pod) -> Vec<Exposure> {
+    let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
+    let namespace = pod.namespace().unwrap_or_default();
+    let (name, uid) = (pod.name_any(), pod.uid().unwrap_or_default());
+    let mut out = Vec::new();
+    for r in crate::webhook::pods::secret_references(spec) {
+        // The cache holds every credential Secret: a Secret it does not hold
+        // is no credential, and costs no request.
+        let Ok(Some(secret)) = ctx.secret_writes.read_or_absent(&namespace, &r.secret).await else { continue };
+        if secret.belongs_to(&name, &uid) || secret.certificate().is_none() {
+            continue;
+        }
+        let (Some(owner), Some(owner_uid)) = (secret.pod.as_deref(), secret.owner_uid()) else { continue };
+        let Some(victim) = ctx.shared.pods.get(&ObjectRef::new(owner).within(&namespace)) else { continue };
+        if victim.uid().as_deref() == Some(owner_uid.as_str()) && !victim.finished() {
+            out.push(Exposure { victim, secret, field: r.field });
+        }
+    }
+    out
+}
+
+/// Rotates a credential another pod has read: its certificate serial and
+/// token ids go on the revocation list (durably) first, then the victim
+/// gets a new key and certificate (its grants' tokens are re-minted for it,
+/// the certificate having changed). Both pods get an Event; the exposure is
+/// counted and audited.
+pub async fn rotate_exposed(
+    ctx: &Context,
+    exposure: &Exposure,
+    intruder: &k8s_openapi::api::core::v1::Pod,
+) -> Result<(), Error> {
+    let shared = &ctx.shared;
+    let victim = &*exposure.victim;
+    let namespace = victim.namespace().unwrap_or_default();
+    let now = pki::now_unix();
+    let mut secret = exposure.secret.clone();
+    let old_serial = secret.certificate().map(|c| c.serial_hex.to_string()).unwrap_or_default();
+    let tokens: Vec<RevokedToken> = secret
+        .tokens
+        .iter()
+        .filter_map(crate::runtime::StoredToken::facts)
+        .map(|f| RevokedToken { jti: f.jti.to_string(), expires_at: f.exp })
+        .collect();
+    let certs: Vec<RevokedCertificate> = secret
+        .certificate()
+        .iter()
+        .map(|c| RevokedCertificate { serial: c.serial_hex.to_string(), expires_at: c.not_after })
+        .collect();
+    shared
+        .revocations
+        .revoke(tokens.clone(), certs, now)
+        .await
+        .map_err(|source| Error::Revocation { object: object(victim), source })?;
+    let agent = victim.agent().unwrap_or_default().to_string();
+    let identity = shared.identity(&namespace, &agent);
+    let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &agent);
+    let mut rotated = false;
+    if let Some(identity) = identity.as_deref() {
+        for _ in 0..3 {
+            if !secret.belongs_to(&victim.name_any(), &victim.uid().unwrap_or_default()) {
+                break;
+            }
+            let version = secret.resource_version();
+            if issue(ctx, victim, identity, &secret.name_any(), &spiffe, (true, false, version), now).await? {
+                rotated = true;
+                break;
+            }
+            let read = ctx.secret_writes.read_from_api(&namespace, &secret.name_any()).await;
+            match read.map_err(|source| Error::Kube {
+                op: "reading credential Secret of",
+                object: object(victim),
+                source,
+            })? {
+                Some(fresh) => secret = fresh,
+                None => break,
+            }
+        }
+    }
+    let (intruder_name, field, secret_name) = (intruder.name_any(), &exposure.field, exposure.secret.name_any());
+    shared.metrics.untrusted("credential-mount", if rotated { "rotated" } else { "revoked" });
+    tracing::warn!(target: "audit", namespace = ?namespace, victim = ?victim.name_any(), intruder = ?intruder_name,
+        secret = ?secret_name, field = ?field, serial = ?old_serial, tokens = tokens.len(), rotated,
+        "credential Secret read by another pod; its credential revoked and rotated");
+    ctx.event(
+        &victim.object_ref(&()),
+        true,
+        "CredentialExposed",
+        "Rotate",
+        format!(
+            "pod {intruder_name} reads this pod's credential Secret {secret_name} ({field}): certificate serial \
+             {old_serial} and {} token(s) revoked{}",
+            tokens.len(),
+            if rotated { ", new key issued" } else { "" }
+        ),
+    )
+    .await;
+    ctx.event(
+        &kube::Resource::object_ref(intruder, &()),
+        true,
+        "ForeignCredentialMount",
+        "Guard",
+        format!(
+            "{field}: Secret {secret_name} is the credential Secret of pod {}; that credential was revoked and \
+             rotated [foreign-credential-mount]",
+            victim.name_any()
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Follows every pod of the cluster (on the leader) and rotates any
+/// credential a pod other than its own reads: what the `pod-mounts` webhook
+/// (failure policy `Ignore`) let through, or what was created while it was
+/// skipped. Each (reading pod, Secret) is handled once per leadership term;
+/// a failed rotation is tried again at that pod's next change.
+pub async fn guard_credential_mounts(ctx: Arc<Context>) {
+    use futures::StreamExt as _;
+    use kube::runtime::{watcher, WatchStreamExt as _};
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::all(ctx.shared.client.clone());
+    let mut handled = std::collections::HashSet::<(String, String)>::new();
+    let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let pod = match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
+            Ok(watcher::Event::Delete(pod)) => {
+                let uid = pod.uid().unwrap_or_default();
+                handled.retain(|(u, _)| *u != uid);
+                continue;
+            }
+            _ => continue,
+        };
+        for exposure in exposures(&ctx, &pod).await {
+            let key = (pod.uid().unwrap_or_default(), exposure.secret.name_any());
+            if !handled.insert(key.clone()) {
+                continue;
+            }
+            if let Err(e) = rotate_exposed(&ctx, &exposure, &pod).await {
+                tracing::warn!(namespace = %pod.namespace().unwrap_or_default(), pod = %pod.name_any(), error = %e,
+                    "rotating a credential read by another pod failed");
+                handled.remove(&key);
+            }
+        }
+    }
 }
 
 /// Revokes everything a credential Secret holds: the certificate serial and
@@ -566,6 +765,14 @@ mod tests {
             Trust::bootstrap(&client, &config.namespace, None, 86_400, &config.trust_domain).await.expect("trust"),
         );
         let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await.expect("revocations"));
+        let metrics = Arc::new(Metrics::default());
+        crate::runtime::trust_read_back(
+            &trust,
+            &config.trust_domain,
+            config.max_grant_ttl.as_secs_i64(),
+            config.max_credential_ttl.as_secs_i64(),
+            &metrics,
+        );
         let (identities, mut iw) = reflector::store::<AgentIdentity>();
         let identity: AgentIdentity = serde_json::from_value(json!({
             "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
@@ -588,7 +795,7 @@ mod tests {
             pods,
             trust,
             revocations,
-            Arc::new(Metrics::default()),
+            metrics,
             Arc::new(CertSlot::default()),
         ));
         Arc::new(Context::new(shared, crate::controller::events::Events::new(client, "test", "test"), secrets))
@@ -626,10 +833,21 @@ mod tests {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "42"},
+            "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "42", "labels": owned_labels(),
+                         "ownerReferences": owner_of(pod)},
             "data": {keys::CERT: b64(&issued.chain_pem), keys::KEY: b64(&issued.key_pem),
                      keys::CA: b64(&ctx.shared.trust.bundle_pem()), keys::SPIFFE_ID: b64(&spiffe)}
         })
+    }
+
+    /// The labels Writ puts on the Secret it creates for `worker-0`.
+    fn owned_labels() -> serde_json::Value {
+        json!({POD_LABEL: "worker-0", AGENT_LABEL: "worker", "app.kubernetes.io/managed-by": "writ"})
+    }
+
+    /// The controller owner Writ puts on the Secret it creates for `pod`.
+    fn owner_of(pod: &AgentPod) -> serde_json::Value {
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": pod.name_any(), "uid": pod.uid(), "controller": true}])
     }
 
     fn credential_requests(log: &Mutex<Vec<(Method, String)>>) -> Vec<(Method, String)> {
@@ -851,10 +1069,11 @@ mod tests {
     async fn a_secret_found_by_the_create_without_a_valid_certificate_is_replaced() {
         let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
         let ctx = context(fake_api(existing.clone(), log.clone())).await;
-        // Left over with no certificate in it.
+        // Writ's Secret for this pod, left over with no certificate in it.
         *existing.lock().expect("existing") = Some(json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "42"}, "data": {}
+            "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "42", "labels": owned_labels(),
+                         "ownerReferences": owner_of(&pod())}, "data": {}
         }));
         log.lock().expect("log").clear();
         reconcile(pod(), ctx).await.expect("reconciled");
@@ -868,5 +1087,55 @@ mod tests {
             ],
             "the create's 409 leads to a read, then the certificate is applied over it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_secret_writ_did_not_create_for_the_pod_is_never_written_owned_or_revoked() {
+        let valid = |ctx: &Context| credential_secret(ctx, &pod());
+        type Make = fn(&mut serde_json::Value);
+        let cases: [(&str, Make); 3] = [
+            // A tenant's own Secret, named by the pod's annotation.
+            ("db-password", |s| {
+                s["metadata"]["labels"] = json!({});
+                s["metadata"]["ownerReferences"] = json!([]);
+                s["data"] = json!({"password": "aHVudGVyMg=="});
+            }),
+            // Another pod's credential Secret.
+            ("another pod's", |s| {
+                s["metadata"]["labels"][POD_LABEL] = json!("victim");
+                s["metadata"]["ownerReferences"][0]["name"] = json!("victim");
+                s["metadata"]["ownerReferences"][0]["uid"] = json!("victim-uid");
+            }),
+            // The right label, but owned by another pod (or by none).
+            ("owned by another uid", |s| s["metadata"]["ownerReferences"][0]["uid"] = json!("u-2")),
+        ];
+        for (what, make) in cases {
+            let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+            let ctx = context(fake_api(existing.clone(), log.clone())).await;
+            let mut foreign = valid(&ctx);
+            make(&mut foreign);
+            *existing.lock().expect("existing") = Some(foreign);
+            log.lock().expect("log").clear();
+            // Writ would issue (a new pod) ...
+            reconcile(pod(), ctx.clone()).await.expect("reconciled");
+            // ... or revoke (the pod finished).
+            let mut done = (*pod()).clone();
+            done.status.phase = Some(crate::runtime::PodPhase::Succeeded);
+            reconcile(Arc::new(done), ctx.clone()).await.expect("reconciled");
+            let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+            let writes: Vec<_> = credential_requests(&log).into_iter().filter(|(m, _)| *m != Method::GET).collect();
+            assert!(
+                !writes.is_empty() && writes.iter().all(|(m, p)| *m == Method::POST && *p == secrets),
+                "{what}: only creates (refused: it exists), never a write to it: {writes:?}"
+            );
+            let revoked = log
+                .lock()
+                .expect("log")
+                .iter()
+                .any(|(m, p)| *m != Method::GET && p.contains("configmaps/writ-revocations"));
+            assert!(!revoked, "{what}: nothing revoked");
+            let refused = ctx.shared.metrics.render();
+            assert!(refused.contains("writ_untrusted_total{what=\"secret\""), "{what}: counted\n{refused}");
+        }
     }
 }

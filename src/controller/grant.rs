@@ -16,7 +16,7 @@ use kube::{
 use super::{credentials, finalized, is_not_found, time, unix, Context, Error, FINALIZER, MANAGER};
 use crate::pki::seal::SealKeys;
 use crate::policy::Rule;
-use crate::runtime::metrics::FindingLabels;
+use crate::runtime::metrics::UntrustedLabels;
 use crate::{
     api::{
         condition::{condition, set_condition},
@@ -422,7 +422,7 @@ async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error>
     let g = &mut trusted_grant;
     if let Some(why) = &tampered {
         tracing::warn!(grant = %g.name_any(), namespace = %ns, "a grant status not written by Writ was found and is repaired");
-        shared.metrics.trust_findings.get_or_create(&FindingLabels { finding: "status-tampered" }).inc();
+        shared.metrics.untrusted.get_or_create(&UntrustedLabels { what: "grant-status", reason: "not-sealed" }).inc();
         ctx.event(&g.object_ref(&()), true, "StatusRepaired", "Repair", why.clone()).await;
     }
     let uid = g.uid().unwrap_or_default();
@@ -672,7 +672,7 @@ async fn issue_token(
         object: object(g),
         source,
     })?;
-    let Some(cert) = secret.as_deref().and_then(CredentialSecret::certificate) else { return Ok(None) };
+    let Some(cert) = secret.as_deref().and_then(|s| s.certificate_for(&pod)) else { return Ok(None) };
     let existing = secret.as_deref().and_then(|s| s.token(&g.name_any())?.facts());
     let fresh = existing.filter(|t| {
         t.thumbprint == cert.thumbprint

@@ -209,7 +209,11 @@ async fn cleanup(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
             object: object(id),
             source,
         })? {
-            credentials::revoke_secret(ctx, &pod, &secret, "AgentIdentity deleted").await?;
+            // Only the Secret Writ created for this pod: the annotation may
+            // name any Secret of the namespace.
+            if secret.belongs_to(&pod.name_any(), &pod.uid().unwrap_or_default()) {
+                credentials::revoke_secret(ctx, &pod, &secret, "AgentIdentity deleted").await?;
+            }
         }
     }
     ctx.event(

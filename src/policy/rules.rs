@@ -121,11 +121,19 @@ pub enum Rule {
     MalformedIdentity,
     /// A DelegationPolicy that is itself malformed.
     MalformedPolicy,
+
+    // --- pods ---
+    /// A `writ.dev/*` label or annotation added, changed or removed on an
+    /// existing pod.
+    PodWritMetadataImmutable,
+    /// A pod that mounts (volume, projected volume, `env`, `envFrom`)
+    /// another pod's credential Secret.
+    ForeignCredentialMount,
 }
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 45] = [
+    pub const ALL: [Rule; 47] = [
         Rule::MalformedAction,
         Rule::MalformedResource,
         Rule::InvalidCharacter,
@@ -171,6 +179,8 @@ impl Rule {
         Rule::ApprovalTimeout,
         Rule::MalformedIdentity,
         Rule::MalformedPolicy,
+        Rule::PodWritMetadataImmutable,
+        Rule::ForeignCredentialMount,
     ];
 
     /// The stable, kebab-case id printed in brackets after every message.
@@ -221,6 +231,8 @@ impl Rule {
             Rule::ApprovalTimeout => "approval-timeout",
             Rule::MalformedIdentity => "malformed-identity",
             Rule::MalformedPolicy => "malformed-policy",
+            Rule::PodWritMetadataImmutable => "pod-writ-metadata-immutable",
+            Rule::ForeignCredentialMount => "foreign-credential-mount",
         }
     }
 
@@ -324,6 +336,14 @@ impl Rule {
             Rule::MalformedPolicy => {
                 "A DelegationPolicy with a bad principal, empty lists, `maxDepth` outside 1..=8, or non-human approvers."
             }
+            Rule::PodWritMetadataImmutable => {
+                "A `writ.dev/*` label or annotation added, changed or removed on an existing pod: a pod's claim and \
+                 its credential Secret are fixed when it is created."
+            }
+            Rule::ForeignCredentialMount => {
+                "A pod that mounts another pod's credential Secret (volume, projected volume, `env` or `envFrom`): \
+                 a credential Secret serves only its pod."
+            }
         }
     }
 }
@@ -404,8 +424,15 @@ mod tests {
     #[test]
     fn docs_rules_md_is_the_generated_table() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/rules.md");
+        if std::env::var_os("WRIT_BLESS").is_some() {
+            std::fs::write(path, rules_markdown()).expect("writing docs/rules.md");
+        }
         let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert_eq!(committed, rules_markdown(), "docs/rules.md must be `writ::policy::rules_markdown()`");
+        assert_eq!(
+            committed,
+            rules_markdown(),
+            "docs/rules.md must be `writ::policy::rules_markdown()` (WRIT_BLESS=1 cargo test --lib docs_rules_md rewrites it)"
+        );
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl AgentPod {
 /// The 16 bytes of a UUID written as the API server writes uids (lowercase,
 /// hyphenated 8-4-4-4-12), `None` for any other string: only a uid that
 /// [`format_uuid`] gives back exactly is kept as bytes.
-fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+pub(super) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     let b = s.as_bytes();
     if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
         return None;
@@ -175,7 +175,7 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-fn format_uuid(u: &[u8; 16]) -> String {
+pub(super) fn format_uuid(u: &[u8; 16]) -> String {
     let mut s = String::with_capacity(36);
     for (i, byte) in u.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {

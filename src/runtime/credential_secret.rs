@@ -12,17 +12,45 @@
 //! same `secrets` endpoint, so it watches, caches and is owned like a
 //! `Secret`. Key material never enters it: the private key is only noted as
 //! present.
+//!
+//! A credential Secret lives in a tenant's namespace, and anyone who may
+//! write Secrets there can write one that looks like Writ's. So a token or
+//! certificate read back from a Secret counts only when Writ issued it for
+//! that Secret's pod ([`ReadBackTrust`]): a token signed by one of Writ's
+//! keys with Writ's issuer, a `jti` of the shape Writ mints and an expiry
+//! no later than the operator's hard maximum from now, naming the pod (name
+//! and uid) of the Secret's `writ.dev/pod` label and controller owner; a
+//! certificate signed by a Writ CA whose subject is that pod. Anything else
+//! is held as undecoded (its key is still removed on revocation, but it
+//! never reaches the revocation list or a decision), logged at debug without
+//! its contents and counted in `writ_untrusted_total`.
+//!
+//! The check runs while the Secret is decoded, when the token text is at
+//! hand: keeping each token's text to check later would cost a kilobyte per
+//! token in the cache. The decoder is called by serde (the watch, `get`), so
+//! what it checks against is registered once per process with
+//! [`trust_read_back`] (the operator's [`Trust`], which follows key and CA
+//! rotation in place); with none registered, nothing read back counts.
+
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use serde::Deserialize;
+use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::{
     api::AGENT_LABEL,
     controller::{
-        credentials::{keys, stored_tokens, POD_LABEL},
+        credentials::{keys, POD_LABEL},
         FINALIZER,
     },
-    pki::{token, CertificateInfo},
+    pki::{
+        cert::{parse_certificates, parse_x509, spiffe_id_of},
+        token::{self, Claims, Header, ALG_EDDSA},
+        CertificateInfo, JwkSet,
+    },
+    runtime::metrics::Metrics,
+    trust::Trust,
 };
 
 /// A credential Secret as Writ reads it.
@@ -47,6 +75,10 @@ pub struct CredentialSecret {
     pub pod: Option<String>,
     /// The `writ.dev/agent` label: the AgentIdentity of that pod.
     pub agent: Option<String>,
+    /// The uid of the Secret's controller owner when it is a Pod named as
+    /// the `writ.dev/pod` label says (what Writ writes on the Secrets it
+    /// creates): with the label, the pod the Secret belongs to.
+    owner_uid: Option<PackedUid>,
     /// Whether the private key is there (what marks a live credential).
     pub has_key: bool,
     /// The leaf certificate of `tls.crt`, if present and parseable.
@@ -220,13 +252,44 @@ impl std::fmt::Debug for StoredToken {
 
 impl From<Secret> for CredentialSecret {
     fn from(secret: Secret) -> Self {
-        let tokens = stored_tokens(&secret)
+        let mut metadata = secret.metadata;
+        let mut labels = metadata.labels.take().unwrap_or_default();
+        let pod = labels.remove(POD_LABEL);
+        let agent = labels.remove(AGENT_LABEL);
+        // The owning pod is the `writ.dev/pod` label with the controller
+        // owner of that name; the garbage collector, not Writ, reads the
+        // rest of the owner reference.
+        let owner_uid = metadata
+            .owner_references
+            .take()
             .into_iter()
-            .map(|(grant, jwt)| {
-                let decoded = token::decode_unverified(&jwt).ok();
-                StoredToken::new(
-                    &grant,
-                    decoded.as_ref().map(|(h, c)| TokenFacts {
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == "Pod" && o.api_version == "v1")
+            .filter(|o| Some(&o.name) == pod.as_ref())
+            .map(|o| PackedUid::new(&o.uid));
+        let namespace = metadata.namespace.clone().unwrap_or_default();
+        let uid = owner_uid.as_ref().map(PackedUid::to_string_form);
+        let holder = Holder {
+            namespace: &namespace,
+            pod: pod.as_deref().unwrap_or_default(),
+            pod_uid: uid.as_deref().unwrap_or_default(),
+            agent: agent.as_deref().unwrap_or_default(),
+        };
+        let checks = registered();
+        let now = crate::pki::now_unix();
+        let secret_name = metadata.name.clone().unwrap_or_default();
+        let ignored = |what: &'static str, why: Untrusted| {
+            tracing::debug!(namespace = %namespace, secret = %secret_name, what, reason = why.reason(),
+                "credential read back from a Secret ignored: not issued by Writ for this Secret's pod");
+            if let Some(metrics) = checks.first().and_then(|(_, m)| m.upgrade()) {
+                metrics.untrusted(what, why.reason());
+            }
+        };
+        let tokens = stored_tokens_of(&secret.data)
+            .map(|(grant, jwt)| match read_back(&checks, |c| c.token(jwt, &holder, now)) {
+                Ok((h, c)) => StoredToken::new(
+                    grant,
+                    Some(TokenFacts {
                         kid: h.kid.as_deref(),
                         jti: &c.jti,
                         exp: c.exp,
@@ -235,21 +298,26 @@ impl From<Secret> for CredentialSecret {
                         grant_uid: &c.grant.uid,
                         pod_uid: &c.pod.uid,
                     }),
-                )
+                ),
+                Err(why) => {
+                    ignored("token", why);
+                    StoredToken::new(grant, None)
+                }
             })
             .collect();
         let data = secret.data.unwrap_or_default();
-        let leaf = data
-            .get(keys::CERT)
-            .and_then(|pem| CertificateInfo::from_pem(&String::from_utf8_lossy(&pem.0)).ok())
-            .map(|info| StoredCertificate::new(&info));
-        let mut metadata = secret.metadata;
-        let mut labels = metadata.labels.take().unwrap_or_default();
+        let leaf = data.get(keys::CERT).and_then(|pem| {
+            let pem = String::from_utf8_lossy(&pem.0);
+            match read_back(&checks, |c| c.certificate(&pem, &holder, now)) {
+                Ok(info) => Some(StoredCertificate::new(&info)),
+                Err(why) => {
+                    ignored("certificate", why);
+                    None
+                }
+            }
+        });
         metadata.annotations = None;
         metadata.managed_fields = None;
-        // The owning pod is the `writ.dev/pod` label, written with it; the
-        // garbage collector, not Writ, reads the owner reference.
-        metadata.owner_references = None;
         metadata.uid = None;
         let mut finalizers = metadata.finalizers.take().unwrap_or_default();
         let all = finalizers.len();
@@ -262,13 +330,360 @@ impl From<Secret> for CredentialSecret {
             metadata,
             writ_finalizer,
             version,
-            pod: labels.remove(POD_LABEL),
-            agent: labels.remove(AGENT_LABEL),
+            pod,
+            agent,
+            owner_uid,
             has_key: data.contains_key(keys::KEY),
             leaf,
             tokens,
         }
     }
+}
+
+/// `grant.<name>.jwt` entries of a Secret's data: `(grant name, jwt)`.
+fn stored_tokens_of(
+    data: &Option<std::collections::BTreeMap<String, k8s_openapi::ByteString>>,
+) -> impl Iterator<Item = (&str, &str)> {
+    data.iter().flatten().filter_map(|(k, v)| {
+        let grant = k.strip_prefix(keys::GRANT_PREFIX)?.strip_suffix(keys::GRANT_SUFFIX)?;
+        Some((grant, std::str::from_utf8(&v.0).unwrap_or_default()))
+    })
+}
+
+/// A pod uid as 16 bytes when it is a UUID in the API server's form, else
+/// as it was written.
+#[derive(Clone, Debug, PartialEq)]
+enum PackedUid {
+    Uuid([u8; 16]),
+    Other(Box<str>),
+}
+
+impl PackedUid {
+    fn new(uid: &str) -> Self {
+        match super::agent_pod::parse_uuid(uid) {
+            Some(bytes) => Self::Uuid(bytes),
+            None => Self::Other(uid.into()),
+        }
+    }
+
+    fn to_string_form(&self) -> String {
+        match self {
+            Self::Uuid(bytes) => super::agent_pod::format_uuid(bytes),
+            Self::Other(uid) => uid.to_string(),
+        }
+    }
+}
+
+/// The pod a credential read back from a Secret must belong to: the
+/// Secret's namespace, its `writ.dev/pod` label, its controller owner's uid
+/// and its `writ.dev/agent` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder<'a> {
+    /// The Secret's namespace.
+    pub namespace: &'a str,
+    /// The pod's name.
+    pub pod: &'a str,
+    /// The pod's uid.
+    pub pod_uid: &'a str,
+    /// The AgentIdentity the pod claims.
+    pub agent: &'a str,
+}
+
+/// Why a token or certificate read back from a Secret does not count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Untrusted {
+    /// Not a compact JWS or a PEM certificate Writ can read.
+    #[error("malformed")]
+    Malformed,
+    /// Not signed by a key or CA of Writ's (unknown key, bad signature,
+    /// another algorithm, a CA certificate).
+    #[error("not signed by Writ")]
+    Signature,
+    /// Signed, but not with Writ's issuer or trust domain.
+    #[error("another issuer")]
+    Issuer,
+    /// Issued for another pod, namespace or identity than the Secret's.
+    #[error("another pod")]
+    OtherPod,
+    /// A `jti` of another shape than Writ mints.
+    #[error("jti not as Writ mints it")]
+    Jti,
+    /// An expiry beyond what Writ issues (its hard maximum from now).
+    #[error("expiry beyond the operator's maximum")]
+    Expiry,
+    /// The Secret names no pod (no `writ.dev/pod` label with a controller
+    /// owner of that name), or nothing to check against is registered.
+    #[error("no owner to check against")]
+    NoHolder,
+}
+
+impl Untrusted {
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Signature => "signature",
+            Self::Issuer => "issuer",
+            Self::OtherPod => "other-pod",
+            Self::Jti => "jti",
+            Self::Expiry => "expiry",
+            Self::NoHolder => "no-holder",
+        }
+    }
+}
+
+/// Skew allowed on the expiry bound: a credential minted by another replica
+/// whose clock runs ahead still counts.
+const READ_BACK_SKEW_SECS: i64 = 60;
+
+/// What a credential read back from a Secret is checked against: Writ's
+/// token keys and CA certificates, its issuer and the hard maximum
+/// lifetimes. Pure: the keys and CAs are given.
+#[derive(Clone, Debug)]
+pub struct ReadBackTrust {
+    jwks: JwkSet,
+    /// DER of each trusted CA certificate.
+    anchors: Vec<Vec<u8>>,
+    trust_domain: String,
+    max_token_secs: i64,
+    max_certificate_secs: i64,
+}
+
+impl ReadBackTrust {
+    /// Trusts the CA certificates of `bundle_pem` and the keys of `jwks`, for
+    /// credentials of `trust_domain` lasting at most `max_token_secs`
+    /// (tokens) and `max_certificate_secs` (certificates) from now.
+    pub fn new(
+        bundle_pem: &str,
+        jwks: JwkSet,
+        trust_domain: &str,
+        max_token_secs: i64,
+        max_certificate_secs: i64,
+    ) -> Self {
+        Self {
+            jwks,
+            anchors: parse_certificates(bundle_pem.as_bytes()).unwrap_or_default(),
+            trust_domain: trust_domain.to_string(),
+            max_token_secs,
+            max_certificate_secs,
+        }
+    }
+
+    /// The claims of `jwt` when Writ minted it for `holder` and its bounds
+    /// hold at `now`. Expired tokens count (they were Writ's).
+    pub fn token(&self, jwt: &str, holder: &Holder<'_>, now: i64) -> Result<(Header, Claims), Untrusted> {
+        if holder.pod.is_empty() || holder.pod_uid.is_empty() {
+            return Err(Untrusted::NoHolder);
+        }
+        let parsed = token::parse(jwt.trim()).map_err(|_| Untrusted::Malformed)?;
+        if parsed.header.alg != ALG_EDDSA {
+            return Err(Untrusted::Signature);
+        }
+        let key = parsed
+            .header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.jwks.find(kid))
+            .and_then(|k| k.ed25519_public_key())
+            .ok_or(Untrusted::Signature)?;
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key)
+            .verify(parsed.signing_input.as_bytes(), &parsed.signature)
+            .map_err(|_| Untrusted::Signature)?;
+        let c = parsed.claims;
+        if c.iss != format!("spiffe://{}/writ", self.trust_domain) {
+            return Err(Untrusted::Issuer);
+        }
+        let spiffe = crate::pki::cert::spiffe_id(&self.trust_domain, holder.namespace, holder.agent);
+        if c.pod.name != holder.pod
+            || c.pod.uid != holder.pod_uid
+            || c.grant.namespace != holder.namespace
+            || c.sub != spiffe
+        {
+            return Err(Untrusted::OtherPod);
+        }
+        if !is_minted_jti(&c.jti) {
+            return Err(Untrusted::Jti);
+        }
+        if c.exp > now + self.max_token_secs + READ_BACK_SKEW_SECS {
+            return Err(Untrusted::Expiry);
+        }
+        Ok((parsed.header, c))
+    }
+
+    /// What the leaf certificate of `pem` says when a Writ CA signed it for
+    /// `holder` and its bounds hold at `now`. Expired certificates count.
+    pub fn certificate(&self, pem: &str, holder: &Holder<'_>, now: i64) -> Result<CertificateInfo, Untrusted> {
+        if holder.pod.is_empty() || holder.pod_uid.is_empty() {
+            return Err(Untrusted::NoHolder);
+        }
+        let ders = parse_certificates(pem.as_bytes()).map_err(|_| Untrusted::Malformed)?;
+        let der = ders.first().ok_or(Untrusted::Malformed)?;
+        let leaf = parse_x509(der).map_err(|_| Untrusted::Malformed)?;
+        if leaf.is_ca() {
+            return Err(Untrusted::Signature);
+        }
+        let signed = self.anchors.iter().any(|anchor| {
+            X509Certificate::from_der(anchor).is_ok_and(|(_, ca)| {
+                ca.subject().as_raw() == leaf.issuer().as_raw() && leaf.verify_signature(Some(ca.public_key())).is_ok()
+            })
+        });
+        if !signed {
+            return Err(Untrusted::Signature);
+        }
+        let subject = leaf.subject();
+        let cn = first_value(subject.iter_common_name());
+        let org = first_value(subject.iter_organization());
+        let uid = first_value(subject.iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER));
+        if cn.as_deref() != Some(holder.pod)
+            || org.as_deref() != Some(holder.namespace)
+            || uid.as_deref() != Some(holder.pod_uid)
+        {
+            return Err(Untrusted::OtherPod);
+        }
+        let prefix = format!("spiffe://{}/ns/{}/", self.trust_domain, holder.namespace);
+        if !spiffe_id_of(&leaf).is_some_and(|id| id.starts_with(&prefix)) {
+            return Err(Untrusted::Issuer);
+        }
+        if leaf.validity().not_after.timestamp() > now + self.max_certificate_secs + READ_BACK_SKEW_SECS {
+            return Err(Untrusted::Expiry);
+        }
+        CertificateInfo::from_der(der).map_err(|_| Untrusted::Malformed)
+    }
+}
+
+/// The first value of a subject attribute, as text.
+fn first_value<'a>(
+    mut values: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> Option<String> {
+    values.next().and_then(|v| v.as_str().ok()).map(str::to_string)
+}
+
+/// Whether `jti` has the shape [`token::new_jti`] gives: 128 bits in
+/// base64url without padding (22 characters).
+pub fn is_minted_jti(jti: &str) -> bool {
+    jti.len() == 22 && jti.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The first check that accepts, else why the first one refused
+/// ([`Untrusted::NoHolder`] with none registered).
+fn read_back<T>(
+    checks: &[(Arc<ReadBackTrust>, Weak<Metrics>)],
+    check: impl Fn(&ReadBackTrust) -> Result<T, Untrusted>,
+) -> Result<T, Untrusted> {
+    let mut first = None;
+    for (c, _) in checks {
+        match check(c) {
+            Ok(v) => return Ok(v),
+            Err(why) => {
+                first.get_or_insert(why);
+            }
+        }
+    }
+    Err(first.unwrap_or(Untrusted::NoHolder))
+}
+
+/// A check built from trust material: the bundle and key ids it was built
+/// from, and the check.
+type Built = (String, Vec<String>, Arc<ReadBackTrust>);
+
+/// A registered source of [`ReadBackTrust`].
+enum Source {
+    /// The operator's trust material (followed through its rotations) and
+    /// its bounds, with the last check built from it and the bundle and key
+    /// ids it was built from.
+    Trust {
+        trust: Weak<Trust>,
+        trust_domain: String,
+        max_token_secs: i64,
+        max_certificate_secs: i64,
+        built: Mutex<Option<Built>>,
+    },
+    /// A fixed check (unit tests).
+    #[cfg(test)]
+    Fixed(Weak<ReadBackTrust>),
+}
+
+struct Registered {
+    source: Source,
+    metrics: Weak<Metrics>,
+}
+
+impl Registered {
+    fn live(&self) -> bool {
+        match &self.source {
+            Source::Trust { trust, .. } => trust.strong_count() > 0,
+            #[cfg(test)]
+            Source::Fixed(check) => check.strong_count() > 0,
+        }
+    }
+
+    fn check(&self, now: i64) -> Option<Arc<ReadBackTrust>> {
+        match &self.source {
+            #[cfg(test)]
+            Source::Fixed(check) => check.upgrade(),
+            Source::Trust { trust, trust_domain, max_token_secs, max_certificate_secs, built } => {
+                let trust = trust.upgrade()?;
+                let bundle = trust.bundle_pem();
+                let jwks = trust.jwks(now);
+                let kids: Vec<String> = jwks.keys.iter().map(|k| k.kid.clone()).collect();
+                let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((b, k, check)) = built.as_ref() {
+                    if *b == bundle && *k == kids {
+                        return Some(check.clone());
+                    }
+                }
+                let check =
+                    Arc::new(ReadBackTrust::new(&bundle, jwks, trust_domain, *max_token_secs, *max_certificate_secs));
+                *built = Some((bundle, kids, check.clone()));
+                Some(check)
+            }
+        }
+    }
+}
+
+static REGISTERED: RwLock<Vec<Registered>> = RwLock::new(Vec::new());
+
+fn register(source: Source, metrics: &Arc<Metrics>) {
+    let mut all = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    all.retain(Registered::live);
+    all.push(Registered { source, metrics: Arc::downgrade(metrics) });
+}
+
+/// Registers what credentials read back from Secrets are checked against
+/// in this process: `trust`'s CAs and token keys (as they are at each read,
+/// so rotations are followed), tokens lasting at most `max_token_secs` and
+/// certificates at most `max_certificate_secs`. Ignored credentials are
+/// counted in `metrics`. A registration ends with its `Trust`.
+pub fn trust_read_back(
+    trust: &Arc<Trust>,
+    trust_domain: &str,
+    max_token_secs: i64,
+    max_certificate_secs: i64,
+    metrics: &Arc<Metrics>,
+) {
+    register(
+        Source::Trust {
+            trust: Arc::downgrade(trust),
+            trust_domain: trust_domain.to_string(),
+            max_token_secs,
+            max_certificate_secs,
+            built: Mutex::new(None),
+        },
+        metrics,
+    );
+}
+
+/// Registers a fixed check (for tests); it ends with `check`.
+#[cfg(test)]
+pub(crate) fn fixed_read_back(check: &Arc<ReadBackTrust>, metrics: &Arc<Metrics>) {
+    register(Source::Fixed(Arc::downgrade(check)), metrics);
+}
+
+/// The checks of every live registration.
+fn registered() -> Vec<(Arc<ReadBackTrust>, Weak<Metrics>)> {
+    let all = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    let now = crate::pki::now_unix();
+    all.iter().filter_map(|r| Some((r.check(now)?, r.metrics.clone()))).collect()
 }
 
 super::served_as!(CredentialSecret, k8s_openapi::api::core::v1::Secret);
@@ -325,6 +740,26 @@ impl CredentialSecret {
     pub fn token(&self, grant: &str) -> Option<&StoredToken> {
         self.tokens.iter().find(|t| t.grant() == grant)
     }
+
+    /// The uid of the pod the Secret belongs to: its controller owner, a
+    /// Pod named as its `writ.dev/pod` label.
+    pub fn owner_uid(&self) -> Option<String> {
+        self.owner_uid.as_ref().map(PackedUid::to_string_form)
+    }
+
+    /// Whether this is the credential Secret Writ created for the pod
+    /// `name` with uid `uid`: its `writ.dev/pod` label and controller owner
+    /// are that pod. The only Secret Writ writes a pod's credential into.
+    pub fn belongs_to(&self, name: &str, uid: &str) -> bool {
+        !uid.is_empty() && self.pod.as_deref() == Some(name) && self.owner_uid().as_deref() == Some(uid)
+    }
+
+    /// [`certificate`](Self::certificate) when the Secret belongs to `pod`
+    /// ([`belongs_to`](Self::belongs_to)): what a pod's tokens may be bound to.
+    pub fn certificate_for(&self, pod: &super::AgentPod) -> Option<CertificateFacts<'_>> {
+        let uid = pod.uid().unwrap_or_default();
+        self.certificate().filter(|_| self.belongs_to(&kube::ResourceExt::name_any(pod), &uid))
+    }
 }
 
 #[cfg(test)]
@@ -340,11 +775,31 @@ mod tests {
     };
 
     const NOW: i64 = 1_750_000_000;
+    const TD: &str = "test.writ.dev";
 
-    fn issue(key_algorithm: KeyAlgorithm) -> IssuedCertificate {
+    /// A CA and a token key registered as Writ's for read-back (kept alive
+    /// with the world).
+    struct World {
+        ca: CertificateAuthority,
+        key: token::SigningKey,
+        check: Arc<ReadBackTrust>,
+        _metrics: Arc<Metrics>,
+    }
+
+    fn world() -> World {
         let ca = CertificateAuthority::generate("Writ CA", NOW, 86_400).expect("ca");
+        let key = token::SigningKey::generate().expect("signing key");
+        let check =
+            Arc::new(ReadBackTrust::new(ca.cert_pem(), JwkSet { keys: vec![key.public_jwk()] }, TD, 3600, 86_400));
+        let metrics = Arc::new(Metrics::default());
+        fixed_read_back(&check, &metrics);
+        World { ca, key, check, _metrics: metrics }
+    }
+
+    /// A certificate of `ca` for pod `p` (uid `u`) of agent `bot` in `ns`.
+    fn issue_by(ca: &CertificateAuthority, key_algorithm: KeyAlgorithm) -> IssuedCertificate {
         ca.issue(&PodCertificateRequest {
-            spiffe_id: "spiffe://test.writ.dev/ns/ns/sa/bot".into(),
+            spiffe_id: format!("spiffe://{TD}/ns/ns/agent/bot"),
             namespace: "ns".into(),
             pod_name: "p".into(),
             pod_uid: "u".into(),
@@ -354,6 +809,22 @@ mod tests {
         })
         .expect("issue")
     }
+
+    fn issue(w: &World, key_algorithm: KeyAlgorithm) -> IssuedCertificate {
+        issue_by(&w.ca, key_algorithm)
+    }
+
+    /// Claims as Writ mints them for pod `p` of agent `bot` in `ns`.
+    fn claims(thumbprint: &str) -> Claims {
+        let mut c = token::tests::sample_claims(thumbprint, NOW);
+        c.iss = format!("spiffe://{TD}/writ");
+        c.sub = format!("spiffe://{TD}/ns/ns/agent/bot");
+        c.grant.namespace = "ns".into();
+        c.pod = token::PodRef { name: "p".into(), uid: "u".into() };
+        c
+    }
+
+    const HOLDER: Holder<'static> = Holder { namespace: "ns", pod: "p", pod_uid: "u", agent: "bot" };
 
     fn secret(data: &[(&str, String)]) -> Secret {
         Secret {
@@ -367,6 +838,14 @@ mod tests {
                     ("app.kubernetes.io/managed-by".to_string(), "writ".to_string()),
                 ])),
                 annotations: Some(BTreeMap::from([("note".to_string(), "x".to_string())])),
+                owner_references: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    name: "p".into(),
+                    uid: "u".into(),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }]),
                 ..Default::default()
             },
             data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes()))).collect()),
@@ -376,9 +855,9 @@ mod tests {
 
     #[test]
     fn keeps_the_facts_and_drops_the_material() {
-        let issued = issue(KeyAlgorithm::Ed25519);
-        let key = token::SigningKey::generate().expect("signing key");
-        let jwt = token::sign(&key, &token::tests::sample_claims(&issued.thumbprint, NOW)).expect("sign");
+        let w = world();
+        let issued = issue(&w, KeyAlgorithm::Ed25519);
+        let jwt = token::sign(&w.key, &claims(&issued.thumbprint)).expect("sign");
         let s = CredentialSecret::from(secret(&[
             (keys::CERT, issued.chain_pem.clone()),
             (keys::KEY, issued.key_pem.clone()),
@@ -387,6 +866,8 @@ mod tests {
         ]));
         assert_eq!((s.pod.as_deref(), s.agent.as_deref()), (Some("p"), Some("bot")));
         assert!(s.metadata.labels.is_none() && s.metadata.annotations.is_none());
+        assert_eq!(s.owner_uid().as_deref(), Some("u"));
+        assert!(s.belongs_to("p", "u") && !s.belongs_to("p", "other") && !s.belongs_to("q", "u"));
         assert_eq!((s.resource_version().as_deref(), s.version()), (Some("7"), Some(7)));
         let wire = kube::ResourceExt::resource_version(&s);
         assert_eq!(wire.as_deref(), Some("7"), "the watch reads it from the decoded object");
@@ -476,7 +957,8 @@ mod tests {
 
     #[test]
     fn a_certificate_without_its_key_is_not_a_live_credential() {
-        let issued = issue(KeyAlgorithm::EcdsaP256);
+        let w = world();
+        let issued = issue(&w, KeyAlgorithm::EcdsaP256);
         let s = CredentialSecret::from(secret(&[(keys::CERT, issued.chain_pem)]));
         assert!(s.leaf().is_some() && s.certificate().is_none());
         let empty = CredentialSecret::from(secret(&[]));
@@ -505,5 +987,108 @@ mod tests {
         assert_eq!(s.pod.as_deref(), Some("p"));
         assert!(s.has_key && s.leaf().is_none());
         assert!(s.metadata.owner_references.is_none(), "the owner is the pod label");
+    }
+
+    #[test]
+    fn a_token_counts_only_when_writ_signed_it_for_the_secrets_pod_within_bounds() {
+        let w = world();
+        let issued = issue(&w, KeyAlgorithm::EcdsaP256);
+        let good = claims(&issued.thumbprint);
+        let now = NOW + 10;
+        let signed = |c: &Claims| token::sign(&w.key, c).expect("sign");
+        assert!(w.check.token(&signed(&good), &HOLDER, now).is_ok());
+        let other_key = token::SigningKey::generate().expect("key");
+        let unsigned = {
+            let jwt = signed(&good);
+            let (head, _) = jwt.rsplit_once('.').expect("three parts");
+            format!("{head}.")
+        };
+        let mut huge_jti = good.clone();
+        huge_jti.jti = "x".repeat(47_000);
+        let mut far = good.clone();
+        far.exp = now + 10 * 365 * 86_400;
+        let mut other_pod = good.clone();
+        other_pod.pod.uid = "victim-uid".into();
+        let mut other_ns = good.clone();
+        other_ns.grant.namespace = "elsewhere".into();
+        let mut other_iss = good.clone();
+        other_iss.iss = "spiffe://evil.example/writ".into();
+        for (what, jwt, why) in [
+            ("another key", token::sign(&other_key, &good).expect("sign"), Untrusted::Signature),
+            ("no signature", unsigned, Untrusted::Signature),
+            ("not a token", "grant-me-everything".to_string(), Untrusted::Malformed),
+            ("a 47 kB jti", signed(&huge_jti), Untrusted::Jti),
+            ("an expiry ten years on", signed(&far), Untrusted::Expiry),
+            ("another pod's uid", signed(&other_pod), Untrusted::OtherPod),
+            ("another namespace", signed(&other_ns), Untrusted::OtherPod),
+            ("another issuer", signed(&other_iss), Untrusted::Issuer),
+        ] {
+            assert_eq!(w.check.token(&jwt, &HOLDER, now).map(|_| ()), Err(why), "{what}");
+        }
+        let unowned = Holder { pod_uid: "", ..HOLDER };
+        assert_eq!(w.check.token(&signed(&good), &unowned, now).map(|_| ()), Err(Untrusted::NoHolder));
+        assert!(is_minted_jti(&token::new_jti().expect("jti")) && !is_minted_jti("short"));
+    }
+
+    #[test]
+    fn a_certificate_counts_only_when_a_writ_ca_signed_it_for_the_secrets_pod() {
+        let w = world();
+        let issued = issue(&w, KeyAlgorithm::EcdsaP256);
+        let now = NOW + 10;
+        let info = w.check.certificate(&issued.chain_pem, &HOLDER, now).expect("Writ's, for this pod");
+        assert_eq!(info.serial_hex, issued.serial_hex);
+        let other_ca = CertificateAuthority::generate("Writ CA", NOW, 86_400).expect("ca");
+        let forged = issue_by(&other_ca, KeyAlgorithm::EcdsaP256);
+        assert_eq!(w.check.certificate(&forged.chain_pem, &HOLDER, now).map(|_| ()), Err(Untrusted::Signature));
+        assert_eq!(
+            w.check.certificate(w.ca.cert_pem(), &HOLDER, now).map(|_| ()),
+            Err(Untrusted::Signature),
+            "the CA itself is no pod's certificate"
+        );
+        for holder in [
+            Holder { pod: "victim", ..HOLDER },
+            Holder { pod_uid: "victim-uid", ..HOLDER },
+            Holder { namespace: "elsewhere", ..HOLDER },
+        ] {
+            assert_eq!(w.check.certificate(&issued.chain_pem, &holder, now).map(|_| ()), Err(Untrusted::OtherPod));
+        }
+        let strict = ReadBackTrust::new(w.ca.cert_pem(), JwkSet::default(), TD, 3600, 60);
+        assert_eq!(
+            strict.certificate(&issued.chain_pem, &HOLDER, NOW - 3600).map(|_| ()),
+            Err(Untrusted::Expiry),
+            "lasting beyond the maximum from now"
+        );
+        assert_eq!(w.check.certificate("junk", &HOLDER, now).map(|_| ()), Err(Untrusted::Malformed));
+    }
+
+    #[test]
+    fn a_forged_secret_yields_nothing_to_revoke() {
+        let _w = world();
+        let stranger = token::SigningKey::generate().expect("key");
+        let other_ca = CertificateAuthority::generate("Writ CA", NOW, 86_400).expect("ca");
+        let forged_cert = issue_by(&other_ca, KeyAlgorithm::EcdsaP256);
+        let mut c = claims(&forged_cert.thumbprint);
+        c.jti = "j".repeat(40_000);
+        c.exp = i64::MAX / 2;
+        let s = CredentialSecret::from(secret(&[
+            (keys::CERT, forged_cert.chain_pem.clone()),
+            (keys::KEY, forged_cert.key_pem.clone()),
+            ("grant.a.jwt", token::sign(&stranger, &c).expect("sign")),
+            ("grant.b.jwt", "eyJhbGciOiJub25lIn0.eyJqdGkiOiJ4In0.".into()),
+        ]));
+        assert!(s.certificate().is_none() && s.leaf().is_none(), "another CA's certificate is not Writ's");
+        assert_eq!(s.tokens.len(), 2, "still held, so still removed on revocation");
+        assert!(s.tokens.iter().all(|t| t.facts().is_none()), "nothing of theirs reaches the revocation list");
+    }
+
+    #[test]
+    fn a_secret_without_a_pod_owner_belongs_to_no_pod() {
+        let w = world();
+        let issued = issue(&w, KeyAlgorithm::EcdsaP256);
+        let mut raw = secret(&[(keys::CERT, issued.chain_pem.clone()), (keys::KEY, issued.key_pem.clone())]);
+        raw.metadata.owner_references = None;
+        let s = CredentialSecret::from(raw);
+        assert!(!s.belongs_to("p", "u") && s.owner_uid().is_none());
+        assert!(s.certificate().is_none(), "a credential counts only in its pod's Secret");
     }
 }

@@ -56,11 +56,15 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
-/// Labels of a trust-boundary finding.
+/// Labels of what Writ refused to trust or act on.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FindingLabels {
-    /// What was found, e.g. `status-tampered`, `not-admitted`.
-    pub finding: &'static str,
+pub struct UntrustedLabels {
+    /// `token` or `certificate` (read back from a Secret), `secret` (a
+    /// credential Secret Writ did not create for the pod naming it) or
+    /// `credential-mount` (a pod mounting another pod's credential Secret).
+    pub what: &'static str,
+    /// Why.
+    pub reason: &'static str,
 }
 
 /// Every metric the operator exports.
@@ -100,9 +104,8 @@ pub struct Metrics {
     pub revocation_list_bytes: Gauge,
     /// Entries of the persisted revocation list.
     pub revocation_list_entries: Gauge,
-    /// State found in tenant-writable places that Writ did not write
-    /// (a status whose seal does not verify, a grant without admission seal).
-    pub trust_findings: Family<FindingLabels, Counter>,
+    /// What Writ refused to trust or act on, by what and why.
+    pub untrusted: Family<UntrustedLabels, Counter>,
     /// The allocator's own accounting, read at each scrape. glibc only: the
     /// static musl build (the image) has no such interface and exports no
     /// heap gauges rather than zeros.
@@ -186,11 +189,13 @@ impl Default for Metrics {
             "Revoked tokens and certificates in the persisted list, each kept until its own expiry",
             revocation_list_entries.clone(),
         );
-        let trust_findings = Family::<FindingLabels, Counter>::default();
+        let untrusted = Family::<UntrustedLabels, Counter>::default();
         registry.register(
-            "trust_findings",
-            "State in tenant-writable places that Writ did not write, found and refused or repaired",
-            trust_findings.clone(),
+            "untrusted",
+            "What Writ refused to trust or act on: credentials read back from Secrets that it did not issue for \
+             that Secret's pod, credential Secrets it did not create for the pod naming them, and pods mounting \
+             another pod's credential Secret",
+            untrusted.clone(),
         );
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         let heap = HeapGauges::register(&mut registry);
@@ -210,7 +215,7 @@ impl Default for Metrics {
             cache_lists,
             revocation_list_bytes,
             revocation_list_entries,
-            trust_findings,
+            untrusted,
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             heap,
         }
@@ -251,6 +256,11 @@ impl Metrics {
     /// Counts a credential event.
     pub fn credential(&self, kind: &'static str, event: &'static str) {
         self.credentials.get_or_create(&CredentialLabels { kind, event }).inc();
+    }
+
+    /// Counts something Writ refused to trust or act on.
+    pub fn untrusted(&self, what: &'static str, reason: &'static str) {
+        self.untrusted.get_or_create(&UntrustedLabels { what, reason }).inc();
     }
 
     /// Counts an admission decision.

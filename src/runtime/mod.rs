@@ -60,7 +60,10 @@ use kube::{
 pub use agent_pod::{AgentPod, AgentPodSpec, AgentPodStatus, PodPhase};
 pub use cached_grant::CachedGrant;
 pub use config::RunConfig;
-pub use credential_secret::{CertificateFacts, CredentialSecret, StoredCertificate, StoredToken, TokenFacts};
+pub use credential_secret::{
+    is_minted_jti, trust_read_back, CertificateFacts, CredentialSecret, Holder, ReadBackTrust, StoredCertificate,
+    StoredToken, TokenFacts, Untrusted,
+};
 pub use run::run;
 
 use crate::{

@@ -197,6 +197,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("loading trust material"),
         }
     };
+    // Credentials read back from Secrets count only when this trust issued
+    // them (see [`super::credential_secret`]): registered before any cache
+    // decodes a Secret.
+    super::credential_secret::trust_read_back(
+        &trust,
+        &config.trust_domain,
+        config.max_grant_ttl.as_secs_i64(),
+        config.max_credential_ttl.as_secs_i64(),
+        &metrics,
+    );
     let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await?);
 
     // Caches (every replica: the webhooks read them; the leader's
@@ -724,8 +734,12 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         ctx.clone(),
     ));
 
+    // Pods reading another pod's credential Secret (past the `Ignore`
+    // webhook) have that credential rotated.
+    let mounts = credentials::guard_credential_mounts(ctx.clone());
+
     tracing::info!("controllers started");
-    tokio::join!(pods, secrets_controller, identities, grants, forget_seen, relisted);
+    tokio::join!(pods, secrets_controller, identities, grants, forget_seen, relisted, mounts);
 }
 
 #[cfg(test)]

@@ -59,8 +59,13 @@ pub async fn identity_fallback(shared: &Shared, namespace: &str, name: Option<&s
 }
 
 /// Pod CREATE: check the claim and inject the credential volume. `identity`
-/// is the claimed AgentIdentity as [`identity_fallback`] found it.
+/// is the claimed AgentIdentity as [`identity_fallback`] found it. Pod
+/// UPDATE: `writ.dev/*` labels and annotations stay as admitted
+/// ([`pods::check_update`]).
 pub fn mutate_pod(shared: &Shared, req: &AdmissionRequest<Pod>, identity: Option<Arc<AgentIdentity>>) -> Decision {
+    if req.operation == Operation::Update {
+        return pods::check_update(req);
+    }
     if req.operation != Operation::Create {
         return Decision::Allow;
     }

@@ -31,6 +31,8 @@ pub mod paths {
     pub const VALIDATE_IDENTITIES: &str = "/validate/agentidentities";
     /// Validating: policies.
     pub const VALIDATE_POLICIES: &str = "/validate/delegationpolicies";
+    /// Validating: pods reading another pod's credential Secret.
+    pub const VALIDATE_POD_MOUNTS: &str = "/validate/pod-mounts";
 }
 
 /// The webhook routes.
@@ -42,6 +44,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(paths::VALIDATE_GRANTS, post(validate_grants))
         .route(paths::VALIDATE_IDENTITIES, post(validate_identities))
         .route(paths::VALIDATE_POLICIES, post(validate_policies))
+        .route(paths::VALIDATE_POD_MOUNTS, post(validate_pod_mounts))
         .with_state(shared)
 }
 
@@ -180,7 +183,8 @@ async fn mutate_pods(State(shared): State<Arc<Shared>>, body: Bytes) -> impl Int
     // arrives per agent pod created); the claimed identity is looked up first.
     let parsed = parse_request::<k8s_openapi::api::core::v1::Pod>(&body);
     let fetched = match parsed.as_ref().map(|r| (r, r.object.as_ref())) {
-        Ok((r, Some(pod))) => {
+        // Only a create checks a claim (an update is checked against the old object).
+        Ok((r, Some(pod))) if r.operation == kube::core::admission::Operation::Create => {
             let ns = r.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_default();
             grants::identity_fallback(&shared, &ns, pods::claimed_agent(pod)).await
         }
@@ -229,6 +233,10 @@ async fn validate_identities(State(shared): State<Arc<Shared>>, body: Bytes) -> 
 
 async fn validate_policies(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
     reply(handle(&shared, "validate-policies", &body, |r| grants::validate_policy(&shared, r)))
+}
+
+async fn validate_pod_mounts(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+    reply(handle(&shared, "validate-pod-mounts", &body, |r| pods::check_mounts(&shared, r)))
 }
 
 /// The stored object of a request, typed `DynamicObject` for logs.

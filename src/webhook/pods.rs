@@ -2,9 +2,19 @@
 //! AgentIdentity; accepted pods get the credential Secret volume and the
 //! `WRIT_*` environment.
 
-use k8s_openapi::api::core::v1::{EnvVar, Pod, SecretVolumeSource, Volume, VolumeMount};
+use std::collections::BTreeMap;
 
-use crate::api::{AgentIdentity, AGENT_LABEL, CREDENTIALS_DIR, CREDENTIAL_SECRET_ANNOTATION};
+use k8s_openapi::api::core::v1::{
+    Container, EnvFromSource, EnvVar, Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount,
+};
+use kube::core::admission::{AdmissionRequest, Operation};
+
+use super::Decision;
+use crate::{
+    api::{AgentIdentity, AGENT_LABEL, CREDENTIALS_DIR, CREDENTIAL_SECRET_ANNOTATION},
+    policy::{Rule, Violation},
+    runtime::Shared,
+};
 
 /// Name of the injected volume.
 pub const VOLUME_NAME: &str = "writ-credentials";
@@ -117,6 +127,166 @@ pub fn inject(
     Ok(pod)
 }
 
+/// Prefix of the labels and annotations that are Writ's on a pod.
+pub const WRIT_PREFIX: &str = "writ.dev/";
+
+/// The `writ.dev/*` labels and annotations an update adds, changes or
+/// removes, each as a violation of `pod-writ-metadata-immutable` naming the
+/// key. A pod's claim (`writ.dev/agent`) and its credential Secret
+/// (`writ.dev/credential-secret`) are fixed at creation: changed later, they
+/// would point Writ at another identity or another pod's Secret.
+pub fn writ_metadata_changes(old: &Pod, new: &Pod) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let sides = [
+        ("labels", old.metadata.labels.as_ref(), new.metadata.labels.as_ref()),
+        ("annotations", old.metadata.annotations.as_ref(), new.metadata.annotations.as_ref()),
+    ];
+    for (what, before, after) in sides {
+        let empty = BTreeMap::new();
+        let (before, after) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+        let keys: std::collections::BTreeSet<&String> =
+            before.keys().chain(after.keys()).filter(|k| k.starts_with(WRIT_PREFIX)).collect();
+        for key in keys {
+            let change = match (before.get(key), after.get(key)) {
+                (Some(a), Some(b)) if a == b => continue,
+                (None, Some(_)) => "added",
+                (Some(_), None) => "removed",
+                _ => "changed",
+            };
+            out.push(Violation::new(
+                format!("metadata.{what}[{key}]"),
+                Rule::PodWritMetadataImmutable,
+                format!("{key} cannot be {change} on an existing pod: writ.dev/* labels and annotations are fixed when the pod is created (create a new pod instead)"),
+            ));
+        }
+    }
+    out
+}
+
+/// Pod UPDATE: refuses any change of a `writ.dev/*` label or annotation
+/// (see [`writ_metadata_changes`]).
+pub fn check_update(req: &AdmissionRequest<Pod>) -> Decision {
+    let (Some(old), Some(new)) = (req.old_object.as_ref(), req.object.as_ref()) else { return Decision::Allow };
+    let violations = writ_metadata_changes(old, new);
+    if violations.is_empty() {
+        Decision::Allow
+    } else {
+        Decision::violations(&violations)
+    }
+}
+
+/// A Secret a pod reads: where (a field path) and which.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretReference {
+    /// The field naming it, e.g. `spec.volumes[0].secret.secretName`.
+    pub field: String,
+    /// The Secret's name.
+    pub secret: String,
+}
+
+/// Every Secret a pod spec makes readable to its containers: secret and
+/// projected volumes, `env[].valueFrom.secretKeyRef` and
+/// `envFrom[].secretRef` of containers, init containers and ephemeral
+/// containers.
+pub fn secret_references(spec: &PodSpec) -> Vec<SecretReference> {
+    let mut out = Vec::new();
+    let mut push = |field: String, secret: Option<&String>| {
+        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+            out.push(SecretReference { field, secret: secret.clone() });
+        }
+    };
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if let Some(s) = &v.secret {
+            push(format!("spec.volumes[{i}].secret.secretName"), s.secret_name.as_ref());
+        }
+        for (j, source) in v.projected.iter().flat_map(|p| p.sources.iter().flatten()).enumerate() {
+            if let Some(s) = &source.secret {
+                push(format!("spec.volumes[{i}].projected.sources[{j}].secret.name"), Some(&s.name));
+            }
+        }
+    }
+    let mut from_env = |kind: &str, i: usize, env: Option<&Vec<EnvVar>>, env_from: Option<&Vec<EnvFromSource>>| {
+        for (j, e) in env.into_iter().flatten().enumerate() {
+            let key = e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref());
+            push(format!("spec.{kind}[{i}].env[{j}].valueFrom.secretKeyRef.name"), key.map(|k| &k.name));
+        }
+        for (j, e) in env_from.into_iter().flatten().enumerate() {
+            push(format!("spec.{kind}[{i}].envFrom[{j}].secretRef.name"), e.secret_ref.as_ref().map(|r| &r.name));
+        }
+    };
+    let lists: [(&str, &[Container]); 2] =
+        [("containers", &spec.containers), ("initContainers", spec.init_containers.as_deref().unwrap_or_default())];
+    for (kind, list) in lists {
+        for (i, c) in list.iter().enumerate() {
+            from_env(kind, i, c.env.as_ref(), c.env_from.as_ref());
+        }
+    }
+    for (i, c) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        from_env("ephemeralContainers", i, c.env.as_ref(), c.env_from.as_ref());
+    }
+    out
+}
+
+/// The references of `spec` to another pod's credential Secret, as
+/// violations of `foreign-credential-mount`. `owner_of(secret)` names the
+/// pod whose credential Secret `secret` is, if any; `own` is the pod's own
+/// name (its own Secret is its to mount).
+pub fn foreign_credential_mounts(
+    spec: &PodSpec,
+    own: &str,
+    owner_of: impl Fn(&str) -> Option<String>,
+) -> Vec<Violation> {
+    secret_references(spec)
+        .into_iter()
+        .filter_map(|r| {
+            let owner = owner_of(&r.secret).filter(|o| o != own)?;
+            Some(Violation::new(
+                r.field,
+                Rule::ForeignCredentialMount,
+                format!(
+                    "Secret {} is the credential Secret of pod {owner}: a credential Secret serves only its pod",
+                    r.secret
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Pod CREATE (and ephemeral containers added): in a namespace that holds
+/// agent pods, refuses a pod reading another pod's credential Secret. The
+/// credential Secrets are those the cached agent pods name. This webhook's
+/// failure policy is `Ignore` (it sees every pod, and ordinary pods must not
+/// depend on Writ): what gets past it is found by the controller
+/// ([`crate::controller::credentials::exposures`]).
+pub fn check_mounts(shared: &Shared, req: &AdmissionRequest<Pod>) -> Decision {
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Decision::Allow;
+    }
+    let Some(pod) = req.object.as_ref() else { return Decision::Allow };
+    let Some(spec) = pod.spec.as_ref() else { return Decision::Allow };
+    let refs = secret_references(spec);
+    if refs.is_empty() {
+        return Decision::Allow;
+    }
+    let namespace = req.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_default();
+    let own = pod.metadata.name.clone().unwrap_or_else(|| req.name.clone());
+    let agents = shared.pods.state();
+    let owner_of = |secret: &str| {
+        agents
+            .iter()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace.as_str()) && p.credential_secret() == Some(secret)
+            })
+            .and_then(|p| p.metadata.name.clone())
+    };
+    let violations = foreign_credential_mounts(spec, &own, owner_of);
+    if violations.is_empty() {
+        Decision::Allow
+    } else {
+        Decision::violations(&violations)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +358,96 @@ mod tests {
     fn an_unknown_identity_is_rejected() {
         let err = inject(&pod(Some("release-bot")), "ci", None, "s", "n").unwrap_err();
         assert!(err.to_string().contains("does not exist in namespace ci"), "{err}");
+    }
+
+    fn labelled(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Pod {
+        let mut p = Pod::default();
+        let map = |kv: &[(&str, &str)]| Some(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        p.metadata.labels = map(labels);
+        p.metadata.annotations = map(annotations);
+        p
+    }
+
+    #[test]
+    fn writ_labels_and_annotations_are_fixed_after_creation() {
+        let admitted = labelled(
+            &[(AGENT_LABEL, "bot"), ("app", "web")],
+            &[(CREDENTIAL_SECRET_ANNOTATION, "writ-cred-1"), ("note", "x")],
+        );
+        // Other labels and annotations change freely.
+        let mut fine = admitted.clone();
+        fine.metadata.labels.as_mut().unwrap().insert("app".into(), "api".into());
+        fine.metadata.annotations.as_mut().unwrap().remove("note");
+        assert!(writ_metadata_changes(&admitted, &fine).is_empty());
+        assert!(writ_metadata_changes(&admitted, &admitted).is_empty());
+
+        let relabelled = labelled(&[(AGENT_LABEL, "other")], &[(CREDENTIAL_SECRET_ANNOTATION, "writ-cred-1")]);
+        let reannotated = labelled(&[(AGENT_LABEL, "bot")], &[(CREDENTIAL_SECRET_ANNOTATION, "victim-secret")]);
+        let unlabelled = labelled(&[], &[(CREDENTIAL_SECRET_ANNOTATION, "writ-cred-1")]);
+        let extra = labelled(
+            &[(AGENT_LABEL, "bot"), ("writ.dev/anything", "x")],
+            &[(CREDENTIAL_SECRET_ANNOTATION, "writ-cred-1")],
+        );
+        for (new, field, change) in [
+            (&relabelled, "metadata.labels[writ.dev/agent]", "changed"),
+            (&reannotated, "metadata.annotations[writ.dev/credential-secret]", "changed"),
+            (&unlabelled, "metadata.labels[writ.dev/agent]", "removed"),
+            (&extra, "metadata.labels[writ.dev/anything]", "added"),
+        ] {
+            let v = writ_metadata_changes(&admitted, new);
+            assert_eq!(v.len(), 1, "{field}: {v:?}");
+            assert_eq!((v[0].field.as_str(), v[0].rule), (field, Rule::PodWritMetadataImmutable));
+            let text = v[0].to_string();
+            assert!(text.contains(change) && text.ends_with("[pod-writ-metadata-immutable]"), "{text}");
+        }
+        // A plain pod that later claims an agent and names a victim's Secret.
+        let plain = labelled(&[("app", "x")], &[]);
+        let claim =
+            labelled(&[("app", "x"), (AGENT_LABEL, "nosuch")], &[(CREDENTIAL_SECRET_ANNOTATION, "writ-cred-victim")]);
+        let fields: Vec<String> = writ_metadata_changes(&plain, &claim).into_iter().map(|v| v.field).collect();
+        assert_eq!(fields, vec!["metadata.labels[writ.dev/agent]", "metadata.annotations[writ.dev/credential-secret]"]);
+    }
+
+    #[test]
+    fn every_way_of_reading_a_secret_is_found() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "volumes": [
+                {"name": "a", "secret": {"secretName": "vol"}},
+                {"name": "b", "projected": {"sources": [{"configMap": {"name": "cm"}}, {"secret": {"name": "proj"}}]}},
+                {"name": "c", "emptyDir": {}}
+            ],
+            "containers": [{"name": "c", "env": [
+                {"name": "X", "value": "1"},
+                {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "env", "key": "k"}}}
+            ], "envFrom": [{"configMapRef": {"name": "cm"}}, {"secretRef": {"name": "envfrom"}}]}],
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "init"}}]}],
+            "ephemeralContainers": [{"name": "e", "env": [{"name": "Z", "valueFrom": {"secretKeyRef": {"name": "eph", "key": "k"}}}]}]
+        }))
+        .expect("spec");
+        let refs: Vec<(String, String)> = secret_references(&spec).into_iter().map(|r| (r.field, r.secret)).collect();
+        let expected = [
+            ("spec.volumes[0].secret.secretName", "vol"),
+            ("spec.volumes[1].projected.sources[1].secret.name", "proj"),
+            ("spec.containers[0].env[1].valueFrom.secretKeyRef.name", "env"),
+            ("spec.containers[0].envFrom[1].secretRef.name", "envfrom"),
+            ("spec.initContainers[0].envFrom[0].secretRef.name", "init"),
+            ("spec.ephemeralContainers[0].env[0].valueFrom.secretKeyRef.name", "eph"),
+        ];
+        assert_eq!(refs, expected.map(|(f, s)| (f.to_string(), s.to_string())).to_vec());
+
+        // Each is refused when it is another pod's credential Secret, not when it is the pod's own.
+        let owner_of =
+            |s: &str| (s != "init").then(|| if s == "vol" { "me".to_string() } else { "victim".to_string() });
+        let v = foreign_credential_mounts(&spec, "me", owner_of);
+        assert_eq!(v.len(), 4, "{v:?}");
+        assert!(v.iter().all(|v| v.rule == Rule::ForeignCredentialMount));
+        assert!(
+            v[0].to_string().starts_with(
+                "spec.volumes[1].projected.sources[1].secret.name: Secret proj is the credential Secret of pod victim"
+            ),
+            "{}",
+            v[0]
+        );
+        assert!(foreign_credential_mounts(&spec, "me", |_| None).is_empty(), "no credential Secret, nothing refused");
     }
 }

@@ -91,13 +91,22 @@ fn namespace_selector() -> LabelSelector {
     }
 }
 
-/// The mutating configuration: pod injection (only pods with the agent
-/// label, so other pods never depend on Writ) and grant stamping.
+/// The mutating configuration: pod injection and the immutability of a
+/// pod's `writ.dev/*` metadata (only pods with the agent label, so other pods
+/// never depend on Writ), and grant stamping.
+///
+/// The pod entry selects by the `writ.dev/agent` label. On UPDATE the API
+/// server matches the objectSelector against the old and the new object and
+/// calls the webhook when either matches, so a plain pod that gets the label
+/// later is seen (and refused), as is an agent pod losing it. Its failure
+/// policy is `Fail`: while Writ is unavailable, agent pods can be neither
+/// created nor updated (their status and deletion are other requests), and
+/// other pods are never affected.
 pub fn mutating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> MutatingWebhookConfiguration {
     let pods = MutatingWebhook {
         name: "pods.writ.dev".into(),
         client_config: endpoint.client_config(paths::MUTATE_PODS, ca_bundle),
-        rules: Some(vec![rule("", "pods", &["CREATE"])]),
+        rules: Some(vec![rule("", "pods", &["CREATE", "UPDATE"])]),
         object_selector: Some(LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: AGENT_LABEL.into(),
@@ -144,7 +153,33 @@ pub fn mutating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> MutatingWe
     }
 }
 
-/// The validating configuration for the three kinds (failurePolicy Fail).
+/// The credential mount guard: every pod created (and every ephemeral
+/// container added) outside the exempt namespaces is checked for reading
+/// another pod's credential Secret. It has to see pods without the agent
+/// label (those are the ones that would steal a key), so its failure policy
+/// is `Ignore`, with a short timeout: ordinary pods never wait on Writ's
+/// availability, and a pod admitted while Writ was unreachable is found by
+/// the controller, which rotates the exposed credential. A namespace
+/// without agent pods is answered at once (no Secret of it is a credential
+/// Secret).
+fn pod_mounts(endpoint: &Endpoint, ca_bundle: &[u8]) -> ValidatingWebhook {
+    ValidatingWebhook {
+        name: "pod-mounts.writ.dev".into(),
+        client_config: endpoint.client_config(paths::VALIDATE_POD_MOUNTS, ca_bundle),
+        rules: Some(vec![rule("", "pods", &["CREATE"]), rule("", "pods/ephemeralcontainers", &["UPDATE"])]),
+        object_selector: None,
+        namespace_selector: Some(namespace_selector()),
+        failure_policy: Some("Ignore".into()),
+        side_effects: "None".into(),
+        admission_review_versions: vec!["v1".into()],
+        timeout_seconds: Some(3),
+        match_policy: Some("Equivalent".into()),
+        match_conditions: None,
+    }
+}
+
+/// The validating configuration for the three kinds (failurePolicy Fail)
+/// and the credential mount guard ([`pod_mounts`], failurePolicy Ignore).
 pub fn validating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> ValidatingWebhookConfiguration {
     let hook = |hook: &str, resource: &str, path: &str| ValidatingWebhook {
         name: hook.into(),
@@ -168,6 +203,7 @@ pub fn validating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> Validati
             grants,
             hook("agentidentities.writ.dev", "agentidentities", paths::VALIDATE_IDENTITIES),
             hook("delegationpolicies.writ.dev", "delegationpolicies", paths::VALIDATE_POLICIES),
+            pod_mounts(endpoint, ca_bundle),
         ]),
     }
 }

@@ -245,6 +245,35 @@ async fn grant_test_users(client: &Client, ns: &str) {
     bindings.create(&PostParams::default(), &binding).await.expect("test role binding");
 }
 
+/// Gives `user` what a tenant with the `edit` role has in `ns` for pods and
+/// Secrets (pods create/update/patch/delete, Secrets create/get/update/
+/// delete, both listed and watched), on top of the test users' writ.dev
+/// rights; nothing in the operator's namespace.
+pub async fn grant_tenant_edit(client: &Client, ns: &str, user: &str) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let name = format!("tenant-edit-{user}");
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    let role: Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+            {"apiGroups": [""], "resources": ["secrets"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+        ]
+    }))
+    .expect("role");
+    roles.create(&PostParams::default(), &role).await.expect("tenant role");
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]
+    }))
+    .expect("binding");
+    bindings.create(&PostParams::default(), &binding).await.expect("tenant role binding");
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout`
 /// with `what` in the message.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
