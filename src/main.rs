@@ -74,9 +74,14 @@ struct VerifyArgs {
     /// The token (a file holding the JWT, e.g. `grant.<name>.jwt`).
     #[arg(long)]
     token: PathBuf,
-    /// The client certificate it was presented with (PEM or DER, e.g. the pod's `tls.crt`).
+    /// The client certificate it was presented with (PEM or DER, e.g. the pod's `tls.crt`). A PEM file may go
+    /// on with the intermediate CAs presented with it (a pod's `tls.crt` does when the operator's CA is an
+    /// intermediate): the path from the certificate to a CA of the bundle is built through them.
     #[arg(long)]
     cert: PathBuf,
+    /// More intermediate CA certificates the client presented (PEM), when they are not in the `--cert` file.
+    #[arg(long, value_name = "FILE")]
+    chain: Option<PathBuf>,
     /// Your audience name; must be in the token's `aud`.
     #[arg(long)]
     audience: String,
@@ -281,7 +286,23 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let token = std::fs::read_to_string(&args.token).with_context(|| format!("reading {}", args.token.display()))?;
     let cert = std::fs::read(&args.cert).with_context(|| format!("reading {}", args.cert.display()))?;
     let attempt = Attempt { audience: &args.audience, action: &args.action, resource: &args.resource };
-    match verifier.verify(&token, &cert, &attempt, writ::pki::now_unix()) {
+    let now = writ::pki::now_unix();
+    let result = match writ::pki::cert::parse_certificates(&cert) {
+        Ok(mut chain) => {
+            if let Some(path) = &args.chain {
+                let more = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                chain.extend(
+                    writ::pki::cert::parse_certificates(&more)
+                        .with_context(|| format!("reading certificates from {}", path.display()))?,
+                );
+            }
+            verifier.verify_chain(&token, &chain, &attempt, now)
+        }
+        // An unreadable presented certificate is a refusal (exit 1) like any
+        // other bad client input, reported after the token's own checks.
+        Err(_) => verifier.verify(&token, &cert, &attempt, now),
+    };
+    match result {
         Ok(claims) => {
             println!(
                 "valid: {} may {} on {} (grant {}/{}, task {}, expires {})",

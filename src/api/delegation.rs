@@ -63,6 +63,22 @@ pub struct ApprovalPolicy {
     /// Who may approve (never the requester of the grant).
     #[schemars(length(min = 1, max = 64))]
     pub approvers: Vec<Principal>,
+    /// How long a grant waits for a decision, e.g. `1h` (the default). A grant
+    /// still AwaitingApproval at its deadline (`status.approvalDeadline`) ends
+    /// Denied with reason `approval-timeout`, and a later approval is refused.
+    /// At most the operator's `--max-approval-wait` (default 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// How long a grant waits for approval when the policy does not say.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_hours(1);
+
+impl ApprovalPolicy {
+    /// The approval timeout: `timeout`, or [`DEFAULT_APPROVAL_TIMEOUT`].
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_APPROVAL_TIMEOUT)
+    }
 }
 
 /// Observed state of a DelegationPolicy.

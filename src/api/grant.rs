@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Capability, Duration};
 
+/// The reason (first word of `status.reason`) of a grant that ended Denied
+/// because no approver decided by its approval deadline.
+pub const APPROVAL_TIMEOUT_REASON: &str = "approval-timeout";
+
 /// The default (and the schema's) upper bound on capabilities in one grant.
 pub const MAX_GRANT_CAPABILITIES: usize = 16;
 
@@ -184,6 +188,16 @@ pub struct CapabilityGrantStatus {
     /// The capabilities issued (kept for audit).
     #[serde(default)]
     pub approved: Vec<Capability>,
+    /// The DelegationPolicy that authorises this grant, recorded when the
+    /// controller first sees it and held to afterwards: only its approvers
+    /// decide, its approval timeout applies, and the grant ends when it no
+    /// longer authorises the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorised_by: Option<String>,
+    /// When a grant that needs approval stops waiting: still AwaitingApproval
+    /// then, it ends Denied (`approval-timeout`), and approvals are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_deadline: Option<Time>,
     /// The delegation chain from the human requester to this grant's agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,

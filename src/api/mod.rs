@@ -10,11 +10,13 @@ mod grant;
 mod identity;
 
 pub use capability::{AgentRef, Capability, Principal};
-pub use delegation::{ApprovalPolicy, DelegationPolicy, DelegationPolicySpec, DelegationPolicyStatus};
+pub use delegation::{
+    ApprovalPolicy, DelegationPolicy, DelegationPolicySpec, DelegationPolicyStatus, DEFAULT_APPROVAL_TIMEOUT,
+};
 pub use duration::{Duration, DurationError, DURATION_PATTERN};
 pub use grant::{
     ApprovalDecision, CapabilityGrant, CapabilityGrantSpec, CapabilityGrantStatus, Decision, GrantPhase, Task,
-    TokenRecord, MAX_GRANT_CAPABILITIES,
+    TokenRecord, APPROVAL_TIMEOUT_REASON, MAX_GRANT_CAPABILITIES,
 };
 pub use identity::{
     AgentIdentity, AgentIdentitySpec, AgentIdentityStatus, AgentRole, CredentialSpec, IdentityClass, KeyAlgorithm,

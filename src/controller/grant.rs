@@ -20,8 +20,8 @@ use crate::runtime::metrics::UntrustedLabels;
 use crate::{
     api::{
         condition::{condition, set_condition},
-        AgentIdentity, CapabilityGrant, CapabilityGrantStatus, Decision, GrantPhase, TokenRecord,
-        APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
+        AgentIdentity, CapabilityGrant, CapabilityGrantStatus, Decision, DelegationPolicy, GrantPhase, TokenRecord,
+        APPROVAL_TIMEOUT_REASON, APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
     },
     pki::{self, token},
     runtime::{AgentPod, CachedGrant, CredentialSecret},
@@ -61,6 +61,62 @@ pub struct World<'a> {
     pub bound_pod_finished: bool,
     /// Now, unix seconds.
     pub now: i64,
+    /// The authorising policy and the approval deadline the grant is held to.
+    pub authority: Authority,
+}
+
+/// What a grant is held to once admitted: the DelegationPolicy that
+/// authorises it (`status.authorisedBy`) and, when that policy requires
+/// approval for it, the approval deadline (`status.approvalDeadline`).
+/// Computed by the pure engine ([`crate::policy::authorising_policy`],
+/// [`crate::policy::approval_deadline`]) from the grant's stamped requester
+/// and the current policies, and recorded in status once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authority {
+    /// The authorising policy's name.
+    pub policy: Option<String>,
+    /// Whether that policy requires approval for the grant (`None`: no
+    /// policy authorises it).
+    pub needs_approval: Option<bool>,
+    /// When a grant awaiting approval stops waiting (unix seconds); `None`
+    /// when the grant needs no approval.
+    pub approval_deadline: Option<i64>,
+}
+
+impl Authority {
+    /// The authority of `g` among `policies` (its namespace's).
+    pub fn of(
+        g: &CapabilityGrant,
+        identities: &[AgentIdentity],
+        policies: &[DelegationPolicy],
+        limits: &crate::policy::Limits,
+    ) -> Self {
+        let Some(policy) = crate::policy::authorising_policy(g, identities, policies) else {
+            return Self::default();
+        };
+        let (_, needs_approval) = crate::policy::authorisation(g, identities, policies);
+        Self {
+            policy: policy.metadata.name.clone(),
+            needs_approval: Some(needs_approval),
+            approval_deadline: needs_approval.then(|| crate::policy::approval_deadline(g, policy, limits)).flatten(),
+        }
+    }
+
+    /// Records the authority in the grant's (trusted) status where it is
+    /// not recorded yet: a recorded one is held to. The next status write
+    /// carries it, under the controller's seal.
+    fn record(&self, g: &mut CapabilityGrant) {
+        if self.policy.is_none() && self.approval_deadline.is_none() {
+            return;
+        }
+        let st = g.status.get_or_insert_with(Default::default);
+        if st.authorised_by.is_none() {
+            st.authorised_by.clone_from(&self.policy);
+        }
+        if st.approval_deadline.is_none() {
+            st.approval_deadline = self.approval_deadline.map(time);
+        }
+    }
 }
 
 /// A rule the controller's re-check found broken.
@@ -120,6 +176,9 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
     if let Err(refusal) = &w.recheck {
         return end_early(refusal.reason());
     }
+    if let (Some(held), None) = (status.authorised_by.as_deref(), w.authority.policy.as_deref()) {
+        return end_early(format!("DelegationPolicy {held}, which authorised this grant, no longer does"));
+    }
     if grant.spec.completed {
         return (GrantPhase::Completed, "the agent marked the task completed".into());
     }
@@ -133,7 +192,13 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
         None if w.needs_approval && was_active => {
             return end_early("the authorising policy now requires approval for this grant".into())
         }
-        None if w.needs_approval => return (GrantPhase::AwaitingApproval, "waiting for an approver".into()),
+        None if w.needs_approval => {
+            if let Some(deadline) = w.authority.approval_deadline.filter(|d| w.now >= *d) {
+                let at = time(deadline).0;
+                return (GrantPhase::Denied, format!("{APPROVAL_TIMEOUT_REASON}: no approver decided by {at}"));
+            }
+            return (GrantPhase::AwaitingApproval, "waiting for an approver".into());
+        }
         _ => {}
     }
     if let Some(exp) = status.expires_at.as_ref() {
@@ -163,7 +228,9 @@ pub fn trusted(stored: &CapabilityGrant, keys: &SealKeys, now: i64) -> (Capabili
         && st.issued_at.is_none()
         && st.expires_at.is_none()
         && st.tokens.is_empty()
-        && st.bound_pod_uid.is_none();
+        && st.bound_pod_uid.is_none()
+        && st.authorised_by.is_none()
+        && st.approval_deadline.is_none();
     if fresh {
         return (g, None);
     }
@@ -336,12 +403,14 @@ fn world<'a>(
     let facts =
         pod.as_ref().map(|p| crate::policy::PodFacts { agent: p.agent(), service_account: Some(p.service_account()) });
     let (recheck, needs_approval) = recheck(ctx, g, agent, &chain, &identities, &policies, facts);
+    let authority = Authority::of(g, &identities, &policies, &ctx.shared.config.limits());
+    let needs_approval = authority.needs_approval.unwrap_or(needs_approval);
     let bound_uid = g.status.as_ref().and_then(|s| s.bound_pod_uid.as_deref());
     let bound_pod_finished = g.spec.pod.is_some()
         && g.status.as_ref().is_some_and(|s| s.phase == GrantPhase::Active)
         && pod.is_none_or(|p| p.finished() || bound_uid.is_some_and(|uid| p.uid().as_deref() != Some(uid)));
     let admitted = crate::policy::seal::verify_grant(keys, g, now).map_err(|e| e.to_string());
-    World { agent, parent, admitted, recheck, needs_approval, bound_pod_finished, now }
+    World { agent, parent, admitted, recheck, needs_approval, bound_pod_finished, now, authority }
 }
 
 async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error> {
@@ -408,7 +477,10 @@ async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error>
         });
         let chain = ancestors(ctx, g, parent.flatten());
         (w.recheck, w.needs_approval) = recheck(ctx, g, agent.as_deref(), &chain, identities, policies, facts);
+        w.authority = Authority::of(g, identities, policies, &shared.config.limits());
+        w.needs_approval = w.authority.needs_approval.unwrap_or(w.needs_approval);
     }
+    w.authority.record(g);
     let (mut phase, mut reason) = next_phase(g, &w);
     if ended_before && !phase.is_terminal() {
         phase = GrantPhase::Revoked;
@@ -871,10 +943,8 @@ pub fn desired_status(
             );
         }
         GrantPhase::Denied => {
-            set_condition(
-                &mut st.conditions,
-                condition(conditions::APPROVED, false, "Denied", reason, gen, now_t.clone()),
-            );
+            let why = if reason.starts_with(APPROVAL_TIMEOUT_REASON) { "ApprovalTimeout" } else { "Denied" };
+            set_condition(&mut st.conditions, condition(conditions::APPROVED, false, why, reason, gen, now_t.clone()));
         }
         _ if approved => {
             set_condition(
@@ -956,6 +1026,21 @@ pub fn expired(
         .collect()
 }
 
+/// Grants still awaiting approval whose deadline (`status.approvalDeadline`)
+/// has come by `now` (unix seconds): swept each second like [`expired`], so
+/// each ends Denied (`approval-timeout`) within a second of its deadline.
+pub fn approval_overdue(
+    grants: &kube::runtime::reflector::Store<CachedGrant>,
+    now: i64,
+) -> Vec<kube::runtime::reflector::ObjectRef<CachedGrant>> {
+    grants
+        .state()
+        .iter()
+        .filter(|g| g.phase == GrantPhase::AwaitingApproval && g.approval_deadline.is_some_and(|d| d <= now))
+        .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
+        .collect()
+}
+
 /// Grants a credential-Secret change concerns: those of its agent that should
 /// hold a token there and whose token is missing or bound to another
 /// certificate (the certificate rotated), plus ended grants whose token is
@@ -1011,6 +1096,12 @@ mod tests {
         RecheckFailed,
         NotAdmitted,
         BoundPodFinished,
+        /// Approval needed, none given, and the approval deadline has come.
+        ApprovalTimeout,
+        /// An approval given before the deadline, reconciled after it.
+        ApprovalAfterDeadline,
+        /// The policy recorded in status no longer authorises the grant.
+        HeldPolicyGone,
     }
 
     fn case(phase: GrantPhase, ev: Ev) -> (GrantPhase, String) {
@@ -1040,6 +1131,11 @@ mod tests {
             needs_approval: false,
             bound_pod_finished: false,
             now,
+            authority: Authority {
+                policy: Some("release-flow".into()),
+                needs_approval: Some(false),
+                approval_deadline: None,
+            },
         };
         let refusal = |rule: &'static str| Refusal { rule, message: format!("broken [{rule}]") };
         match ev {
@@ -1061,6 +1157,17 @@ mod tests {
             Ev::RecheckFailed => w.recheck = Err(refusal("outside-ceiling")),
             Ev::NotAdmitted => w.admitted = Err("its admission seal is missing".into()),
             Ev::BoundPodFinished => w.bound_pod_finished = true,
+            Ev::ApprovalTimeout | Ev::ApprovalAfterDeadline => {
+                w.needs_approval = true;
+                w.authority.approval_deadline = Some(now);
+                if matches!(ev, Ev::ApprovalAfterDeadline) {
+                    g.spec.approval = Some(ApprovalDecision { decision: Decision::Approved, reason: None });
+                }
+            }
+            Ev::HeldPolicyGone => {
+                status.authorised_by = Some("release-flow".into());
+                w.authority = Authority::default();
+            }
         }
         if matches!(ev, Ev::ParentEnded | Ev::ParentPending) {
             g.spec.parent = Some("p".into());
@@ -1088,6 +1195,9 @@ mod tests {
             (Ev::RecheckFailed, Denied, Denied, Revoked, "outside-ceiling: "),
             (Ev::NotAdmitted, Denied, Denied, Revoked, "not-admitted: "),
             (Ev::BoundPodFinished, Completed, Completed, Completed, "bound pod"),
+            (Ev::ApprovalTimeout, Denied, Denied, Revoked, ""),
+            (Ev::ApprovalAfterDeadline, Active, Active, Active, "tokens issued"),
+            (Ev::HeldPolicyGone, Denied, Denied, Revoked, "DelegationPolicy release-flow, which authorised"),
         ];
         for &(ev, from_pending, from_awaiting, from_active, why) in table {
             for (from, want) in [(Pending, from_pending), (AwaitingApproval, from_awaiting), (Active, from_active)] {
@@ -1101,6 +1211,18 @@ mod tests {
                 assert_eq!(got, ended, "an ended grant stays ended ({ended} + {ev:?})");
             }
         }
+    }
+
+    #[test]
+    fn a_grant_still_waiting_at_its_approval_deadline_ends_denied_with_approval_timeout() {
+        for from in [GrantPhase::Pending, GrantPhase::AwaitingApproval] {
+            let (phase, reason) = case(from, Ev::ApprovalTimeout);
+            assert_eq!(phase, GrantPhase::Denied);
+            assert!(reason.starts_with("approval-timeout: no approver decided by 1970-01-01T00:16:40Z"), "{reason}");
+        }
+        // Before the deadline it waits.
+        let (phase, _) = case(GrantPhase::AwaitingApproval, Ev::NeedsApproval);
+        assert_eq!(phase, GrantPhase::AwaitingApproval);
     }
 
     #[test]

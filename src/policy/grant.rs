@@ -517,37 +517,49 @@ pub fn stamped_requester(grant: &CapabilityGrant, identities: &[AgentIdentity]) 
     Some(Requester::from_user_info(user.clone(), groups, identities, ns))
 }
 
-/// For the controller: whether some policy still authorises an admitted
-/// grant (its stamped requester may delegate to its agent, every capability
-/// is covered and the ttl allowed), and whether that policy requires
-/// approval. A policy deleted or narrowed after admission ends the grant.
+/// For the controller: whether the policy authorising an admitted grant
+/// ([`authorising_policy`]) still does, and whether it requires approval. A
+/// policy deleted or narrowed after admission ends the grant.
 pub fn authorisation(
     grant: &CapabilityGrant,
     identities: &[crate::api::AgentIdentity],
     policies: &[DelegationPolicy],
 ) -> (bool, bool) {
-    let annotations = grant.metadata.annotations.clone().unwrap_or_default();
-    let Some(user) = annotations.get(crate::api::REQUESTED_BY_ANNOTATION) else { return (false, false) };
-    let groups: Vec<String> = annotations
-        .get(crate::api::REQUESTED_GROUPS_ANNOTATION)
-        .map(|g| g.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
-        .unwrap_or_default();
-    let ns = grant.metadata.namespace.as_deref().unwrap_or_default();
-    let requester = Requester::from_user_info(user.clone(), groups, identities, ns);
-    let caps: Vec<usize> = (0..grant.spec.capabilities.len()).collect();
-    let mut found: Option<&DelegationPolicy> = None;
-    for p in policies {
-        let lists = p.spec.delegators.iter().any(|d| requester.is(d))
-            && p.spec.delegates.iter().any(|d| delegate_matches(d, &grant.spec.agent));
-        if lists && policy_failures(p, grant, &requester, &caps, None).is_empty() {
-            found = Some(p);
-            break;
-        }
-    }
-    match found {
-        Some(p) => (true, needs_approval(p, grant, &caps)),
+    match authorising_policy(grant, identities, policies) {
+        Some(p) => (true, policy_requires_approval(p, grant)),
         None => (false, false),
     }
+}
+
+/// The DelegationPolicy that authorises an admitted grant: one of its
+/// namespace that lists the grant's stamped requester as delegator and its
+/// agent as delegate, covers every capability and allows the ttl. Once
+/// status records one (`status.authorisedBy`), only that policy can: the
+/// authority a grant was admitted under is the one it is held to (its
+/// approvers decide, its approval timeout applies). Before that, the first
+/// by name that does, as admission chooses. `None` when no policy authorises
+/// the grant (any more), or the grant has no requester stamp.
+pub fn authorising_policy<'p>(
+    grant: &CapabilityGrant,
+    identities: &[crate::api::AgentIdentity],
+    policies: &'p [DelegationPolicy],
+) -> Option<&'p DelegationPolicy> {
+    let requester = stamped_requester(grant, identities)?;
+    let ns = grant.metadata.namespace.as_deref();
+    let recorded = grant.status.as_ref().and_then(|s| s.authorised_by.as_deref());
+    let caps: Vec<usize> = (0..grant.spec.capabilities.len()).collect();
+    let mut candidates: Vec<&DelegationPolicy> = policies
+        .iter()
+        .filter(|p| ns.is_none() || p.metadata.namespace.as_deref().is_none_or(|pns| Some(pns) == ns))
+        .filter(|p| recorded.is_none_or(|name| p.metadata.name.as_deref() == Some(name)))
+        .filter(|p| {
+            p.spec.delegators.iter().any(|d| requester.is(d))
+                && p.spec.delegates.iter().any(|d| delegate_matches(d, &grant.spec.agent))
+                && policy_failures(p, grant, &requester, &caps, None).is_empty()
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    candidates.first().copied()
 }
 
 /// Whether a policy requires approval for any of the grant's (valid) capabilities.

@@ -28,11 +28,12 @@ pub use grammar::{
     Action, CapabilityPattern, GrammarError, Pattern, PatternKind, Resource,
 };
 pub use grant::{
-    admit_grant, authorisation, check_bound_pod, recheck_grant, stamped_requester, Admission, GrantContext, PodFacts,
+    admit_grant, authorisation, authorising_policy, check_bound_pod, recheck_grant, stamped_requester, Admission,
+    GrantContext, PodFacts,
 };
 pub use requester::{delegate_matches, Requester, SERVICE_ACCOUNT_PREFIX};
 pub use rules::{rules_markdown, Rule, Violation};
-pub use update::{admit_grant_update, UpdateKind};
+pub use update::{admit_grant_update, approval_deadline, UpdateContext, UpdateKind};
 pub use validate::{validate_identity, validate_policy};
 
 use crate::api::{Duration, MAX_GRANT_CAPABILITIES};
@@ -62,6 +63,9 @@ pub struct Limits {
     pub refuse_review_overdue: bool,
     /// Refuse grants to an agent whose condition `Dormant` is True. Default true.
     pub refuse_dormant: bool,
+    /// The longest a grant may wait for approval, whatever a policy's
+    /// `approval.timeout` says. Default 24h.
+    pub max_approval_wait: Duration,
 }
 
 impl Default for Limits {
@@ -73,6 +77,7 @@ impl Default for Limits {
             max_audiences: 8,
             refuse_review_overdue: true,
             refuse_dormant: true,
+            max_approval_wait: Duration::from_hours(24),
         }
     }
 }

@@ -108,10 +108,13 @@ pub enum Rule {
     ImmutableSpec,
     /// The requester approving their own grant (or the agent approving its own).
     SelfApproval,
-    /// An approver not listed by a policy that requires approval for the grant.
+    /// An approver not listed by the policy that authorises the grant (for its
+    /// stamped requester and agent) and requires approval for it.
     NotAnApprover,
     /// An approval decision on a grant that needs none.
     ApprovalNotRequired,
+    /// An approval decision after the grant's approval deadline.
+    ApprovalTimeout,
 
     // --- the other objects ---
     /// An AgentIdentity that is itself malformed.
@@ -130,7 +133,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 46] = [
+    pub const ALL: [Rule; 47] = [
         Rule::MalformedAction,
         Rule::MalformedResource,
         Rule::InvalidCharacter,
@@ -173,6 +176,7 @@ impl Rule {
         Rule::SelfApproval,
         Rule::NotAnApprover,
         Rule::ApprovalNotRequired,
+        Rule::ApprovalTimeout,
         Rule::MalformedIdentity,
         Rule::MalformedPolicy,
         Rule::PodWritMetadataImmutable,
@@ -224,6 +228,7 @@ impl Rule {
             Rule::SelfApproval => "self-approval",
             Rule::NotAnApprover => "not-an-approver",
             Rule::ApprovalNotRequired => "approval-not-required",
+            Rule::ApprovalTimeout => "approval-timeout",
             Rule::MalformedIdentity => "malformed-identity",
             Rule::MalformedPolicy => "malformed-policy",
             Rule::PodWritMetadataImmutable => "pod-writ-metadata-immutable",
@@ -316,8 +321,15 @@ impl Rule {
                 "Any change to an admitted grant's spec other than `completed: false -> true` or the one approval step."
             }
             Rule::SelfApproval => "Approval by the grant's requester, or by the agent the grant is for.",
-            Rule::NotAnApprover => "Approval by someone who is not a listed (human) approver of a policy requiring it.",
+            Rule::NotAnApprover => {
+                "Approval or denial by someone who is not a listed (human) approver of the policy that authorises \
+                 the grant for its requester and agent, and requires approval."
+            }
             Rule::ApprovalNotRequired => "An approval decision on a grant that no policy requires approval for.",
+            Rule::ApprovalTimeout => {
+                "An approval decision after the grant's approval deadline (`status.approvalDeadline`, from the \
+                 policy's `approval.timeout`): the grant has ended Denied."
+            }
             Rule::MalformedIdentity => {
                 "An AgentIdentity with a bad service account name, owner, credential lifetime or review schedule."
             }

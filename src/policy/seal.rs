@@ -13,7 +13,8 @@
 //! * the **approval seal** (annotation `writ.dev/approval-seal`), made at the
 //!   approval update over the uid, the approver stamp and the decision.
 //! * the **status seal** (`status.seal`), made by the controller over the phase,
-//!   the activation window, the bound pod's uid and the token records.
+//!   the activation window, the bound pod's uid, the token records, and the
+//!   authority the grant is held to (`authorisedBy`, `approvalDeadline`).
 //!
 //! The spec digest leaves out `completed` and `approval`, the two fields that
 //! may change after admission (each checked on its own).
@@ -189,7 +190,7 @@ pub fn verify_grant(keys: &SealKeys, g: &CapabilityGrant, now: i64) -> Result<()
     Ok(())
 }
 
-fn status_fields(g: &CapabilityGrant, st: &CapabilityGrantStatus) -> [String; 8] {
+fn status_fields(g: &CapabilityGrant, st: &CapabilityGrantStatus) -> [String; 10] {
     let t = |v: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
         v.as_ref().map(|t| t.0.as_second().to_string()).unwrap_or_default()
     };
@@ -204,6 +205,8 @@ fn status_fields(g: &CapabilityGrant, st: &CapabilityGrantStatus) -> [String; 8]
         t(&st.expires_at),
         st.bound_pod_uid.clone().unwrap_or_default(),
         tokens.join(","),
+        st.authorised_by.clone().unwrap_or_default(),
+        t(&st.approval_deadline),
     ]
 }
 
@@ -213,7 +216,8 @@ pub fn seal_status(keys: &SealKeys, g: &CapabilityGrant, st: &CapabilityGrantSta
 }
 
 /// Whether a stored status is the controller's own: its seal verifies over
-/// its phase, activation window, bound pod and tokens.
+/// its phase, activation window, bound pod, tokens and the authority the
+/// grant is held to.
 pub fn verify_status(
     keys: &SealKeys,
     g: &CapabilityGrant,
@@ -346,5 +350,12 @@ mod tests {
         let mut unsealed = st.clone();
         unsealed.seal = None;
         assert_eq!(verify_status(&keys, &g, &unsealed, 1_100), Err(SealError::Missing));
+        // The authority the grant is held to: its policy and approval deadline.
+        let mut friendlier = st.clone();
+        friendlier.authorised_by = Some("a-friendlier-policy".into());
+        assert_eq!(verify_status(&keys, &g, &friendlier, 1_100), Err(SealError::Mismatch));
+        let mut waits_longer = st.clone();
+        waits_longer.approval_deadline = Some(at(90_000));
+        assert_eq!(verify_status(&keys, &g, &waits_longer, 1_100), Err(SealError::Mismatch));
     }
 }

@@ -85,7 +85,7 @@ pub fn with_approval(
     required: &[(&str, &str)],
     approvers: Vec<Principal>,
 ) -> DelegationPolicy {
-    p.spec.approval = Some(ApprovalPolicy { required: caps(required), approvers });
+    p.spec.approval = Some(ApprovalPolicy { required: caps(required), approvers, timeout: None });
     p
 }
 

@@ -128,6 +128,20 @@ pub fn validate_policy(p: &DelegationPolicy, limits: &Limits) -> Vec<Violation> 
                 out.push(malformed(format!("spec.approval.approvers[{i}]"), why));
             }
         }
+        match approval.timeout {
+            Some(t) if t == Duration::default() => out.push(malformed(
+                "spec.approval.timeout".into(),
+                "approval timeout must be more than zero (it defaults to 1h when left out)".into(),
+            )),
+            Some(t) if t > limits.max_approval_wait => out.push(malformed(
+                "spec.approval.timeout".into(),
+                format!(
+                    "approval timeout {t} is above the operator's maximum approval wait of {} (--max-approval-wait)",
+                    limits.max_approval_wait
+                ),
+            )),
+            _ => {}
+        }
     }
     out
 }
@@ -331,6 +345,7 @@ mod tests {
         p.spec.approval = Some(ApprovalPolicy {
             required: caps(&[("k8s:a b", "*")]),
             approvers: vec![agent("planner"), user("system:serviceaccount:ci:bot"), service_account("ci/bot")],
+            timeout: None,
         });
         let v = validate_policy(&p, &limits());
         let fields: Vec<_> = v.iter().map(|v| (v.field.as_str(), v.rule.id())).collect();
@@ -363,6 +378,26 @@ mod tests {
         p.spec.max_ttl = Duration::from_hours(2);
         let v = validate_policy(&p, &limits());
         assert_eq!(ids(&v), vec!["malformed-policy", "malformed-policy", "malformed-policy", "ttl-above-operator-max"]);
+    }
+
+    #[test]
+    fn an_approval_timeout_is_positive_and_within_the_operators_maximum() {
+        let mut p = with_approval(sound_policy(), &[("k8s:deployments.delete", "*")], vec![group("sre-oncall")]);
+        let timeout = |p: &mut DelegationPolicy, t: Option<Duration>| {
+            if let Some(a) = p.spec.approval.as_mut() {
+                a.timeout = t;
+            }
+        };
+        assert!(validate_policy(&p, &limits()).is_empty(), "the default (1h) is fine");
+        timeout(&mut p, Some(Duration::from_hours(24)));
+        assert!(validate_policy(&p, &limits()).is_empty(), "the maximum itself is fine");
+        timeout(&mut p, Some(Duration::from_hours(48)));
+        let v = validate_policy(&p, &limits());
+        assert_eq!(ids(&v), vec!["malformed-policy"]);
+        assert_eq!(v[0].field, "spec.approval.timeout");
+        assert!(v[0].message.contains("2d") && v[0].message.contains("--max-approval-wait"), "{}", v[0]);
+        timeout(&mut p, Some(Duration::from_secs(0)));
+        assert_eq!(validate_policy(&p, &limits())[0].field, "spec.approval.timeout");
     }
 
     #[test]

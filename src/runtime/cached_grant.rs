@@ -96,6 +96,8 @@ pub struct CachedGrant {
     pub phase: GrantPhase,
     /// `status.expiresAt`, unix seconds.
     pub expires_at: Option<i64>,
+    /// `status.approvalDeadline`, unix seconds.
+    pub approval_deadline: Option<i64>,
     /// The grant, without the metadata kept above, as JSON compressed
     /// against [`DICTIONARY`].
     compressed: Box<[u8]>,
@@ -119,6 +121,7 @@ impl From<CapabilityGrant> for CachedGrant {
             parent: grant.spec.parent.clone(),
             phase: status.map(|s| s.phase).unwrap_or_default(),
             expires_at: status.and_then(|s| s.expires_at.as_ref()).map(unix),
+            approval_deadline: status.and_then(|s| s.approval_deadline.as_ref()).map(unix),
             compressed: lz4_flex::block::compress_with_dict(&json, &DICTIONARY).into_boxed_slice(),
             // A grant's JSON is a few kilobytes (the API server limits an object to 1.5 MB).
             json_len: u32::try_from(json.len()).unwrap_or(u32::MAX),

@@ -47,6 +47,10 @@ pub struct RunConfig {
     /// Hard maximum of a grant's TTL, whatever the policies say.
     #[arg(long, env = "WRIT_MAX_GRANT_TTL", default_value = "1h")]
     pub max_grant_ttl: Duration,
+    /// Hard maximum of how long a grant waits for approval, whatever a
+    /// policy's `approval.timeout` says (policies asking for more are refused).
+    #[arg(long, env = "WRIT_MAX_APPROVAL_WAIT", default_value = "24h")]
+    pub max_approval_wait: Duration,
     /// Refuse grants to agents whose access review is overdue.
     #[arg(long, env = "WRIT_REFUSE_REVIEW_OVERDUE", default_value_t = true, action = clap::ArgAction::Set)]
     pub refuse_review_overdue: bool,
@@ -100,6 +104,7 @@ impl RunConfig {
             max_credential_ttl: self.max_credential_ttl,
             refuse_review_overdue: self.refuse_review_overdue,
             refuse_dormant: self.refuse_dormant,
+            max_approval_wait: self.max_approval_wait,
             ..Default::default()
         }
     }

@@ -399,9 +399,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("writ-{}", std::process::id()));
     let (tx, mut rx) = watch::channel(false);
-    tokio::spawn(
-        LeaderElector::new(client.clone(), &config.namespace, me.clone(), config.lease_duration.to_std()).run(tx),
-    );
+    let elector = LeaderElector::new(client.clone(), &config.namespace, me.clone(), config.lease_duration.to_std());
+    let election = tokio::spawn(elector.clone().run(tx));
 
     let mut running: Option<tokio::task::JoinHandle<()>> = None;
     let shutdown = shutdown_signal();
@@ -410,7 +409,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut shutdown => {
                 tracing::info!("shutting down");
-                if let Some(h) = running.take() { h.abort(); }
+                election.abort();
+                if let Some(h) = running.take() {
+                    h.abort();
+                    let _ = h.await;
+                }
+                release_lease(&elector).await;
                 return Ok(());
             }
             changed = rx.changed() => {
@@ -431,6 +435,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// Hands the leader Lease over on shutdown (the controllers have stopped):
+/// a waiting replica takes it within a second instead of a lease duration.
+async fn release_lease(elector: &LeaderElector) {
+    match tokio::time::timeout(Duration::from_secs(2), elector.release()).await {
+        Ok(Ok(true)) => tracing::info!("released the leader Lease"),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "releasing the leader Lease"),
+        Err(_) => tracing::warn!("releasing the leader Lease: no answer within 2s"),
     }
 }
 
@@ -736,7 +751,14 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
             })
             .boxed(),
         every_object(all, caches.grants.store()).boxed(),
-        intake::every(SWEEP).flat_map(move |()| each(controller::grant::expired(&g6, crate::pki::now_unix()))).boxed(),
+        intake::every(SWEEP)
+            .flat_map(move |()| {
+                let now = crate::pki::now_unix();
+                let mut due = controller::grant::expired(&g6, now);
+                due.extend(controller::grant::approval_overdue(&g6, now));
+                each(due)
+            })
+            .boxed(),
     ]);
     let (grant_controller, intake) = through_intake(caches.grants.store(), requests, GRANT_RECONCILES_IN_FLIGHT);
     let grants = intake.drain(grant_controller.run(

@@ -35,18 +35,30 @@
 //!
 //! The checks, in order: the token is well formed, is signed `EdDSA` by a key
 //! in the JWKS, is within `nbf`..`exp` (with bounded clock skew), is not
-//! revoked and is for the audience; the certificate chains to the bundle, is
-//! within its validity, is not revoked and carries the token's `sub` as its
-//! SPIFFE ID; its SHA-256 thumbprint equals `cnf.x5t#S256`; and the token
-//! grants exactly the action on exactly the resource. The first failing check
-//! is returned as a [`VerifyError`] variant.
+//! revoked and is for the audience; the certificate is within its validity,
+//! and a path leads from it through the intermediate CAs the client presents
+//! (after the leaf, in the same PEM) to a CA of the bundle, every
+//! certificate on it valid and every CA allowed to issue (basic constraints,
+//! path length, key usage), the leaf an end entity fit for TLS client
+//! authentication (extended key usage clientAuth, when it names any); the
+//! certificate is not revoked and carries the token's `sub` as its SPIFFE
+//! ID; its SHA-256 thumbprint equals `cnf.x5t#S256`; and the token grants
+//! exactly the action on exactly the resource. The first failing check is
+//! returned as a [`VerifyError`] variant.
+//!
+//! The path is built and checked by rustls-webpki (the validator rustls uses
+//! for TLS, here on the aws-lc-rs backend), not by code of ours: a bundle may
+//! hold an offline root alone while pods present the intermediate that
+//! issued them, as with a CA brought to the operator that is an
+//! intermediate under a company root.
 
 pub mod fetch;
 
 use std::collections::HashSet;
 
+use rustls::pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use serde::{Deserialize, Serialize};
-use x509_parser::prelude::{FromDer as _, X509Certificate};
+use x509_parser::prelude::X509Certificate;
 
 use crate::pki::{
     cert::{parse_certificates, parse_x509, serial_hex, spiffe_id_of, thumbprint},
@@ -171,7 +183,8 @@ pub enum VerifyError {
     /// The presented certificate cannot be read.
     #[error("malformed certificate: {0}")]
     MalformedCertificate(String),
-    /// The presented certificate is not issued by a CA of the trust bundle.
+    /// No valid path leads from the presented certificate (through the
+    /// intermediates presented with it) to a CA of the trust bundle.
     #[error("the certificate does not chain to the trust bundle: {0}")]
     UntrustedCertificate(String),
     /// The presented certificate is outside its validity period.
@@ -248,7 +261,7 @@ pub enum VerifierError {
 /// changes (they are small; poll with the ETag). It is cheap to share.
 #[derive(Clone, Debug)]
 pub struct Verifier {
-    anchors: Vec<Vec<u8>>,
+    anchors: Vec<Anchor>,
     jwks: JwkSet,
     revoked_tokens: HashSet<String>,
     revoked_serials: HashSet<String>,
@@ -261,11 +274,7 @@ impl Verifier {
         let ders = parse_certificates(bundle_pem.as_bytes()).map_err(|e| VerifierError::Bundle(e.to_string()))?;
         let mut anchors = Vec::new();
         for der in ders {
-            let cert = parse_x509(&der).map_err(|e| VerifierError::Bundle(e.to_string()))?;
-            if !cert.is_ca() {
-                return Err(VerifierError::Bundle(format!("{} is not a CA certificate", cert.subject())));
-            }
-            anchors.push(der);
+            anchors.push(Anchor::from_der(&der)?);
         }
         if anchors.is_empty() {
             return Err(VerifierError::Bundle("no CERTIFICATE in the bundle".into()));
@@ -295,8 +304,10 @@ impl Verifier {
         Ok(self)
     }
 
-    /// Verifies `token`, presented with `certificate` (PEM, leaf first, or
-    /// DER), for `attempt` at `now` (unix seconds). Returns the claims.
+    /// Verifies `token`, presented with `certificate` (DER of the leaf, or
+    /// PEM: the leaf first, then the intermediate CAs the client presented
+    /// with it, as in a pod's `tls.crt`), for `attempt` at `now` (unix
+    /// seconds). Returns the claims.
     pub fn verify(
         &self,
         token: &str,
@@ -304,6 +315,17 @@ impl Verifier {
         attempt: &Attempt<'_>,
         now: i64,
     ) -> Result<Claims, VerifyError> {
+        match parse_certificates(certificate) {
+            Ok(chain) => self.verify_chain(token, &chain, attempt, now),
+            Err(e) => {
+                self.check_token(token, attempt, now)?;
+                Err(VerifyError::MalformedCertificate(e.to_string()))
+            }
+        }
+    }
+
+    /// The checks of the token alone: signature, time, revocation, audience.
+    fn check_token(&self, token: &str, attempt: &Attempt<'_>, now: i64) -> Result<Claims, VerifyError> {
         let claims = verify_signed(token, &self.jwks, now, self.skew)?;
         if self.revoked_tokens.contains(&claims.jti) {
             return Err(VerifyError::Revoked(claims.jti));
@@ -311,14 +333,30 @@ impl Verifier {
         if !claims.aud.iter().any(|a| a == attempt.audience) {
             return Err(VerifyError::Audience { expected: attempt.audience.into(), got: claims.aud });
         }
-        let der = leaf_der(certificate)?;
-        let leaf = parse_x509(&der).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
-        self.check_chain(&leaf, now)?;
+        Ok(claims)
+    }
+
+    /// As [`Verifier::verify`], with the certificates already decoded: DER,
+    /// the leaf first, then the intermediate CAs presented with it (e.g. a
+    /// TLS server's `peer_certificates()`).
+    pub fn verify_chain(
+        &self,
+        token: &str,
+        chain: &[Vec<u8>],
+        attempt: &Attempt<'_>,
+        now: i64,
+    ) -> Result<Claims, VerifyError> {
+        let claims = self.check_token(token, attempt, now)?;
+        let Some((der, intermediates)) = chain.split_first() else {
+            return Err(VerifyError::MalformedCertificate("no certificate".into()));
+        };
+        let leaf = parse_x509(der).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
+        self.check_chain(der, &leaf, intermediates, now)?;
         let spiffe = spiffe_id_of(&leaf).unwrap_or_default();
         if spiffe != claims.sub {
             return Err(VerifyError::Subject { token: claims.sub, certificate: spiffe });
         }
-        if !constant_time_eq(thumbprint(&der).as_bytes(), claims.cnf.x5t_s256.as_bytes()) {
+        if !constant_time_eq(thumbprint(der).as_bytes(), claims.cnf.x5t_s256.as_bytes()) {
             return Err(VerifyError::ConfirmationMismatch);
         }
         if !claims.grants(attempt.action, attempt.resource) {
@@ -327,38 +365,64 @@ impl Verifier {
         Ok(claims)
     }
 
-    /// The certificate is an end-entity certificate signed by a bundle CA,
-    /// both valid at `now`, and not revoked.
-    fn check_chain(&self, leaf: &X509Certificate<'_>, now: i64) -> Result<(), VerifyError> {
+    /// A path leads from the leaf, through `intermediates` (DER, in any
+    /// order), to a bundle CA (rustls-webpki: signatures, validity, basic
+    /// constraints and path lengths, key usages, clientAuth), every
+    /// certificate on it valid at `now` within the skew; the leaf is not
+    /// revoked.
+    fn check_chain(
+        &self,
+        der: &[u8],
+        leaf: &X509Certificate<'_>,
+        intermediates: &[Vec<u8>],
+        now: i64,
+    ) -> Result<(), VerifyError> {
         let (not_before, not_after) = (leaf.validity().not_before.timestamp(), leaf.validity().not_after.timestamp());
         if leaf.is_ca() {
             return Err(VerifyError::UntrustedCertificate("a CA certificate cannot be a client identity".into()));
         }
-        let mut why = String::from("no CA in the bundle issued it");
-        let issued = self.anchors.iter().any(|der| {
-            let Ok((_, ca)) = X509Certificate::from_der(der) else {
-                return false;
-            };
-            if ca.subject().as_raw() != leaf.issuer().as_raw() {
-                return false;
-            }
-            if leaf.verify_signature(Some(ca.public_key())).is_err() {
-                why = format!("the signature by {} does not verify", ca.subject());
-                return false;
-            }
-            let (ca_from, ca_to) = (ca.validity().not_before.timestamp(), ca.validity().not_after.timestamp());
-            if now + self.skew < ca_from || now - self.skew > ca_to {
-                why = format!("the issuing CA {} is not valid now", ca.subject());
-                return false;
-            }
-            true
-        });
-        if !issued {
-            return Err(VerifyError::UntrustedCertificate(why));
-        }
         if now + self.skew < not_before || now - self.skew > not_after {
             return Err(VerifyError::CertificateExpired { not_before, not_after, now });
         }
+        // The path is judged at the moment closest to `now` at which the
+        // leaf is valid (at most the skew away), so that every certificate
+        // on it gets the same tolerance.
+        let at = now.clamp(not_before, not_after);
+        let leaf_der = CertificateDer::from(der);
+        let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
+            .map_err(|e| VerifyError::MalformedCertificate(format!("the certificate cannot be used: {e}")))?;
+        let intermediates: Vec<CertificateDer<'_>> =
+            intermediates.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
+        let anchors: Vec<TrustAnchor<'_>> = self.anchors.iter().map(|a| a.anchor.clone()).collect();
+        // Why a path webpki built was turned down by the checks it leaves to
+        // us (the anchor's own validity and path length).
+        let refused = std::cell::RefCell::new(None::<String>);
+        let anchor_ok = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+            let depth = path.intermediate_certificates().count();
+            let anchor = self.anchors.iter().find(|a| a.anchor == *path.anchor());
+            match anchor.map(|a| a.admits(depth, at, self.skew)) {
+                Some(Ok(())) => Ok(()),
+                Some(Err(why)) => {
+                    *refused.borrow_mut() = Some(why);
+                    Err(webpki::Error::UnknownIssuer)
+                }
+                None => Err(webpki::Error::UnknownIssuer),
+            }
+        };
+        let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(u64::try_from(at).unwrap_or(0)));
+        end_entity
+            .verify_for_usage(
+                supported_signature_algorithms(),
+                &anchors,
+                &intermediates,
+                time,
+                webpki::KeyUsage::client_auth(),
+                None,
+                Some(&anchor_ok),
+            )
+            .map_err(|e| {
+                VerifyError::UntrustedCertificate(refused.borrow_mut().take().unwrap_or_else(|| path_error(&e, leaf)))
+            })?;
         let serial = serial_hex(leaf);
         if self.revoked_serials.contains(&serial) {
             return Err(VerifyError::CertificateRevoked(serial));
@@ -367,10 +431,89 @@ impl Verifier {
     }
 }
 
-/// The leaf certificate's DER from PEM (first block) or DER input.
-fn leaf_der(certificate: &[u8]) -> Result<Vec<u8>, VerifyError> {
-    let ders = parse_certificates(certificate).map_err(|e| VerifyError::MalformedCertificate(e.to_string()))?;
-    ders.into_iter().next().ok_or_else(|| VerifyError::MalformedCertificate("no certificate".into()))
+/// A CA of the trust bundle, as webpki takes it, with what webpki leaves to
+/// the caller about a trust anchor: its validity and its path length limit.
+#[derive(Clone, Debug)]
+struct Anchor {
+    anchor: TrustAnchor<'static>,
+    subject: String,
+    not_before: i64,
+    not_after: i64,
+    /// `basicConstraints` pathLenConstraint: how many intermediate CAs may follow it.
+    path_len: Option<u32>,
+}
+
+impl Anchor {
+    /// A bundle certificate: it must be a CA (`basicConstraints` CA:true, and
+    /// keyCertSign if it has a key usage extension).
+    fn from_der(der: &[u8]) -> Result<Self, VerifierError> {
+        let cert = parse_x509(der).map_err(|e| VerifierError::Bundle(e.to_string()))?;
+        let subject = cert.subject().to_string();
+        let constraints = match cert.basic_constraints() {
+            Ok(Some(bc)) if bc.value.ca => bc.value,
+            _ => return Err(VerifierError::Bundle(format!("{subject} is not a CA certificate"))),
+        };
+        if matches!(cert.key_usage(), Ok(Some(ku)) if !ku.value.key_cert_sign()) {
+            return Err(VerifierError::Bundle(format!("{subject} is a CA whose key usage does not allow keyCertSign")));
+        }
+        let der = CertificateDer::from(der);
+        let anchor = webpki::anchor_from_trusted_cert(&der)
+            .map_err(|e| VerifierError::Bundle(format!("{subject} cannot be a trust anchor: {e}")))?
+            .to_owned();
+        Ok(Anchor {
+            anchor,
+            subject,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            path_len: constraints.path_len_constraint,
+        })
+    }
+
+    /// Whether a path with `depth` intermediates may end at this anchor at `at`.
+    fn admits(&self, depth: usize, at: i64, skew: i64) -> Result<(), String> {
+        if at + skew < self.not_before || at - skew > self.not_after {
+            return Err(format!("the trust anchor {} is not valid now", self.subject));
+        }
+        match self.path_len {
+            Some(max) if depth > max as usize => Err(format!(
+                "the trust anchor {} allows {max} intermediate CA(s) below it, the path has {depth}",
+                self.subject
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The signature algorithms of the one crypto backend (aws-lc-rs), as rustls
+/// offers them to webpki.
+fn supported_signature_algorithms() -> &'static [&'static dyn SignatureVerificationAlgorithm] {
+    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.all
+}
+
+/// Why no path could be built, in words.
+fn path_error(e: &webpki::Error, leaf: &X509Certificate<'_>) -> String {
+    use webpki::Error as E;
+    match e {
+        E::UnknownIssuer => format!(
+            "no path from it to a CA of the bundle: its issuer {} is neither in the bundle nor among the \
+             intermediate certificates presented with it (or none of them verifies)",
+            leaf.issuer()
+        ),
+        E::InvalidSignatureForPublicKey => {
+            "a signature on the path does not verify with its issuer's key (a forged or mismatched CA)".into()
+        }
+        E::CertExpired { .. } | E::CertNotValidYet { .. } => "an intermediate CA on the path is not valid now".into(),
+        E::EndEntityUsedAsCa => "a certificate on the path that issues it is not a CA (basicConstraints)".into(),
+        E::CaUsedAsEndEntity => "a CA certificate cannot be a client identity".into(),
+        E::PathLenConstraintViolated => {
+            "a CA on the path has more CAs below it than its pathLenConstraint allows".into()
+        }
+        E::RequiredEkuNotFoundContext(_) => {
+            "it is not for TLS client authentication (its extended key usage lacks clientAuth)".into()
+        }
+        E::UnsupportedCriticalExtension => "a certificate on the path has an unsupported critical extension".into(),
+        other => format!("the path does not validate: {other}"),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -570,6 +713,156 @@ mod tests {
         );
         assert!(Verifier::new(&w.cert_pem, JwkSet::default()).is_err(), "a leaf is not a trust anchor");
         assert!(Verifier::new("", JwkSet::default()).is_err());
+    }
+
+    /// An offline company root (path length `root_len`) and, under it, an
+    /// intermediate CA brought to Writ (its PEM with the root after it, as a
+    /// user puts it into the CA Secret).
+    struct Company {
+        root_pem: String,
+        root: rcgen::Issuer<'static, rcgen::KeyPair>,
+        intermediate: CertificateAuthority,
+    }
+
+    fn ca_params(name: &str, constraints: rcgen::BasicConstraints) -> rcgen::CertificateParams {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(constraints);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params
+    }
+
+    fn company(root_len: rcgen::BasicConstraints) -> Company {
+        let root_key = KeyAlgorithm::EcdsaP256.generate_key().expect("root key");
+        let root_params = ca_params("Company Root", root_len);
+        let root_pem = root_params.self_signed(&root_key).expect("root").pem();
+        let root = rcgen::Issuer::new(root_params, root_key);
+        let key = KeyAlgorithm::EcdsaP256.generate_key().expect("intermediate key");
+        let cert = ca_params("Company Writ Intermediate", rcgen::BasicConstraints::Constrained(0))
+            .signed_by(&key, &root)
+            .expect("intermediate");
+        let intermediate = CertificateAuthority::from_pem(&format!("{}{root_pem}", cert.pem()), &key.serialize_pem())
+            .expect("brought intermediate");
+        Company { root_pem, root, intermediate }
+    }
+
+    /// A token for the certificate (PEM, leaf first) and a verifier trusting only `bundle`.
+    fn token_for(cert_pem: &str, bundle: &str) -> (String, Verifier) {
+        let thumb = crate::pki::CertificateInfo::from_pem(cert_pem).expect("info").thumbprint;
+        let key = SigningKey::generate().expect("key");
+        let token = sign(&key, &sample_claims(&thumb, NOW)).expect("sign");
+        (token, Verifier::new(bundle, JwkSet { keys: vec![key.public_jwk()] }).expect("verifier"))
+    }
+
+    fn untrusted(r: Result<Claims, VerifyError>) -> String {
+        match r {
+            Err(VerifyError::UntrustedCertificate(why)) => why,
+            other => panic!("expected untrusted-certificate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_leaf_of_an_intermediate_verifies_against_the_offline_root_through_the_presented_chain() {
+        let c = company(rcgen::BasicConstraints::Unconstrained);
+        let issued = c.intermediate.issue(&PodCertificateRequest {
+            spiffe_id: SPIFFE.into(),
+            namespace: "ci".into(),
+            pod_name: "release-bot-1".into(),
+            pod_uid: "uid-1".into(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            not_before: NOW - 60,
+            ttl_secs: 3600,
+        });
+        let issued = issued.expect("issue");
+        let (token, v) = token_for(&issued.chain_pem, &c.root_pem);
+        // The pod's tls.crt: the leaf, then the intermediate.
+        let claims = v.verify(&token, issued.chain_pem.as_bytes(), &ATTEMPT, NOW).expect("verifies through the chain");
+        assert_eq!(claims.sub, SPIFFE);
+        // The same, with the certificates handed over decoded.
+        let ders = parse_certificates(issued.chain_pem.as_bytes()).expect("ders");
+        v.verify_chain(&token, &ders, &ATTEMPT, NOW).expect("verify_chain");
+        // The leaf alone: nothing leads from it to the root.
+        let why = untrusted(v.verify(&token, issued.cert_pem.as_bytes(), &ATTEMPT, NOW));
+        assert!(why.contains("CN=Company Writ Intermediate") && why.contains("neither in the bundle"), "{why}");
+        // An impostor intermediate: same name, another key, signed by the root.
+        let key = KeyAlgorithm::EcdsaP256.generate_key().expect("key");
+        let impostor = ca_params("Company Writ Intermediate", rcgen::BasicConstraints::Constrained(0))
+            .signed_by(&key, &c.root)
+            .expect("impostor");
+        let forged = format!("{}{}", issued.cert_pem, impostor.pem());
+        let why = untrusted(v.verify(&token, forged.as_bytes(), &ATTEMPT, NOW));
+        assert!(!why.is_empty(), "a reason is given");
+        // The intermediate as the anchor verifies too (the bundle Writ publishes holds both).
+        let (_, both) = token_for(&issued.chain_pem, &c.intermediate.bundle_pem());
+        let with_key = Verifier { jwks: v.jwks.clone(), ..both };
+        with_key.verify(&token, issued.cert_pem.as_bytes(), &ATTEMPT, NOW).expect("the intermediate is an anchor");
+    }
+
+    #[test]
+    fn ca_constraints_on_the_path_are_enforced() {
+        // A root that allows no CA below it cannot anchor a path through an intermediate.
+        let c = company(rcgen::BasicConstraints::Constrained(0));
+        let req = PodCertificateRequest {
+            spiffe_id: SPIFFE.into(),
+            namespace: "ci".into(),
+            pod_name: "p".into(),
+            pod_uid: "u".into(),
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            not_before: NOW - 60,
+            ttl_secs: 3600,
+        };
+        let issued = c.intermediate.issue(&req).expect("issue");
+        let (token, v) = token_for(&issued.chain_pem, &c.root_pem);
+        let why = untrusted(v.verify(&token, issued.chain_pem.as_bytes(), &ATTEMPT, NOW));
+        assert!(why.contains("allows 0 intermediate CA(s) below it, the path has 1"), "{why}");
+        // An "intermediate" that is not a CA cannot issue.
+        let root_key = KeyAlgorithm::EcdsaP256.generate_key().expect("key");
+        let root_params = ca_params("Root", rcgen::BasicConstraints::Unconstrained);
+        let root_pem = root_params.self_signed(&root_key).expect("root").pem();
+        let root = rcgen::Issuer::new(root_params, root_key);
+        let ee_key = KeyAlgorithm::EcdsaP256.generate_key().expect("key");
+        let mut ee = rcgen::CertificateParams::default();
+        ee.distinguished_name.push(rcgen::DnType::CommonName, "Not A CA");
+        ee.is_ca = rcgen::IsCa::ExplicitNoCa;
+        let ee_cert = ee.clone().signed_by(&ee_key, &root).expect("ee");
+        let not_a_ca = rcgen::Issuer::new(ee, ee_key);
+        let leaf = leaf_params(vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]);
+        let leaf_key = KeyAlgorithm::EcdsaP256.generate_key().expect("key");
+        let leaf = leaf.signed_by(&leaf_key, &not_a_ca).expect("leaf");
+        let chain = format!("{}{}", leaf.pem(), ee_cert.pem());
+        let (token, v) = token_for(&chain, &root_pem);
+        let why = untrusted(v.verify(&token, chain.as_bytes(), &ATTEMPT, NOW));
+        assert!(why.contains("not a CA"), "{why}");
+    }
+
+    fn leaf_params(ekus: Vec<rcgen::ExtendedKeyUsagePurpose>) -> rcgen::CertificateParams {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "release-bot-1");
+        params.subject_alt_names = vec![rcgen::SanType::URI(SPIFFE.try_into().expect("uri"))];
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = ekus;
+        params
+    }
+
+    #[test]
+    fn a_certificate_not_for_client_authentication_is_refused() {
+        let root_key = KeyAlgorithm::EcdsaP256.generate_key().expect("key");
+        let root_params = ca_params("Root", rcgen::BasicConstraints::Constrained(0));
+        let root_pem = root_params.self_signed(&root_key).expect("root").pem();
+        let root = rcgen::Issuer::new(root_params, root_key);
+        let key = KeyAlgorithm::EcdsaP256.generate_key().expect("key");
+        let server_only =
+            leaf_params(vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]).signed_by(&key, &root).expect("leaf").pem();
+        let (token, v) = token_for(&server_only, &root_pem);
+        let why = untrusted(v.verify(&token, server_only.as_bytes(), &ATTEMPT, NOW));
+        assert!(why.contains("clientAuth"), "{why}");
+        // With clientAuth (or no extended key usage at all) it verifies.
+        for ekus in [vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth], vec![]] {
+            let client = leaf_params(ekus).signed_by(&key, &root).expect("leaf").pem();
+            let (token, v) = token_for(&client, &root_pem);
+            v.verify(&token, client.as_bytes(), &ATTEMPT, NOW).expect("a client certificate verifies");
+        }
     }
 
     proptest::proptest! {

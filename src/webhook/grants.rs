@@ -370,10 +370,33 @@ pub fn validate_grant(
         }
         Operation::Update => {
             let Some(old) = req.old_object.as_ref() else { return Decision::Allow };
+            // The whole namespace's identities: they resolve the agent behind
+            // the grant's stamped requester, whoever makes this update. What
+            // the old status records (the authorising policy, the approval
+            // deadline) counts only when Writ sealed it.
+            let identities = shared.identities_in(&namespace);
+            let limits = shared.config.limits();
+            let now = jiff::Timestamp::now();
+            let keys = shared.trust.seal_keys();
+            let mut old = old.clone();
+            if old
+                .status
+                .as_ref()
+                .is_some_and(|st| policy::seal::verify_status(&keys, &old, st, now.as_second()).is_err())
+            {
+                old.status = None;
+            }
+            let ctx = policy::UpdateContext {
+                requester: &requester,
+                identities: &identities,
+                policies: &policies,
+                now,
+                limits: &limits,
+            };
             // The approval's audit line is the controller's, written from
             // what the API server stored: an admission request alone may
             // never have been the API server's.
-            match policy::admit_grant_update(old, grant, &requester, &policies) {
+            match policy::admit_grant_update(&old, grant, &ctx) {
                 Ok(_) => Decision::Allow,
                 Err(v) => Decision::violations(&v),
             }

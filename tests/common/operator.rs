@@ -155,6 +155,22 @@ impl Operator {
         }
     }
 
+    /// Sends SIGTERM, as a rolling update or `kubectl delete pod` does, and
+    /// returns at once (the process shuts down by itself; [`Operator::kill`]
+    /// or drop reaps it).
+    pub fn terminate(&self) {
+        if let Some(child) = self.child.lock().expect("lock").as_ref() {
+            let pid = i32::try_from(child.id()).expect("pid");
+            // SAFETY: signalling a child process of ours by its pid.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "sending SIGTERM");
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&self) -> bool {
+        self.child.lock().expect("lock").as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// A metric's value from `/metrics` (the sum over series whose labels contain every `labels` entry).
     pub async fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
         let (_, body) = http_get(&format!("{}/metrics", self.metrics_url)).await?;
