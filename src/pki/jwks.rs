@@ -535,7 +535,8 @@ mod tests {
         assert!(set.set_issuer("https://b.example", None, now + 100, 900));
         assert_eq!(set.issuer(), Some("https://b.example"));
         assert_eq!(set.issuers(now + 100), vec!["https://b.example", "spiffe://td/writ", "https://a.example"]);
-        assert_eq!(set.issuers(now + 1000), vec!["https://b.example"], "both old issuers retired");
+        assert_eq!(set.issuers(now + 1000), vec!["https://b.example", "https://a.example"]);
+        assert_eq!(set.issuers(now + 1001), vec!["https://b.example"], "both old issuers retired");
         // Stored and loaded with the keys.
         let back = KeySet::from_secret_data(&set.to_secret_data().expect("data")).expect("load");
         assert_eq!(back.issuers(now + 100), set.issuers(now + 100));
