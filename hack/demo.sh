@@ -152,7 +152,8 @@ kubectl -n "$NS" get secret "$SECRET" -o jsonpath='{.data.credential-bundle\.pri
 kubectl get configmap -n writ-system writ-trust-bundle -o jsonpath='{.data.ca\.crt}' >"$STATE/trust-bundle.pem"
 say "The discovery document (the issuer is the tokens' iss):"
 say "$ curl --cacert trust-bundle.pem https://127.0.0.1:18443/.well-known/openid-configuration"
-curl -s --cacert "$STATE/trust-bundle.pem" https://127.0.0.1:18443/.well-known/openid-configuration | python3 -m json.tool | sed 's/^/     /'
+curl -s --cacert "$STATE/trust-bundle.pem" https://127.0.0.1:18443/.well-known/openid-configuration \
+  | python3 -c 'import json,sys; [print("     %s: %s" % (k, json.dumps(v))) for k, v in json.load(sys.stdin).items()]'
 say "The SPIFFE bundle (also ConfigMap writ-spiffe-bundle, key bundle.spiffe, beside every writ-trust-bundle):"
 curl -s --cacert "$STATE/trust-bundle.pem" https://127.0.0.1:18443/spiffe-bundle >"$STATE/bundle.spiffe"
 python3 - "$STATE/bundle.spiffe" <<'PY'
@@ -161,7 +162,7 @@ b = json.load(open(sys.argv[1]))
 print("     spiffe_sequence %s, spiffe_refresh_hint %ss" % (b["spiffe_sequence"], b["spiffe_refresh_hint"]))
 for k in b["keys"]:
     extra = "  x5c: [the CA certificate]" if "x5c" in k else ""
-    print("     use=%-9s kty=%-3s crv=%-7s kid=%s%s" % (k["use"], k["kty"], k.get("crv", "-"), k["kid"], extra))
+    print("     use=%-9s kty=%-3s crv=%-7s kid=%s%s" % (k["use"], k["kty"], k.get("crv", "-"), k.get("kid", "-"), extra))
 PY
 
 bold "An over-broad grant is rejected before it exists"
