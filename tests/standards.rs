@@ -183,6 +183,16 @@ async fn py_spiffe_and_jose_verify_our_tokens_from_the_spiffe_bundle_the_pod_fil
     assert!(!ok && out.contains("has been revoked"), "{out}");
     let (ok, out) = jose(&op.url, &token, "deploy-api", &cert, &trust_file);
     assert!(!ok && out.contains("has been revoked"), "{out}");
+
+    // A revoked credential loses its credential bundle with its private key.
+    set_pod_phase(&client, n, "bot-2", "Succeeded").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+    let name = credential_secret_name(&bot2);
+    eventually(Duration::from_secs(15), "bot-2's key material to be removed", || async {
+        let data = secret_data(&secrets.get(&name).await.ok()?);
+        (!data.contains_key("tls.key") && !data.contains_key("credential-bundle.private-key.pem")).then_some(())
+    })
+    .await;
     ns.cleanup().await;
 }
 
