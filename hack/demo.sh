@@ -142,6 +142,29 @@ kubectl -n "$NS" get secret "$PLANNER_SECRET" -o jsonpath='{.data.tls\.crt}' | b
 say "Stolen and replayed from another pod, it is refused:"
 run "$WRIT" verify "${VERIFY[@]}" --cert "$STATE/planner.crt" || true
 
+bold "Standard formats: SPIFFE files in the pod, the SPIFFE bundle, OpenID Connect Discovery"
+say "The token is a JWT-SVID (ES256, typ JWT, kid; sub the SPIFFE ID, aud, exp), and the pod's volume"
+say "is a SPIFFE credential folder (SPIFFE Filesystem Delivery); every container has SPIFFE_CREDENTIAL_FOLDER:"
+run kubectl -n "$NS" get pod release-bot-0 -o jsonpath='{range .spec.containers[0].env[*]}{.name}={.value}{"\n"}{end}'
+say "The files of Secret $SECRET (the credential bundle: the PKCS#8 key, then the chain, leaf first, no root):"
+kubectl -n "$NS" get secret "$SECRET" -o json | python3 -c 'import json,sys; [print("     " + k) for k in sorted(json.load(sys.stdin)["data"])]'
+kubectl -n "$NS" get secret "$SECRET" -o jsonpath='{.data.credential-bundle\.private-key\.pem}' | base64 -d | grep -- '-----BEGIN' | sed 's/^/     /'
+kubectl get configmap -n writ-system writ-trust-bundle -o jsonpath='{.data.ca\.crt}' >"$STATE/trust-bundle.pem"
+say "The discovery document (the issuer is the tokens' iss):"
+say "$ curl --cacert trust-bundle.pem https://127.0.0.1:18443/.well-known/openid-configuration"
+curl -s --cacert "$STATE/trust-bundle.pem" https://127.0.0.1:18443/.well-known/openid-configuration \
+  | python3 -c 'import json,sys; [print("     %s: %s" % (k, json.dumps(v))) for k, v in json.load(sys.stdin).items()]'
+say "The SPIFFE bundle (also ConfigMap writ-spiffe-bundle, key bundle.spiffe, beside every writ-trust-bundle):"
+curl -s --cacert "$STATE/trust-bundle.pem" https://127.0.0.1:18443/spiffe-bundle >"$STATE/bundle.spiffe"
+python3 - "$STATE/bundle.spiffe" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+print("     spiffe_sequence %s, spiffe_refresh_hint %ss" % (b["spiffe_sequence"], b["spiffe_refresh_hint"]))
+for k in b["keys"]:
+    extra = "  x5c: [the CA certificate]" if "x5c" in k else ""
+    print("     use=%-9s kty=%-3s crv=%-7s kid=%s%s" % (k["use"], k["kty"], k.get("crv", "-"), k.get("kid", "-"), extra))
+PY
+
 bold "An over-broad grant is rejected before it exists"
 cat <<YAML | kubectl -n "$NS" --as alice --as-group release-managers apply -f - 2>&1 | sed 's/^/     /' || true
 apiVersion: writ.dev/v1alpha1
@@ -212,6 +235,7 @@ bold "Everything Writ manages"
 run kubectl -n "$NS" get writ
 say "Revoked tokens and certificates are published: curl -k https://127.0.0.1:18443/revocations"
 say "JWKS: curl -k https://127.0.0.1:18443/.well-known/jwks.json"
+say "SPIFFE bundle: curl -k https://127.0.0.1:18443/spiffe-bundle; discovery: curl -k https://127.0.0.1:18443/.well-known/openid-configuration"
 say "Metrics: curl http://127.0.0.1:19090/metrics"
 
 bold "The cluster and the operator are still running"

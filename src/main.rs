@@ -109,6 +109,11 @@ struct VerifyArgs {
     /// Tolerated clock skew in seconds (at most 300).
     #[arg(long, default_value_t = writ::verify::DEFAULT_SKEW_SECS)]
     skew: i64,
+    /// Accept only tokens whose `iss` is this (repeatable: after a change of issuer, give the
+    /// previous one too until its tokens expire). Default: `iss` is not checked, since the
+    /// signature by a key of the JWKS already proves the operator issued the token.
+    #[arg(long = "issuer", value_name = "URL")]
+    issuers: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -129,11 +134,15 @@ struct RotateArgs {
     /// Lifetime of the new CA.
     #[arg(long, default_value = "3650d")]
     ca_ttl: writ::api::Duration,
+    /// Algorithm of the new signing key: ES256 or EdDSA (default: the current key's). Set the
+    /// operator's `--token-algorithm` to the same, or its next start rotates back.
+    #[arg(long, value_name = "ES256|EdDSA")]
+    algorithm: Option<writ::pki::TokenAlgorithm>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum RotateWhat {
-    /// The Ed25519 token-signing key (JWKS).
+    /// The token-signing key (JWKS).
     SigningKey,
     /// The generated CA (trust bundle).
     Ca,
@@ -282,7 +291,10 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             writ::publish::revocations::read_persisted(&client, ns).await.context("reading the revocation list")?
         }
     };
-    let verifier = Verifier::new(&bundle, jwks)?.with_revocations(revocations).with_skew(args.skew)?;
+    let verifier = Verifier::new(&bundle, jwks)?
+        .with_revocations(revocations)
+        .with_skew(args.skew)?
+        .with_issuers(args.issuers.iter().cloned());
     let token = std::fs::read_to_string(&args.token).with_context(|| format!("reading {}", args.token.display()))?;
     let cert = std::fs::read(&args.cert).with_context(|| format!("reading {}", args.cert.display()))?;
     let attempt = Attempt { audience: &args.audience, action: &args.action, resource: &args.resource };
@@ -332,7 +344,7 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     let (what, rotation) = match args.what {
         RotateWhat::SigningKey => {
             let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(3600 + 300);
-            ("signing key", writ::trust::rotate_signing_key(&client, ns, keep, now).await?)
+            ("signing key", writ::trust::rotate_signing_key(&client, ns, keep, now, args.algorithm).await?)
         }
         RotateWhat::Ca => {
             let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(86_400 + 300);

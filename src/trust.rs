@@ -18,7 +18,8 @@ use crate::pki::{
     cert::{IssuedCertificate, PodCertificateRequest},
     jwks::{JwkSet, KeySet},
     seal::SealKeys,
-    token::SigningKey,
+    spiffe::SpiffeBundle,
+    token::{SigningKey, TokenAlgorithm},
     PkiError,
 };
 
@@ -70,6 +71,35 @@ pub enum TrustError {
         /// Secret name.
         name: String,
     },
+}
+
+/// How the operator signs tokens: the algorithm of its key and the issuer its tokens name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// The algorithm new signing keys have; a stored key of another algorithm is rotated.
+    pub algorithm: TokenAlgorithm,
+    /// The `iss` of new tokens (an `https://` URL).
+    pub issuer: String,
+    /// How long a replaced key or issuer stays accepted: the longest token lifetime plus skew.
+    pub keep_secs: i64,
+}
+
+impl TokenSettings {
+    /// ES256 and the in-cluster default issuer `https://writ-webhook.<namespace>.svc`, keeping a
+    /// replaced key for an hour and a half (the default longest grant plus margin).
+    pub fn defaults(namespace: &str) -> Self {
+        TokenSettings {
+            algorithm: TokenAlgorithm::default(),
+            issuer: format!("https://writ-webhook.{namespace}.svc"),
+            keep_secs: 5400,
+        }
+    }
+}
+
+/// The issuer tokens named before the issuer was configurable (`spiffe://<trust-domain>/writ`):
+/// accepted, after an upgrade, until the tokens it named have expired.
+pub fn legacy_issuer(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/writ")
 }
 
 /// The CA and signing keys of a running operator.
@@ -164,13 +194,38 @@ async fn get_or_create(
 }
 
 impl Trust {
-    /// Loads or creates the CA and signing keys in `namespace`.
+    /// Loads or creates the CA and signing keys in `namespace`, signing with
+    /// [`TokenSettings::defaults`].
     pub async fn bootstrap(
         client: &Client,
         namespace: &str,
         ca_secret: Option<&str>,
         ca_ttl_secs: i64,
         trust_domain: &str,
+    ) -> Result<Self, TrustError> {
+        Self::bootstrap_with(
+            client,
+            namespace,
+            ca_secret,
+            ca_ttl_secs,
+            trust_domain,
+            &TokenSettings::defaults(namespace),
+        )
+        .await
+    }
+
+    /// Loads or creates the CA and signing keys in `namespace`. A stored signing key of another
+    /// algorithm than `token.algorithm` is rotated (the old key stays in the JWKS for
+    /// `token.keep_secs`), and a stored issuer other than `token.issuer` is replaced (the old one
+    /// stays accepted as long); the Secret is replaced with its `resourceVersion`, so replicas
+    /// starting together make the change once.
+    pub async fn bootstrap_with(
+        client: &Client,
+        namespace: &str,
+        ca_secret: Option<&str>,
+        ca_ttl_secs: i64,
+        trust_domain: &str,
+        token: &TokenSettings,
     ) -> Result<Self, TrustError> {
         let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
         let now = crate::pki::now_unix();
@@ -207,16 +262,16 @@ impl Trust {
             .map_err(|source| TrustError::Invalid { namespace: namespace.into(), name: name.into(), source })?;
         let previous = PreviousCas::from_data(&d);
 
+        let mut created = false;
         let keys_secret = get_or_create(&api, namespace, SIGNING_SECRET, || {
-            let keys = KeySet::generate(now)?;
+            created = true;
+            let mut keys = KeySet::generate_for(now, token.algorithm)?;
+            keys.set_issuer(&token.issuer, None, now, token.keep_secs);
             Ok(secret(SIGNING_SECRET, "Opaque", keys.to_secret_data()?))
         })
         .await?;
-        let keys = KeySet::from_secret_data(&data(&keys_secret)).map_err(|source| TrustError::Invalid {
-            namespace: namespace.into(),
-            name: SIGNING_SECRET.into(),
-            source,
-        })?;
+        let legacy = (!created).then(|| legacy_issuer(trust_domain));
+        let keys = align_signing_keys(&api, namespace, keys_secret, token, legacy.as_deref(), now).await?;
         let seal_secret = get_or_create(&api, namespace, SEAL_SECRET, || {
             Ok(secret(SEAL_SECRET, "Opaque", SealKeys::generate()?.to_secret_data()?))
         })
@@ -243,7 +298,11 @@ impl Trust {
                 ca_ttl_secs,
             )?)),
             previous_cas: RwLock::new(PreviousCas::default()),
-            keys: RwLock::new(KeySet::generate(now)?),
+            keys: RwLock::new({
+                let mut keys = KeySet::generate(now)?;
+                keys.set_issuer(&TokenSettings::defaults("writ-system").issuer, None, now, 0);
+                keys
+            }),
             seal: RwLock::new(Arc::new(SealKeys::generate()?)),
         })
     }
@@ -287,6 +346,37 @@ impl Trust {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).jwks(now)
     }
 
+    /// The issuer (`iss`) of new tokens.
+    pub fn issuer(&self) -> String {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).issuer().unwrap_or_default().to_owned()
+    }
+
+    /// The issuers a token may name at `now`: the current one, and a previous one until the
+    /// tokens that named it have expired.
+    pub fn issuers(&self, now: i64) -> Vec<String> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).issuers(now)
+    }
+
+    /// The SPIFFE bundle at `now`: every trusted CA as an `x509-svid` key, every token key still
+    /// needed as a `jwt-svid` key. Its `spiffe_sequence` is the unix time of the latest change to
+    /// either (a rotation, or a replaced CA or key leaving), so it increases with every change and
+    /// every replica computes the same one.
+    pub fn spiffe_bundle(&self, now: i64) -> Result<SpiffeBundle, PkiError> {
+        let ca = self.ca();
+        let previous = self.previous_cas.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut ders = crate::pki::cert::parse_certificates(ca.cert_pem().as_bytes())?;
+        let kept = previous.bundle(now);
+        if !kept.trim().is_empty() {
+            ders.extend(crate::pki::cert::parse_certificates(kept.as_bytes())?);
+        }
+        let ca_since =
+            ders.first().and_then(|der| crate::pki::CertificateInfo::from_der(der).ok()).map_or(0, |i| i.not_before);
+        let ca_left = previous.retire_after.values().filter(|t| **t < now).map(|t| t + 1).max().unwrap_or(0);
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let sequence = keys.changed_at(now).max(ca_since).max(ca_left);
+        SpiffeBundle::new(&ders, &keys.jwks(now), u64::try_from(sequence).unwrap_or(0))
+    }
+
     /// Whether a key id is in the JWKS (tokens signed with a retired key are re-minted).
     pub fn has_kid(&self, kid: &str, now: i64) -> bool {
         self.jwks(now).keys.iter().any(|k| k.kid == kid)
@@ -323,6 +413,53 @@ impl Trust {
     }
 }
 
+/// Brings the stored signing key set in line with `token` (algorithm and issuer), replacing the
+/// Secret when that changes anything; on a conflict (another replica wrote first) it re-reads and
+/// checks again.
+async fn align_signing_keys(
+    api: &Api<Secret>,
+    namespace: &str,
+    mut stored: Secret,
+    token: &TokenSettings,
+    legacy: Option<&str>,
+    now: i64,
+) -> Result<KeySet, TrustError> {
+    let invalid = |source| TrustError::Invalid { namespace: namespace.into(), name: SIGNING_SECRET.into(), source };
+    let kube_err =
+        |op, source| TrustError::Kube { op, namespace: namespace.into(), name: SIGNING_SECRET.into(), source };
+    for _ in 0..5 {
+        let mut keys = KeySet::from_secret_data(&data(&stored)).map_err(invalid)?;
+        let mut changed = keys.set_issuer(&token.issuer, legacy, now, token.keep_secs);
+        let previous_kid = keys.current().kid().to_owned();
+        let previous_alg = keys.current().algorithm();
+        if previous_alg != token.algorithm {
+            keys.rotate_to(now, token.keep_secs, token.algorithm).map_err(invalid)?;
+            changed = true;
+        }
+        if !changed {
+            return Ok(keys);
+        }
+        stored.data =
+            Some(keys.to_secret_data().map_err(invalid)?.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
+        match api.replace(SIGNING_SECRET, &PostParams::default(), &stored).await {
+            Ok(_) => {
+                if previous_alg != token.algorithm {
+                    tracing::info!(target: "audit", previous_kid = %previous_kid, previous_alg = %previous_alg,
+                        kid = %keys.current().kid(), alg = %token.algorithm,
+                        "rotated the token-signing key to the configured algorithm");
+                }
+                tracing::info!(issuer = %token.issuer, "token issuer");
+                return Ok(keys);
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                stored = api.get(SIGNING_SECRET).await.map_err(|e| kube_err("re-reading", e))?;
+            }
+            Err(e) => return Err(kube_err("replacing", e)),
+        }
+    }
+    Err(invalid(PkiError::KeySet("the signing key Secret kept changing while it was being updated".into())))
+}
+
 /// What a rotation changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotation {
@@ -339,11 +476,16 @@ pub struct Rotation {
 /// verifiers' clock skew), so tokens it signed keep verifying until their own
 /// `exp`; running operators pick the new key up within seconds. Uses the
 /// Secret's resourceVersion, so two concurrent rotations cannot both win.
+///
+/// With `algorithm`, the new key is of that algorithm (a change of algorithm is a rotation);
+/// without, of the current key's. Running operators configured with another
+/// `--token-algorithm` rotate back at their next start.
 pub async fn rotate_signing_key(
     client: &Client,
     namespace: &str,
     keep_secs: i64,
     now: i64,
+    algorithm: Option<TokenAlgorithm>,
 ) -> Result<Rotation, TrustError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let kube_err =
@@ -352,7 +494,8 @@ pub async fn rotate_signing_key(
     let mut current = api.get(SIGNING_SECRET).await.map_err(|e| kube_err("reading", e))?;
     let mut keys = KeySet::from_secret_data(&data(&current)).map_err(invalid)?;
     let previous = keys.current().kid().to_string();
-    keys.rotate(now, keep_secs).map_err(invalid)?;
+    let algorithm = algorithm.unwrap_or_else(|| keys.current().algorithm());
+    keys.rotate_to(now, keep_secs, algorithm).map_err(invalid)?;
     current.data = Some(keys.to_secret_data().map_err(invalid)?.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
     api.replace(SIGNING_SECRET, &PostParams::default(), &current).await.map_err(|e| kube_err("replacing", e))?;
     tracing::info!(target: "audit", previous_kid = %previous, kid = %keys.current().kid(), "rotated the token-signing key");

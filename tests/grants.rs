@@ -37,7 +37,10 @@ async fn an_active_grant_gives_the_pod_a_token_bound_to_its_certificate() {
         eventually(Duration::from_secs(10), "token in the pod's Secret", || token_in(&client, &ns.name, &pod, "g1"))
             .await;
     let (header, claims) = writ::pki::token::decode_unverified(&jwt).expect("token decodes");
-    assert_eq!(header.alg, "EdDSA");
+    // A JWT-SVID: ES256 (the default algorithm), typ JWT, a kid; sub, aud and exp.
+    assert_eq!(header.alg, "ES256");
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    assert!(header.kid.as_deref().is_some_and(|k| !k.is_empty()));
     assert_eq!(claims.sub, format!("spiffe://test.writ.dev/ns/{}/agent/release-bot", ns.name));
     assert_eq!(claims.aud, vec!["deploy-api".to_string()]);
     assert!(claims.exp <= expires && claims.nbf <= claims.iat + 1);

@@ -350,6 +350,15 @@ fn readme_snippets_are_the_tested_ones() {
         readme.contains(python[start..end].trim()),
         "docs/verify.md's Python snippet differs from tests/interop/verify_token.py"
     );
+    // The standards snippets (docs/standards.md): py-spiffe and jose, from `verify(` to the end of it.
+    for (file, start, end) in [
+        ("tests/interop/spiffe_verify.py", "def verify(", "\n\ndef _issued_by("),
+        ("tests/interop/jose_verify.js", "async function verify(", "\n\nasync function main("),
+    ] {
+        let snippet = std::fs::read_to_string(repo().join(file)).expect("snippet");
+        let (from, to) = (snippet.find(start).expect("start"), snippet.find(end).expect("end"));
+        assert!(readme.contains(snippet[from..to].trim()), "README's snippet differs from {file}");
+    }
 }
 
 /// The HTTPS listener (webhooks and trust endpoints) speaks TLS 1.2 and 1.3 only.

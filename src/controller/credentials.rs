@@ -33,6 +33,14 @@ pub mod keys {
     pub const CA: &str = "ca.crt";
     /// The SPIFFE ID.
     pub const SPIFFE_ID: &str = "spiffe-id";
+    /// SPIFFE Filesystem Delivery §2.1: the PKCS#8 private key, then the chain leaf first
+    /// without the root, in one file (one read gets a matching key and certificate).
+    pub const SPIFFE_CREDENTIAL_BUNDLE: &str = "credential-bundle.private-key.pem";
+    /// SPIFFE Filesystem Delivery §2.2: `<trust-domain>.spiffe-trust-bundle.pem`, the trust
+    /// domain's CA certificates.
+    pub fn spiffe_trust_bundle(trust_domain: &str) -> String {
+        format!("{trust_domain}.spiffe-trust-bundle.pem")
+    }
     /// Prefix of capability tokens: `grant.<grant-name>.jwt`.
     pub const GRANT_PREFIX: &str = "grant.";
     /// Suffix of capability tokens.
@@ -335,14 +343,18 @@ async fn issue(
         controller: Some(true),
         block_owner_deletion: None,
     };
+    let bundle = shared.trust.bundle_pem();
+    // The SPIFFE Filesystem Delivery files go in this same write: a reader sees all old or all new.
     let data: BTreeMap<String, ByteString> = [
-        (keys::CERT, issued.chain_pem.clone()),
-        (keys::KEY, issued.key_pem.clone()),
-        (keys::CA, shared.trust.bundle_pem()),
-        (keys::SPIFFE_ID, spiffe.to_string()),
+        (keys::CERT.to_string(), issued.chain_pem.clone()),
+        (keys::KEY.to_string(), issued.key_pem.clone()),
+        (keys::SPIFFE_CREDENTIAL_BUNDLE.to_string(), format!("{}\n{}", issued.key_pem.trim_end(), issued.chain_pem)),
+        (keys::spiffe_trust_bundle(&shared.config.trust_domain), bundle.clone()),
+        (keys::CA.to_string(), bundle),
+        (keys::SPIFFE_ID.to_string(), spiffe.to_string()),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .map(|(k, v)| (k, ByteString(v.into_bytes())))
     .collect();
     let secret = Secret {
         metadata: ObjectMeta {
@@ -596,7 +608,8 @@ pub async fn revoke_secret(
         .map_err(|source| Error::Revocation { object: object(pod), source })?;
     // Through the token writer, so that removals and token writes to this
     // Secret go out one patch at a time, in the order they were asked for.
-    let removals = std::iter::once((keys::KEY.to_string(), None))
+    let removals = [(keys::KEY.to_string(), None), (keys::SPIFFE_CREDENTIAL_BUNDLE.to_string(), None)]
+        .into_iter()
         .chain(tokens.iter().map(|t| (format!("{}{}{}", keys::GRANT_PREFIX, t.grant(), keys::GRANT_SUFFIX), None)));
     match ctx.secret_writes.write_keys(&namespace, &secret.name_any(), removals).await {
         Ok(()) => {}

@@ -685,7 +685,7 @@ async fn issue_token(
         return Ok(Some(TokenRecord { pod: pod.name_any(), jti: t.jti.to_string(), expires_at: time(t.exp) }));
     }
     let claims = token::Claims {
-        iss: format!("spiffe://{}/writ", shared.config.trust_domain),
+        iss: shared.trust.issuer(),
         sub: pki::cert::spiffe_id(&shared.config.trust_domain, &ns, &g.spec.agent),
         aud: g.spec.audiences.clone(),
         iat: now,

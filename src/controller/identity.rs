@@ -231,52 +231,64 @@ async fn cleanup(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
 /// is written again (someone may have deleted the ConfigMap).
 const BUNDLE_REFRESH_SECS: i64 = 300;
 
-/// Writes `writ-trust-bundle` (the CA bundle) into `namespace`, unless this
-/// leader wrote the same bundle there less than five minutes ago (every
-/// identity reconcile calls this, and grants re-queue identities).
+/// Writes `writ-trust-bundle` (the CA bundle) and `writ-spiffe-bundle` (the
+/// SPIFFE bundle) into `namespace`, unless this leader wrote the same bundles
+/// there less than five minutes ago (every identity reconcile calls this, and
+/// grants re-queue identities).
 pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), Error> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), namespace);
     let bundle = ctx.shared.trust.bundle_pem();
     let now = pki::now_unix();
+    let spiffe = crate::publish::spiffe_bundle_json(&ctx.shared.trust, now).map_err(|source| Error::Pki {
+        op: "building the SPIFFE bundle for",
+        object: format!("namespace {namespace}"),
+        source,
+    })?;
+    let published_key = format!("{bundle}\n{spiffe}");
     let fresh = |published: &std::collections::HashMap<String, (String, i64)>| {
-        published.get(namespace).is_some_and(|(b, at)| *b == bundle && now - at < BUNDLE_REFRESH_SECS)
+        published.get(namespace).is_some_and(|(b, at)| *b == published_key && now - at < BUNDLE_REFRESH_SECS)
     };
     if fresh(&ctx.published_bundles.lock().unwrap_or_else(|e| e.into_inner())) {
         return Ok(());
     }
-    let cm = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(TRUST_BUNDLE_CONFIGMAP.into()),
-            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())])),
+    for (name, key, value, what) in [
+        (TRUST_BUNDLE_CONFIGMAP, "ca.crt", bundle, "publishing trust bundle in"),
+        (
+            crate::publish::SPIFFE_BUNDLE_CONFIGMAP,
+            crate::publish::SPIFFE_BUNDLE_KEY,
+            spiffe,
+            "publishing SPIFFE bundle in",
+        ),
+    ] {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())])),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(key.to_string(), value)])),
             ..Default::default()
-        },
-        data: Some(BTreeMap::from([("ca.crt".to_string(), bundle.clone())])),
-        ..Default::default()
-    };
-    let bundle_copy = bundle;
-    let mut value = serde_json::to_value(&cm).unwrap_or_default();
-    value["apiVersion"] = "v1".into();
-    value["kind"] = "ConfigMap".into();
-    match api.patch(TRUST_BUNDLE_CONFIGMAP, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await {
-        Ok(_) => {}
-        // The namespace is being deleted, its AgentIdentities with it: no pod
-        // will start there to read a bundle, and a retry would be refused the
-        // same way (an identity reconciled in that window used to fail and
-        // back off until the namespace controller reached it). Not noted as
-        // published: a namespace made again under that name gets its bundle.
-        Err(source) if super::namespace_terminating(&source) => {
-            tracing::debug!(namespace, "namespace terminating; trust bundle not published");
-            return Ok(());
-        }
-        Err(source) => {
-            return Err(Error::Kube {
-                op: "publishing trust bundle in",
-                object: format!("ConfigMap {namespace}/{TRUST_BUNDLE_CONFIGMAP}"),
-                source,
-            })
+        };
+        let mut value = serde_json::to_value(&cm).unwrap_or_default();
+        value["apiVersion"] = "v1".into();
+        value["kind"] = "ConfigMap".into();
+        match api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(value)).await {
+            Ok(_) => {}
+            // The namespace is being deleted, its AgentIdentities with it: no pod
+            // will start there to read a bundle, and a retry would be refused the
+            // same way (an identity reconciled in that window used to fail and
+            // back off until the namespace controller reached it). Not noted as
+            // published: a namespace made again under that name gets its bundle.
+            Err(source) if super::namespace_terminating(&source) => {
+                tracing::debug!(namespace, "namespace terminating; trust bundle not published");
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(Error::Kube { op: what, object: format!("ConfigMap {namespace}/{name}"), source })
+            }
         }
     }
-    ctx.published_bundles.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string(), (bundle_copy, now));
+    ctx.published_bundles.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_string(), (published_key, now));
     Ok(())
 }
 

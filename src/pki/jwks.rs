@@ -1,88 +1,193 @@
-//! JSON Web Keys (RFC 7517) for Ed25519 (RFC 8037), and the rotating token-signing [`KeySet`].
+//! JSON Web Keys (RFC 7517) for P-256 (RFC 7518 §6.2) and Ed25519 (RFC 8037), and the rotating
+//! token-signing [`KeySet`].
 //!
 //! Rotation keeps old and new keys side by side: after [`KeySet::rotate`] the new key signs at
 //! once, and the old public key stays in the published JWKS until every token it signed has
 //! expired (`retire_after`), so resource servers never see a valid token with an unknown `kid`.
+//! A change of signing algorithm is such a rotation, and a change of issuer keeps the previous
+//! issuer accepted the same way ([`KeySet::set_issuer`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pki::{b64url, b64url_decode, PkiError, SigningKey};
+use crate::pki::{b64url, b64url_decode, token::TokenAlgorithm, PkiError, SigningKey};
 
 /// Secret data key holding the current signing key, PKCS#8 PEM.
 pub const SECRET_KEY_SIGNING_KEY: &str = "signing-key.pem";
-/// Secret data key holding the rotation state (previous public keys), JSON.
+/// Secret data key holding the rotation state (previous public keys, issuers), JSON.
 pub const SECRET_KEY_KEYSET: &str = "keyset.json";
 
-/// One public key in JWK form. Writ only publishes Ed25519 signing keys:
-/// `{"kty":"OKP","crv":"Ed25519","x":…,"kid":…,"use":"sig","alg":"EdDSA"}`.
+/// One public key in JWK form. Writ signs with P-256
+/// (`{"kty":"EC","crv":"P-256","x":…,"y":…,"kid":…,"use":"sig","alg":"ES256"}`) or Ed25519
+/// (`{"kty":"OKP","crv":"Ed25519","x":…,"kid":…,"use":"sig","alg":"EdDSA"}`) keys; the SPIFFE
+/// bundle also carries its CAs' keys (`use` `x509-svid`, with `x5c`), which may be RSA (`n`, `e`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwk {
-    /// Key type: `OKP`.
+    /// Key type: `EC`, `OKP` or `RSA`.
     pub kty: String,
-    /// Curve: `Ed25519`.
+    /// Curve: `P-256`, `P-384` or `Ed25519` (absent for RSA).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub crv: String,
-    /// The public key, base64url without padding.
+    /// The public key (OKP) or its x coordinate (EC), base64url without padding.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub x: String,
-    /// Key ID: the RFC 7638 thumbprint.
+    /// The y coordinate of an EC key, base64url without padding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    /// The modulus of an RSA key, base64url without padding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// The exponent of an RSA key, base64url without padding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    /// Key ID: the RFC 7638 thumbprint (absent on `x509-svid` keys, as the X509-SVID standard
+    /// §6.1 requires).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kid: String,
-    /// Intended use: `sig`.
+    /// Intended use: `sig` in the JWKS; `jwt-svid` or `x509-svid` in the SPIFFE bundle.
     #[serde(rename = "use", default)]
     pub use_: String,
-    /// Algorithm: `EdDSA`.
-    #[serde(default)]
+    /// Algorithm: `ES256` or `EdDSA` (absent on SPIFFE bundle keys).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub alg: String,
+    /// The CA certificate of an `x509-svid` key (RFC 7517 §4.7: base64 DER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x5c: Option<Vec<String>>,
+}
+
+/// A public key Writ verifies token signatures with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyingKey {
+    /// An Ed25519 public key (`EdDSA`).
+    Ed25519([u8; 32]),
+    /// A P-256 public key as the uncompressed point `04 || x || y` (`ES256`).
+    P256([u8; 65]),
+}
+
+impl VerifyingKey {
+    /// The JWS algorithm this key verifies.
+    pub fn algorithm(&self) -> TokenAlgorithm {
+        match self {
+            VerifyingKey::Ed25519(_) => TokenAlgorithm::EdDsa,
+            VerifyingKey::P256(_) => TokenAlgorithm::Es256,
+        }
+    }
+
+    /// Whether `signature` (JWS form: 64 bytes for either algorithm) is this key's over `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
+        match self {
+            VerifyingKey::Ed25519(k) => UnparsedPublicKey::new(&ED25519, k).verify(message, signature).is_ok(),
+            VerifyingKey::P256(k) => {
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, k).verify(message, signature).is_ok()
+            }
+        }
+    }
 }
 
 impl Jwk {
+    fn empty(kty: &str, crv: &str) -> Jwk {
+        Jwk {
+            kty: kty.into(),
+            crv: crv.into(),
+            x: String::new(),
+            y: None,
+            n: None,
+            e: None,
+            kid: String::new(),
+            use_: String::new(),
+            alg: String::new(),
+            x5c: None,
+        }
+    }
+
     /// The JWK of a 32-byte Ed25519 public key, `kid` set to its RFC 7638 thumbprint.
     pub fn ed25519(public_key: &[u8]) -> Jwk {
-        Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            x: b64url(public_key),
-            kid: Self::thumbprint_for(public_key),
-            use_: "sig".into(),
-            alg: "EdDSA".into(),
+        let mut jwk =
+            Jwk { x: b64url(public_key), use_: "sig".into(), alg: "EdDSA".into(), ..Jwk::empty("OKP", "Ed25519") };
+        jwk.kid = jwk.thumbprint();
+        jwk
+    }
+
+    /// The JWK of a P-256 public key given as the 65-byte uncompressed point, `kid` set to its
+    /// RFC 7638 thumbprint; `None` for anything else.
+    pub fn p256(point: &[u8]) -> Option<Jwk> {
+        let jwk = Jwk::ec_point("P-256", 32, point)?;
+        Some(Jwk { use_: "sig".into(), alg: "ES256".into(), ..jwk })
+    }
+
+    /// An EC key of `crv` from its uncompressed point of two `len`-byte coordinates.
+    pub(crate) fn ec_point(crv: &str, len: usize, point: &[u8]) -> Option<Jwk> {
+        if point.len() != 1 + 2 * len || point[0] != 4 {
+            return None;
         }
+        let mut jwk =
+            Jwk { x: b64url(&point[1..1 + len]), y: Some(b64url(&point[1 + len..])), ..Jwk::empty("EC", crv) };
+        jwk.kid = jwk.thumbprint();
+        Some(jwk)
+    }
+
+    /// An RSA key from its big-endian modulus and exponent (leading zeros dropped).
+    pub(crate) fn rsa(modulus: &[u8], exponent: &[u8]) -> Jwk {
+        let strip = |b: &[u8]| {
+            let start = b.iter().position(|&x| x != 0).unwrap_or(b.len().saturating_sub(1));
+            b64url(&b[start..])
+        };
+        let mut jwk = Jwk { n: Some(strip(modulus)), e: Some(strip(exponent)), ..Jwk::empty("RSA", "") };
+        jwk.kid = jwk.thumbprint();
+        jwk
     }
 
     /// The RFC 7638 thumbprint of an Ed25519 public key: base64url SHA-256 of
     /// `{"crv":"Ed25519","kty":"OKP","x":"<base64url key>"}`.
     pub fn thumbprint_for(public_key: &[u8]) -> String {
-        Jwk::ed25519_thumbprint_of_x(&b64url(public_key))
+        Jwk { x: b64url(public_key), ..Jwk::empty("OKP", "Ed25519") }.thumbprint()
     }
 
-    /// The RFC 7638 thumbprint of this key, computed from its `crv`, `kty` and `x` (the required
-    /// members for OKP keys, in lexicographic order, no whitespace).
+    /// The RFC 7638 thumbprint of this key: base64url SHA-256 of its required members in
+    /// lexicographic order without whitespace (`crv`, `kty`, `x` for OKP; `crv`, `kty`, `x`, `y`
+    /// for EC; `e`, `kty`, `n` for RSA).
     pub fn thumbprint(&self) -> String {
-        let canonical = serde_json::json!({"crv": self.crv, "kty": self.kty, "x": self.x}).to_string();
+        let canonical = match self.kty.as_str() {
+            "EC" => serde_json::json!({"crv": self.crv, "kty": self.kty, "x": self.x, "y": self.y.as_deref().unwrap_or_default()}),
+            "RSA" => serde_json::json!({"e": self.e.as_deref().unwrap_or_default(), "kty": self.kty, "n": self.n.as_deref().unwrap_or_default()}),
+            _ => serde_json::json!({"crv": self.crv, "kty": self.kty, "x": self.x}),
+        }
+        .to_string();
         b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
     }
 
-    fn ed25519_thumbprint_of_x(x: &str) -> String {
-        Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            x: x.into(),
-            kid: String::new(),
-            use_: String::new(),
-            alg: String::new(),
+    /// The key to verify tokens with, if this JWK is a signing key Writ accepts: `kty` OKP with
+    /// `crv` Ed25519 and a 32-byte `x` (`alg` EdDSA or absent), or `kty` EC with `crv` P-256 and
+    /// 32-byte `x` and `y` (`alg` ES256 or absent); `use` `sig`, `jwt-svid` or absent.
+    pub fn verifying_key(&self) -> Option<VerifyingKey> {
+        if !(self.use_.is_empty() || self.use_ == "sig" || self.use_ == "jwt-svid") {
+            return None;
         }
-        .thumbprint()
+        match (self.kty.as_str(), self.crv.as_str()) {
+            ("OKP", "Ed25519") if self.alg.is_empty() || self.alg == "EdDSA" => {
+                Some(VerifyingKey::Ed25519(b64url_decode(&self.x).ok()?.try_into().ok()?))
+            }
+            ("EC", "P-256") if self.alg.is_empty() || self.alg == "ES256" => {
+                let x: [u8; 32] = b64url_decode(&self.x).ok()?.try_into().ok()?;
+                let y: [u8; 32] = b64url_decode(self.y.as_deref()?).ok()?.try_into().ok()?;
+                let mut point = [0u8; 65];
+                point[0] = 4;
+                point[1..33].copy_from_slice(&x);
+                point[33..].copy_from_slice(&y);
+                Some(VerifyingKey::P256(point))
+            }
+            _ => None,
+        }
     }
 
-    /// The raw Ed25519 public key, if this JWK is one Writ can verify with: `kty` OKP, `crv`
-    /// Ed25519, `alg` EdDSA (or absent), `use` sig (or absent), and a 32-byte `x`.
+    /// The raw Ed25519 public key, if this JWK is an Ed25519 key Writ can verify with.
     pub fn ed25519_public_key(&self) -> Option<[u8; 32]> {
-        if self.kty != "OKP" || self.crv != "Ed25519" {
-            return None;
+        match self.verifying_key()? {
+            VerifyingKey::Ed25519(k) => Some(k),
+            VerifyingKey::P256(_) => None,
         }
-        if !(self.alg.is_empty() || self.alg == "EdDSA") || !(self.use_.is_empty() || self.use_ == "sig") {
-            return None;
-        }
-        b64url_decode(&self.x).ok()?.try_into().ok()
     }
 }
 
@@ -121,6 +226,16 @@ pub struct RetiredKey {
     pub retire_after: i64,
 }
 
+/// A previous token issuer (`iss`), still accepted until `retire_after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredIssuer {
+    /// The issuer.
+    pub issuer: String,
+    /// Unix seconds after which no token naming it can still be valid.
+    pub retire_after: i64,
+}
+
 /// The stored rotation state (everything except the current private key).
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -129,26 +244,45 @@ struct StoredKeySet {
     current_since: Option<i64>,
     #[serde(default)]
     previous: Vec<RetiredKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    previous_issuers: Vec<RetiredIssuer>,
 }
 
 /// The token-signing keys: one current private key plus the public halves of previous keys that
-/// may still have valid tokens outstanding.
+/// may still have valid tokens outstanding; and the issuer the tokens name, with previous issuers
+/// whose tokens may still be valid.
 #[derive(Debug, Clone)]
 pub struct KeySet {
     current: SigningKey,
     current_since: Option<i64>,
     previous: Vec<RetiredKey>,
+    issuer: Option<String>,
+    previous_issuers: Vec<RetiredIssuer>,
 }
 
 impl KeySet {
-    /// A key set with a freshly generated current key, in use since `now`.
+    /// A key set with a freshly generated current key of the default algorithm (ES256), in use
+    /// since `now`.
     pub fn generate(now: i64) -> Result<Self, PkiError> {
-        Ok(KeySet { current: SigningKey::generate()?, current_since: Some(now), previous: Vec::new() })
+        Self::generate_for(now, TokenAlgorithm::default())
+    }
+
+    /// A key set with a freshly generated current key of `algorithm`, in use since `now`.
+    pub fn generate_for(now: i64, algorithm: TokenAlgorithm) -> Result<Self, PkiError> {
+        Ok(KeySet {
+            current: SigningKey::generate_for(algorithm)?,
+            current_since: Some(now),
+            previous: Vec::new(),
+            issuer: None,
+            previous_issuers: Vec::new(),
+        })
     }
 
     /// A key set around an existing key (e.g. brought by the user), with no history.
     pub fn from_key(current: SigningKey) -> Self {
-        KeySet { current, current_since: None, previous: Vec::new() }
+        KeySet { current, current_since: None, previous: Vec::new(), issuer: None, previous_issuers: Vec::new() }
     }
 
     /// The key that signs new tokens.
@@ -167,12 +301,18 @@ impl KeySet {
         &self.previous
     }
 
-    /// Replaces the current key with a new one. The old public key stays published until
-    /// `now + max_token_ttl`, the latest expiry a token it signed can have; pass the longest token
-    /// lifetime the operator allows (plus any clock skew verifiers tolerate). Already retired keys
-    /// are dropped.
+    /// Replaces the current key with a new one of the same algorithm. The old public key stays
+    /// published until `now + max_token_ttl`, the latest expiry a token it signed can have; pass
+    /// the longest token lifetime the operator allows (plus any clock skew verifiers tolerate).
+    /// Already retired keys are dropped.
     pub fn rotate(&mut self, now: i64, max_token_ttl: i64) -> Result<(), PkiError> {
-        let next = SigningKey::generate()?;
+        self.rotate_to(now, max_token_ttl, self.current.algorithm())
+    }
+
+    /// Replaces the current key with a new one of `algorithm`, keeping the old public key as
+    /// [`rotate`](Self::rotate) does: a change of algorithm is a rotation.
+    pub fn rotate_to(&mut self, now: i64, max_token_ttl: i64, algorithm: TokenAlgorithm) -> Result<(), PkiError> {
+        let next = SigningKey::generate_for(algorithm)?;
         let old = std::mem::replace(&mut self.current, next);
         self.previous.push(RetiredKey { jwk: old.public_jwk(), retire_after: now.saturating_add(max_token_ttl) });
         self.current_since = Some(now);
@@ -180,10 +320,12 @@ impl KeySet {
         Ok(())
     }
 
-    /// Drops previous keys whose `retire_after` has passed; returns how many were dropped.
+    /// Drops previous keys and issuers whose `retire_after` has passed; returns how many keys
+    /// were dropped.
     pub fn prune(&mut self, now: i64) -> usize {
         let before = self.previous.len();
         self.previous.retain(|k| k.retire_after >= now);
+        self.previous_issuers.retain(|i| i.retire_after >= now);
         before - self.previous.len()
     }
 
@@ -194,10 +336,55 @@ impl KeySet {
         JwkSet { keys }
     }
 
+    /// The issuer new tokens name, if one was recorded.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
+    /// Makes `issuer` the issuer of new tokens. A different issuer recorded before stays accepted
+    /// until `now + max_token_ttl` (its tokens live until then); so does `legacy`, the issuer
+    /// tokens named before any was recorded, when there was none. Returns whether anything changed.
+    pub fn set_issuer(&mut self, issuer: &str, legacy: Option<&str>, now: i64, max_token_ttl: i64) -> bool {
+        if self.issuer.as_deref() == Some(issuer) {
+            return false;
+        }
+        let old = self.issuer.take().or_else(|| legacy.map(str::to_owned));
+        if let Some(old) = old.filter(|o| o != issuer) {
+            self.previous_issuers.retain(|i| i.issuer != old && i.issuer != issuer);
+            self.previous_issuers.push(RetiredIssuer { issuer: old, retire_after: now.saturating_add(max_token_ttl) });
+        }
+        self.previous_issuers.retain(|i| i.issuer != issuer && i.retire_after >= now);
+        self.issuer = Some(issuer.to_owned());
+        true
+    }
+
+    /// The issuers a token may name at `now`: the current one first, then previous ones whose
+    /// tokens may still be valid.
+    pub fn issuers(&self, now: i64) -> Vec<String> {
+        let mut out: Vec<String> = self.issuer.iter().cloned().collect();
+        out.extend(self.previous_issuers.iter().filter(|i| i.retire_after >= now).map(|i| i.issuer.clone()));
+        out
+    }
+
+    /// The unix time of the latest change to the published keys at `now`: the current key's
+    /// start, or the moment a previous key left the JWKS (`retire_after + 1`), whichever is
+    /// later. It never decreases, since a key is only pruned by a rotation, whose start is later
+    /// than its departure.
+    pub fn changed_at(&self, now: i64) -> i64 {
+        let left = self.previous.iter().filter(|k| k.retire_after < now).map(|k| k.retire_after + 1);
+        left.chain(self.current_since).max().unwrap_or(0)
+    }
+
     /// The Secret data that stores this key set: [`SECRET_KEY_SIGNING_KEY`] (PKCS#8 PEM of the
-    /// current key) and [`SECRET_KEY_KEYSET`] (JSON: `currentSince`, `previous`).
+    /// current key) and [`SECRET_KEY_KEYSET`] (JSON: `currentSince`, `previous`, `issuer`,
+    /// `previousIssuers`).
     pub fn to_secret_data(&self) -> Result<BTreeMap<String, Vec<u8>>, PkiError> {
-        let stored = StoredKeySet { current_since: self.current_since, previous: self.previous.clone() };
+        let stored = StoredKeySet {
+            current_since: self.current_since,
+            previous: self.previous.clone(),
+            issuer: self.issuer.clone(),
+            previous_issuers: self.previous_issuers.clone(),
+        };
         let mut data = BTreeMap::new();
         data.insert(SECRET_KEY_SIGNING_KEY.to_owned(), self.current.to_pkcs8_pem().into_bytes());
         data.insert(SECRET_KEY_KEYSET.to_owned(), serde_json::to_vec(&stored)?);
@@ -205,8 +392,8 @@ impl KeySet {
     }
 
     /// Loads a key set from Secret data. Only [`SECRET_KEY_SIGNING_KEY`] is required, so a user
-    /// can bring their own key; every previous key must be a well-formed Ed25519 JWK whose `kid` is
-    /// its thumbprint.
+    /// can bring their own key (P-256 or Ed25519); every previous key must be a well-formed P-256
+    /// or Ed25519 JWK whose `kid` is its thumbprint.
     pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, PkiError> {
         let pem_bytes = data
             .get(SECRET_KEY_SIGNING_KEY)
@@ -219,8 +406,11 @@ impl KeySet {
             None => StoredKeySet::default(),
         };
         for key in &stored.previous {
-            if key.jwk.ed25519_public_key().is_none() {
-                return Err(PkiError::KeySet(format!("previous key {} is not an Ed25519 signing key", key.jwk.kid)));
+            if key.jwk.verifying_key().is_none() {
+                return Err(PkiError::KeySet(format!(
+                    "previous key {} is not a P-256 or Ed25519 signing key",
+                    key.jwk.kid
+                )));
             }
             if key.jwk.kid != key.jwk.thumbprint() {
                 return Err(PkiError::KeySet(format!(
@@ -229,7 +419,13 @@ impl KeySet {
                 )));
             }
         }
-        Ok(KeySet { current, current_since: stored.current_since, previous: stored.previous })
+        Ok(KeySet {
+            current,
+            current_since: stored.current_since,
+            previous: stored.previous,
+            issuer: stored.issuer,
+            previous_issuers: stored.previous_issuers,
+        })
     }
 }
 
@@ -275,7 +471,9 @@ mod tests {
         enc.use_ = "enc".into();
         let mut es256 = good.clone();
         es256.alg = "ES256".into();
-        for bad in [rsa, short, enc, es256] {
+        let mut x509 = good.clone();
+        x509.use_ = "x509-svid".into();
+        for bad in [rsa, short, enc, es256, x509] {
             assert!(bad.ed25519_public_key().is_none(), "{bad:?}");
         }
         let minimal: Jwk =
@@ -303,6 +501,66 @@ mod tests {
         assert_eq!(set.prune(now + 1000), 0);
         assert_eq!(set.prune(now + 1001), 1);
         assert!(set.previous().is_empty());
+    }
+
+    #[test]
+    fn a_change_of_algorithm_is_a_rotation_that_keeps_the_old_key() {
+        let now = 1_000_000;
+        let mut set = KeySet::generate_for(now, TokenAlgorithm::EdDsa).expect("keys");
+        assert_eq!(set.current().algorithm(), TokenAlgorithm::EdDsa);
+        let old = set.current().public_jwk();
+        set.rotate_to(now + 10, 900, TokenAlgorithm::Es256).expect("rotate");
+        assert_eq!(set.current().algorithm(), TokenAlgorithm::Es256);
+        let jwks = set.jwks(now + 10);
+        assert_eq!((jwks.keys[0].kty.as_str(), jwks.keys[0].alg.as_str()), ("EC", "ES256"));
+        assert_eq!(jwks.find(&old.kid), Some(&old), "the EdDSA key stays until its tokens expire");
+        assert!(set.jwks(now + 911).find(&old.kid).is_none());
+        // Plain rotation keeps the algorithm; the stored set round-trips with both kinds of key.
+        set.rotate(now + 20, 900).expect("rotate");
+        assert_eq!(set.current().algorithm(), TokenAlgorithm::Es256);
+        let back = KeySet::from_secret_data(&set.to_secret_data().expect("data")).expect("load");
+        assert_eq!(back.jwks(now + 20), set.jwks(now + 20));
+        assert_eq!(back.jwks(now + 20).keys.len(), 3);
+    }
+
+    #[test]
+    fn a_change_of_issuer_keeps_the_old_one_accepted_until_its_tokens_expire() {
+        let now = 1_000_000;
+        let mut set = KeySet::generate(now).expect("keys");
+        assert_eq!(set.issuer(), None);
+        // The first issuer of an upgraded operator: the legacy one stays accepted.
+        assert!(set.set_issuer("https://a.example", Some("spiffe://td/writ"), now, 900));
+        assert_eq!(set.issuers(now), vec!["https://a.example".to_string(), "spiffe://td/writ".to_string()]);
+        assert!(!set.set_issuer("https://a.example", Some("spiffe://td/writ"), now + 1, 900), "no change");
+        assert!(set.set_issuer("https://b.example", None, now + 100, 900));
+        assert_eq!(set.issuer(), Some("https://b.example"));
+        assert_eq!(set.issuers(now + 100), vec!["https://b.example", "spiffe://td/writ", "https://a.example"]);
+        assert_eq!(set.issuers(now + 1000), vec!["https://b.example", "https://a.example"]);
+        assert_eq!(set.issuers(now + 1001), vec!["https://b.example"], "both old issuers retired");
+        // Stored and loaded with the keys.
+        let back = KeySet::from_secret_data(&set.to_secret_data().expect("data")).expect("load");
+        assert_eq!(back.issuers(now + 100), set.issuers(now + 100));
+        // Back to an earlier issuer: it is current again, not also a retired one.
+        set.set_issuer("https://a.example", None, now + 200, 900);
+        assert_eq!(set.issuers(now + 200), vec!["https://a.example", "spiffe://td/writ", "https://b.example"]);
+        // A fresh operator has no legacy issuer to keep.
+        let mut fresh = KeySet::generate(now).expect("keys");
+        fresh.set_issuer("https://a.example", None, now, 900);
+        assert_eq!(fresh.issuers(now), vec!["https://a.example"]);
+    }
+
+    #[test]
+    fn changed_at_moves_with_every_change_of_the_published_keys_and_never_back() {
+        let now = 1_000_000;
+        let mut set = KeySet::generate(now).expect("keys");
+        assert_eq!(set.changed_at(now + 5), now);
+        set.rotate(now + 100, 900).expect("rotate");
+        assert_eq!(set.changed_at(now + 100), now + 100);
+        assert_eq!(set.changed_at(now + 1000), now + 100, "the old key is still published at retire_after");
+        assert_eq!(set.changed_at(now + 1001), now + 1001, "its departure is a change");
+        assert_eq!(set.changed_at(now + 5000), now + 1001);
+        set.rotate(now + 6000, 900).expect("rotate prunes the departed key");
+        assert_eq!(set.changed_at(now + 6000), now + 6000);
     }
 
     #[test]
@@ -341,7 +599,7 @@ mod tests {
         let mut data = set.to_secret_data().expect("data");
         data.insert(SECRET_KEY_KEYSET.into(), b"{not json".to_vec());
         assert!(KeySet::from_secret_data(&data).is_err());
-        let mut tampered = Jwk::ed25519(&[3u8; 32]);
+        let mut tampered = SigningKey::generate().expect("key").public_jwk();
         tampered.kid = "someone-else".into();
         let stored = serde_json::json!({"previous": [{"jwk": tampered, "retireAfter": 5}]});
         data.insert(SECRET_KEY_KEYSET.into(), serde_json::to_vec(&stored).expect("json"));

@@ -19,16 +19,18 @@ pub mod ca;
 pub mod cert;
 pub mod jwks;
 pub mod seal;
+pub mod spiffe;
 pub mod token;
 
 pub use ca::{CertificateAuthority, CertificateIssuer};
 pub use cert::{
     spiffe_id, thumbprint, validate_spiffe_id, CertificateInfo, IssuedCertificate, KeyAlgorithm, PodCertificateRequest,
 };
-pub use jwks::{Jwk, JwkSet, KeySet, RetiredKey};
+pub use jwks::{Jwk, JwkSet, KeySet, RetiredIssuer, RetiredKey, VerifyingKey};
+pub use spiffe::SpiffeBundle;
 pub use token::{
     decode_unverified, new_jti, sign, Actor, Capability, Claims, Confirmation, GrantRef, Header, PodRef, SigningKey,
-    Task,
+    Task, TokenAlgorithm,
 };
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

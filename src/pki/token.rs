@@ -1,20 +1,24 @@
-//! Capability tokens: Ed25519 signing keys, the claims a token carries, and compact JWS.
+//! Capability tokens: signing keys (ES256 or EdDSA), the claims a token carries, and compact JWS.
 //!
-//! A token is a JWT (RFC 7519) signed with EdDSA/Ed25519 (RFC 8037), header
-//! `{"alg":"EdDSA","typ":"JWT","kid":"<RFC 7638 thumbprint>"}`. It is bound to one pod's
-//! certificate through `cnf.x5t#S256` (RFC 8705), so it is useless without that pod's private key.
-//! Verification lives in [`crate::verify`].
+//! A token is a JWT (RFC 7519) and a JWT-SVID (SPIFFE JWT-SVID standard): header
+//! `{"alg":"ES256","typ":"JWT","kid":"<RFC 7638 thumbprint>"}` (ES256, RFC 7518 §3.4, by default;
+//! `EdDSA`/Ed25519, RFC 8037, as an option), `sub` the agent's SPIFFE ID, `aud`, `exp`, and Writ's
+//! own claims besides. It is bound to one pod's certificate through `cnf.x5t#S256` (RFC 8705), so
+//! it is useless without that pod's private key. Verification lives in [`crate::verify`].
 
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::pki::{b64url, b64url_decode, b64url_into, random_bytes, Jwk, PkiError};
 
-/// The only JWS algorithm Writ signs or accepts.
+/// JWS `alg` of Ed25519 signatures (RFC 8037).
 pub const ALG_EDDSA: &str = "EdDSA";
+/// JWS `alg` of ECDSA P-256 SHA-256 signatures (RFC 7518 §3.4).
+pub const ALG_ES256: &str = "ES256";
 
 /// Longest token accepted by [`decode_unverified`] and the verifier, in bytes. Real tokens are a
 /// few kilobytes at most; the bound keeps hostile input cheap to reject.
@@ -22,41 +26,137 @@ pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 
 const PKCS8_PEM_TAG: &str = "PRIVATE KEY";
 
-/// An Ed25519 token-signing key.
+/// The algorithm of a token-signing key.
 ///
-/// Cloning shares the key. `Debug` shows only the `kid`.
+/// ES256 is the default: the SPIFFE JWT-SVID standard allows only RS*, ES* and PS*, so every
+/// JWT-SVID validator accepts it. EdDSA (Ed25519) is smaller and faster to sign, for verifiers
+/// that accept it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TokenAlgorithm {
+    /// ECDSA on P-256 with SHA-256, `alg` `ES256`.
+    #[default]
+    Es256,
+    /// Ed25519, `alg` `EdDSA`.
+    EdDsa,
+}
+
+impl TokenAlgorithm {
+    /// The JWS `alg` value: `ES256` or `EdDSA`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenAlgorithm::Es256 => ALG_ES256,
+            TokenAlgorithm::EdDsa => ALG_EDDSA,
+        }
+    }
+
+    /// The algorithm named by a JWS `alg` value, if Writ signs with it.
+    pub fn from_alg(alg: &str) -> Option<Self> {
+        match alg {
+            ALG_ES256 => Some(TokenAlgorithm::Es256),
+            ALG_EDDSA => Some(TokenAlgorithm::EdDsa),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TokenAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TokenAlgorithm {
+    type Err = PkiError;
+
+    /// `ES256` or `EdDSA` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "es256" => Ok(TokenAlgorithm::Es256),
+            "eddsa" | "ed25519" => Ok(TokenAlgorithm::EdDsa),
+            _ => Err(PkiError::Key(format!("token algorithm {s:?}: must be ES256 or EdDSA"))),
+        }
+    }
+}
+
+/// The private half of a signing key.
+enum Pair {
+    Ed25519(Ed25519KeyPair),
+    P256(EcdsaKeyPair),
+}
+
+/// A token-signing key: ECDSA P-256 (ES256) or Ed25519 (EdDSA).
+///
+/// Cloning shares the key. `Debug` shows only the algorithm and `kid`.
 #[derive(Clone)]
 pub struct SigningKey {
-    pair: Arc<Ed25519KeyPair>,
+    pair: Arc<Pair>,
     pkcs8: Arc<Vec<u8>>,
     kid: String,
+    /// The public key as published.
+    jwk: Arc<Jwk>,
     /// `base64url` of this key's JOSE header, the same for every token it signs.
     encoded_header: Arc<str>,
 }
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("secret", &"<redacted>").finish()
+        f.debug_struct("SigningKey")
+            .field("alg", &self.algorithm().as_str())
+            .field("kid", &self.kid)
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
 impl SigningKey {
-    /// Generates a new random key.
+    /// Generates a new random key of the default algorithm (ES256).
     pub fn generate() -> Result<Self, PkiError> {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| PkiError::Random)?;
-        Self::from_pkcs8_der(doc.as_ref())
+        Self::generate_for(TokenAlgorithm::default())
     }
 
-    /// Loads a key from unencrypted PKCS#8 DER (v2 with the public key, as ring and aws-lc write it, or v1 as OpenSSL does).
+    /// Generates a new random key of `algorithm`.
+    pub fn generate_for(algorithm: TokenAlgorithm) -> Result<Self, PkiError> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        match algorithm {
+            TokenAlgorithm::EdDsa => {
+                let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| PkiError::Random)?;
+                Self::from_pkcs8_der(doc.as_ref())
+            }
+            TokenAlgorithm::Es256 => {
+                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| PkiError::Random)?;
+                Self::from_pkcs8_der(doc.as_ref())
+            }
+        }
+    }
+
+    /// Loads a key from unencrypted PKCS#8 DER: Ed25519 (v2 with the public key, as ring and
+    /// aws-lc write it, or v1 as OpenSSL does) or ECDSA P-256.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, PkiError> {
-        let pair = Ed25519KeyPair::from_pkcs8(der)
-            .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der))
-            .map_err(|e| PkiError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))?;
-        let kid = Jwk::thumbprint_for(pair.public_key().as_ref());
-        let header = Header { alg: ALG_EDDSA.into(), typ: Some("JWT".into()), kid: Some(kid.clone()) };
+        let pair = match Ed25519KeyPair::from_pkcs8(der).or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)) {
+            Ok(pair) => Pair::Ed25519(pair),
+            Err(_) => Pair::P256(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                    .map_err(|e| PkiError::Key(format!("not an Ed25519 or ECDSA P-256 PKCS#8 key: {e}")))?,
+            ),
+        };
+        let (jwk, alg) = match &pair {
+            Pair::Ed25519(p) => (Jwk::ed25519(p.public_key().as_ref()), ALG_EDDSA),
+            Pair::P256(p) => (
+                Jwk::p256(p.public_key().as_ref())
+                    .ok_or_else(|| PkiError::Key("P-256 public key is not an uncompressed point".into()))?,
+                ALG_ES256,
+            ),
+        };
+        let header = Header { alg: alg.into(), typ: Some("JWT".into()), kid: Some(jwk.kid.clone()) };
         let encoded_header = b64url(&serde_json::to_vec(&header)?).into();
-        Ok(SigningKey { pair: Arc::new(pair), pkcs8: Arc::new(der.to_vec()), kid, encoded_header })
+        Ok(SigningKey {
+            pair: Arc::new(pair),
+            pkcs8: Arc::new(der.to_vec()),
+            kid: jwk.kid.clone(),
+            jwk: Arc::new(jwk),
+            encoded_header,
+        })
     }
 
     /// Loads a key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
@@ -78,26 +178,45 @@ impl SigningKey {
         &self.kid
     }
 
-    /// The 32-byte Ed25519 public key.
+    /// The signature algorithm of this key.
+    pub fn algorithm(&self) -> TokenAlgorithm {
+        match *self.pair {
+            Pair::Ed25519(_) => TokenAlgorithm::EdDsa,
+            Pair::P256(_) => TokenAlgorithm::Es256,
+        }
+    }
+
+    /// The public key: 32 bytes for Ed25519, the 65-byte uncompressed point for P-256.
     pub fn public_key_bytes(&self) -> &[u8] {
-        self.pair.public_key().as_ref()
+        match &*self.pair {
+            Pair::Ed25519(p) => p.public_key().as_ref(),
+            Pair::P256(p) => p.public_key().as_ref(),
+        }
     }
 
     /// The public key as a JWK (what the JWKS publishes).
     pub fn public_jwk(&self) -> Jwk {
-        Jwk::ed25519(self.public_key_bytes())
+        (*self.jwk).clone()
     }
 
-    /// Signs raw bytes (a JWS signing input); exposed for benchmarks and other JOSE uses.
-    pub fn sign_bytes(&self, message: &[u8]) -> Vec<u8> {
-        self.pair.sign(message).as_ref().to_vec()
+    /// Signs raw bytes (a JWS signing input) into a JWS signature (64 bytes either way: Ed25519,
+    /// or ECDSA `r || s` as RFC 7518 §3.4 requires); exposed for benchmarks and other JOSE uses.
+    pub fn sign_bytes(&self, message: &[u8]) -> Result<Vec<u8>, PkiError> {
+        match &*self.pair {
+            Pair::Ed25519(p) => Ok(p.sign(message).as_ref().to_vec()),
+            Pair::P256(p) => Ok(p
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+                .map_err(|_| PkiError::Key("ECDSA signing failed".into()))?
+                .as_ref()
+                .to_vec()),
+        }
     }
 }
 
 /// The JOSE header of a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
-    /// Signature algorithm; always `EdDSA` for tokens Writ signs.
+    /// Signature algorithm: `ES256` or `EdDSA` for tokens Writ signs.
     pub alg: String,
     /// Media type; `JWT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,9 +351,9 @@ pub fn sign(key: &SigningKey, claims: &Claims) -> Result<String, PkiError> {
     token.push_str(header);
     token.push('.');
     b64url_into(&payload, &mut token);
-    let signature = key.pair.sign(token.as_bytes());
+    let signature = key.sign_bytes(token.as_bytes())?;
     token.push('.');
-    b64url_into(signature.as_ref(), &mut token);
+    b64url_into(&signature, &mut token);
     Ok(token)
 }
 
@@ -319,17 +438,38 @@ pub(crate) mod tests {
 
     #[test]
     fn token_round_trips_through_sign_and_decode() {
-        let key = SigningKey::generate().expect("key");
-        let claims = sample_claims("thumb", 1_750_000_000);
-        let token = sign(&key, &claims).expect("sign");
-        assert_eq!(token.split('.').count(), 3);
-        let (header, decoded) = decode_unverified(&token).expect("decode");
-        assert_eq!(header, Header { alg: "EdDSA".into(), typ: Some("JWT".into()), kid: Some(key.kid().into()) });
-        assert_eq!(decoded, claims);
-        let parsed = parse(&token).expect("parse");
-        let public =
-            aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key.public_key_bytes());
-        public.verify(parsed.signing_input.as_bytes(), &parsed.signature).expect("signature verifies");
+        // ES256 by default; EdDSA as the option. The signature verifies with aws-lc directly.
+        for (key, alg) in [
+            (SigningKey::generate().expect("key"), "ES256"),
+            (SigningKey::generate_for(TokenAlgorithm::EdDsa).expect("key"), "EdDSA"),
+        ] {
+            let verification: &'static dyn aws_lc_rs::signature::VerificationAlgorithm = match key.algorithm() {
+                TokenAlgorithm::Es256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                TokenAlgorithm::EdDsa => &aws_lc_rs::signature::ED25519,
+            };
+            let claims = sample_claims("thumb", 1_750_000_000);
+            let token = sign(&key, &claims).expect("sign");
+            assert_eq!(token.split('.').count(), 3);
+            let (header, decoded) = decode_unverified(&token).expect("decode");
+            assert_eq!(header, Header { alg: alg.into(), typ: Some("JWT".into()), kid: Some(key.kid().into()) });
+            assert_eq!(key.algorithm().as_str(), alg);
+            assert_eq!(decoded, claims);
+            let parsed = parse(&token).expect("parse");
+            assert_eq!(parsed.signature.len(), 64, "JWS signatures are 64 bytes for both (ES256 is r || s)");
+            let public = aws_lc_rs::signature::UnparsedPublicKey::new(verification, key.public_key_bytes());
+            public.verify(parsed.signing_input.as_bytes(), &parsed.signature).expect("signature verifies");
+        }
+    }
+
+    #[test]
+    fn token_algorithms_parse_from_their_jws_names() {
+        assert_eq!("ES256".parse::<TokenAlgorithm>().ok(), Some(TokenAlgorithm::Es256));
+        assert_eq!("EdDSA".parse::<TokenAlgorithm>().ok(), Some(TokenAlgorithm::EdDsa));
+        assert_eq!(TokenAlgorithm::default(), TokenAlgorithm::Es256);
+        let err = "HS256".parse::<TokenAlgorithm>().expect_err("refused");
+        assert!(err.to_string().contains("must be ES256 or EdDSA"), "{err}");
+        assert_eq!(TokenAlgorithm::from_alg("none"), None);
+        assert_eq!(TokenAlgorithm::EdDsa.to_string(), "EdDSA");
     }
 
     #[test]
@@ -364,12 +504,15 @@ pub(crate) mod tests {
 
     #[test]
     fn signing_key_round_trips_through_pkcs8_pem() {
-        let key = SigningKey::generate().expect("key");
-        let pem = key.to_pkcs8_pem();
-        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
-        let back = SigningKey::from_pkcs8_pem(&pem).expect("load");
-        assert_eq!(back.kid(), key.kid());
-        assert_eq!(back.public_key_bytes(), key.public_key_bytes());
+        for alg in [TokenAlgorithm::Es256, TokenAlgorithm::EdDsa] {
+            let key = SigningKey::generate_for(alg).expect("key");
+            let pem = key.to_pkcs8_pem();
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+            let back = SigningKey::from_pkcs8_pem(&pem).expect("load");
+            assert_eq!(back.kid(), key.kid());
+            assert_eq!(back.algorithm(), alg);
+            assert_eq!(back.public_key_bytes(), key.public_key_bytes());
+        }
         assert!(SigningKey::from_pkcs8_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
         assert!(SigningKey::from_pkcs8_der(b"junk").is_err());
     }
@@ -387,6 +530,16 @@ pub(crate) mod tests {
     #[test]
     fn kid_is_the_rfc7638_thumbprint_of_the_public_jwk() {
         let key = SigningKey::generate().expect("key");
+        let jwk = key.public_jwk();
+        assert_eq!((jwk.kty.as_str(), jwk.crv.as_str(), jwk.alg.as_str()), ("EC", "P-256", "ES256"));
+        assert_eq!(jwk.thumbprint(), key.kid());
+        let point = key.public_key_bytes();
+        let canonical =
+            format!(r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#, b64url(&point[1..33]), b64url(&point[33..]));
+        let expected = b64url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref());
+        assert_eq!(key.kid(), expected);
+
+        let key = SigningKey::generate_for(TokenAlgorithm::EdDsa).expect("key");
         let jwk = key.public_jwk();
         assert_eq!(jwk.kid, key.kid());
         assert_eq!(jwk.thumbprint(), key.kid());

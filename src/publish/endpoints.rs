@@ -3,6 +3,11 @@
 //! close the webhook port to all but the API server):
 //!
 //! - `GET /.well-known/jwks.json`: RFC 7517 JWK Set (current and still-needed previous keys)
+//! - `GET /.well-known/openid-configuration`: OpenID Connect Discovery 1.0 §4 provider
+//!   metadata (`issuer`, `jwks_uri`, signing algorithms), so OAuth/OIDC tooling finds the keys
+//!   from the issuer
+//! - `GET /spiffe-bundle`: the SPIFFE bundle (SPIFFE Trust Domain and Bundle §4): CAs as
+//!   `x509-svid` keys, token keys as `jwt-svid` keys
 //! - `GET /trust-bundle`: PEM CA bundle
 //! - `GET /revocations`: revoked token `jti`s and certificate serials, with an ETag
 //! - `POST /introspect`: RFC 7662-style, form field `token`; `{"active": false}` for
@@ -40,6 +45,10 @@ pub const CHALLENGE: &str = r#"Bearer realm="writ-introspection""#;
 pub mod paths {
     /// JWKS.
     pub const JWKS: &str = "/.well-known/jwks.json";
+    /// OpenID Connect Discovery document.
+    pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
+    /// SPIFFE bundle.
+    pub const SPIFFE_BUNDLE: &str = "/spiffe-bundle";
     /// CA bundle.
     pub const TRUST_BUNDLE: &str = "/trust-bundle";
     /// Revocation list.
@@ -53,6 +62,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let state = Arc::new(EndpointState { reviewer: TokenReviewer::new(shared.client.clone()), shared });
     Router::new()
         .route(paths::JWKS, get(jwks))
+        .route(paths::OPENID_CONFIGURATION, get(openid_configuration))
+        .route(paths::SPIFFE_BUNDLE, get(spiffe_bundle))
         .route(paths::TRUST_BUNDLE, get(trust_bundle))
         .route(paths::REVOCATIONS, get(revocations))
         .route(paths::INTROSPECT, post(introspect))
@@ -61,6 +72,47 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn jwks(State(s): State<Arc<EndpointState>>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "max-age=60")], Json(s.shared.trust.jwks(crate::pki::now_unix())))
+}
+
+/// The OpenID Connect Discovery document of `issuer` whose token keys are `jwks`: the provider
+/// metadata a JWT validator needs (OpenID Connect Discovery 1.0 §3), as Kubernetes' own service
+/// account issuer discovery serves it, plus the introspection endpoint (RFC 8414 §2).
+pub fn openid_configuration_document(issuer: &str, jwks: &crate::pki::JwkSet) -> serde_json::Value {
+    let base = issuer.trim_end_matches('/');
+    let mut algs: Vec<&str> = Vec::new();
+    for k in &jwks.keys {
+        if let Some(alg) = k.verifying_key().map(|v| v.algorithm().as_str()) {
+            if !algs.contains(&alg) {
+                algs.push(alg);
+            }
+        }
+    }
+    serde_json::json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{base}{}", paths::JWKS),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algs,
+        "introspection_endpoint": format!("{base}{}", paths::INTROSPECT),
+        "claims_supported": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "cap", "task", "grant", "pod", "act", "req", "apr"],
+    })
+}
+
+async fn openid_configuration(State(s): State<Arc<EndpointState>>) -> impl IntoResponse {
+    let s = &s.shared;
+    let jwks = s.trust.jwks(crate::pki::now_unix());
+    ([(header::CACHE_CONTROL, "max-age=60")], Json(openid_configuration_document(&s.trust.issuer(), &jwks)))
+}
+
+async fn spiffe_bundle(State(s): State<Arc<EndpointState>>) -> Response {
+    match s.shared.trust.spiffe_bundle(crate::pki::now_unix()) {
+        Ok(bundle) => ([(header::CACHE_CONTROL, "max-age=60")], Json(bundle)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "building the SPIFFE bundle");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the SPIFFE bundle cannot be built; see the operator log")
+                .into_response()
+        }
+    }
 }
 
 async fn trust_bundle(State(s): State<Arc<EndpointState>>) -> impl IntoResponse {
@@ -144,6 +196,9 @@ async fn introspect(
     let Ok(claims) = crate::verify::verify_signed(&req.token, &jwks, now, crate::verify::DEFAULT_SKEW_SECS) else {
         return inactive;
     };
+    if crate::verify::check_issuer(&claims, &s.trust.issuers(now)).is_err() {
+        return inactive;
+    }
     if !caller.is_audience(&claims.aud, &claims.grant.namespace) {
         tracing::debug!(caller = %caller.describe(), "introspection by a caller not among the token's audiences");
         return inactive;

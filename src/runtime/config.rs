@@ -94,6 +94,16 @@ pub struct RunConfig {
     /// AdmissionConfiguration kubeConfigFile).
     #[arg(long, env = "WRIT_WEBHOOK_CLIENT_CA")]
     pub webhook_client_ca: Option<std::path::PathBuf>,
+    /// Algorithm of the token-signing key: ES256 (every JWT-SVID validator accepts it) or EdDSA.
+    /// A stored key of the other algorithm is rotated at start (the old key stays in the JWKS
+    /// until its last token expires).
+    #[arg(long, env = "WRIT_TOKEN_ALGORITHM", value_name = "ES256|EdDSA", default_value = "ES256")]
+    pub token_algorithm: crate::pki::TokenAlgorithm,
+    /// The tokens' issuer (`iss`) and the OpenID Connect Discovery issuer: an `https://` URL
+    /// where this operator's HTTPS listener is reached. Default: `--webhook-url` when set (local
+    /// runs), else `https://<service-name>.<namespace>.svc`.
+    #[arg(long, env = "WRIT_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
 }
 
 impl RunConfig {
@@ -109,12 +119,26 @@ impl RunConfig {
         }
     }
 
+    /// The issuer tokens name: `--issuer`, else `--webhook-url`, else
+    /// `https://<service-name>.<namespace>.svc`; checked with [`validate_issuer`].
+    pub fn effective_issuer(&self) -> Result<String, String> {
+        let issuer = match (&self.issuer, &self.webhook_url) {
+            (Some(i), _) => i.clone(),
+            (None, Some(url)) => url.trim_end_matches('/').to_string(),
+            (None, None) => format!("https://{}.{}.svc", self.service_name, self.namespace),
+        };
+        validate_issuer(&issuer)?;
+        Ok(issuer)
+    }
+
     /// A one-line summary for the start-up log (no secrets in here).
     pub fn summary(&self) -> String {
         format!(
-            "namespace={} trust_domain={} webhook_addr={} webhook_url={} metrics_addr={} max_credential_ttl={} max_grant_ttl={} lease_duration={} ca_secret={}",
+            "namespace={} trust_domain={} token_algorithm={} issuer={} webhook_addr={} webhook_url={} metrics_addr={} max_credential_ttl={} max_grant_ttl={} lease_duration={} ca_secret={}",
             self.namespace,
             self.trust_domain,
+            self.token_algorithm,
+            self.effective_issuer().unwrap_or_else(|e| e),
             self.webhook_addr,
             self.webhook_url.as_deref().unwrap_or("-"),
             self.metrics_addr,
@@ -123,5 +147,73 @@ impl RunConfig {
             self.lease_duration,
             self.ca_secret.as_deref().unwrap_or("(generated)"),
         )
+    }
+}
+
+/// An issuer is an `https://` URL with a host and no query or fragment (OpenID Connect Discovery
+/// §3, `issuer`); the error names the flag and the rule broken.
+pub fn validate_issuer(issuer: &str) -> Result<(), String> {
+    let err = |rule: &str| Err(format!("--issuer {issuer:?}: {rule}"));
+    let Some(rest) = issuer.strip_prefix("https://") else {
+        return err("must be an https:// URL");
+    };
+    if issuer.contains(['?', '#']) {
+        return err("must have no query or fragment");
+    }
+    if issuer.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return err("must have no whitespace");
+    }
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') || host.contains('@') {
+        return err("must name a host (and no user information)");
+    }
+    if issuer.parse::<http::Uri>().is_err() {
+        return err("is not a valid URL");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuers_must_be_https_urls_without_query_or_fragment() {
+        for good in ["https://writ-webhook.writ-system.svc", "https://127.0.0.1:8443", "https://id.example.com/writ"] {
+            assert_eq!(validate_issuer(good), Ok(()), "{good}");
+        }
+        for (bad, rule) in [
+            ("http://writ.example.com", "https://"),
+            ("spiffe://cluster.local/writ", "https://"),
+            ("https://", "host"),
+            ("https://x.example.com/?a=b", "query"),
+            ("https://x.example.com/#f", "fragment"),
+            ("https://user@x.example.com", "user"),
+        ] {
+            let err = validate_issuer(bad).expect_err(bad);
+            assert!(err.starts_with("--issuer") && err.contains(rule), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_default_issuer_is_the_webhook_url_or_the_service() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunConfig,
+        }
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(std::iter::once("writ").chain(args.iter().copied())).map(|c| c.run);
+        let c = parse(&[]).expect("defaults");
+        assert_eq!(c.token_algorithm, crate::pki::TokenAlgorithm::Es256);
+        assert_eq!(c.effective_issuer().as_deref(), Ok("https://writ-webhook.writ-system.svc"));
+        let c = parse(&["--webhook-url", "https://127.0.0.1:8443/"]).expect("local");
+        assert_eq!(c.effective_issuer().as_deref(), Ok("https://127.0.0.1:8443"));
+        let c = parse(&["--issuer", "https://id.example.com", "--token-algorithm", "EdDSA"]).expect("explicit");
+        assert_eq!(c.effective_issuer().as_deref(), Ok("https://id.example.com"));
+        assert_eq!(c.token_algorithm, crate::pki::TokenAlgorithm::EdDsa);
+        assert!(parse(&["--token-algorithm", "HS256"]).is_err());
+        assert!(parse(&["--issuer", "http://x"]).expect("parsed").effective_issuer().is_err());
     }
 }

@@ -46,7 +46,7 @@ use crate::{
     },
     pki::{
         cert::{parse_certificates, parse_x509, spiffe_id_of},
-        token::{self, Claims, Header, ALG_EDDSA},
+        token::{self, Claims, Header, TokenAlgorithm},
         CertificateInfo, JwkSet,
     },
     runtime::metrics::Metrics,
@@ -445,6 +445,9 @@ pub struct ReadBackTrust {
     /// DER of each trusted CA certificate.
     anchors: Vec<Vec<u8>>,
     trust_domain: String,
+    /// The issuers Writ's tokens may name: [`crate::trust::legacy_issuer`] and those given
+    /// with [`ReadBackTrust::with_issuers`].
+    issuers: Vec<String>,
     max_token_secs: i64,
     max_certificate_secs: i64,
 }
@@ -464,9 +467,17 @@ impl ReadBackTrust {
             jwks,
             anchors: parse_certificates(bundle_pem.as_bytes()).unwrap_or_default(),
             trust_domain: trust_domain.to_string(),
+            issuers: vec![crate::trust::legacy_issuer(trust_domain)],
             max_token_secs,
             max_certificate_secs,
         }
+    }
+
+    /// Also accepts tokens naming one of `issuers` (the operator's issuer, and previous ones
+    /// while their tokens may live).
+    pub fn with_issuers(mut self, issuers: impl IntoIterator<Item = String>) -> Self {
+        self.issuers.extend(issuers);
+        self
     }
 
     /// The claims of `jwt` when Writ minted it for `holder` and its bounds
@@ -476,21 +487,21 @@ impl ReadBackTrust {
             return Err(Untrusted::NoHolder);
         }
         let parsed = token::parse(jwt.trim()).map_err(|_| Untrusted::Malformed)?;
-        if parsed.header.alg != ALG_EDDSA {
-            return Err(Untrusted::Signature);
-        }
         let key = parsed
             .header
             .kid
             .as_deref()
             .and_then(|kid| self.jwks.find(kid))
-            .and_then(|k| k.ed25519_public_key())
+            .and_then(|k| k.verifying_key())
             .ok_or(Untrusted::Signature)?;
-        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key)
-            .verify(parsed.signing_input.as_bytes(), &parsed.signature)
-            .map_err(|_| Untrusted::Signature)?;
+        // ES256 or EdDSA, and only with a key of that algorithm.
+        if TokenAlgorithm::from_alg(&parsed.header.alg) != Some(key.algorithm())
+            || !key.verify(parsed.signing_input.as_bytes(), &parsed.signature)
+        {
+            return Err(Untrusted::Signature);
+        }
         let c = parsed.claims;
-        if c.iss != format!("spiffe://{}/writ", self.trust_domain) {
+        if !self.issuers.contains(&c.iss) {
             return Err(Untrusted::Issuer);
         }
         let spiffe = crate::pki::cert::spiffe_id(&self.trust_domain, holder.namespace, holder.agent);
@@ -625,15 +636,20 @@ impl Registered {
                 let trust = trust.upgrade()?;
                 let bundle = trust.bundle_pem();
                 let jwks = trust.jwks(now);
-                let kids: Vec<String> = jwks.keys.iter().map(|k| k.kid.clone()).collect();
+                let issuers = trust.issuers(now);
+                // What the check is built from besides the bundle: the key ids and the issuers.
+                let kids: Vec<String> =
+                    jwks.keys.iter().map(|k| k.kid.clone()).chain(issuers.iter().map(|i| format!("iss {i}"))).collect();
                 let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((b, k, check)) = built.as_ref() {
                     if *b == bundle && *k == kids {
                         return Some(check.clone());
                     }
                 }
-                let check =
-                    Arc::new(ReadBackTrust::new(&bundle, jwks, trust_domain, *max_token_secs, *max_certificate_secs));
+                let check = Arc::new(
+                    ReadBackTrust::new(&bundle, jwks, trust_domain, *max_token_secs, *max_certificate_secs)
+                        .with_issuers(issuers),
+                );
                 *built = Some((bundle, kids, check.clone()));
                 Some(check)
             }
@@ -1025,6 +1041,21 @@ mod tests {
         ] {
             assert_eq!(w.check.token(&jwt, &HOLDER, now).map(|_| ()), Err(why), "{what}");
         }
+        // The operator's configured issuer counts once given; an EdDSA key works as an ES256 one does.
+        let mut https_iss = good.clone();
+        https_iss.iss = "https://writ-webhook.writ-system.svc".into();
+        assert_eq!(w.check.token(&signed(&https_iss), &HOLDER, now).map(|_| ()), Err(Untrusted::Issuer));
+        let ed = token::SigningKey::generate_for(TokenAlgorithm::EdDsa).expect("key");
+        let both = ReadBackTrust::new(
+            w.ca.cert_pem(),
+            JwkSet { keys: vec![w.key.public_jwk(), ed.public_jwk()] },
+            TD,
+            3600,
+            86_400,
+        )
+        .with_issuers([https_iss.iss.clone()]);
+        assert!(both.token(&signed(&https_iss), &HOLDER, now).is_ok());
+        assert!(both.token(&token::sign(&ed, &good).expect("sign"), &HOLDER, now).is_ok());
         let unowned = Holder { pod_uid: "", ..HOLDER };
         assert_eq!(w.check.token(&signed(&good), &unowned, now).map(|_| ()), Err(Untrusted::NoHolder));
         assert!(is_minted_jti(&token::new_jti().expect("jti")) && !is_minted_jti("short"));

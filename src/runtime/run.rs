@@ -180,13 +180,20 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let metrics = boot_metrics;
 
     ensure_namespace(&client, &config.namespace).await?;
+    let token_settings = crate::trust::TokenSettings {
+        algorithm: config.token_algorithm,
+        issuer: config.effective_issuer().map_err(|e| anyhow::anyhow!(e))?,
+        // A replaced key or issuer is kept as long as the longest token can live, plus skew.
+        keep_secs: config.max_grant_ttl.as_secs_i64() + crate::verify::MAX_SKEW_SECS,
+    };
     let trust = loop {
-        match Trust::bootstrap(
+        match Trust::bootstrap_with(
             &client,
             &config.namespace,
             config.ca_secret.as_deref(),
             config.ca_ttl.as_secs_i64(),
             &config.trust_domain,
+            &token_settings,
         )
         .await
         {

@@ -33,18 +33,19 @@
 //! # }
 //! ```
 //!
-//! The checks, in order: the token is well formed, is signed `EdDSA` by a key
-//! in the JWKS, is within `nbf`..`exp` (with bounded clock skew), is not
-//! revoked and is for the audience; the certificate is within its validity,
-//! and a path leads from it through the intermediate CAs the client presents
-//! (after the leaf, in the same PEM) to a CA of the bundle, every
-//! certificate on it valid and every CA allowed to issue (basic constraints,
-//! path length, key usage), the leaf an end entity fit for TLS client
-//! authentication (extended key usage clientAuth, when it names any); the
-//! certificate is not revoked and carries the token's `sub` as its SPIFFE
-//! ID; its SHA-256 thumbprint equals `cnf.x5t#S256`; and the token grants
-//! exactly the action on exactly the resource. The first failing check is
-//! returned as a [`VerifyError`] variant.
+//! The checks, in order: the token is well formed, is signed `ES256` or
+//! `EdDSA` by a key of that algorithm in the JWKS, is within `nbf`..`exp`
+//! (with bounded clock skew), names an accepted issuer (when the verifier is
+//! given issuers: [`Verifier::with_issuers`]), is not revoked and is for the
+//! audience; the certificate is within its validity, and a path leads from it
+//! through the intermediate CAs the client presents (after the leaf, in the
+//! same PEM) to a CA of the bundle, every certificate on it valid and every CA
+//! allowed to issue (basic constraints, path length, key usage), the leaf an
+//! end entity fit for TLS client authentication (extended key usage
+//! clientAuth, when it names any); the certificate is not revoked and carries
+//! the token's `sub` as its SPIFFE ID; its SHA-256 thumbprint equals
+//! `cnf.x5t#S256`; and the token grants exactly the action on exactly the
+//! resource. The first failing check is returned as a [`VerifyError`] variant.
 //!
 //! The path is built and checked by rustls-webpki (the validator rustls uses
 //! for TLS, here on the aws-lc-rs backend), not by code of ours: a bundle may
@@ -63,7 +64,7 @@ use x509_parser::prelude::X509Certificate;
 use crate::pki::{
     cert::{parse_certificates, parse_x509, serial_hex, spiffe_id_of, thumbprint},
     normalize_serial_hex,
-    token::{self, Claims, ALG_EDDSA},
+    token::{self, Claims, TokenAlgorithm},
     JwkSet,
 };
 
@@ -144,8 +145,9 @@ pub enum VerifyError {
     /// The token is not a compact JWS carrying Writ claims.
     #[error("malformed token: {0}")]
     Malformed(String),
-    /// The token is signed with an algorithm other than EdDSA (including `none`).
-    #[error("token algorithm {0:?} is not accepted (only EdDSA)")]
+    /// The token is signed with an algorithm other than ES256 and EdDSA (including `none`), or
+    /// with one its key is not for.
+    #[error("token algorithm {0:?} is not accepted (only ES256 and EdDSA, each with a key of its own type)")]
     Algorithm(String),
     /// No key in the JWKS has the token's `kid`.
     #[error("no key {0:?} in the JWKS (unknown or retired signing key)")]
@@ -168,6 +170,14 @@ pub enum VerifyError {
         nbf: i64,
         /// The verifier's clock.
         now: i64,
+    },
+    /// The token's `iss` is not one the verifier accepts.
+    #[error("the token is issued by {got:?}, not by {expected:?}")]
+    Issuer {
+        /// The accepted issuers.
+        expected: Vec<String>,
+        /// The token's `iss`.
+        got: String,
     },
     /// The token's `jti` is on the revocation list.
     #[error("token {0} has been revoked")]
@@ -231,6 +241,7 @@ impl VerifyError {
             VerifyError::Signature => "signature",
             VerifyError::Expired { .. } => "expired",
             VerifyError::NotYetValid { .. } => "not-yet-valid",
+            VerifyError::Issuer { .. } => "issuer",
             VerifyError::Revoked(_) => "revoked",
             VerifyError::Audience { .. } => "audience",
             VerifyError::MalformedCertificate(_) => "malformed-certificate",
@@ -265,6 +276,7 @@ pub struct Verifier {
     jwks: JwkSet,
     revoked_tokens: HashSet<String>,
     revoked_serials: HashSet<String>,
+    issuers: Vec<String>,
     skew: i64,
 }
 
@@ -284,6 +296,7 @@ impl Verifier {
             jwks,
             revoked_tokens: HashSet::new(),
             revoked_serials: HashSet::new(),
+            issuers: Vec::new(),
             skew: DEFAULT_SKEW_SECS,
         })
     }
@@ -292,6 +305,14 @@ impl Verifier {
     pub fn with_revocations(mut self, list: RevocationList) -> Self {
         self.revoked_tokens = list.tokens.into_iter().map(|t| t.jti).collect();
         self.revoked_serials = list.certificates.into_iter().map(|c| normalize_serial_hex(&c.serial)).collect();
+        self
+    }
+
+    /// Accepts only tokens whose `iss` is one of `issuers` (the operator's `--issuer`, and after a
+    /// change of issuer the previous one too until its tokens expire). Without it, `iss` is not
+    /// checked: a signature by a key of the JWKS already proves the operator issued the token.
+    pub fn with_issuers<I: Into<String>>(mut self, issuers: impl IntoIterator<Item = I>) -> Self {
+        self.issuers = issuers.into_iter().map(Into::into).collect();
         self
     }
 
@@ -327,6 +348,7 @@ impl Verifier {
     /// The checks of the token alone: signature, time, revocation, audience.
     fn check_token(&self, token: &str, attempt: &Attempt<'_>, now: i64) -> Result<Claims, VerifyError> {
         let claims = verify_signed(token, &self.jwks, now, self.skew)?;
+        check_issuer(&claims, &self.issuers)?;
         if self.revoked_tokens.contains(&claims.jti) {
             return Err(VerifyError::Revoked(claims.jti));
         }
@@ -528,14 +550,18 @@ pub fn verify_signed(token: &str, jwks: &JwkSet, now: i64, skew: i64) -> Result<
         crate::pki::PkiError::Token(m) => VerifyError::Malformed(m),
         other => VerifyError::Malformed(other.to_string()),
     })?;
-    if parsed.header.alg != ALG_EDDSA {
+    let Some(alg) = TokenAlgorithm::from_alg(&parsed.header.alg) else {
+        return Err(VerifyError::Algorithm(parsed.header.alg));
+    };
+    let kid = parsed.header.kid.clone().unwrap_or_default();
+    let key = jwks.find(&kid).and_then(|k| k.verifying_key()).ok_or(VerifyError::UnknownKey(kid))?;
+    // The header's `alg` must be the key's own: a key is never used with another algorithm.
+    if key.algorithm() != alg {
         return Err(VerifyError::Algorithm(parsed.header.alg));
     }
-    let kid = parsed.header.kid.clone().unwrap_or_default();
-    let key = jwks.find(&kid).and_then(|k| k.ed25519_public_key()).ok_or(VerifyError::UnknownKey(kid))?;
-    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key)
-        .verify(parsed.signing_input.as_bytes(), &parsed.signature)
-        .map_err(|_| VerifyError::Signature)?;
+    if !key.verify(parsed.signing_input.as_bytes(), &parsed.signature) {
+        return Err(VerifyError::Signature);
+    }
     let claims = parsed.claims;
     if now - skew >= claims.exp {
         return Err(VerifyError::Expired { exp: claims.exp, now });
@@ -544,6 +570,14 @@ pub fn verify_signed(token: &str, jwks: &JwkSet, now: i64, skew: i64) -> Result<
         return Err(VerifyError::NotYetValid { nbf: claims.nbf, now });
     }
     Ok(claims)
+}
+
+/// `iss` is one of `issuers` (any, when none are given).
+pub fn check_issuer(claims: &Claims, issuers: &[String]) -> Result<(), VerifyError> {
+    if issuers.is_empty() || issuers.contains(&claims.iss) {
+        return Ok(());
+    }
+    Err(VerifyError::Issuer { expected: issuers.to_vec(), got: claims.iss.clone() })
 }
 
 #[cfg(test)]
@@ -686,6 +720,40 @@ mod tests {
                 Err(VerifyError::Algorithm(alg.into()))
             );
         }
+    }
+
+    #[test]
+    fn eddsa_tokens_verify_as_the_option_and_a_key_is_used_only_with_its_own_algorithm() {
+        let w = world();
+        let ed = SigningKey::generate_for(crate::pki::TokenAlgorithm::EdDsa).expect("key");
+        let token = sign(&ed, &w.claims).expect("sign");
+        let jwks = JwkSet { keys: vec![w.key.public_jwk(), ed.public_jwk()] };
+        let v = Verifier::new(w.ca.cert_pem(), jwks).expect("verifier");
+        assert_eq!(w.key.algorithm(), crate::pki::TokenAlgorithm::Es256, "ES256 is the default");
+        v.verify(&w.token, w.cert_pem.as_bytes(), &ATTEMPT, NOW).expect("ES256 verifies");
+        v.verify(&token, w.cert_pem.as_bytes(), &ATTEMPT, NOW).expect("EdDSA verifies");
+        // An EdDSA header naming the ES256 key (and the reverse) is refused before any signature check.
+        let (_, rest) = w.token.split_once('.').expect("dot");
+        for (alg, kid) in [("EdDSA", w.key.kid()), ("ES256", ed.kid())] {
+            let header = crate::pki::b64url(format!(r#"{{"alg":"{alg}","typ":"JWT","kid":"{kid}"}}"#).as_bytes());
+            assert_eq!(
+                v.verify(&format!("{header}.{rest}"), w.cert_pem.as_bytes(), &ATTEMPT, NOW),
+                Err(VerifyError::Algorithm(alg.into()))
+            );
+        }
+    }
+
+    #[test]
+    fn issuers_are_checked_when_given() {
+        let w = world();
+        let cert = w.cert_pem.as_bytes();
+        verifier(&w).verify(&w.token, cert, &ATTEMPT, NOW).expect("no issuers given: iss is not checked");
+        let both = verifier(&w).with_issuers(["https://new.example", w.claims.iss.as_str()]);
+        both.verify(&w.token, cert, &ATTEMPT, NOW).expect("the previous issuer is still accepted");
+        let new_only = verifier(&w).with_issuers(["https://new.example"]);
+        let err = new_only.verify(&w.token, cert, &ATTEMPT, NOW).expect_err("refused");
+        assert_eq!(err.code(), "issuer");
+        assert!(err.to_string().contains(&w.claims.iss), "{err}");
     }
 
     #[test]

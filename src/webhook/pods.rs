@@ -1,6 +1,7 @@
 //! Pod injection: a pod labelled `writ.dev/agent: <name>` claims that
 //! AgentIdentity; accepted pods get the credential Secret volume and the
-//! `WRIT_*` environment.
+//! `WRIT_*` environment, and `SPIFFE_CREDENTIAL_FOLDER` (SPIFFE Filesystem
+//! Delivery §3.1) pointing at the same mount.
 
 use std::collections::BTreeMap;
 
@@ -107,7 +108,11 @@ pub fn inject(
         }),
         ..Default::default()
     });
-    let env = [("WRIT_SPIFFE_ID", spiffe_id), ("WRIT_CREDENTIALS_DIR", CREDENTIALS_DIR)];
+    let env = [
+        ("WRIT_SPIFFE_ID", spiffe_id),
+        ("WRIT_CREDENTIALS_DIR", CREDENTIALS_DIR),
+        ("SPIFFE_CREDENTIAL_FOLDER", CREDENTIALS_DIR.trim_end_matches('/')),
+    ];
     let containers = spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten());
     for c in containers {
         let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
@@ -341,6 +346,8 @@ mod tests {
                 |e| e.name == "WRIT_SPIFFE_ID" && e.value.as_deref() == Some("spiffe://td/ns/ci/agent/release-bot")
             ));
             assert!(env.iter().any(|e| e.name == "WRIT_CREDENTIALS_DIR"));
+            assert!(env.iter().any(|e| e.name == "SPIFFE_CREDENTIAL_FOLDER"
+                && e.value.as_deref() == Some(CREDENTIALS_DIR.trim_end_matches('/'))));
         }
     }
 

@@ -19,12 +19,12 @@ from spiffe import X509Bundle, X509Svid, TrustDomain
 
 
 def verify(jwks_json, token, audience, cert_pem, key_pem, bundle_pem, trust_domain):
-    # 1. The token: EdDSA signature by a key of the JWKS, exp/nbf/aud.
+    # 1. The token: ES256 (or EdDSA) signature by a key of the JWKS, exp/nbf/aud.
     kid = jwt.get_unverified_header(token)["kid"]
     keys = {k.key_id: k for k in jwt.PyJWKSet.from_json(jwks_json).keys}
     if kid not in keys:
         raise ValueError(f"unknown kid {kid}")
-    claims = jwt.decode(token, keys[kid].key, algorithms=["EdDSA"], audience=audience, leeway=30)
+    claims = jwt.decode(token, keys[kid].key, algorithms=["ES256", "EdDSA"], audience=audience, leeway=30)
 
     # 2. The certificate: a valid X.509-SVID that chains to the trust bundle.
     svid = X509Svid.parse(cert_pem, key_pem)
