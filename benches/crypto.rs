@@ -189,6 +189,8 @@ fn claims(sub: &str, cert_thumbprint: &str, now: i64) -> Claims {
         }),
         req: "alice@example.com".into(),
         apr: None,
+        txn: None,
+        gjti: None,
     }
 }
 

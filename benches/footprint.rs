@@ -150,6 +150,8 @@ fn secrets(n: usize) -> Vec<CredentialSecret> {
                 act: Some(token::Actor { sub: "admin".into(), act: None }),
                 req: "admin".into(),
                 apr: None,
+                txn: None,
+                gjti: None,
             };
             let jwt = token::sign(&key, &claims).expect("token");
             let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);

@@ -629,6 +629,8 @@ async fn issue_token(
         act,
         req: g.annotations().get(REQUESTED_BY_ANNOTATION).cloned().unwrap_or_default(),
         apr: g.annotations().get(APPROVED_BY_ANNOTATION).cloned(),
+        txn: None,
+        gjti: None,
     };
     let jwt = token::sign(&shared.trust.signing_key(), &claims).map_err(|source| Error::Pki {
         op: "signing token",

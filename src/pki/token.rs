@@ -200,6 +200,13 @@ pub struct Claims {
     /// Who approved the grant, when approval was required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apr: Option<String>,
+    /// Per-call tokens only (`POST /token`): the id of the call they were issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    /// Per-call tokens only: the `jti` of the grant token they were exchanged for. A verifier
+    /// refuses the token when either its `jti` or its `gjti` is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gjti: Option<String>,
 }
 
 impl Claims {
@@ -314,6 +321,8 @@ pub(crate) mod tests {
             }),
             req: "alice@example.com".into(),
             apr: None,
+            txn: None,
+            gjti: None,
         }
     }
 

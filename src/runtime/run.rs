@@ -162,6 +162,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // Listeners first, so a port clash fails fast and /healthz answers during bootstrap.
     let tls_listener = server::bind(config.webhook_addr).await?;
     let metrics_listener = server::bind(config.metrics_addr).await?;
+    let token_listener = server::bind(config.token_addr).await?;
 
     // Health and metrics (plain HTTP) answer from now on: /readyz says what
     // the operator is waiting for until it can serve webhooks.
@@ -257,6 +258,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let tls = server::tls_config(serving.clone())?;
     let router = webhook::router(shared.clone()).merge(publish::endpoints::router(shared.clone()));
     tokio::spawn(server::serve_tls(tls_listener, tls, router));
+    // The token exchange on its own listener (mutual TLS with pod certificates).
+    let exchange = crate::exchange::server::ExchangeSettings {
+        ttl_secs: config.exchange_ttl.as_secs_i64(),
+        rate_per_sec: f64::from(config.exchange_rate.max(1)),
+        burst: f64::from(config.exchange_burst.max(1)),
+    };
+    tokio::spawn(crate::exchange::server::serve(token_listener, shared.clone(), serving.clone(), exchange));
 
     // Admission reads only the identity and policy caches: the replica
     // serves once they are filled, while the grant, pod and Secret caches (ten

@@ -308,6 +308,10 @@ impl Verifier {
         if self.revoked_tokens.contains(&claims.jti) {
             return Err(VerifyError::Revoked(claims.jti));
         }
+        // A per-call token dies with the grant token it was exchanged for.
+        if let Some(gjti) = claims.gjti.as_ref().filter(|g| self.revoked_tokens.contains(*g)) {
+            return Err(VerifyError::Revoked(gjti.clone()));
+        }
         if !claims.aud.iter().any(|a| a == attempt.audience) {
             return Err(VerifyError::Audience { expected: attempt.audience.into(), got: claims.aud });
         }
