@@ -80,6 +80,31 @@ async fn post(url: &str, files: Option<&PodFiles>, form: &str) -> Answer {
     }
 }
 
+/// POSTs `form` `n` times in a row over one keep-alive connection (one curl):
+/// the statuses, and the `Retry-After` values of the answers that had one.
+async fn post_many(url: &str, files: &PodFiles, form: &str, n: usize) -> (Vec<u16>, Vec<u64>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let headers = dir.path().join("headers");
+    let body_file = dir.path().join("form");
+    std::fs::write(&body_file, form).expect("write");
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sk", "--max-time", "30", "-w", "%{http_code}\n", "-D"]).arg(&headers);
+    cmd.arg("--cert").arg(&files.cert).arg("--key").arg(&files.key);
+    cmd.arg("--data-binary").arg(format!("@{}", body_file.display()));
+    for _ in 0..n {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd.output().await.expect("curl");
+    let statuses = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let retry = std::fs::read_to_string(&headers)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("retry-after")))
+        .filter_map(|(_, v)| v.trim().parse().ok())
+        .collect();
+    (statuses, retry)
+}
+
 fn form(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
@@ -98,7 +123,14 @@ fn exchange_form(token: &str, audience: &str, cap: (&str, &str)) -> String {
 }
 
 /// `writ verify` of `token` with `cert` for `audience` and `cap`: (exit code, output).
-fn writ_verify(c: &Cluster, op: &Operator, token: &str, cert: &Path, audience: &str, cap: (&str, &str)) -> (i32, String) {
+fn writ_verify(
+    c: &Cluster,
+    op: &Operator,
+    token: &str,
+    cert: &Path,
+    audience: &str,
+    cap: (&str, &str),
+) -> (i32, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("token.jwt");
     std::fs::write(&file, token).expect("write");
@@ -124,7 +156,8 @@ async fn an_exchange_yields_a_per_call_token_for_one_capability_and_audience_and
     let client = c.client().await;
     let ns = TestNamespace::new(&client, "exchange").await;
     let n = &ns.name;
-    let op = &Operator::start(&c, &format!("{n}-writ"), "x-0", &["--exchange-rate", "20", "--exchange-burst", "40"]).await;
+    let op =
+        &Operator::start(&c, &format!("{n}-writ"), "x-0", &["--exchange-rate", "20", "--exchange-burst", "40"]).await;
     example_setup(&c, &client, n).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let bot1 = running_agent_pod(&client, n, "bot-1", "release-bot").await;
@@ -175,7 +208,10 @@ async fn an_exchange_yields_a_per_call_token_for_one_capability_and_audience_and
     assert_ne!(claims.jti, grant_claims.jti);
     assert_eq!(claims.gjti.as_deref(), Some(grant_claims.jti.as_str()));
     assert!(claims.txn.as_deref().is_some_and(|t| !t.is_empty()));
-    assert_eq!((&claims.sub, &claims.grant, &claims.task), (&grant_claims.sub, &grant_claims.grant, &grant_claims.task));
+    assert_eq!(
+        (&claims.sub, &claims.grant, &claims.task),
+        (&grant_claims.sub, &grant_claims.grant, &grant_claims.task)
+    );
     assert_eq!((&claims.act, &claims.cnf), (&grant_claims.act, &grant_claims.cnf));
 
     // `writ verify` accepts it for the one capability and audience, refuses it otherwise.
@@ -283,14 +319,17 @@ async fn an_exchange_yields_a_per_call_token_for_one_capability_and_audience_and
     let token3 = wait_for_token(&client, n, &bot3, "deploy").await;
     let f3 = pod_files(&client, n, &bot3, dir.path()).await;
     let body3 = exchange_form(&token3, "deploy-api", WEB);
-    let answers = futures::future::join_all((0..60).map(|_| post(&url, Some(&f3), &body3))).await;
-    let issued = answers.iter().filter(|a| a.status == 200).count();
-    let limited: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
-    assert_eq!(issued + limited.len(), 60, "only issued or rate-limited");
-    assert!(issued >= 40 && !limited.is_empty(), "{issued} issued, {} limited", limited.len());
-    for a in &limited {
-        assert_eq!(a.error(), "slow_down");
-        assert!(a.retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= 1), "Retry-After");
+    let (statuses, retry_after) = post_many(&url, &f3, &body3, 60).await;
+    let issued = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(issued + limited, 60, "only issued or rate-limited: {statuses:?}");
+    assert!(issued >= 40 && limited > 0, "{issued} issued, {limited} limited");
+    assert_eq!(retry_after.len(), limited, "every 429 has a Retry-After");
+    assert!(retry_after.iter().all(|s| *s >= 1));
+    let a = post(&url, Some(&f3), &body3).await;
+    if a.status == 429 {
+        assert_eq!(a.error(), "slow_down", "{}", a.body);
+        assert!(a.retry_after.is_some(), "Retry-After");
     }
     // bot-1 has its own bucket.
     let a = post(&url, Some(&f1), &exchange_form(&token1, "deploy-api", WEB)).await;

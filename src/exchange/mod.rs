@@ -213,7 +213,9 @@ pub fn parse_request(body: &[u8]) -> Result<ExchangeRequest, OAuthError> {
         }
         (Some(t), None) => check_target("resource", t)?,
         (None, Some(t)) => check_target("audience", t)?,
-        (None, None) => return Err(OAuthError::request("resource", "missing-parameter", "resource or audience is required")),
+        (None, None) => {
+            return Err(OAuthError::request("resource", "missing-parameter", "resource or audience is required"))
+        }
     };
     let capabilities = match (details, scope) {
         (Some(_), Some(_)) => {
@@ -236,7 +238,11 @@ pub fn parse_request(body: &[u8]) -> Result<ExchangeRequest, OAuthError> {
     let context = match context {
         None => None,
         Some(c) if c.len() > MAX_CONTEXT_BYTES => {
-            return Err(OAuthError::request("writ_context", "context-too-large", format!("longer than {MAX_CONTEXT_BYTES} bytes")))
+            return Err(OAuthError::request(
+                "writ_context",
+                "context-too-large",
+                format!("longer than {MAX_CONTEXT_BYTES} bytes"),
+            ))
         }
         Some(c) => {
             serde_json::from_str::<serde_json::Value>(&c)
@@ -309,7 +315,7 @@ pub fn parse_scope(scope: &str) -> Result<Vec<Capability>, OAuthError> {
     if words.is_empty() {
         return Err(OAuthError::request("scope", "empty", "asks for nothing"));
     }
-    if words.len() % 2 != 0 {
+    if !words.len().is_multiple_of(2) {
         return Err(OAuthError::request("scope", "scope-pairs", "must be `<action> <resource>` pairs"));
     }
     let mut caps = Vec::new();
@@ -319,10 +325,19 @@ pub fn parse_scope(scope: &str) -> Result<Vec<Capability>, OAuthError> {
     Ok(caps)
 }
 
-fn push_capability(caps: &mut Vec<Capability>, parameter: &str, action: &str, resource: &str) -> Result<(), OAuthError> {
+fn push_capability(
+    caps: &mut Vec<Capability>,
+    parameter: &str,
+    action: &str,
+    resource: &str,
+) -> Result<(), OAuthError> {
     for (what, v) in [("action", action), ("resource", resource)] {
         if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(OAuthError::request(parameter, "bad-capability", format!("{what} {v:?} is not a capability name")));
+            return Err(OAuthError::request(
+                parameter,
+                "bad-capability",
+                format!("{what} {v:?} is not a capability name"),
+            ));
         }
         if v.contains('*') {
             return Err(OAuthError::new(

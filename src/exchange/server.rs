@@ -264,7 +264,10 @@ async fn exchange(e: &Endpoint, peer: Peer, body: Body, audit: &mut Audit) -> Re
     }
 
     e.limiter.take(&subject.pod.uid, e.settings.rate_per_sec, e.settings.burst).map_err(|wait| {
-        (OAuthError::new(ErrorCode::SlowDown, "rate-limited", "too many exchanges for this pod; retry later"), Some(wait))
+        (
+            OAuthError::new(ErrorCode::SlowDown, "rate-limited", "too many exchanges for this pod; retry later"),
+            Some(wait),
+        )
     })?;
 
     // Continuous authorisation against the grant's trusted state.
@@ -275,7 +278,8 @@ async fn exchange(e: &Endpoint, peer: Peer, body: Body, audit: &mut Audit) -> Re
         .get(&ObjectRef::new(&subject.grant.name).within(ns))
         .map(|g| crate::controller::grant::trusted(&g.grant(), &s.trust.seal_keys(), now).0);
     let agent_refusal = grant.as_ref().and_then(|g| agent_refusal(s, ns, &g.spec.agent));
-    let facts = Facts { subject: &subject, grant: grant.as_ref(), revoked, agent_refusal: agent_refusal.as_deref(), now };
+    let facts =
+        Facts { subject: &subject, grant: grant.as_ref(), revoked, agent_refusal: agent_refusal.as_deref(), now };
     let grant_expires = authorize(&req, &facts).map_err(refuse)?;
 
     let internal = |_| refuse(OAuthError::new(ErrorCode::InvalidRequest, "internal", "the token could not be issued"));

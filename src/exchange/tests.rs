@@ -4,8 +4,7 @@ use crate::pki::token::tests::sample_claims;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 const NOW: i64 = 1_750_000_000;
-const DETAILS: &str =
-    r#"[{"type":"writ.dev/capability","actions":["k8s:deployments.patch"],"locations":["k8s:staging/deployments/web"]}]"#;
+const DETAILS: &str = r#"[{"type":"writ.dev/capability","actions":["k8s:deployments.patch"],"locations":["k8s:staging/deployments/web"]}]"#;
 
 fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
     form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish().into_bytes()
@@ -62,15 +61,27 @@ fn bad_input_is_invalid_request_naming_the_parameter() {
     let cases: Vec<(Vec<u8>, &str, &str)> = vec![
         (with(&[("grant_type", None)]), "grant_type", "missing-parameter"),
         (with(&[("subject_token", None)]), "subject_token", "missing-parameter"),
-        (with(&[("subject_token_type", Some("urn:ietf:params:oauth:token-type:saml2"))]), "subject_token_type", "unsupported-token-type"),
+        (
+            with(&[("subject_token_type", Some("urn:ietf:params:oauth:token-type:saml2"))]),
+            "subject_token_type",
+            "unsupported-token-type",
+        ),
         (with(&[("resource", None)]), "resource", "missing-parameter"),
         (with(&[("audience", Some("x"))]), "resource", "one-target"),
         (with(&[("authorization_details", None)]), "authorization_details", "missing-parameter"),
         (with(&[("scope", Some("a b"))]), "scope", "one-request-form"),
         (with(&[("authorization_details", Some("{"))]), "authorization_details", "not-json-array"),
         (with(&[("authorization_details", Some("[]"))]), "authorization_details", "empty"),
-        (with(&[("authorization_details", Some(r#"[{"type":"other"}]"#))]), "authorization_details[0].type", "unknown-detail-type"),
-        (with(&[("authorization_details", Some(r#"[{"type":"writ.dev/capability","actions":["a"]}]"#))]), "authorization_details[0]", "bad-detail"),
+        (
+            with(&[("authorization_details", Some(r#"[{"type":"other"}]"#))]),
+            "authorization_details[0].type",
+            "unknown-detail-type",
+        ),
+        (
+            with(&[("authorization_details", Some(r#"[{"type":"writ.dev/capability","actions":["a"]}]"#))]),
+            "authorization_details[0]",
+            "bad-detail",
+        ),
         (with(&[("authorization_details", None), ("scope", Some("only-one"))]), "scope", "scope-pairs"),
         (with(&[("writ_context", Some("{not json"))]), "writ_context", "not-json"),
         (with(&[("writ_context", Some(long_context))]), "writ_context", "context-too-large"),
@@ -199,7 +210,10 @@ fn the_issued_token_is_narrowed_and_never_outlives_the_grant() {
     assert_eq!(c.aud, vec!["deploy-api".to_string()]);
     assert_eq!(c.cap, vec![web()]);
     assert_eq!((c.jti.as_str(), c.txn.as_deref(), c.gjti.as_deref()), ("j", Some("t"), Some(subject.jti.as_str())));
-    assert_eq!((&c.sub, &c.grant, &c.task, &c.act, &c.cnf), (&subject.sub, &subject.grant, &subject.task, &subject.act, &subject.cnf));
+    assert_eq!(
+        (&c.sub, &c.grant, &c.task, &c.act, &c.cnf),
+        (&subject.sub, &subject.grant, &subject.task, &subject.act, &subject.cnf)
+    );
     let c = issued_claims(&subject, &req, NOW + 600, 10_000, NOW, "j".into(), "t".into());
     assert_eq!(c.exp, NOW + MAX_TTL_SECS);
 }

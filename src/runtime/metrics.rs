@@ -207,14 +207,8 @@ impl Default for Metrics {
         );
         let exchanges = Family::<ExchangeLabels, Counter>::default();
         registry.register("exchanges", "Token exchanges (POST /token) by decision and rule", exchanges.clone());
-        let exchange_duration = Histogram::new(
-            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0].into_iter(),
-        );
-        registry.register(
-            "exchange_duration_seconds",
-            "Seconds to answer a token exchange",
-            exchange_duration.clone(),
-        );
+        let exchange_duration = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]);
+        registry.register("exchange_duration_seconds", "Seconds to answer a token exchange", exchange_duration.clone());
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         let heap = HeapGauges::register(&mut registry);
         Self {
