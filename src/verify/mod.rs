@@ -522,6 +522,35 @@ mod tests {
     }
 
     #[test]
+    fn a_per_call_token_is_refused_when_its_grant_token_is_revoked() {
+        let w = world();
+        let mut per_call = w.claims.clone();
+        per_call.jti = crate::pki::token::new_jti().expect("jti");
+        per_call.gjti = Some(w.claims.jti.clone());
+        per_call.txn = Some("txn-1".into());
+        let token = sign(&w.key, &per_call).expect("sign");
+        let revoke = |jti: &str| {
+            verifier(&w).with_revocations(RevocationList {
+                version: 1,
+                tokens: vec![RevokedToken { jti: jti.into(), expires_at: w.claims.exp }],
+                certificates: vec![],
+            })
+        };
+        let ok = verifier(&w).verify(&token, w.cert_pem.as_bytes(), &ATTEMPT, NOW).expect("valid per-call token");
+        assert_eq!((ok.gjti.as_deref(), ok.txn.as_deref()), (Some(w.claims.jti.as_str()), Some("txn-1")));
+        assert_eq!(
+            revoke(&w.claims.jti).verify(&token, w.cert_pem.as_bytes(), &ATTEMPT, NOW),
+            Err(VerifyError::Revoked(w.claims.jti.clone())),
+            "its gjti is revoked"
+        );
+        assert_eq!(
+            revoke(&per_call.jti).verify(&token, w.cert_pem.as_bytes(), &ATTEMPT, NOW),
+            Err(VerifyError::Revoked(per_call.jti.clone())),
+            "its own jti is revoked"
+        );
+    }
+
+    #[test]
     fn signatures_keys_and_algorithms_are_checked() {
         let w = world();
         let v = verifier(&w);
