@@ -105,6 +105,59 @@ async fn post_many(url: &str, files: &PodFiles, form: &str, n: usize) -> (Vec<u1
     (statuses, retry)
 }
 
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A DPoP proof (RFC 9449 §4.2) signed with a pod's P-256 key (`tls.key`, PKCS#8 PEM).
+fn dpop_proof(key_file: &Path, htm: &str, htu: &str, access_token: Option<&str>) -> String {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let pem = pem::parse(std::fs::read(key_file).expect("key")).expect("PEM");
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pem.contents()).expect("P-256 PKCS#8 key");
+    let point = key.public_key().as_ref();
+    let header = serde_json::json!({
+        "typ": "dpop+jwt", "alg": "ES256",
+        "jwk": {"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])}
+    });
+    let mut claims = serde_json::json!({
+        "jti": b64(&rand_bytes()), "htm": htm, "htu": htu, "iat": writ::pki::now_unix()
+    });
+    if let Some(t) = access_token {
+        claims["ath"] = writ::verify::dpop::access_token_hash(t).into();
+    }
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let sig = key.sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes()).expect("sign");
+    format!("{input}.{}", b64(sig.as_ref()))
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).expect("random");
+    b
+}
+
+/// POSTs `form` with a `DPoP` header.
+async fn post_dpop(url: &str, files: &PodFiles, form: &str, proof: &str) -> Answer {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sk", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .args(["-H", &format!("DPoP: {proof}"), "--data-binary", form, url])
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Answer {
+        status: code.trim().parse().unwrap_or(0),
+        body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        retry_after: None,
+    }
+}
+
 fn form(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
@@ -247,6 +300,57 @@ async fn an_exchange_yields_a_per_call_token_for_one_capability_and_audience_and
     assert!(out.status.success(), "{}", text(&out));
     let py: serde_json::Value = serde_json::from_str(text(&out).trim()).expect("claims JSON");
     assert_eq!(py["gjti"], grant_claims.jti.as_str());
+
+    // DPoP: a proof signed with the pod's key binds the token to that key too (cnf.jkt).
+    let body = exchange_form(&token1, "deploy-api", WEB);
+    let a = post_dpop(&url, &f1, &body, &dpop_proof(&f1.key, "POST", &url, None)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["token_type"], "DPoP");
+    let bound = a.body["access_token"].as_str().expect("token").to_string();
+    let (_, bound_claims) = writ::pki::token::decode_unverified(&bound).expect("token");
+    assert!(bound_claims.cnf.jkt.is_some());
+    assert_eq!(bound_claims.cnf.x5t_s256, grant_claims.cnf.x5t_s256, "still certificate-bound");
+    for (case, proof) in [
+        ("another pod's key", dpop_proof(&f2.key, "POST", &url, None)),
+        ("another method", dpop_proof(&f1.key, "GET", &url, None)),
+        ("another URI", dpop_proof(&f1.key, "POST", "https://elsewhere/token", None)),
+        ("not a JWT", "nonsense".to_string()),
+    ] {
+        let a = post_dpop(&url, &f1, &body, &proof).await;
+        assert_eq!((a.status, a.error()), (400, "invalid_dpop_proof"), "{case}: {}", a.body);
+    }
+    let replayed = dpop_proof(&f1.key, "POST", &url, None);
+    assert_eq!(post_dpop(&url, &f1, &body, &replayed).await.status, 200);
+    assert_eq!(post_dpop(&url, &f1, &body, &replayed).await.error(), "invalid_dpop_proof", "a replayed proof");
+    // A resource server behind a TLS-terminating gateway verifies the DPoP-bound token with a proof only.
+    let (_, jwks_json) = op.https_get("/.well-known/jwks.json").await;
+    let (_, bundle_pem) = op.https_get("/trust-bundle").await;
+    let verifier = writ::verify::Verifier::new(&bundle_pem, writ::pki::JwkSet::from_json(&jwks_json).expect("JWKS"))
+        .expect("verifier");
+    let attempt = writ::verify::Attempt { audience: "deploy-api", action: WEB.0, resource: WEB.1 };
+    let tool = "https://deploy-api.example/mcp";
+    let now = writ::pki::now_unix();
+    let proof = dpop_proof(&f1.key, "POST", tool, Some(&bound));
+    verifier.verify_dpop(&bound, &proof, "POST", tool, &attempt, now).expect("a matching proof verifies");
+    let code =
+        |r: Result<writ::pki::token::Claims, writ::verify::VerifyError>| r.map(|_| ()).map_err(|e| e.to_string());
+    assert!(code(verifier.verify_dpop(&bound, &proof, "POST", tool, &attempt, now))
+        .is_err_and(|e| e.contains("already used")));
+    let other_key = dpop_proof(&f2.key, "POST", tool, Some(&bound));
+    assert!(code(verifier.verify_dpop(&bound, &other_key, "POST", tool, &attempt, now))
+        .is_err_and(|e| e.contains("cnf.jkt")));
+    let no_ath = dpop_proof(&f1.key, "POST", tool, None);
+    assert!(code(verifier.verify_dpop(&bound, &no_ath, "POST", tool, &attempt, now)).is_err_and(|e| e.contains("ath")));
+    let wrong_htm = dpop_proof(&f1.key, "GET", tool, Some(&bound));
+    assert!(
+        code(verifier.verify_dpop(&bound, &wrong_htm, "POST", tool, &attempt, now)).is_err_and(|e| e.contains("htm"))
+    );
+    let for_bearer = dpop_proof(&f1.key, "POST", tool, Some(&access));
+    assert!(
+        code(verifier.verify_dpop(&access, &for_bearer, "POST", tool, &attempt, now))
+            .is_err_and(|e| e.contains("cnf.jkt")),
+        "a token without cnf.jkt is not DPoP-bound"
+    );
 
     // Each error from its case.
     let cases: Vec<(&str, Option<&PodFiles>, String, u16, &str)> = vec![

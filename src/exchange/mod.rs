@@ -55,6 +55,8 @@ pub enum ErrorCode {
     InvalidScope,
     /// The pod exceeded its exchange rate (HTTP 429; not an RFC 6749 code).
     SlowDown,
+    /// The `DPoP` proof is malformed, replayed or not signed with the client certificate's key (RFC 9449 §5).
+    InvalidDpopProof,
 }
 
 impl ErrorCode {
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::InvalidTarget => "invalid_target",
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::SlowDown => "slow_down",
+            ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
         }
     }
 
@@ -465,7 +468,8 @@ pub struct ExchangeResponse {
     pub access_token: String,
     /// Always [`TOKEN_TYPE_ACCESS_TOKEN`].
     pub issued_token_type: String,
-    /// `Bearer` (the token is certificate-bound through `cnf.x5t#S256`).
+    /// `Bearer` (the token is certificate-bound through `cnf.x5t#S256`), or `DPoP` when it is
+    /// also bound to a DPoP key (`cnf.jkt`).
     pub token_type: String,
     /// Seconds until the token expires.
     pub expires_in: i64,

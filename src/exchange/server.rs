@@ -16,7 +16,7 @@ use std::{
 use axum::{
     body::Body,
     extract::{Extension, State},
-    http::{header, HeaderValue, Request, StatusCode},
+    http::{header, HeaderMap, HeaderValue, Request, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -70,6 +70,8 @@ struct Endpoint {
     shared: Arc<Shared>,
     settings: ExchangeSettings,
     limiter: RateLimiter,
+    /// DPoP proof `jti`s seen within the window (bounded).
+    replay: crate::verify::dpop::ReplayCache,
 }
 
 /// Per-pod token buckets. Bounded: idle full buckets are dropped when the
@@ -104,7 +106,12 @@ impl RateLimiter {
 /// The token endpoint's router: `POST /token` and
 /// `GET /.well-known/oauth-authorization-server`.
 pub fn router(shared: Arc<Shared>, settings: ExchangeSettings) -> Router {
-    let state = Arc::new(Endpoint { shared, settings, limiter: RateLimiter::default() });
+    let state = Arc::new(Endpoint {
+        shared,
+        settings,
+        limiter: RateLimiter::default(),
+        replay: crate::verify::dpop::ReplayCache::default(),
+    });
     Router::new()
         .route("/token", post(token))
         .route("/.well-known/oauth-authorization-server", get(metadata))
@@ -113,23 +120,27 @@ pub fn router(shared: Arc<Shared>, settings: ExchangeSettings) -> Router {
 
 /// RFC 8414 authorization-server metadata.
 async fn metadata(State(e): State<Arc<Endpoint>>, req: Request<Body>) -> impl IntoResponse {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("writ-webhook.{}.svc:8444", e.shared.config.namespace));
-    let issuer = format!("https://{host}");
+    let issuer = issuer(&e, req.headers());
     Json(serde_json::json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/token"),
         "grant_types_supported": [super::GRANT_TYPE],
         "token_endpoint_auth_methods_supported": ["tls_client_auth"],
         "authorization_details_types_supported": [super::CAPABILITY_DETAIL_TYPE],
-        "dpop_signing_alg_values_supported": [],
+        "dpop_signing_alg_values_supported": ["ES256", "EdDSA"],
         "tls_client_certificate_bound_access_tokens": true,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
     }))
+}
+
+/// The issuer URL: the address the client reached (its `Host`), or the Service's name.
+fn issuer(e: &Endpoint, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("writ-webhook.{}.svc:8444", e.shared.config.namespace));
+    format!("https://{host}")
 }
 
 fn error_response(err: &OAuthError, retry_after: Option<u64>) -> Response {
@@ -161,10 +172,15 @@ struct Audit {
     context: String,
 }
 
-async fn token(State(e): State<Arc<Endpoint>>, Extension(peer): Extension<Peer>, body: Body) -> Response {
+async fn token(
+    State(e): State<Arc<Endpoint>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let mut audit = Audit::default();
-    let outcome = exchange(&e, peer, body, &mut audit).await;
+    let outcome = exchange(&e, peer, &headers, body, &mut audit).await;
     let (decision, rule) = match &outcome {
         Ok(_) => ("issued", "none"),
         Err((err, _)) => ("refused", err.rule),
@@ -196,7 +212,13 @@ async fn token(State(e): State<Arc<Endpoint>>, Extension(peer): Extension<Peer>,
 
 type Refusal = (OAuthError, Option<u64>);
 
-async fn exchange(e: &Endpoint, peer: Peer, body: Body, audit: &mut Audit) -> Result<ExchangeResponse, Refusal> {
+async fn exchange(
+    e: &Endpoint,
+    peer: Peer,
+    headers: &HeaderMap,
+    body: Body,
+    audit: &mut Audit,
+) -> Result<ExchangeResponse, Refusal> {
     let refuse = |err: OAuthError| (err, None);
     let s = &e.shared;
     let Some(der) = peer.0 else {
@@ -282,20 +304,46 @@ async fn exchange(e: &Endpoint, peer: Peer, body: Body, audit: &mut Audit) -> Re
         Facts { subject: &subject, grant: grant.as_ref(), revoked, agent_refusal: agent_refusal.as_deref(), now };
     let grant_expires = authorize(&req, &facts).map_err(refuse)?;
 
+    // DPoP (RFC 9449): a proof signed with the pod's own certificate key binds the token to that
+    // key (`cnf.jkt`) as well, so it stays bound where a gateway terminates TLS.
+    let jkt = dpop_binding(e, headers, &der, now).map_err(refuse)?;
+
     let internal = |_| refuse(OAuthError::new(ErrorCode::InvalidRequest, "internal", "the token could not be issued"));
     let jti = crate::pki::token::new_jti().map_err(internal)?;
     let txn = crate::pki::token::new_jti().map_err(internal)?;
     audit.txn = txn.clone();
-    let claims = issued_claims(&subject, &req, grant_expires, e.settings.ttl_secs, now, jti, txn);
+    let mut claims = issued_claims(&subject, &req, grant_expires, e.settings.ttl_secs, now, jti, txn);
+    claims.cnf.jkt = jkt.clone();
     let expires_in = claims.exp - now;
     let access_token = crate::pki::token::sign(&s.trust.signing_key(), &claims).map_err(internal)?;
     Ok(ExchangeResponse {
         access_token,
         issued_token_type: super::TOKEN_TYPE_ACCESS_TOKEN.into(),
-        token_type: "Bearer".into(),
+        token_type: if jkt.is_some() { "DPoP" } else { "Bearer" }.into(),
         expires_in,
         scope: super::scope_string(&claims.cap),
     })
+}
+
+/// The `cnf.jkt` for a request with a `DPoP` header: the proof passes RFC 9449 §4.3 for
+/// `POST <issuer>/token`, is not replayed, and is signed by the client certificate's key.
+fn dpop_binding(e: &Endpoint, headers: &HeaderMap, der: &[u8], now: i64) -> Result<Option<String>, OAuthError> {
+    use crate::verify::dpop;
+    let mut proofs = headers.get_all("dpop").iter();
+    let Some(value) = proofs.next() else { return Ok(None) };
+    let bad = |why: String| OAuthError::new(ErrorCode::InvalidDpopProof, "invalid-dpop-proof", format!("DPoP: {why}"));
+    if proofs.next().is_some() {
+        return Err(bad("more than one DPoP header".into()));
+    }
+    let proof = value.to_str().map_err(|_| bad("not ASCII".into()))?;
+    let htu = format!("{}/token", issuer(e, headers));
+    let p =
+        dpop::check_proof(proof, "POST", &htu, None, now, dpop::DEFAULT_WINDOW_SECS).map_err(|e| bad(e.to_string()))?;
+    if dpop::certificate_public_key(der).as_deref() != Some(p.public_key.as_slice()) {
+        return Err(bad("the proof is not signed with the client certificate's key".into()));
+    }
+    e.replay.check(&p, now, dpop::DEFAULT_WINDOW_SECS).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(p.jkt))
 }
 
 /// Why the agent may not act now (dormant, access review overdue), as the

@@ -41,9 +41,10 @@
 //! grants exactly the action on exactly the resource. The first failing check
 //! is returned as a [`VerifyError`] variant.
 
+pub mod dpop;
 pub mod fetch;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
@@ -198,6 +199,9 @@ pub enum VerifyError {
     /// The certificate is not the one the token is bound to (`cnf.x5t#S256`).
     #[error("the token is bound to another certificate (cnf.x5t#S256 mismatch)")]
     ConfirmationMismatch,
+    /// The token is DPoP-bound and its proof is missing or refused (RFC 9449).
+    #[error("{0}")]
+    Dpop(dpop::DpopError),
     /// The token does not grant this action on this resource.
     #[error("the token does not grant {action} on {resource}")]
     NotGranted {
@@ -227,6 +231,7 @@ impl VerifyError {
             VerifyError::Subject { .. } => "subject-mismatch",
             VerifyError::ConfirmationMismatch => "cnf-mismatch",
             VerifyError::NotGranted { .. } => "not-granted",
+            VerifyError::Dpop(_) => "dpop",
         }
     }
 }
@@ -253,6 +258,8 @@ pub struct Verifier {
     revoked_tokens: HashSet<String>,
     revoked_serials: HashSet<String>,
     skew: i64,
+    /// DPoP proof `jti`s seen within the window, shared by clones.
+    replay: Arc<dpop::ReplayCache>,
 }
 
 impl Verifier {
@@ -276,6 +283,7 @@ impl Verifier {
             revoked_tokens: HashSet::new(),
             revoked_serials: HashSet::new(),
             skew: DEFAULT_SKEW_SECS,
+            replay: Arc::default(),
         })
     }
 
@@ -331,6 +339,47 @@ impl Verifier {
         Ok(claims)
     }
 
+    /// Verifies a DPoP-bound token (`cnf.jkt`) presented with its DPoP `proof`
+    /// for a request with method `htm` to `htu`, where no client certificate
+    /// reaches this server (a gateway terminated TLS): the token's signature,
+    /// time, revocation (`jti` and `gjti`), audience and capability as in
+    /// [`Self::verify`]; the proof per RFC 9449 §4.3 (signature, `htm`, `htu`,
+    /// `iat` within the skew window, `ath`, `jti` not replayed), signed by the
+    /// key the token is bound to.
+    pub fn verify_dpop(
+        &self,
+        token: &str,
+        proof: &str,
+        htm: &str,
+        htu: &str,
+        attempt: &Attempt<'_>,
+        now: i64,
+    ) -> Result<Claims, VerifyError> {
+        let claims = verify_signed(token, &self.jwks, now, self.skew)?;
+        if self.revoked_tokens.contains(&claims.jti) {
+            return Err(VerifyError::Revoked(claims.jti));
+        }
+        if let Some(gjti) = claims.gjti.as_ref().filter(|g| self.revoked_tokens.contains(*g)) {
+            return Err(VerifyError::Revoked(gjti.clone()));
+        }
+        if !claims.aud.iter().any(|a| a == attempt.audience) {
+            return Err(VerifyError::Audience { expected: attempt.audience.into(), got: claims.aud });
+        }
+        let Some(jkt) = claims.cnf.jkt.as_deref() else {
+            return Err(VerifyError::Dpop(dpop::DpopError::Binding));
+        };
+        let window = self.skew.max(dpop::DEFAULT_WINDOW_SECS);
+        let p = dpop::check_proof(proof, htm, htu, Some(token.trim()), now, window).map_err(VerifyError::Dpop)?;
+        if !constant_time_eq(p.jkt.as_bytes(), jkt.as_bytes()) {
+            return Err(VerifyError::Dpop(dpop::DpopError::Binding));
+        }
+        self.replay.check(&p, now, window).map_err(VerifyError::Dpop)?;
+        if !claims.grants(attempt.action, attempt.resource) {
+            return Err(VerifyError::NotGranted { action: attempt.action.into(), resource: attempt.resource.into() });
+        }
+        Ok(claims)
+    }
+
     /// The certificate is an end-entity certificate signed by a bundle CA,
     /// both valid at `now`, and not revoked.
     fn check_chain(&self, leaf: &X509Certificate<'_>, now: i64) -> Result<(), VerifyError> {
@@ -377,7 +426,7 @@ fn leaf_der(certificate: &[u8]) -> Result<Vec<u8>, VerifyError> {
     ders.into_iter().next().ok_or_else(|| VerifyError::MalformedCertificate("no certificate".into()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
