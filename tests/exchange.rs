@@ -301,6 +301,66 @@ async fn an_exchange_yields_a_per_call_token_for_one_capability_and_audience_and
     let py: serde_json::Value = serde_json::from_str(text(&out).trim()).expect("claims JSON");
     assert_eq!(py["gjti"], grant_claims.jti.as_str());
 
+    // The agent's side: `writ token` and the Python snippet, from a credential folder.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir_all(&creds).expect("mkdir");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+    let d = secret_data(&secrets.get(&credential_secret_name(&bot1)).await.expect("credential Secret"));
+    for file in ["tls.crt", "tls.key", "ca.crt", "grant.deploy.jwt"] {
+        std::fs::write(creds.join(file), &d[file]).expect("write");
+    }
+    let writ_token = |action: &str, dpop: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_writ"));
+        cmd.args(["token", "--grant", "deploy", "--resource", "deploy-api", "--action", action, "--target", WEB.1])
+            .arg("--credentials")
+            .arg(&creds)
+            .args(["--endpoint", &op.token_url]);
+        if dpop {
+            cmd.arg("--dpop");
+        }
+        let out = cmd.output().expect("writ token");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string(), text(&out))
+    };
+    let (code, cli_token, out) = writ_token(WEB.0, false);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = writ_verify(&c, op, &cli_token, &f1.cert, "deploy-api", WEB);
+    assert_eq!(code, 0, "the token `writ token` printed verifies: {out}");
+    let (code, dpop_token, out) = writ_token(WEB.0, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        writ::pki::token::decode_unverified(&dpop_token).expect("token").1.cnf.jkt.is_some(),
+        "--dpop binds cnf.jkt"
+    );
+    let (code, _, out) = writ_token(OTHER.0, false);
+    assert!(code == 1 && out.contains("invalid_scope"), "a capability not in the grant: {out}");
+    let py_deps = Command::new(repo().join("hack/python-deps.sh")).output().expect("hack/python-deps.sh");
+    assert!(py_deps.status.success(), "{}", text(&py_deps));
+    let agent = |action: &str| {
+        let out = Command::new("python3")
+            .arg(repo().join("tests/interop/exchange_agent.py"))
+            .arg(&creds)
+            .args([op.token_url.as_str(), "deploy", "deploy-api", action, WEB.1])
+            .env("PYTHONPATH", String::from_utf8_lossy(&py_deps.stdout).trim())
+            .output()
+            .expect("python3");
+        (out.status.success(), text(&out))
+    };
+    let (ok, out) = agent(WEB.0);
+    assert!(ok, "{out}");
+    let py_response: serde_json::Value = serde_json::from_str(out.trim()).expect("response JSON");
+    let py_token = py_response["access_token"].as_str().expect("access_token");
+    let (code, out) = writ_verify(&c, op, py_token, &f1.cert, "deploy-api", WEB);
+    assert_eq!(code, 0, "the Python agent's token verifies: {out}");
+    let (ok, out) = agent(OTHER.0);
+    assert!(!ok && out.contains("invalid_scope"), "{out}");
+    let docs = std::fs::read_to_string(repo().join("docs/exchange.md")).expect("docs");
+    let snippet = std::fs::read_to_string(repo().join("tests/interop/exchange_agent.py")).expect("snippet");
+    let (start, end) = (snippet.find("def per_call_token(").expect("fn"), snippet.find("\n\ndef main(").expect("main"));
+    assert!(
+        docs.contains(snippet[start..end].trim()),
+        "docs/exchange.md's Python snippet differs from tests/interop/exchange_agent.py"
+    );
+
     // DPoP: a proof signed with the pod's key binds the token to that key too (cnf.jkt).
     let body = exchange_form(&token1, "deploy-api", WEB);
     let a = post_dpop(&url, &f1, &body, &dpop_proof(&f1.key, "POST", &url, None)).await;

@@ -8,6 +8,7 @@
 //! the issued token's claims ([`issued_claims`]). The HTTPS listener, with
 //! mutual TLS, rate limiting, audit and metrics, is [`server`].
 
+pub mod client;
 pub mod server;
 
 use std::collections::HashSet;
