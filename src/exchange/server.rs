@@ -243,15 +243,13 @@ async fn exchange(
     })?;
     let serial = serial_hex(&leaf);
     let spiffe = spiffe_id_of(&leaf).unwrap_or_default();
-    let snapshot = s.revocations.snapshot().await;
-    if snapshot.certificates.iter().any(|c| crate::pki::normalize_serial_hex(&c.serial) == serial) {
+    if s.revocations.is_certificate_revoked(&serial).await {
         return Err(refuse(OAuthError::new(
             ErrorCode::InvalidClient,
             "certificate-revoked",
             "the client certificate is revoked",
         )));
     }
-    drop(snapshot);
 
     // The subject token: signed by Writ, in date, bound to this certificate.
     let now = now_unix();

@@ -320,6 +320,16 @@ impl RevocationStore {
         self.parts.read().await.iter().any(|p| p.holds_token(jti))
     }
 
+    /// Whether a certificate serial (lowercase hex without leading zeros) is
+    /// revoked, without copying the list.
+    pub async fn is_certificate_revoked(&self, serial: &str) -> bool {
+        self.parts
+            .read()
+            .await
+            .iter()
+            .any(|p| p.list.certificates.iter().any(|c| crate::pki::normalize_serial_hex(&c.serial) == serial))
+    }
+
     /// Adds revocations (idempotent), prunes entries past their expiry in
     /// the parts it writes, and persists the result before returning:
     /// callers remove credentials only after their revocation is durable.
