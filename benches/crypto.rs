@@ -185,13 +185,15 @@ fn claims(sub: &str, cert_thumbprint: &str, now: i64) -> Claims {
         task: Task { id: "PR-1234".into(), intent: Some("roll out web v2".into()) },
         grant: GrantRef { namespace: "ci".into(), name: "deploy-web-1234".into(), uid: "grant-uid".into() },
         pod: PodRef { name: "release-bot-7d9f-abcde".into(), uid: "pod-uid".into() },
-        cnf: Confirmation { x5t_s256: cert_thumbprint.into() },
+        cnf: Confirmation { x5t_s256: cert_thumbprint.into(), jkt: None },
         act: Some(Actor {
             sub: "spiffe://cluster.local/ns/ci/agent/planner".into(),
             act: Some(Box::new(Actor { sub: "alice@example.com".into(), act: None })),
         }),
         req: "alice@example.com".into(),
         apr: None,
+        txn: None,
+        gjti: None,
     }
 }
 

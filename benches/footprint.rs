@@ -146,10 +146,12 @@ fn secrets(n: usize) -> Vec<CredentialSecret> {
                 task: token::Task { id: format!("S-{i}"), intent: None },
                 grant: token::GrantRef { namespace: NS.into(), name: format!("g-{i}"), uid: uid(i + 50_000) },
                 pod: token::PodRef { name: format!("p-{i}"), uid: uid(i) },
-                cnf: token::Confirmation { x5t_s256: issued.thumbprint.clone() },
+                cnf: token::Confirmation { x5t_s256: issued.thumbprint.clone(), jkt: None },
                 act: Some(token::Actor { sub: "admin".into(), act: None }),
                 req: "admin".into(),
                 apr: None,
+                txn: None,
+                gjti: None,
             };
             let jwt = token::sign(&key, &claims).expect("token");
             let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);

@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 cargo bench --bench crypto --bench webhook --bench footprint
 hack/with-cluster.sh bench bash -c '
   cargo run --quiet -- crds | kubectl apply --server-side --force-conflicts -f - >/dev/null
-  cargo bench --bench grants'
+  cargo bench --bench grants
+  cargo bench --bench exchange'

@@ -46,7 +46,7 @@ bold "Starting the operator: writ run (webhooks at https://127.0.0.1:18443, metr
 [ -f "$STATE/writ.pid" ] && kill "$(cat "$STATE/writ.pid")" 2>/dev/null || true
 nohup "$WRIT" run --namespace writ-system --trust-domain demo.writ.dev \
   --webhook-addr 127.0.0.1:18443 --webhook-url https://127.0.0.1:18443 \
-  --metrics-addr 127.0.0.1:19090 >"$STATE/writ.log" 2>&1 &
+  --metrics-addr 127.0.0.1:19090 --token-addr 127.0.0.1:18444 >"$STATE/writ.log" 2>&1 &
 echo $! >"$STATE/writ.pid"
 for _ in $(seq 1 100); do
   curl -fs http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break

@@ -159,7 +159,7 @@ chroot=$(PATH="$PATH:/usr/sbin:/sbin" command -v chroot) || die "chroot not foun
 as_root env -i KUBECONFIG=/kubeconfig "$chroot" --userspec="$user" "$root" "$installed" run \
   --namespace "$ns" --trust-domain image.writ.dev \
   --webhook-addr "127.0.0.1:$webhook" --webhook-config-name "$ns" \
-  --metrics-addr "127.0.0.1:$metrics" >"$work/writ.log" 2>&1 &
+  --metrics-addr "127.0.0.1:$metrics" --token-addr 127.0.0.1:0 >"$work/writ.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 120); do
   curl -fs "http://127.0.0.1:$metrics/readyz" >/dev/null 2>&1 && break

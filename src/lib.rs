@@ -9,6 +9,7 @@
 pub mod api;
 pub mod check;
 pub mod controller;
+pub mod exchange;
 pub mod inspect;
 pub mod pki;
 pub mod policy;

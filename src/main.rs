@@ -59,6 +59,8 @@ enum Command {
     },
     /// Rotate the token-signing key or the CA (the previous one stays trusted until what it signed has expired).
     Rotate(RotateArgs),
+    /// Inside an agent pod: exchange a grant token for a per-call token (one audience, one capability) and print it.
+    Token(TokenArgs),
     /// Approve a grant that awaits approval, as your own Kubernetes identity.
     Approve(DecisionArgs),
     /// Deny a grant that awaits approval, as your own Kubernetes identity.
@@ -67,6 +69,31 @@ enum Command {
     Suspend(SuspendArgs),
     /// Lift a suspension: new pods and grants for the agent are admitted again (nothing old comes back).
     Resume(SuspendArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The grant whose token is exchanged (`grant.<NAME>.jwt` in the credential folder).
+    #[arg(long)]
+    grant: String,
+    /// The audience the token is for (RFC 8707 resource), one of the grant's audiences.
+    #[arg(long)]
+    resource: String,
+    /// The action, e.g. `k8s:deployments.patch`.
+    #[arg(long)]
+    action: String,
+    /// The resource the action is on, e.g. `k8s:staging/deployments/web`.
+    #[arg(long)]
+    target: String,
+    /// Also bind the token to the pod's key with a DPoP proof (RFC 9449).
+    #[arg(long)]
+    dpop: bool,
+    /// The pod's credential folder.
+    #[arg(long, env = "WRIT_CREDENTIALS", default_value = writ::api::CREDENTIALS_DIR)]
+    credentials: PathBuf,
+    /// The token endpoint's base URL.
+    #[arg(long, env = "WRIT_TOKEN_ENDPOINT", default_value = "https://writ-webhook.writ-system.svc:8444")]
+    endpoint: String,
 }
 
 #[derive(clap::Args)]
@@ -216,6 +243,7 @@ fn main() -> ExitCode {
 
         Command::Verify(args) => runtime().and_then(|rt| rt.block_on(verify(*args))),
         Command::Inspect { file, json } => inspect(&file, json),
+        Command::Token(args) => runtime().and_then(|rt| rt.block_on(token(args))),
         Command::Rotate(args) => runtime().and_then(|rt| rt.block_on(rotate(args))),
         Command::Approve(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Approved))),
         Command::Suspend(args) => runtime().and_then(|rt| rt.block_on(suspend(args, true))),
@@ -358,6 +386,30 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
         rotation.previous, rotation.current
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `writ token`: prints the per-call token; exits 1 with the OAuth error when refused.
+async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let req = writ::exchange::client::TokenRequest {
+        dir: &args.credentials,
+        grant: &args.grant,
+        resource: &args.resource,
+        action: &args.action,
+        target: &args.target,
+        endpoint: &args.endpoint,
+        dpop: args.dpop,
+    };
+    match writ::exchange::client::request_token(&req).await {
+        Ok(r) => {
+            println!("{}", r.access_token);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ writ::exchange::client::ClientError::Refused { .. }) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

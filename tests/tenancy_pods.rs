@@ -100,10 +100,12 @@ fn forged_claims(ns: &str, pod: &str, jti: String, exp: i64) -> token::Claims {
         task: token::Task { id: "T".into(), intent: None },
         grant: token::GrantRef { namespace: ns.into(), name: "g".into(), uid: "g-uid".into() },
         pod: token::PodRef { name: pod.into(), uid: "fake-uid".into() },
-        cnf: token::Confirmation { x5t_s256: "x".into() },
+        cnf: token::Confirmation { x5t_s256: "x".into(), jkt: None },
         act: None,
         req: "mallory".into(),
         apr: None,
+        gjti: None,
+        txn: None,
     }
 }
 

@@ -67,6 +67,16 @@ impl Operator {
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
             .args(["--webhook-url", &format!("https://127.0.0.1:{webhook}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            // Each operator's token listener on its own loopback port unless the bench names one.
+            .args(
+                if extra.iter().any(|a| a.as_ref() == "--token-addr") {
+                    None
+                } else {
+                    Some(["--token-addr", "127.0.0.1:0"])
+                }
+                .into_iter()
+                .flatten(),
+            )
             .args(extra.iter().map(AsRef::as_ref))
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))

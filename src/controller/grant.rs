@@ -701,10 +701,12 @@ async fn issue_token(
         task: token::Task { id: g.spec.task.id.clone(), intent: g.spec.task.intent.clone() },
         grant: token::GrantRef { namespace: ns.clone(), name: g.name_any(), uid: g.uid().unwrap_or_default() },
         pod: token::PodRef { name: pod.name_any(), uid: pod.uid().unwrap_or_default() },
-        cnf: token::Confirmation { x5t_s256: cert.thumbprint.to_string() },
+        cnf: token::Confirmation { x5t_s256: cert.thumbprint.to_string(), jkt: None },
         act,
         req: g.annotations().get(REQUESTED_BY_ANNOTATION).cloned().unwrap_or_default(),
         apr: g.annotations().get(APPROVED_BY_ANNOTATION).cloned(),
+        txn: None,
+        gjti: None,
     };
     let jwt = token::sign(&shared.trust.signing_key(), &claims).map_err(|source| Error::Pki {
         op: "signing token",

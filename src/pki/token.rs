@@ -271,6 +271,10 @@ pub struct Confirmation {
     /// base64url SHA-256 thumbprint of the pod certificate's DER.
     #[serde(rename = "x5t#S256")]
     pub x5t_s256: String,
+    /// Per-call tokens issued against a DPoP proof (RFC 9449 §6): the RFC 7638 thumbprint of the
+    /// proof's key, the pod's own key, so the token keeps a binding where a gateway terminates TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
 }
 
 /// One link of a delegation chain (RFC 8693 `act`): who acted, and on whose behalf they acted.
@@ -319,6 +323,13 @@ pub struct Claims {
     /// Who approved the grant, when approval was required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apr: Option<String>,
+    /// Per-call tokens only (`POST /token`): the id of the call they were issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    /// Per-call tokens only: the `jti` of the grant token they were exchanged for. A verifier
+    /// refuses the token when either its `jti` or its `gjti` is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gjti: Option<String>,
 }
 
 impl Claims {
@@ -426,13 +437,15 @@ pub(crate) mod tests {
             task: Task { id: "PR-1234".into(), intent: Some("roll out web v2".into()) },
             grant: GrantRef { namespace: "ci".into(), name: "deploy-web-1234".into(), uid: "grant-uid".into() },
             pod: PodRef { name: "release-bot-7d9f-abcde".into(), uid: "pod-uid".into() },
-            cnf: Confirmation { x5t_s256: thumbprint.into() },
+            cnf: Confirmation { x5t_s256: thumbprint.into(), jkt: None },
             act: Some(Actor {
                 sub: "spiffe://cluster.local/ns/ci/agent/planner".into(),
                 act: Some(Box::new(Actor { sub: "alice@example.com".into(), act: None })),
             }),
             req: "alice@example.com".into(),
             apr: None,
+            txn: None,
+            gjti: None,
         }
     }
 

@@ -206,6 +206,12 @@ async fn introspect(
     if s.revocations.is_token_revoked(&claims.jti).await {
         return inactive;
     }
+    // A per-call token dies with the grant token it was exchanged for.
+    if let Some(gjti) = &claims.gjti {
+        if s.revocations.is_token_revoked(gjti).await {
+            return inactive;
+        }
+    }
     let scope: Vec<String> = claims.cap.iter().map(|c| format!("{} {}", c.action, c.resource)).collect();
     Json(serde_json::json!({
         "active": true,

@@ -69,6 +69,18 @@ pub struct RunConfig {
     /// How long a leader's Lease lasts without renewal before another replica takes over.
     #[arg(long, env = "WRIT_LEASE_DURATION", default_value = "10s")]
     pub lease_duration: Duration,
+    /// HTTPS listener (mutual TLS) for the token exchange `POST /token`.
+    #[arg(long, env = "WRIT_TOKEN_ADDR", default_value = "0.0.0.0:8444")]
+    pub token_addr: SocketAddr,
+    /// Lifetime of a per-call token from the token exchange (at most 5m).
+    #[arg(long, env = "WRIT_EXCHANGE_TTL", default_value = "60s", value_parser = parse_exchange_ttl)]
+    pub exchange_ttl: Duration,
+    /// Token exchanges per second and pod (sustained).
+    #[arg(long, env = "WRIT_EXCHANGE_RATE", default_value_t = 50)]
+    pub exchange_rate: u32,
+    /// Token exchanges per pod in a burst.
+    #[arg(long, env = "WRIT_EXCHANGE_BURST", default_value_t = 100)]
+    pub exchange_burst: u32,
     /// Log format.
     #[arg(long, env = "WRIT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -104,6 +116,15 @@ pub struct RunConfig {
     /// runs), else `https://<service-name>.<namespace>.svc`.
     #[arg(long, env = "WRIT_ISSUER", value_name = "URL")]
     pub issuer: Option<String>,
+}
+
+/// Parses `--exchange-ttl`: a duration of 1s to 5m.
+fn parse_exchange_ttl(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=crate::exchange::MAX_TTL_SECS).contains(&d.as_secs_i64()) {
+        return Err(format!("--exchange-ttl must be between 1s and {}s", crate::exchange::MAX_TTL_SECS));
+    }
+    Ok(d)
 }
 
 impl RunConfig {

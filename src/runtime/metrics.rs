@@ -81,6 +81,15 @@ pub struct UntrustedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of token exchanges (`POST /token`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExchangeLabels {
+    /// `issued` or `refused`.
+    pub decision: &'static str,
+    /// The rule that refused it, `none` when issued.
+    pub rule: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -125,6 +134,10 @@ pub struct Metrics {
     /// Each namespace's share of its revocation quota (0 to 1), for the
     /// fullest [`QUOTA_REPORTED_NAMESPACES`] at [`QUOTA_REPORT_FROM`] or more.
     pub revocation_namespace_quota_ratio: Family<NamespaceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Token exchanges by decision and rule.
+    pub exchanges: Family<ExchangeLabels, Counter>,
+    /// Seconds to answer a token exchange.
+    pub exchange_duration: Histogram,
     /// The allocator's own accounting, read at each scrape. glibc only: the
     /// static musl build (the image) has no such interface and exports no
     /// heap gauges rather than zeros.
@@ -231,6 +244,10 @@ impl Default for Metrics {
             ),
             revocation_namespace_quota_ratio.clone(),
         );
+        let exchanges = Family::<ExchangeLabels, Counter>::default();
+        registry.register("exchanges", "Token exchanges (POST /token) by decision and rule", exchanges.clone());
+        let exchange_duration = Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]);
+        registry.register("exchange_duration_seconds", "Seconds to answer a token exchange", exchange_duration.clone());
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         let heap = HeapGauges::register(&mut registry);
         Self {
@@ -252,6 +269,8 @@ impl Default for Metrics {
             untrusted,
             revocation_list_capacity_ratio,
             revocation_namespace_quota_ratio,
+            exchanges,
+            exchange_duration,
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             heap,
         }
@@ -289,6 +308,12 @@ impl HeapGauges {
 }
 
 impl Metrics {
+    /// Counts a token exchange and observes its latency.
+    pub fn record_exchange(&self, decision: &'static str, rule: &'static str, seconds: f64) {
+        self.exchanges.get_or_create(&ExchangeLabels { decision, rule }).inc();
+        self.exchange_duration.observe(seconds);
+    }
+
     /// Counts a credential event.
     pub fn credential(&self, kind: &'static str, event: &'static str) {
         self.credentials.get_or_create(&CredentialLabels { kind, event }).inc();

@@ -166,6 +166,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         None => None,
     };
     let metrics_listener = server::bind(config.metrics_addr).await?;
+    let token_listener = server::bind(config.token_addr).await?;
 
     // Health and metrics (plain HTTP) answer from now on: /readyz says what
     // the operator is waiting for until it can serve webhooks.
@@ -302,6 +303,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         let router = publish::endpoints::router(shared.clone());
         tokio::spawn(server::serve_tls_with_clients(listener, tls, router, Some(clients.clone())));
     }
+    // The token exchange on its own listener (mutual TLS with pod certificates).
+    let exchange = crate::exchange::server::ExchangeSettings {
+        ttl_secs: config.exchange_ttl.as_secs_i64(),
+        rate_per_sec: f64::from(config.exchange_rate.max(1)),
+        burst: f64::from(config.exchange_burst.max(1)),
+    };
+    tokio::spawn(crate::exchange::server::serve(token_listener, shared.clone(), serving.clone(), exchange));
 
     // Admission reads only the identity and policy caches: the replica
     // serves once they are filled, while the grant, pod and Secret caches (ten

@@ -53,9 +53,10 @@
 //! issued them, as with a CA brought to the operator that is an
 //! intermediate under a company root.
 
+pub mod dpop;
 pub mod fetch;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use rustls::pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use serde::{Deserialize, Serialize};
@@ -221,6 +222,9 @@ pub enum VerifyError {
     /// The certificate is not the one the token is bound to (`cnf.x5t#S256`).
     #[error("the token is bound to another certificate (cnf.x5t#S256 mismatch)")]
     ConfirmationMismatch,
+    /// The token is DPoP-bound and its proof is missing or refused (RFC 9449).
+    #[error("{0}")]
+    Dpop(dpop::DpopError),
     /// The token does not grant this action on this resource.
     #[error("the token does not grant {action} on {resource}")]
     NotGranted {
@@ -251,6 +255,7 @@ impl VerifyError {
             VerifyError::Subject { .. } => "subject-mismatch",
             VerifyError::ConfirmationMismatch => "cnf-mismatch",
             VerifyError::NotGranted { .. } => "not-granted",
+            VerifyError::Dpop(_) => "dpop",
         }
     }
 }
@@ -278,6 +283,8 @@ pub struct Verifier {
     revoked_serials: HashSet<String>,
     issuers: Vec<String>,
     skew: i64,
+    /// DPoP proof `jti`s seen within the window, shared by clones.
+    replay: Arc<dpop::ReplayCache>,
 }
 
 impl Verifier {
@@ -298,6 +305,7 @@ impl Verifier {
             revoked_serials: HashSet::new(),
             issuers: Vec::new(),
             skew: DEFAULT_SKEW_SECS,
+            replay: Arc::default(),
         })
     }
 
@@ -352,6 +360,10 @@ impl Verifier {
         if self.revoked_tokens.contains(&claims.jti) {
             return Err(VerifyError::Revoked(claims.jti));
         }
+        // A per-call token dies with the grant token it was exchanged for.
+        if let Some(gjti) = claims.gjti.as_ref().filter(|g| self.revoked_tokens.contains(*g)) {
+            return Err(VerifyError::Revoked(gjti.clone()));
+        }
         if !claims.aud.iter().any(|a| a == attempt.audience) {
             return Err(VerifyError::Audience { expected: attempt.audience.into(), got: claims.aud });
         }
@@ -381,6 +393,48 @@ impl Verifier {
         if !constant_time_eq(thumbprint(der).as_bytes(), claims.cnf.x5t_s256.as_bytes()) {
             return Err(VerifyError::ConfirmationMismatch);
         }
+        if !claims.grants(attempt.action, attempt.resource) {
+            return Err(VerifyError::NotGranted { action: attempt.action.into(), resource: attempt.resource.into() });
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a DPoP-bound token (`cnf.jkt`) presented with its DPoP `proof`
+    /// for a request with method `htm` to `htu`, where no client certificate
+    /// reaches this server (a gateway terminated TLS): the token's signature,
+    /// time, revocation (`jti` and `gjti`), audience and capability as in
+    /// [`Self::verify`]; the proof per RFC 9449 §4.3 (signature, `htm`, `htu`,
+    /// `iat` within the skew window, `ath`, `jti` not replayed), signed by the
+    /// key the token is bound to.
+    pub fn verify_dpop(
+        &self,
+        token: &str,
+        proof: &str,
+        htm: &str,
+        htu: &str,
+        attempt: &Attempt<'_>,
+        now: i64,
+    ) -> Result<Claims, VerifyError> {
+        let claims = verify_signed(token, &self.jwks, now, self.skew)?;
+        check_issuer(&claims, &self.issuers)?;
+        if self.revoked_tokens.contains(&claims.jti) {
+            return Err(VerifyError::Revoked(claims.jti));
+        }
+        if let Some(gjti) = claims.gjti.as_ref().filter(|g| self.revoked_tokens.contains(*g)) {
+            return Err(VerifyError::Revoked(gjti.clone()));
+        }
+        if !claims.aud.iter().any(|a| a == attempt.audience) {
+            return Err(VerifyError::Audience { expected: attempt.audience.into(), got: claims.aud });
+        }
+        let Some(jkt) = claims.cnf.jkt.as_deref() else {
+            return Err(VerifyError::Dpop(dpop::DpopError::Binding));
+        };
+        let window = self.skew.max(dpop::DEFAULT_WINDOW_SECS);
+        let p = dpop::check_proof(proof, htm, htu, Some(token.trim()), now, window).map_err(VerifyError::Dpop)?;
+        if !constant_time_eq(p.jkt.as_bytes(), jkt.as_bytes()) {
+            return Err(VerifyError::Dpop(dpop::DpopError::Binding));
+        }
+        self.replay.check(&p, now, window).map_err(VerifyError::Dpop)?;
         if !claims.grants(attempt.action, attempt.resource) {
             return Err(VerifyError::NotGranted { action: attempt.action.into(), resource: attempt.resource.into() });
         }
@@ -538,7 +592,7 @@ fn path_error(e: &webpki::Error, leaf: &X509Certificate<'_>) -> String {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -691,6 +745,35 @@ mod tests {
         assert_eq!(
             v.verify(&w.token, w.cert_pem.as_bytes(), &ATTEMPT, NOW),
             Err(VerifyError::CertificateRevoked(serial))
+        );
+    }
+
+    #[test]
+    fn a_per_call_token_is_refused_when_its_grant_token_is_revoked() {
+        let w = world();
+        let mut per_call = w.claims.clone();
+        per_call.jti = crate::pki::token::new_jti().expect("jti");
+        per_call.gjti = Some(w.claims.jti.clone());
+        per_call.txn = Some("txn-1".into());
+        let token = sign(&w.key, &per_call).expect("sign");
+        let revoke = |jti: &str| {
+            verifier(&w).with_revocations(RevocationList {
+                version: 1,
+                tokens: vec![RevokedToken { jti: jti.into(), expires_at: w.claims.exp }],
+                certificates: vec![],
+            })
+        };
+        let ok = verifier(&w).verify(&token, w.cert_pem.as_bytes(), &ATTEMPT, NOW).expect("valid per-call token");
+        assert_eq!((ok.gjti.as_deref(), ok.txn.as_deref()), (Some(w.claims.jti.as_str()), Some("txn-1")));
+        assert_eq!(
+            revoke(&w.claims.jti).verify(&token, w.cert_pem.as_bytes(), &ATTEMPT, NOW),
+            Err(VerifyError::Revoked(w.claims.jti.clone())),
+            "its gjti is revoked"
+        );
+        assert_eq!(
+            revoke(&per_call.jti).verify(&token, w.cert_pem.as_bytes(), &ATTEMPT, NOW),
+            Err(VerifyError::Revoked(per_call.jti.clone())),
+            "its own jti is revoked"
         );
     }
 

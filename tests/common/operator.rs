@@ -33,6 +33,8 @@ pub struct Operator {
     pub url: String,
     /// Plain HTTP base URL (metrics, health).
     pub metrics_url: String,
+    /// HTTPS base URL of the token exchange listener (mutual TLS).
+    pub token_url: String,
     /// Its log file.
     pub log: PathBuf,
     /// The replica id.
@@ -51,7 +53,7 @@ impl Operator {
     /// Starts `writ run` in `namespace` without waiting for it to be ready.
     pub async fn launch(c: &Cluster, namespace: &str, id: &str, extra: &[&str]) -> Operator {
         ensure_crds(&c.client().await).await;
-        let [webhook_port, metrics_port] = free_ports();
+        let [webhook_port, metrics_port, token_port] = free_ports();
         let url = format!("https://127.0.0.1:{webhook_port}");
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -65,6 +67,8 @@ impl Operator {
             url.clone(),
             "--metrics-addr".into(),
             format!("127.0.0.1:{metrics_port}"),
+            "--token-addr".into(),
+            format!("127.0.0.1:{token_port}"),
             "--replica-id".into(),
             id.into(),
             "--lease-duration".into(),
@@ -77,6 +81,7 @@ impl Operator {
             namespace: namespace.into(),
             url,
             metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            token_url: format!("https://127.0.0.1:{token_port}"),
             log,
             id: id.into(),
             args,
