@@ -253,7 +253,7 @@ async fn an_exchange_yields_a_per_call_token_for_one_capability_and_audience_and
     let access = a.body["access_token"].as_str().expect("access_token").to_string();
     let (_, grant_claims) = writ::pki::token::decode_unverified(&token1).expect("grant token");
     let (header, claims) = writ::pki::token::decode_unverified(&access).expect("per-call token");
-    assert_eq!(header.alg, "EdDSA");
+    assert_eq!(header.alg, "ES256", "signed like grant tokens");
     assert_eq!(claims.aud, vec!["deploy-api".to_string()]);
     assert_eq!(claims.cap.len(), 1);
     assert_eq!((claims.cap[0].action.as_str(), claims.cap[0].resource.as_str()), WEB);

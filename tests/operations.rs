@@ -654,6 +654,8 @@ async fn the_operator_survives_an_api_server_outage_and_converges() {
 /// impersonation).
 #[tokio::test]
 async fn the_shipped_role_lets_a_replica_watch_the_revocation_list_and_nothing_else() {
+    // Not while another test pauses the API server.
+    let _serial = SERIAL.lock().await;
     let c = cluster();
     let client = c.client().await;
     let ns = TestNamespace::new(&client, "rbac").await;

@@ -252,12 +252,14 @@ async fn a_switch_from_eddsa_to_es256_and_of_issuer_keeps_issued_tokens_valid_un
     let (_, bundle) = after.https_get("/spiffe-bundle").await;
     assert!(SpiffeBundle::from_json(&bundle).expect("bundle").jwt_authorities().find(&old_kid).is_some());
 
-    // The tokens issued before still verify, and introspect as active (old issuer still accepted).
+    // The tokens issued before still verify, and introspect as active (old
+    // issuer still accepted), asked by their audience (ServiceAccount `deploy-api`).
+    let audience = service_account_token(&client, n, "deploy-api").await;
     for token in [&long, &brief] {
         let (code, out) = writ_verify(&c, &after, token, &cert, &[]);
         assert_eq!(code, 0, "{out}");
         let form = format!("token={}", std::fs::read_to_string(token).expect("token").trim());
-        let (_, body) = after.https_post_form("/introspect", &form).await;
+        let (_, body) = after.https_post_form_as("/introspect", &form, &audience).await;
         assert!(body.contains(r#""active":true"#), "{body}");
     }
     let accepted = [before.url.as_str(), issuer];
