@@ -415,17 +415,7 @@ impl Verifier {
         attempt: &Attempt<'_>,
         now: i64,
     ) -> Result<Claims, VerifyError> {
-        let claims = verify_signed(token, &self.jwks, now, self.skew)?;
-        check_issuer(&claims, &self.issuers)?;
-        if self.revoked_tokens.contains(&claims.jti) {
-            return Err(VerifyError::Revoked(claims.jti));
-        }
-        if let Some(gjti) = claims.gjti.as_ref().filter(|g| self.revoked_tokens.contains(*g)) {
-            return Err(VerifyError::Revoked(gjti.clone()));
-        }
-        if !claims.aud.iter().any(|a| a == attempt.audience) {
-            return Err(VerifyError::Audience { expected: attempt.audience.into(), got: claims.aud });
-        }
+        let claims = self.check_token(token, attempt, now)?;
         let Some(jkt) = claims.cnf.jkt.as_deref() else {
             return Err(VerifyError::Dpop(dpop::DpopError::Binding));
         };
