@@ -2,11 +2,11 @@
 //! dormancy), the trust bundle ConfigMap in its namespace, and a finalizer
 //! that revokes every credential of the identity before it goes.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
-    api::{Api, ObjectMeta, Patch, PatchParams},
+    api::{Api, Patch, PatchParams},
     runtime::{
         controller::Action,
         finalizer::{finalizer, Event as Finalizer},
@@ -260,15 +260,7 @@ pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), 
             "publishing SPIFFE bundle in",
         ),
     ] {
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())])),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(key.to_string(), value)])),
-            ..Default::default()
-        };
+        let cm = crate::publish::published_config_map(name, key, value);
         let mut value = serde_json::to_value(&cm).unwrap_or_default();
         value["apiVersion"] = "v1".into();
         value["kind"] = "ConfigMap".into();

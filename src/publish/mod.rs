@@ -39,20 +39,25 @@ pub async fn publish_configmaps(shared: &Shared) {
         Err(e) => tracing::error!(error = %e, "building the SPIFFE bundle"),
     }
     for (name, key, value) in maps {
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())])),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(key.to_string(), value)])),
-            ..Default::default()
-        };
+        let cm = published_config_map(name, key, value);
         let mut v = serde_json::to_value(&cm).unwrap_or_default();
         v["apiVersion"] = "v1".into();
         v["kind"] = "ConfigMap".into();
         if let Err(e) = api.patch(name, &PatchParams::apply("writ").force(), &Patch::Apply(v)).await {
             tracing::warn!(error = %e, configmap = name, "publishing ConfigMap failed");
         }
+    }
+}
+
+/// A ConfigMap Writ publishes: one key, labelled as managed by Writ.
+pub fn published_config_map(name: &str, key: &str, value: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(key.to_string(), value)])),
+        ..Default::default()
     }
 }
