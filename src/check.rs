@@ -29,7 +29,6 @@ use std::{
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use serde::Deserialize;
 
 use crate::api::{AgentIdentity, CapabilityGrant, CapabilityGrantStatus, DelegationPolicy, GrantPhase};
 use crate::policy::{
@@ -238,19 +237,40 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), CheckError
     Ok(())
 }
 
+/// The parser's options for untrusted repository YAML: serde-saphyr's
+/// default budgets (events, nodes, nesting depth, alias replays) bound the
+/// work any file can cause, duplicate keys are an error (the API server's
+/// strict decoding refuses them too), and errors are one line without a
+/// source snippet, so each names its file and document through
+/// [`DocumentError`].
+fn yaml_options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    options
+}
+
+/// Loads the Writ objects of one file's YAML stream into `set`. Documents
+/// are numbered from 1 among the non-empty ones (empty and `null` documents
+/// are skipped, as `kubectl apply` skips them).
 fn load_documents(file: &Path, text: &str, namespace: &str, set: &mut ObjectSet, errors: &mut Vec<DocumentError>) {
-    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    let mut reader = text.as_bytes();
+    let documents = serde_saphyr::read_with_options::<_, serde_json::Value>(&mut reader, yaml_options());
+    for (i, document) in documents.enumerate() {
         let error = |message: String| DocumentError { file: file.to_path_buf(), document: i + 1, message };
-        let value = match serde_yaml::Value::deserialize(document) {
-            Ok(serde_yaml::Value::Null) => continue,
+        let value = match document {
+            Ok(serde_json::Value::Null) => continue,
             Ok(value) => value,
             Err(e) => {
+                let e = e.to_string().replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+                // After a syntax error the reader ends the stream itself; a
+                // document that is valid YAML but no JSON-shaped object (a
+                // non-string key, say) is skipped and the next one read.
                 errors.push(error(format!("not valid YAML: {e}")));
-                // The parser cannot resynchronise after a syntax error.
-                return;
+                continue;
             }
         };
-        let field = |key: &str| value.get(key).and_then(serde_yaml::Value::as_str).unwrap_or_default().to_string();
+        let field = |key: &str| value.get(key).and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
         let (api_version, kind) = (field("apiVersion"), field("kind"));
         if api_version != API_VERSION {
             if api_version.starts_with("writ.dev/") {
@@ -274,11 +294,11 @@ fn load_documents(file: &Path, text: &str, namespace: &str, set: &mut ObjectSet,
 }
 
 fn load<T: serde::de::DeserializeOwned>(
-    value: serde_yaml::Value,
+    value: serde_json::Value,
     namespace: &str,
     ns_of: impl Fn(&mut T) -> &mut Option<String>,
 ) -> Result<T, String> {
-    let mut object: T = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+    let mut object: T = serde_json::from_value(value).map_err(|e| e.to_string())?;
     ns_of(&mut object).get_or_insert_with(|| namespace.to_string());
     Ok(object)
 }
