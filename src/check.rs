@@ -830,7 +830,7 @@ pub fn run_test(path: &Path) -> Result<TestReport, CheckError> {
             _ => {}
         }
         if let Some(unknown) = expected.rules.iter().find(|r| !known.contains(&r.as_str())) {
-            return Err(invalid(format!("results[{i}].rules: {unknown:?} is not a rule id (see `docs/toolkit.md`)")));
+            return Err(invalid(format!("results[{i}].rules: {unknown:?} is not a rule id (see docs/rules.md)")));
         }
     }
     let base = path.parent().unwrap_or(Path::new("."));
