@@ -546,7 +546,8 @@ pub fn identity_report(
     for c in status.conditions.iter().filter(|c| c.status == "True") {
         if c.type_ == "ReviewOverdue" {
             next.push(format!(
-                "The access review is overdue ({}): the owner ({}) reviews it with `writ review {name} -n {ns}`.",
+                "The access review is overdue ({}): new grants for it may be refused (rule review-overdue) until its \
+                 owner ({}) records a review.",
                 c.message, identity.spec.owner
             ));
         }
@@ -863,6 +864,67 @@ mod tests {
             serde_json::json!({"pod": "bot-0", "jti": "j-1", "expiresAt": "2027-01-15T08:10:00Z"})
         );
         assert_eq!(json["conditions"][0]["reason"], "approval-timeout");
+    }
+
+    #[test]
+    fn identity_next_steps_name_overdue_reviews_and_pods_without_fresh_certificates() {
+        let mut identity: AgentIdentity = serde_saphyr::from_str(
+            "apiVersion: writ.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: release-bot, namespace: ci}\n\
+             spec: {class: Agent, serviceAccountName: release-bot, owner: team-platform}\n",
+        )
+        .expect("identity");
+        identity.status = Some(crate::api::AgentIdentityStatus {
+            conditions: vec![Condition {
+                type_: "ReviewOverdue".into(),
+                status: "True".into(),
+                reason: "ReviewOverdue".into(),
+                message: "access review due at 2027-01-01T00:00:00Z".into(),
+                last_transition_time: Time(jiff::Timestamp::from_second(1_800_000_000).expect("ts")),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        let late = CertificateLine {
+            serial: "0a".into(),
+            spiffe_id: None,
+            not_before: unix_time(1_800_000_000),
+            expires_at: unix_time(1_800_003_600),
+            next_rotation: unix_time(1_800_002_400),
+            live: true,
+            rotate_at: 1_800_002_400,
+        };
+        let pods = vec![
+            PodLine {
+                name: "bot-0".into(),
+                phase: "Running".into(),
+                credential_secret: Some("s0".into()),
+                certificate: None,
+            },
+            PodLine {
+                name: "bot-1".into(),
+                phase: "Running".into(),
+                credential_secret: Some("s1".into()),
+                certificate: Some(late),
+            },
+            PodLine { name: "bot-2".into(), phase: "Pending".into(), credential_secret: None, certificate: None },
+        ];
+        let report = identity_report(&identity, pods, vec![], vec![], 1_800_002_400 + 120);
+        assert_eq!(report.next.len(), 4, "{:?}", report.next);
+        assert!(report.next[0].starts_with("The access review is overdue (access review due at"), "{}", report.next[0]);
+        assert!(report.next[0].contains("owner (team-platform)"), "{}", report.next[0]);
+        assert!(report.next[1].starts_with("Pod bot-0 has no certificate yet"), "{}", report.next[1]);
+        assert!(
+            report.next[2].starts_with("The certificate of pod bot-1 is past its rotation point"),
+            "{}",
+            report.next[2]
+        );
+        assert!(report.next[3].starts_with("Pod bot-2 was not admitted"), "{}", report.next[3]);
+        let text = report.render();
+        assert!(
+            text.contains("certificate: serial 0a, expires 2027-01-15T09:00:00Z, next rotation 2027-01-15T08:40:00Z"),
+            "{text}"
+        );
+        assert!(text.contains("certificate: none yet"), "{text}");
     }
 
     #[test]
