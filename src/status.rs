@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use crate::{
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy, GrantPhase, AGENT_LABEL},
-    runtime::{AgentPod, CredentialSecret},
+    controller::credentials::{keys, stored_tokens},
+    pki::CertificateInfo,
+    runtime::AgentPod,
 };
 
 /// How many of the most recent Events a report shows.
@@ -434,18 +436,51 @@ fn approvers_for(grant: &CapabilityGrant, policies: &[DelegationPolicy]) -> Vec<
     out
 }
 
+/// What `writ status` reads from a credential Secret: whether the key is
+/// there, the leaf certificate's public facts, and each token's grant, `jti`
+/// and expiry. Read as stored, for diagnosis (the operator verifies what it
+/// reads back; this command only shows it); the key and the token texts are
+/// dropped here and never printed.
+pub struct StoredCredential {
+    /// Whether the private key is present (a revoked credential keeps its certificate, not its key).
+    pub has_key: bool,
+    /// The leaf of `tls.crt`, if it parses.
+    pub certificate: Option<CertificateInfo>,
+    /// `(grant, jti, exp)` of each token that decodes.
+    pub tokens: Vec<(String, String, i64)>,
+}
+
+impl StoredCredential {
+    /// Reads a credential Secret.
+    pub fn read(secret: &Secret) -> Self {
+        let data = secret.data.as_ref();
+        let has_key = data.is_some_and(|d| d.contains_key(keys::KEY));
+        let certificate = data
+            .and_then(|d| d.get(keys::CERT))
+            .and_then(|pem| CertificateInfo::from_pem(&String::from_utf8_lossy(&pem.0)).ok());
+        let tokens = stored_tokens(secret)
+            .into_iter()
+            .filter_map(|(grant, jwt)| {
+                let (_, claims) = crate::pki::token::decode_unverified(&jwt).ok()?;
+                Some((grant, claims.jti, claims.exp))
+            })
+            .collect();
+        Self { has_key, certificate, tokens }
+    }
+}
+
 /// The public facts of a credential Secret's certificate, with its next
 /// rotation: `rotateBefore` ahead of notAfter, at most half its lifetime
 /// (the operator's rule).
-fn certificate_line(secret: &CredentialSecret, identity: Option<&AgentIdentity>) -> Option<CertificateLine> {
-    let cert = secret.leaf()?;
+fn certificate_line(secret: &StoredCredential, identity: Option<&AgentIdentity>) -> Option<CertificateLine> {
+    let cert = secret.certificate.as_ref()?;
     let lifetime = cert.not_after - cert.not_before;
     let ttl = identity.map_or(lifetime, |i| i.spec.credential.ttl.as_secs_i64().min(lifetime));
     let rotate_before = identity.map_or(ttl / 2, |i| i.spec.credential.rotate_before.as_secs_i64().min(ttl / 2));
     let rotate_at = cert.not_after - rotate_before;
     Some(CertificateLine {
-        serial: cert.serial_hex.to_string(),
-        spiffe_id: cert.spiffe_id.map(str::to_string),
+        serial: cert.serial_hex.clone(),
+        spiffe_id: cert.spiffe_id.clone(),
         not_before: unix_time(cert.not_before),
         expires_at: unix_time(cert.not_after),
         next_rotation: unix_time(rotate_at),
@@ -454,14 +489,14 @@ fn certificate_line(secret: &CredentialSecret, identity: Option<&AgentIdentity>)
     })
 }
 
-async fn credential(client: &Client, ns: &str, pod: &AgentPod) -> Result<Option<CredentialSecret>, StatusError> {
+async fn credential(client: &Client, ns: &str, pod: &AgentPod) -> Result<Option<StoredCredential>, StatusError> {
     let Some(name) = pod.credential_secret() else { return Ok(None) };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let secret = secrets.get_opt(name).await.map_err(api_error(format!("Secret {ns}/{name}")))?;
-    Ok(secret.map(CredentialSecret::from))
+    Ok(secret.as_ref().map(StoredCredential::read))
 }
 
-fn pod_line(pod: &AgentPod, secret: Option<&CredentialSecret>, identity: Option<&AgentIdentity>) -> PodLine {
+fn pod_line(pod: &AgentPod, secret: Option<&StoredCredential>, identity: Option<&AgentIdentity>) -> PodLine {
     PodLine {
         name: pod.name_any(),
         phase: pod
@@ -594,14 +629,11 @@ pub async fn pod(client: &Client, ns: &str, name: &str, now: i64) -> Result<PodR
     let tokens = secret
         .iter()
         .flat_map(|s| s.tokens.iter())
-        .filter_map(|t| {
-            let facts = t.facts()?;
-            Some(TokenLine {
-                pod: name.to_string(),
-                grant: Some(t.grant().to_string()),
-                jti: facts.jti.to_string(),
-                expires_at: unix_time(facts.exp),
-            })
+        .map(|(grant, jti, exp)| TokenLine {
+            pod: name.to_string(),
+            grant: Some(grant.clone()),
+            jti: jti.clone(),
+            expires_at: unix_time(*exp),
         })
         .collect();
     let events = recent_events(client, ns, "Pod", name).await?;
