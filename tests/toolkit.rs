@@ -337,6 +337,20 @@ async fn per_object_series_appear_and_disappear_with_their_objects() {
     // examples/01: release-bot's certificates last 1h and rotate 20m before the end.
     assert_eq!(not_after - rotate_at, 1200.0);
 
+    // A grant awaiting approval: its deadline series is status.approvalDeadline.
+    let (ok, out) =
+        apply_as(&c, Some("alice"), n, &grant_yaml("pending-approval", "release-bot", &[DELETE], "5m", None));
+    assert!(ok, "{out}");
+    let waiting =
+        wait_phase(&client, n, "pending-approval", GrantPhase::AwaitingApproval, Duration::from_secs(15)).await;
+    let deadline = waiting.status.expect("status").approval_deadline.expect("approvalDeadline").0.as_second() as f64;
+    let waiting_label = format!(r#"namespace="{n}",grant="pending-approval""#);
+    let seen = eventually(Duration::from_secs(10), "the approval deadline series", || async {
+        op.metric("writ_grant_approval_deadline_timestamp_seconds", &[&waiting_label]).await
+    })
+    .await;
+    assert_eq!(seen, deadline);
+
     // Completed: the phase series follows, the expiry series goes.
     let grants: Api<CapabilityGrant> = Api::namespaced(client.clone(), n);
     grants
