@@ -210,6 +210,9 @@ pub struct GrantReport {
     /// When it ended early.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
+    /// When a grant awaiting approval stops waiting (then Denied, `approval-timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_deadline: Option<String>,
     /// Conditions with their reasons.
     pub conditions: Vec<ConditionLine>,
     /// Tokens issued (never the tokens).
@@ -241,6 +244,9 @@ pub struct IdentityReport {
     /// Who reviewed it last.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reviewed_by: Option<String>,
+    /// While suspended (the kill switch): who suspended it, when and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<Suspension>,
     /// Conditions with their reasons.
     pub conditions: Vec<ConditionLine>,
     /// Its pods and their certificates.
@@ -251,6 +257,21 @@ pub struct IdentityReport {
     pub events: Vec<EventLine>,
     /// What to do next, when something is stuck.
     pub next: Vec<String>,
+}
+
+/// Who suspended an identity, when and why (admission stamps).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Suspension {
+    /// The authenticated user who suspended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Why, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `writ status pod`.
@@ -365,8 +386,14 @@ pub fn grant_report(grant: &CapabilityGrant, policies: &[DelegationPolicy], even
                 approvers.join(", ")
             };
             let not = status.requested_by.as_deref().map(|r| format!(" (not the requester, {r})")).unwrap_or_default();
+            let until = status
+                .approval_deadline
+                .as_ref()
+                .map(|d| format!(" before {} (then it is Denied, approval-timeout)", time(d)))
+                .unwrap_or_default();
             next.push(format!(
-                "Awaiting approval by {who}{not}: `writ approve {name} -n {ns}`, or `writ deny {name} -n {ns} --reason TEXT`."
+                "Awaiting approval by {who}{not}{until}: `writ approve {name} -n {ns}`, or `writ deny {name} -n {ns} \
+                 --reason TEXT`."
             ));
         }
         GrantPhase::Denied => {
@@ -400,6 +427,7 @@ pub fn grant_report(grant: &CapabilityGrant, policies: &[DelegationPolicy], even
         issued_at: status.issued_at.as_ref().map(time),
         expires_at: status.expires_at.as_ref().map(time),
         revoked_at: status.revoked_at.as_ref().map(time),
+        approval_deadline: status.approval_deadline.as_ref().map(time),
         conditions: status.conditions.iter().map(ConditionLine::from).collect(),
         tokens: status
             .tokens
@@ -578,6 +606,20 @@ pub fn identity_report(
     let ns = identity.namespace().unwrap_or_default();
     let name = identity.name_any();
     let mut next = Vec::new();
+    let suspended = identity.spec.suspended.then(|| {
+        let annotation = |key: &str| identity.annotations().get(key).cloned();
+        Suspension {
+            by: annotation(crate::api::SUSPENDED_BY_ANNOTATION),
+            at: annotation(crate::api::SUSPENDED_AT_ANNOTATION),
+            reason: annotation(crate::api::SUSPEND_REASON_ANNOTATION),
+        }
+    });
+    if suspended.is_some() {
+        next.push(format!(
+            "Suspended: its grants are ended and its pods' certificates revoked; `writ resume {name} -n {ns}` lets new \
+             pods and grants in again."
+        ));
+    }
     for c in status.conditions.iter().filter(|c| c.status == "True") {
         if c.type_ == "ReviewOverdue" {
             next.push(format!(
@@ -599,6 +641,7 @@ pub fn identity_report(
         owner: identity.spec.owner.clone(),
         review_due_at: status.review_due_at.as_ref().map(time),
         last_reviewed_by: status.last_reviewed_by.clone(),
+        suspended,
         conditions: status.conditions.iter().map(ConditionLine::from).collect(),
         pods,
         grants,
@@ -763,6 +806,15 @@ impl IdentityReport {
             self.review_due_at.as_deref().unwrap_or("-"),
             self.last_reviewed_by.as_deref().unwrap_or("-")
         );
+        if let Some(s) = &self.suspended {
+            let _ = writeln!(
+                out,
+                "SUSPENDED by {} at {}: {}",
+                s.by.as_deref().unwrap_or("-"),
+                s.at.as_deref().unwrap_or("-"),
+                s.reason.as_deref().unwrap_or("(no reason given)")
+            );
+        }
         render_conditions(&mut out, &self.conditions);
         if self.pods.is_empty() {
             out.push_str("Pods: none\n");
@@ -957,6 +1009,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("certificate: none yet"), "{text}");
+    }
+
+    #[test]
+    fn a_suspended_identity_says_who_suspended_it_when_and_why() {
+        let identity: AgentIdentity = serde_saphyr::from_str(
+            "apiVersion: writ.dev/v1alpha1\nkind: AgentIdentity\nmetadata:\n  name: release-bot\n  namespace: ci\n  \
+             annotations: {writ.dev/suspended-by: carol, writ.dev/suspended-at: '2027-01-15T08:00:00Z', \
+             writ.dev/suspend-reason: incident 42}\n\
+             spec: {class: Agent, serviceAccountName: release-bot, owner: team-platform, suspended: true}\n",
+        )
+        .expect("identity");
+        let report = identity_report(&identity, vec![], vec![], vec![], 1_800_000_000);
+        let s = report.suspended.as_ref().expect("suspended");
+        assert_eq!((s.by.as_deref(), s.reason.as_deref()), (Some("carol"), Some("incident 42")));
+        assert!(
+            report.render().contains("SUSPENDED by carol at 2027-01-15T08:00:00Z: incident 42\n"),
+            "{}",
+            report.render()
+        );
+        assert!(report.next[0].contains("`writ resume release-bot -n ci`"), "{:?}", report.next);
     }
 
     #[test]
