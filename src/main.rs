@@ -30,19 +30,29 @@ enum Command {
     #[command(hide = true)]
     Webhooks,
     /// Check manifests offline with the admission rules (for CI before merge).
+    ///
+    /// Exits 0 when everything passes (or, with --test, every expected result holds), 1 on a violation (or a
+    /// mismatch), 2 when a file cannot be read or a document cannot be loaded.
     Check {
         /// Files or directories of YAML manifests.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "test", conflicts_with = "test")]
         paths: Vec<PathBuf>,
         /// The requester to check grants as (a user name, or system:serviceaccount:NS:NAME).
-        #[arg(long = "as", value_name = "USER")]
-        user: String,
+        #[arg(long = "as", value_name = "USER", required_unless_present = "test", conflicts_with = "test")]
+        user: Option<String>,
         /// Groups of the requester (repeatable).
-        #[arg(long = "group", value_name = "GROUP")]
+        #[arg(long = "group", value_name = "GROUP", conflicts_with = "test")]
         groups: Vec<String>,
-        /// Namespace for objects that do not name one.
-        #[arg(long, short = 'n', default_value = "default")]
-        namespace: String,
+        /// Namespace for objects that do not name one [default: default].
+        #[arg(long, short = 'n', conflicts_with = "test")]
+        namespace: Option<String>,
+        /// A test file (`kind: Test`, apiVersion cli.writ.dev/v1alpha1): its resources, requester and the outcome
+        /// expected for each object (allow, or deny with the rule ids).
+        #[arg(long, value_name = "FILE")]
+        test: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: writ::check::OutputFormat,
     },
     /// Verify a capability token with the client certificate it was presented with, as a resource server would.
     ///
@@ -69,6 +79,56 @@ enum Command {
     Suspend(SuspendArgs),
     /// Lift a suspension: new pods and grants for the agent are admitted again (nothing old comes back).
     Resume(SuspendArgs),
+    /// Show why a grant, identity or pod is where it is: phase, conditions, chain, tokens (never the tokens),
+    /// certificates (never the keys), recent Events, and what to do next when it is stuck.
+    Status(StatusArgs),
+    /// Print a shell completion script: `source <(writ completion bash)`.
+    Completion {
+        /// The shell.
+        shell: CompletionShell,
+    },
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// What to show.
+    what: StatusWhat,
+    /// Its name.
+    name: String,
+    /// Its namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "text")]
+    output: StatusOutput,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusWhat {
+    /// A CapabilityGrant.
+    Grant,
+    /// An AgentIdentity, its pods and their certificates.
+    Identity,
+    /// An agent pod: its certificate and tokens.
+    Pod,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusOutput {
+    /// For people.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
 }
 
 #[derive(clap::Args)]
@@ -222,9 +282,20 @@ fn limit_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
 
+/// The command line, named as it was invoked: kubectl runs plugins as
+/// `kubectl-writ` (a link to `writ`), and help then reads `kubectl writ`.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let invoked = std::env::args_os().next().map(PathBuf::from);
+    let as_plugin = invoked.as_deref().and_then(|p| p.file_stem()).is_some_and(|n| n == "kubectl-writ");
+    let command = if as_plugin { Cli::command().bin_name("kubectl writ") } else { Cli::command() };
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command {
         Command::Run(config) => {
             limit_malloc_arenas();
@@ -239,7 +310,10 @@ fn main() -> ExitCode {
             print!("{y}");
             ExitCode::SUCCESS
         }),
-        Command::Check { paths, user, groups, namespace } => Ok(check(&paths, user, groups, namespace)),
+        Command::Check { paths, user, groups, namespace, test, output } => Ok(match test {
+            Some(test) => check_test(&test, output),
+            None => check(&paths, user.unwrap_or_default(), groups, namespace, output),
+        }),
 
         Command::Verify(args) => runtime().and_then(|rt| rt.block_on(verify(*args))),
         Command::Inspect { file, json } => inspect(&file, json),
@@ -249,6 +323,11 @@ fn main() -> ExitCode {
         Command::Suspend(args) => runtime().and_then(|rt| rt.block_on(suspend(args, true))),
         Command::Resume(args) => runtime().and_then(|rt| rt.block_on(suspend(args, false))),
         Command::Deny(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Denied))),
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(status(args))),
+        Command::Completion { shell } => {
+            completion(shell);
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -259,12 +338,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(paths: &[PathBuf], user: String, groups: Vec<String>, namespace: String) -> ExitCode {
+fn check(
+    paths: &[PathBuf],
+    user: String,
+    groups: Vec<String>,
+    namespace: Option<String>,
+    output: writ::check::OutputFormat,
+) -> ExitCode {
     let mut opts = writ::check::CheckOptions::new(user, groups);
-    opts.namespace = Some(namespace);
+    opts.namespace = Some(namespace.unwrap_or_else(|| "default".to_string()));
     match writ::check::check_paths(paths, &opts) {
         Ok(report) => {
-            print!("{}", report.render());
+            print!("{}", report.render_as(output));
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_test(test: &std::path::Path, output: writ::check::OutputFormat) -> ExitCode {
+    match writ::check::run_test(test) {
+        Ok(report) => {
+            print!("{}", report.render_as(output));
             if report.passed() {
                 ExitCode::SUCCESS
             } else {
@@ -410,6 +512,43 @@ async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = kube::Client::try_default().await.context("connecting to the API server")?;
+    let ns = args.namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let now = writ::pki::now_unix();
+    let (text, json) = match args.what {
+        StatusWhat::Grant => {
+            let r = writ::status::grant(&client, &ns, &args.name).await?;
+            (r.render(), serde_json::to_value(&r)?)
+        }
+        StatusWhat::Identity => {
+            let r = writ::status::identity(&client, &ns, &args.name, now).await?;
+            (r.render(), serde_json::to_value(&r)?)
+        }
+        StatusWhat::Pod => {
+            let r = writ::status::pod(&client, &ns, &args.name, now).await?;
+            (r.render(), serde_json::to_value(&r)?)
+        }
+    };
+    match args.output {
+        StatusOutput::Text => print!("{text}"),
+        StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the completion script for `shell` to stdout, for the `writ`
+/// binary and, under kubectl, for `kubectl-writ`.
+fn completion(shell: CompletionShell) {
+    use clap::CommandFactory as _;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "writ", &mut std::io::stdout());
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

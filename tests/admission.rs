@@ -111,7 +111,7 @@ async fn delegation_may_only_narrow_and_stays_within_depth() {
     let create = |y: String| {
         let api = as_planner.clone();
         async move {
-            let g: CapabilityGrant = serde_yaml::from_str(&y).expect("yaml");
+            let g: CapabilityGrant = serde_saphyr::from_str(&y).expect("yaml");
             api.create(&Default::default(), &g).await
         }
     };
@@ -143,7 +143,7 @@ async fn delegation_may_only_narrow_and_stays_within_depth() {
     assert!(ok, "{out}");
     let bot = service_account_client(&c, n, "release-bot").await;
     let g: CapabilityGrant =
-        serde_yaml::from_str(&grant_yaml("deeper", "canary-bot", &[WEB], "2m", Some("sub"))).expect("yaml");
+        serde_saphyr::from_str(&grant_yaml("deeper", "canary-bot", &[WEB], "2m", Some("sub"))).expect("yaml");
     let api = Api::<CapabilityGrant>::namespaced(bot, n);
     // The webhook reads identities and policies from its cache: give it a moment.
     let err = eventually(Duration::from_secs(10), "a max-depth refusal", || {

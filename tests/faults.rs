@@ -465,7 +465,7 @@ impl Churn {
     /// Creates one grant, then completes or deletes it as planned.
     async fn grant(&self, g: &GrantPlan) {
         let mut grant: CapabilityGrant =
-            serde_yaml::from_str(&grant_yaml(&g.name, &g.agent, &[WEB], &g.ttl, None)).expect("grant yaml");
+            serde_saphyr::from_str(&grant_yaml(&g.name, &g.agent, &[WEB], &g.ttl, None)).expect("grant yaml");
         grant.spec.pod = g.pod.clone();
         let (grant, alice, admin) = (&grant, &self.alice, &self.admin);
         {

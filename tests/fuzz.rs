@@ -116,3 +116,143 @@ fn admissionish() -> impl Strategy<Value = String> {
         1 => ".{0,200}",
     ]
 }
+
+/// YAML structure with its pieces shuffled: flow and block collections left
+/// open, anchors, aliases and tags, tabs, quotes, document markers, bad
+/// indentation, duplicate keys, around a Writ-shaped head.
+/// Pieces of YAML structure: flow and block collections, anchors, aliases
+/// and tags, tabs, quotes, document markers, indentation, duplicate keys.
+const YAML_PIECES: &[&str] = &[
+    "{",
+    "}",
+    "[",
+    "]",
+    ": ",
+    "- ",
+    ", ",
+    "\n",
+    "\n  ",
+    "\n    ",
+    "\t",
+    "&a ",
+    "*a",
+    "*missing",
+    "!!str ",
+    "!!binary ",
+    "!custom ",
+    "? ",
+    "|\n",
+    ">-\n",
+    "\"",
+    "'",
+    "# c\n",
+    "\n---\n",
+    "\n...\n",
+    "%YAML 1.2\n",
+    "kind: CapabilityGrant\n",
+    "kind: AgentIdentity\n",
+    "apiVersion: writ.dev/v1alpha1\n",
+    "metadata: {name: x}\n",
+    "spec:\n  ttl: 10m\n  ttl: 5m\n",
+    "~",
+    "0x1F",
+    "1e999",
+    ".nan",
+    "\u{feff}",
+    "\u{0}",
+    "é",
+];
+
+/// Those pieces shuffled, with words between, after a Writ-shaped head.
+fn malformed_yaml() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => proptest::sample::select(YAML_PIECES).prop_map(str::to_string),
+        1 => near("a-z0-9", 8),
+    ];
+    proptest::collection::vec(piece, 0..40)
+        .prop_map(|pieces| format!("apiVersion: writ.dev/v1alpha1\nkind: CapabilityGrant\n{}", pieces.concat()))
+}
+
+fn malformed_cases() -> u32 {
+    cases().min(2000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(malformed_cases()))]
+
+    /// Malformed YAML never panics `writ check`, and every load error names the
+    /// file and the document it is in.
+    #[test]
+    fn check_names_the_file_of_every_malformed_document(doc in malformed_yaml()) {
+        let opts = CheckOptions::new("alice", vec!["release-managers".into()]);
+        match check_str("repo/grants.yaml", &doc, &opts) {
+            Ok(report) => { let _ = report.render(); }
+            Err(writ::check::CheckError::Documents(errors)) => {
+                prop_assert!(!errors.is_empty());
+                for e in &errors {
+                    prop_assert_eq!(e.file.to_str(), Some("repo/grants.yaml"));
+                    prop_assert!(e.document >= 1);
+                    prop_assert!(!e.message.trim().is_empty());
+                    let line = e.to_string();
+                    prop_assert!(line.starts_with("repo/grants.yaml: document "), "{}", line);
+                }
+            }
+            Err(other) => prop_assert!(false, "unexpected error kind: {other}"),
+        }
+    }
+}
+
+fn cli_cases() -> u32 {
+    (cases() / 100).clamp(8, 64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cli_cases()))]
+
+    /// The `writ check` binary on a malformed file beside a sound one: exit
+    /// code 2, an error naming the malformed file, nothing about the sound
+    /// one, and never a panic.
+    #[test]
+    fn writ_check_exits_2_naming_the_malformed_file(doc in malformed_yaml()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bad = dir.path().join("bad.yaml");
+        // An unclosed flow sequence at the end keeps every generated file a syntax error.
+        std::fs::write(&bad, format!("{doc}\nbroken: [unclosed\n")).expect("write");
+        let good = dir.path().join("good.yaml");
+        std::fs::write(&good, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fine}\n").expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_writ"))
+            .args(["check", "--as", "alice"])
+            .arg(&good)
+            .arg(&bad)
+            .output()
+            .expect("run writ check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        prop_assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr);
+        prop_assert!(!stderr.contains("panicked"), "{}", stderr);
+        prop_assert!(stderr.contains(&format!("{}: document ", bad.display())), "{}", stderr);
+        prop_assert!(!stderr.contains("good.yaml"), "{}", stderr);
+    }
+}
+
+/// An alias bomb (the "billion laughs") and a deeply nested document are
+/// refused by the parser's budgets, quickly, with an error naming the file.
+#[test]
+fn check_refuses_alias_bombs_and_deep_nesting_within_budget() {
+    let opts = CheckOptions::new("alice", vec![]);
+    let mut bomb = String::from("apiVersion: writ.dev/v1alpha1\nkind: CapabilityGrant\na0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+    }
+    let deep = format!(
+        "apiVersion: writ.dev/v1alpha1\nkind: CapabilityGrant\nspec: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    for (name, text) in [("bomb.yaml", bomb), ("deep.yaml", deep)] {
+        let started = std::time::Instant::now();
+        let err = check_str(name, &text, &opts).expect_err("refused");
+        assert!(err.to_string().starts_with(&format!("{name}: document 1: ")), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{name} took {:?}", started.elapsed());
+    }
+}

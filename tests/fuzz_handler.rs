@@ -95,9 +95,8 @@ fn shared() -> &'static Arc<Shared> {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
             for file in ["01-identities.yaml", "02-delegation-policy.yaml"] {
                 let text = std::fs::read_to_string(root.join(file)).expect("example");
-                for doc in serde_yaml::Deserializer::from_str(&text) {
-                    let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).expect("yaml");
-                    let mut v = serde_json::to_value(v).expect("json");
+                for v in serde_saphyr::from_multiple::<serde_json::Value>(&text).expect("yaml") {
+                    let mut v = v;
                     v["metadata"]["namespace"] = "ci".into();
                     match v["kind"].as_str() {
                         Some("AgentIdentity") => iw.apply_watcher_event(&watcher::Event::InitApply(

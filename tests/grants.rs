@@ -147,7 +147,7 @@ async fn a_parent_ending_revokes_its_child_and_grandchild() {
     // planner -> release-bot (depth 2), requested with the planner's own service account.
     let planner = service_account_client(&c, &ns.name, "planner").await;
     let child: CapabilityGrant =
-        serde_yaml::from_str(&grant_yaml("exec", "release-bot", &[WEB], "10m", Some("plan"))).expect("yaml");
+        serde_saphyr::from_str(&grant_yaml("exec", "release-bot", &[WEB], "10m", Some("plan"))).expect("yaml");
     Api::<CapabilityGrant>::namespaced(planner.clone(), &ns.name)
         .create(&Default::default(), &child)
         .await
@@ -186,7 +186,7 @@ spec:
     assert!(ok, "{out}");
     let bot = service_account_client(&c, &ns.name, "release-bot").await;
     let grandchild: CapabilityGrant =
-        serde_yaml::from_str(&grant_yaml("sub", "canary-bot", &[WEB], "5m", Some("exec"))).expect("yaml");
+        serde_saphyr::from_str(&grant_yaml("sub", "canary-bot", &[WEB], "5m", Some("exec"))).expect("yaml");
     let api_as_bot = Api::<CapabilityGrant>::namespaced(bot, &ns.name);
     // (retried while the operator's caches catch up with the new identity and policy)
     let mut last = String::new();

@@ -392,14 +392,13 @@ fn the_committed_webhook_manifests_match_the_code() {
 fn rbac_is_the_reviewed_minimum_with_no_wildcards() {
     let text = std::fs::read_to_string(repo().join("manifests/rbac.yaml")).expect("rbac.yaml");
     let mut granted = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = serde_yaml::Value::deserialize(doc).expect("yaml");
+    for v in serde_saphyr::from_multiple::<serde_json::Value>(&text).expect("yaml") {
         let kind = v["kind"].as_str().unwrap_or_default().to_string();
-        let Some(rules) = v.get("rules").and_then(|r| r.as_sequence()) else { continue };
-        let list = |rule: &serde_yaml::Value, key: &str| -> Vec<String> {
+        let Some(rules) = v.get("rules").and_then(|r| r.as_array()) else { continue };
+        let list = |rule: &serde_json::Value, key: &str| -> Vec<String> {
             let items: Vec<String> = rule
                 .get(key)
-                .and_then(|x| x.as_sequence())
+                .and_then(|x| x.as_array())
                 .into_iter()
                 .flatten()
                 .filter_map(|x| x.as_str().map(str::to_owned))
@@ -480,8 +479,6 @@ Role coordination.k8s.io/leases update
 Role /configmaps list
 Role /configmaps watch
 "#;
-
-use serde::Deserialize as _;
 
 /// No key or token appears in anything a scenario leaves behind that is not a
 /// Secret: the operator's log, Events, the objects' status, metrics.

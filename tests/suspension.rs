@@ -39,7 +39,7 @@ async fn suspending_an_agent_ends_its_grants_and_credentials_and_resuming_brings
     wait_phase(&client, &ns.name, "plan", GrantPhase::Active, Duration::from_secs(15)).await;
     let planner = service_account_client(&c, &ns.name, "planner").await;
     let child: CapabilityGrant =
-        serde_yaml::from_str(&grant_yaml("exec", "release-bot", &[WEB], "10m", Some("plan"))).expect("yaml");
+        serde_saphyr::from_str(&grant_yaml("exec", "release-bot", &[WEB], "10m", Some("plan"))).expect("yaml");
     Api::<CapabilityGrant>::namespaced(planner.clone(), &ns.name)
         .create(&Default::default(), &child)
         .await

@@ -116,10 +116,9 @@ async fn tenant_roles_aggregate_into_edit_and_view_and_never_grant_status() {
     let roles = repo().join("manifests/tenant-roles.yaml");
     let text_of_roles = std::fs::read_to_string(&roles).expect("tenant-roles.yaml");
     let mut resources = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text_of_roles) {
-        let role = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).expect("yaml");
-        for rule in role["rules"].as_sequence().expect("rules") {
-            let listed = rule["resources"].as_sequence().expect("resources");
+    for role in serde_saphyr::from_multiple::<serde_json::Value>(&text_of_roles).expect("yaml") {
+        for rule in role["rules"].as_array().expect("rules") {
+            let listed = rule["resources"].as_array().expect("resources");
             resources.extend(listed.iter().map(|r| r.as_str().expect("a resource").to_string()));
         }
     }
@@ -179,7 +178,7 @@ async fn tenant_roles_aggregate_into_edit_and_view_and_never_grant_status() {
     editor.list(&Default::default()).await.expect("the editor lists grants");
     let viewer: Api<CapabilityGrant> = Api::namespaced(impersonating(&c, "tenant-viewer").await, n);
     let grant: CapabilityGrant =
-        serde_yaml::from_str(&grant_yaml("g", "release-bot", &[WEB], "5m", None)).expect("grant");
+        serde_saphyr::from_str(&grant_yaml("g", "release-bot", &[WEB], "5m", None)).expect("grant");
     let err = viewer.create(&Default::default(), &grant).await.expect_err("view cannot create");
     assert!(matches!(&err, kube::Error::Api(e) if e.code == 403), "{err}");
     ns.cleanup().await;

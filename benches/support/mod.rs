@@ -175,7 +175,7 @@ impl Drop for Operator {
 }
 
 pub fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    serde_yaml::from_str(text).expect("yaml")
+    serde_saphyr::from_str(text).expect("yaml")
 }
 
 /// With `WRIT_SCALE_METRICS_DIR` set, saves the API server's and the

@@ -59,18 +59,27 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
 }
 
 /// The CRDs as `(file name, YAML document)` pairs, as committed in `crds/`.
-pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+pub fn crd_files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
     crds()
         .into_iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
-            Ok((name, format!("---\n{}", serde_yaml::to_string(&crd)?)))
+            Ok((name, format!("---\n{}", to_yaml(&crd)?)))
         })
         .collect()
 }
 
+/// YAML as the generated manifests (`crds/`, `manifests/webhooks.yaml`) are
+/// written: a single-line string stays on one line (never folded), a
+/// multi-line one is a literal block.
+pub fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.folded_wrap_chars = usize::MAX;
+    serde_saphyr::to_string_with_options(value, options)
+}
+
 /// Renders the CRDs as one YAML stream (what `writ crds` prints): the
 /// concatenation of `crds/*.yaml` in file-name order.
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
     Ok(crd_files()?.into_iter().map(|(_, yaml)| yaml).collect())
 }

@@ -194,7 +194,7 @@ mod tests {
 
     fn pod(yaml: &str) -> (Pod, AgentPod) {
         let json =
-            serde_json::to_string(&serde_yaml::from_str::<serde_json::Value>(yaml).expect("yaml")).expect("json");
+            serde_json::to_string(&serde_saphyr::from_str::<serde_json::Value>(yaml).expect("yaml")).expect("json");
         (serde_json::from_str(&json).expect("pod"), serde_json::from_str(&json).expect("agent pod"))
     }
 

@@ -116,6 +116,14 @@ pub struct RunConfig {
     /// runs), else `https://<service-name>.<namespace>.svc`.
     #[arg(long, env = "WRIT_ISSUER", value_name = "URL")]
     pub issuer: Option<String>,
+    /// Export per-object series on /metrics (each grant's phase and expiry, each agent pod's certificate expiry
+    /// and rotation), while the cluster holds at most --per-object-metrics-max grants and agent pods.
+    #[arg(long, env = "WRIT_PER_OBJECT_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub per_object_metrics: bool,
+    /// Above this many grants and agent pods together, per-object series are not exported (their number
+    /// follows the cluster's size); `writ_object_metrics_enabled` says which applies.
+    #[arg(long, env = "WRIT_PER_OBJECT_METRICS_MAX", default_value_t = 2000)]
+    pub per_object_metrics_max: usize,
 }
 
 /// Parses `--exchange-ttl`: a duration of 1s to 5m.

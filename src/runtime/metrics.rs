@@ -1,10 +1,17 @@
 //! Prometheus metrics (`/metrics`), one registry per process.
 
+use std::sync::{Arc, OnceLock, Weak};
+
+use kube::{runtime::reflector::Store, ResourceExt as _};
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{text::encode, DescriptorEncoder, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, MetricType},
     registry::Registry,
 };
+
+use super::{CredentialSecret, Shared};
+use crate::api::GrantPhase;
 
 /// Labels of credential events.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,6 +150,8 @@ pub struct Metrics {
     /// heap gauges rather than zeros.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     heap: HeapGauges,
+    /// Per-object series, read from the caches at each scrape.
+    objects: Arc<ObjectCollector>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -250,6 +259,8 @@ impl Default for Metrics {
         registry.register("exchange_duration_seconds", "Seconds to answer a token exchange", exchange_duration.clone());
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         let heap = HeapGauges::register(&mut registry);
+        let objects = Arc::new(ObjectCollector::default());
+        registry.register_collector(Box::new(objects.clone()));
         Self {
             registry,
             credentials,
@@ -273,6 +284,7 @@ impl Default for Metrics {
             exchange_duration,
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             heap,
+            objects,
         }
     }
 }
@@ -312,6 +324,12 @@ impl Metrics {
     pub fn record_exchange(&self, decision: &'static str, rule: &'static str, seconds: f64) {
         self.exchanges.get_or_create(&ExchangeLabels { decision, rule }).inc();
         self.exchange_duration.observe(seconds);
+    }
+
+    /// Sets where the per-object series come from (once; later calls are
+    /// ignored). Without a source no per-object series are exported.
+    pub fn set_object_source(&self, source: ObjectSource) {
+        let _ = self.objects.source.set(source);
     }
 
     /// Counts a credential event.
@@ -393,6 +411,214 @@ impl Metrics {
     }
 }
 
+/// Per-object samples at one scrape, or `None` when they are not exported
+/// (too many objects, or the caches are not filled yet).
+pub type ObjectSource = Box<dyn Fn() -> Option<ObjectSamples> + Send + Sync>;
+
+/// What the per-object series show, read from the caches at a scrape.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObjectSamples {
+    /// One per CapabilityGrant.
+    pub grants: Vec<GrantSample>,
+    /// One per agent pod holding a live certificate.
+    pub certificates: Vec<CertificateSample>,
+}
+
+/// One grant's series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrantSample {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// `spec.agent`.
+    pub agent: String,
+    /// `status.phase`.
+    pub phase: &'static str,
+    /// `status.expiresAt` (unix seconds) while Active.
+    pub expires_at: Option<i64>,
+    /// `status.approvalDeadline` (unix seconds) while AwaitingApproval.
+    pub approval_deadline: Option<i64>,
+}
+
+/// One agent pod's identity certificate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CertificateSample {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod.
+    pub pod: String,
+    /// Its AgentIdentity.
+    pub agent: String,
+    /// The certificate's notAfter (unix seconds).
+    pub not_after: i64,
+    /// When the operator rotates it (unix seconds): notAfter less the
+    /// identity's `rotateBefore` (at most half the lifetime).
+    pub rotate_at: i64,
+}
+
+/// Encodes the per-object series at each scrape from its [`ObjectSource`]:
+/// nothing is kept between scrapes, so a series goes with its object.
+#[derive(Default)]
+struct ObjectCollector {
+    source: OnceLock<ObjectSource>,
+}
+
+impl std::fmt::Debug for ObjectCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectCollector").field("configured", &self.source.get().is_some()).finish()
+    }
+}
+
+impl Collector for ObjectCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(source) = self.source.get() else { return Ok(()) };
+        let samples = source();
+        let mut enabled = encoder.encode_descriptor(
+            "object_metrics_enabled",
+            "1 while per-object series are exported (per-object metrics on, and no more objects than --per-object-metrics-max)",
+            None,
+            MetricType::Gauge,
+        )?;
+        enabled.encode_gauge(&i64::from(samples.is_some()))?;
+        let Some(samples) = samples else { return Ok(()) };
+        let mut phase = encoder.encode_descriptor(
+            "grant_phase",
+            "1 for each CapabilityGrant, labelled with its current phase",
+            None,
+            MetricType::Gauge,
+        )?;
+        for g in &samples.grants {
+            let labels =
+                [("namespace", g.namespace.as_str()), ("grant", &g.name), ("agent", &g.agent), ("phase", g.phase)];
+            phase.encode_family(&labels)?.encode_gauge(&1i64)?;
+        }
+        let mut expiry = encoder.encode_descriptor(
+            "grant_expiry_timestamp_seconds",
+            "When an Active CapabilityGrant expires (unix seconds)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for g in &samples.grants {
+            if let Some(at) = g.expires_at {
+                let labels = [("namespace", g.namespace.as_str()), ("grant", &g.name), ("agent", &g.agent)];
+                expiry.encode_family(&labels)?.encode_gauge(&at)?;
+            }
+        }
+        let mut deadline = encoder.encode_descriptor(
+            "grant_approval_deadline_timestamp_seconds",
+            "When a CapabilityGrant awaiting approval is denied unless approved (unix seconds)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for g in &samples.grants {
+            if let Some(at) = g.approval_deadline {
+                let labels = [("namespace", g.namespace.as_str()), ("grant", &g.name), ("agent", &g.agent)];
+                deadline.encode_family(&labels)?.encode_gauge(&at)?;
+            }
+        }
+        let mut not_after = encoder.encode_descriptor(
+            "pod_certificate_expiry_timestamp_seconds",
+            "When an agent pod's identity certificate expires (unix seconds)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &samples.certificates {
+            let labels = [("namespace", c.namespace.as_str()), ("pod", &c.pod), ("agent", &c.agent)];
+            not_after.encode_family(&labels)?.encode_gauge(&c.not_after)?;
+        }
+        let mut rotation = encoder.encode_descriptor(
+            "pod_certificate_rotation_timestamp_seconds",
+            "When the operator rotates an agent pod's identity certificate (unix seconds); past it, rotation is late",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &samples.certificates {
+            let labels = [("namespace", c.namespace.as_str()), ("pod", &c.pod), ("agent", &c.agent)];
+            rotation.encode_family(&labels)?.encode_gauge(&c.rotate_at)?;
+        }
+        Ok(())
+    }
+}
+
+/// The [`ObjectSource`] of a running operator: its grant, pod, identity and
+/// credential Secret caches, read at each scrape while they hold at most
+/// `max_objects` grants and agent pods. It holds `shared` weakly (the
+/// metrics are part of it).
+pub fn cache_object_source(shared: &Arc<Shared>, secrets: Store<CredentialSecret>, max_objects: usize) -> ObjectSource {
+    let shared: Weak<Shared> = Arc::downgrade(shared);
+    Box::new(move || {
+        let shared = shared.upgrade()?;
+        if !shared.is_all_synced() {
+            return None;
+        }
+        collect_objects(&shared, &secrets, max_objects)
+    })
+}
+
+/// Reads the per-object samples from the caches; `None` above `max_objects`
+/// grants and agent pods.
+pub fn collect_objects(
+    shared: &Shared,
+    secrets: &Store<CredentialSecret>,
+    max_objects: usize,
+) -> Option<ObjectSamples> {
+    let grants = shared.grants.state();
+    let pods = shared.pods.state();
+    if grants.len().saturating_add(pods.len()) > max_objects {
+        return None;
+    }
+    let mut samples = ObjectSamples::default();
+    for g in &grants {
+        let approval_deadline = if g.phase == GrantPhase::AwaitingApproval {
+            // Read from the status as JSON: the field is optional and
+            // written by the grant controller with the approval timeout.
+            let grant = g.grant();
+            serde_json::to_value(&grant.status)
+                .ok()
+                .and_then(|s| s.get("approvalDeadline").and_then(|v| v.as_str()).map(str::to_string))
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map(|t| t.as_second())
+        } else {
+            None
+        };
+        samples.grants.push(GrantSample {
+            namespace: g.namespace().unwrap_or_default(),
+            name: g.name_any(),
+            agent: g.agent.clone(),
+            phase: g.phase.as_str(),
+            expires_at: g.expires_at.filter(|_| g.is_active()),
+            approval_deadline,
+        });
+    }
+    let max_ttl = shared.config.max_credential_ttl.as_secs_i64();
+    for pod in &pods {
+        let (Some(agent), Some(secret_name)) = (pod.agent(), pod.credential_secret()) else { continue };
+        let namespace = pod.namespace().unwrap_or_default();
+        let Some(secret) = secrets.get(&kube::runtime::reflector::ObjectRef::new(secret_name).within(&namespace))
+        else {
+            continue;
+        };
+        let Some(cert) = secret.certificate() else { continue };
+        let identity = shared.identities.get(&kube::runtime::reflector::ObjectRef::new(agent).within(&namespace));
+        // The credentials controller's rule: rotate `rotateBefore` ahead of
+        // notAfter, at most half the lifetime.
+        let ttl = identity.as_ref().map_or(max_ttl, |i| i.spec.credential.ttl.as_secs_i64().min(max_ttl));
+        let rotate_before =
+            identity.as_ref().map_or(ttl / 2, |i| i.spec.credential.rotate_before.as_secs_i64().min(ttl / 2));
+        samples.certificates.push(CertificateSample {
+            namespace,
+            pod: pod.name_any(),
+            agent: agent.to_string(),
+            not_after: cert.not_after,
+            rotate_at: cert.not_after - rotate_before,
+        });
+    }
+    samples.grants.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    samples.certificates.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+    Some(samples)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +652,67 @@ mod tests {
         let text = metrics.render();
         assert!(!text.contains("writ_revocation_namespace_quota_ratio{"), "{text}");
         assert!(text.contains("writ_revocation_list_capacity_ratio 0.05"), "{text}");
+    }
+
+    #[test]
+    fn per_object_series_follow_their_source() {
+        let metrics = Metrics::default();
+        assert!(!metrics.render().contains("writ_grant_phase"), "no source, no series");
+        let samples = Arc::new(std::sync::Mutex::new(Some(ObjectSamples {
+            grants: vec![
+                GrantSample {
+                    namespace: "ci".into(),
+                    name: "deploy".into(),
+                    agent: "bot".into(),
+                    phase: "Active",
+                    expires_at: Some(1_800_000_000),
+                    approval_deadline: None,
+                },
+                GrantSample {
+                    namespace: "ci".into(),
+                    name: "cleanup".into(),
+                    agent: "bot".into(),
+                    phase: "AwaitingApproval",
+                    expires_at: None,
+                    approval_deadline: Some(1_800_000_600),
+                },
+            ],
+            certificates: vec![CertificateSample {
+                namespace: "ci".into(),
+                pod: "bot-0".into(),
+                agent: "bot".into(),
+                not_after: 1_800_003_600,
+                rotate_at: 1_800_002_400,
+            }],
+        })));
+        let source = samples.clone();
+        metrics.set_object_source(Box::new(move || source.lock().expect("lock").clone()));
+        let text = metrics.render();
+        for line in [
+            "writ_object_metrics_enabled 1",
+            r#"writ_grant_phase{namespace="ci",grant="deploy",agent="bot",phase="Active"} 1"#,
+            r#"writ_grant_phase{namespace="ci",grant="cleanup",agent="bot",phase="AwaitingApproval"} 1"#,
+            r#"writ_grant_expiry_timestamp_seconds{namespace="ci",grant="deploy",agent="bot"} 1800000000"#,
+            r#"writ_grant_approval_deadline_timestamp_seconds{namespace="ci",grant="cleanup",agent="bot"} 1800000600"#,
+            r#"writ_pod_certificate_expiry_timestamp_seconds{namespace="ci",pod="bot-0",agent="bot"} 1800003600"#,
+            r#"writ_pod_certificate_rotation_timestamp_seconds{namespace="ci",pod="bot-0",agent="bot"} 1800002400"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains(r#"writ_grant_expiry_timestamp_seconds{namespace="ci",grant="cleanup""#), "{text}");
+        // The object goes: so do its series.
+        if let Some(s) = samples.lock().expect("lock").as_mut() {
+            s.grants.remove(0);
+            s.certificates.clear();
+        }
+        let text = metrics.render();
+        assert!(!text.contains(r#"grant="deploy""#), "{text}");
+        assert!(!text.contains("bot-0"), "{text}");
+        // Above the object limit: no per-object series, and the gauge says so.
+        *samples.lock().expect("lock") = None;
+        let text = metrics.render();
+        assert!(text.lines().any(|l| l == "writ_object_metrics_enabled 0"), "{text}");
+        assert!(!text.contains("writ_grant_phase{"), "{text}");
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

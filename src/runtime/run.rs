@@ -277,6 +277,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     ));
 
     let _ = boot.shared.set(shared.clone());
+    if config.per_object_metrics {
+        let source =
+            super::metrics::cache_object_source(&shared, caches.secrets.store(), config.per_object_metrics_max);
+        metrics.set_object_source(source);
+    }
 
     // Serving certificate, then the HTTPS listener (webhooks + trust endpoints).
     mint_serving(&trust, &config, &serving)?;

@@ -170,7 +170,7 @@ pub fn load_crds() -> Vec<CustomResourceDefinition> {
     files.sort();
     files
         .iter()
-        .map(|p| serde_yaml::from_str(&std::fs::read_to_string(p).expect("read crd")).expect("parse crd"))
+        .map(|p| serde_saphyr::from_str(&std::fs::read_to_string(p).expect("read crd")).expect("parse crd"))
         .collect()
 }
 
