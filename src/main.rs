@@ -79,6 +79,8 @@ enum Command {
     Suspend(SuspendArgs),
     /// Lift a suspension: new pods and grants for the agent are admitted again (nothing old comes back).
     Resume(SuspendArgs),
+    /// Record an access review of an AgentIdentity as your own Kubernetes identity (clears ReviewOverdue).
+    Review(ReviewArgs),
     /// Show why a grant, identity or pod is where it is: phase, conditions, chain, tokens (never the tokens),
     /// certificates (never the keys), recent Events, and what to do next when it is stuck.
     Status(StatusArgs),
@@ -248,6 +250,18 @@ struct DecisionArgs {
 }
 
 #[derive(clap::Args)]
+struct ReviewArgs {
+    /// The AgentIdentity.
+    identity: String,
+    /// Its namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// A note on the review (recorded on the identity).
+    #[arg(long)]
+    note: Option<String>,
+}
+
+#[derive(clap::Args)]
 struct SuspendArgs {
     /// The AgentIdentity.
     agent: String,
@@ -322,6 +336,7 @@ fn main() -> ExitCode {
         Command::Approve(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Approved))),
         Command::Suspend(args) => runtime().and_then(|rt| rt.block_on(suspend(args, true))),
         Command::Resume(args) => runtime().and_then(|rt| rt.block_on(suspend(args, false))),
+        Command::Review(args) => runtime().and_then(|rt| rt.block_on(review(args))),
         Command::Deny(args) => runtime().and_then(|rt| rt.block_on(decide(args, Decision::Denied))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(status(args))),
         Command::Completion { shell } => {
@@ -565,6 +580,24 @@ fn crds(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks admission to record a review: the webhook stamps who and when.
+async fn review(args: ReviewArgs) -> anyhow::Result<ExitCode> {
+    let client = kube::Client::try_default().await.context("connecting to the API server")?;
+    let ns = args.namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let api: Api<writ::api::AgentIdentity> = Api::namespaced(client, &ns);
+    let patch = serde_json::json!({ "metadata": { "annotations": {
+        writ::api::REVIEW_REQUEST_ANNOTATION: jiff::Timestamp::now().to_string(),
+        writ::api::REVIEW_NOTE_ANNOTATION: args.note,
+    } } });
+    let reviewed = api
+        .patch(&args.identity, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .with_context(|| format!("recording a review of AgentIdentity {ns}/{}", args.identity))?;
+    let by = reviewed.metadata.annotations.as_ref().and_then(|a| a.get(writ::api::REVIEWED_BY_ANNOTATION));
+    println!("agentidentity.writ.dev/{} reviewed by {}", args.identity, by.map(String::as_str).unwrap_or("?"));
     Ok(ExitCode::SUCCESS)
 }
 

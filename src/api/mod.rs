@@ -49,6 +49,18 @@ pub const SUSPENDED_BY_ANNOTATION: &str = "writ.dev/suspended-by";
 pub const SUSPENDED_AT_ANNOTATION: &str = "writ.dev/suspended-at";
 /// Why an AgentIdentity was suspended, in words (set by `writ suspend --reason`).
 pub const SUSPEND_REASON_ANNOTATION: &str = "writ.dev/suspend-reason";
+/// Set by `writ review` to ask admission to record an access review (the
+/// value is only a request id; the webhook replaces it with the stamps below).
+pub const REVIEW_REQUEST_ANNOTATION: &str = "writ.dev/review-requested";
+/// Admission stamp: who recorded the last access review (the authenticated user).
+pub const REVIEWED_BY_ANNOTATION: &str = "writ.dev/reviewed-by";
+/// Admission stamp: when the last access review was recorded (RFC 3339).
+pub const REVIEWED_AT_ANNOTATION: &str = "writ.dev/reviewed-at";
+/// The reviewer's note on the last access review (`writ review --note`).
+pub const REVIEW_NOTE_ANNOTATION: &str = "writ.dev/review-note";
+/// Seal over the review stamps (`<unix seconds>.<seal>`): a review recorded
+/// without Writ's webhook does not count.
+pub const REVIEW_SEAL_ANNOTATION: &str = "writ.dev/review-seal";
 /// Where the credential Secret is mounted in agent containers.
 pub const CREDENTIALS_DIR: &str = "/var/run/secrets/writ.dev/";
 

@@ -476,7 +476,9 @@ async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error>
             service_account: p.spec.as_ref().and_then(|s| s.service_account_name.as_deref()),
         });
         let chain = ancestors(ctx, g, parent.flatten());
-        (w.recheck, w.needs_approval) = recheck(ctx, g, agent.as_deref(), &chain, identities, policies, facts);
+        // The agent as listed, too: a cached one may predate a change (a resume).
+        let listed_agent = identities.iter().find(|i| i.name_any() == g.spec.agent).or(agent.as_deref());
+        (w.recheck, w.needs_approval) = recheck(ctx, g, listed_agent, &chain, identities, policies, facts);
         w.authority = Authority::of(g, identities, policies, &shared.config.limits());
         w.needs_approval = w.authority.needs_approval.unwrap_or(w.needs_approval);
     }

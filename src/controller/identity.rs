@@ -27,9 +27,9 @@ use crate::{
 /// ConfigMap with the CA bundle, in the operator namespace and every namespace with an AgentIdentity.
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "writ-trust-bundle";
 /// Annotation recording an access review: `<RFC 3339 time>` (set by `writ review`).
-pub const REVIEWED_AT_ANNOTATION: &str = "writ.dev/reviewed-at";
+pub use crate::api::REVIEWED_AT_ANNOTATION;
 /// Annotation recording who reviewed (set by `writ review`).
-pub const REVIEWED_BY_ANNOTATION: &str = "writ.dev/reviewed-by";
+pub use crate::api::REVIEWED_BY_ANNOTATION;
 
 /// Condition types.
 pub mod conditions {
@@ -46,6 +46,20 @@ fn object(id: &AgentIdentity) -> String {
 }
 
 /// Computes the status from the identity and what the caches hold. Pure.
+/// `id` with its review stamps only when their seal verifies (otherwise
+/// without them, so the review clock runs from creation).
+pub fn reviews_verified(id: &AgentIdentity, keys: &crate::pki::seal::SealKeys, now: i64) -> AgentIdentity {
+    let mut checked = id.clone();
+    if crate::policy::seal::verify_review(keys, id, now).is_err() {
+        if let Some(a) = checked.metadata.annotations.as_mut() {
+            for key in [REVIEWED_AT_ANNOTATION, REVIEWED_BY_ANNOTATION, crate::api::REVIEW_NOTE_ANNOTATION] {
+                a.remove(key);
+            }
+        }
+    }
+    checked
+}
+
 pub fn desired_status(
     id: &AgentIdentity,
     spiffe_id: String,
@@ -177,7 +191,10 @@ async fn apply(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
         .filter(|g| g.namespace().as_deref() == Some(&namespace) && g.agent == name && g.is_active())
         .count();
     let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &name);
-    let (status, next) = desired_status(id, spiffe, bound as i32, active as i32, now);
+    // A review counts only when Writ's webhook stamped and sealed it: an
+    // annotation written past admission leaves the review clock where it was.
+    let reviewed = reviews_verified(id, &shared.trust.seal_keys(), now);
+    let (status, next) = desired_status(&reviewed, spiffe, bound as i32, active as i32, now);
     if id.status.as_ref() != Some(&status) {
         let api: Api<AgentIdentity> = Api::namespaced(shared.client.clone(), &namespace);
         let patch = serde_json::json!({

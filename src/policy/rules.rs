@@ -121,6 +121,10 @@ pub enum Rule {
     MalformedIdentity,
     /// A DelegationPolicy that is itself malformed.
     MalformedPolicy,
+    /// An access review recorded by the agent the identity is for.
+    SelfReview,
+    /// An access review by someone outside the configured reviewer group.
+    NotAReviewer,
 
     // --- pods ---
     /// A `writ.dev/*` label or annotation added, changed or removed on an
@@ -133,7 +137,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 47] = [
+    pub const ALL: [Rule; 49] = [
         Rule::MalformedAction,
         Rule::MalformedResource,
         Rule::InvalidCharacter,
@@ -179,6 +183,8 @@ impl Rule {
         Rule::ApprovalTimeout,
         Rule::MalformedIdentity,
         Rule::MalformedPolicy,
+        Rule::SelfReview,
+        Rule::NotAReviewer,
         Rule::PodWritMetadataImmutable,
         Rule::ForeignCredentialMount,
     ];
@@ -231,6 +237,8 @@ impl Rule {
             Rule::ApprovalTimeout => "approval-timeout",
             Rule::MalformedIdentity => "malformed-identity",
             Rule::MalformedPolicy => "malformed-policy",
+            Rule::SelfReview => "self-review",
+            Rule::NotAReviewer => "not-a-reviewer",
             Rule::PodWritMetadataImmutable => "pod-writ-metadata-immutable",
             Rule::ForeignCredentialMount => "foreign-credential-mount",
         }
@@ -335,6 +343,10 @@ impl Rule {
             }
             Rule::MalformedPolicy => {
                 "A DelegationPolicy with a bad principal, empty lists, `maxDepth` outside 1..=8, or non-human approvers."
+            }
+            Rule::SelfReview => "An access review (`writ review`) recorded by the agent the identity is for.",
+            Rule::NotAReviewer => {
+                "An access review by someone outside the operator's reviewer group (`--review-group`, when set)."
             }
             Rule::PodWritMetadataImmutable => {
                 "A `writ.dev/*` label or annotation added, changed or removed on an existing pod: a pod's claim and \

@@ -31,6 +31,7 @@ use crate::pki::seal::{SealError, SealKeys};
 const ADMISSION: &str = "writ.dev/grant-admission/v1";
 const APPROVAL: &str = "writ.dev/grant-approval/v1";
 const STATUS: &str = "writ.dev/grant-status/v1";
+const REVIEW: &str = "writ.dev/identity-review/v1";
 
 /// How far the time of sealing may lie from the grant's `creationTimestamp`
 /// (admission latency plus clock skew between replicas and the API server).
@@ -226,6 +227,32 @@ pub fn verify_status(
 ) -> Result<(), SealError> {
     let seal = st.seal.as_deref().ok_or(SealError::Missing)?;
     keys.verify(STATUS, &as_strs(&status_fields(g, st)), seal, now)
+}
+
+fn review_fields(id: &crate::api::AgentIdentity, sealed_at: i64) -> [String; 6] {
+    let get = |key: &str| id.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned().unwrap_or_default();
+    [
+        id.namespace().unwrap_or_default(),
+        id.name_any(),
+        id.uid().unwrap_or_default(),
+        get(crate::api::REVIEWED_BY_ANNOTATION),
+        get(crate::api::REVIEWED_AT_ANNOTATION),
+        sealed_at.to_string(),
+    ]
+}
+
+/// The seal over an identity's review stamps (annotation value), made by the
+/// webhook that stamps them.
+pub fn seal_review(keys: &SealKeys, id: &crate::api::AgentIdentity, now: i64) -> String {
+    format!("{now}.{}", keys.seal(REVIEW, &as_strs(&review_fields(id, now))))
+}
+
+/// Whether an identity's review stamps are Writ's: their seal verifies over
+/// the identity's uid, the reviewer and the time of the review.
+pub fn verify_review(keys: &SealKeys, id: &crate::api::AgentIdentity, now: i64) -> Result<(), SealError> {
+    let value = id.metadata.annotations.as_ref().and_then(|a| a.get(crate::api::REVIEW_SEAL_ANNOTATION));
+    let (sealed_at, seal) = split_timed(value.map(String::as_str).unwrap_or(""))?;
+    keys.verify(REVIEW, &as_strs(&review_fields(id, sealed_at)), seal, now)
 }
 
 #[cfg(test)]

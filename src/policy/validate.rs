@@ -32,9 +32,10 @@ pub fn validate_identity(id: &AgentIdentity, limits: &Limits) -> Vec<Violation> 
     if spec.owner.trim().is_empty() || spec.owner.chars().any(char::is_control) {
         out.push(malformed("spec.owner", "an accountable owner (team or person) must be named".to_string()));
     }
-    if let Some(reason) = id.metadata.annotations.as_ref().and_then(|a| a.get(crate::api::SUSPEND_REASON_ANNOTATION)) {
-        let field = super::grant::annotation_field(crate::api::SUSPEND_REASON_ANNOTATION);
-        super::grant::check_free_text(&field, reason, &mut out);
+    for key in [crate::api::SUSPEND_REASON_ANNOTATION, crate::api::REVIEW_NOTE_ANNOTATION] {
+        if let Some(text) = id.metadata.annotations.as_ref().and_then(|a| a.get(key)) {
+            super::grant::check_free_text(&super::grant::annotation_field(key), text, &mut out);
+        }
     }
     let ttl = spec.credential.ttl;
     if ttl < MIN_CREDENTIAL_TTL {

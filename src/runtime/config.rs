@@ -81,6 +81,11 @@ pub struct RunConfig {
     /// Token exchanges per pod in a burst.
     #[arg(long, env = "WRIT_EXCHANGE_BURST", default_value_t = 100)]
     pub exchange_burst: u32,
+    /// When set, only members of this group may record access reviews
+    /// (`writ review`); otherwise anyone allowed to update the AgentIdentity,
+    /// except the agent itself.
+    #[arg(long, env = "WRIT_REVIEW_GROUP", value_name = "GROUP")]
+    pub review_group: Option<String>,
     /// Log format.
     #[arg(long, env = "WRIT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

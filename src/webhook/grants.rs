@@ -52,6 +52,15 @@ pub fn credential_secret_name() -> String {
 /// cannot be read; the caller then refuses, as with any unknown identity.
 pub async fn identity_fallback(shared: &Shared, namespace: &str, name: Option<&str>) -> Option<Arc<AgentIdentity>> {
     let name = name?;
+    // A suspension refuses the request: confirm it on the API server, so a
+    // watch that has not yet seen `writ resume` does not refuse for it.
+    if shared.identity(namespace, name).is_some_and(|i| i.spec.suspended) {
+        let api: Api<AgentIdentity> = Api::namespaced(shared.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(fresh) => return fresh.map(Arc::new),
+            Err(e) => tracing::warn!(error = %e, namespace, name, "re-reading a suspended AgentIdentity"),
+        }
+    }
     shared.identity_or_api(namespace, name).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, namespace, name, "reading an AgentIdentity missing from the cache");
         None
@@ -167,8 +176,23 @@ pub fn stamp(keys: &SealKeys, now: i64, req: &AdmissionRequest<CapabilityGrant>)
 /// suspended it and when (`writ.dev/suspended-by`, `-at`) from the
 /// authenticated request; while it stays suspended the stamps are kept as
 /// they were; when it is resumed they and the reason go.
-pub fn stamp_suspension(now: jiff::Timestamp, req: &AdmissionRequest<AgentIdentity>) -> Decision {
-    use crate::api::{SUSPENDED_AT_ANNOTATION, SUSPENDED_BY_ANNOTATION, SUSPEND_REASON_ANNOTATION};
+///
+/// Access reviews are stamped here too: `writ review` sets
+/// `writ.dev/review-requested`, and an update carrying it records the
+/// authenticated user and the time as `writ.dev/reviewed-by`/`-at`, sealed
+/// (`writ.dev/review-seal`), unless the user is the identity's own agent
+/// (`self-review`) or outside `--review-group` when one is set
+/// (`not-a-reviewer`). Any other update keeps the review stamps as they were.
+pub fn stamp_identity(
+    keys: &SealKeys,
+    review_group: Option<&str>,
+    now: jiff::Timestamp,
+    req: &AdmissionRequest<AgentIdentity>,
+) -> Decision {
+    use crate::api::{
+        REVIEWED_AT_ANNOTATION, REVIEWED_BY_ANNOTATION, REVIEW_NOTE_ANNOTATION, REVIEW_REQUEST_ANNOTATION,
+        REVIEW_SEAL_ANNOTATION, SUSPENDED_AT_ANNOTATION, SUSPENDED_BY_ANNOTATION, SUSPEND_REASON_ANNOTATION,
+    };
     let Some(identity) = req.object.as_ref() else { return Decision::Allow };
     if !matches!(req.operation, Operation::Create | Operation::Update) {
         return Decision::Allow;
@@ -176,6 +200,45 @@ pub fn stamp_suspension(now: jiff::Timestamp, req: &AdmissionRequest<AgentIdenti
     let mut stamped = identity.clone();
     let annotations = stamped.metadata.annotations.get_or_insert_with(BTreeMap::new);
     let old = req.old_object.as_ref().filter(|_| req.operation == Operation::Update);
+    let old_ann = old.and_then(|o| o.metadata.annotations.clone()).unwrap_or_default();
+    let review_keys = [REVIEWED_BY_ANNOTATION, REVIEWED_AT_ANNOTATION, REVIEW_NOTE_ANNOTATION, REVIEW_SEAL_ANNOTATION];
+    let reviewing = annotations.remove(REVIEW_REQUEST_ANNOTATION).is_some() && old.is_some();
+    if reviewing {
+        let reviewer = username(req);
+        let namespace = req.namespace.clone().unwrap_or_default();
+        let agent = format!("{}{namespace}:{}", policy::SERVICE_ACCOUNT_PREFIX, identity.spec.service_account_name);
+        if reviewer == agent {
+            return Decision::deny(
+                policy::Rule::SelfReview.id(),
+                format!("{reviewer} runs as this agent and cannot review its own access [self-review]"),
+            );
+        }
+        if let Some(group) = review_group.filter(|g| !groups(req).iter().any(|mine| mine == g)) {
+            return Decision::deny(
+                policy::Rule::NotAReviewer.id(),
+                format!(
+                    "access reviews are recorded by members of group {group}; {reviewer} is not one [not-a-reviewer]"
+                ),
+            );
+        }
+        annotations.insert(REVIEWED_BY_ANNOTATION.into(), reviewer);
+        annotations.insert(REVIEWED_AT_ANNOTATION.into(), now.to_string());
+        annotations.remove(REVIEW_SEAL_ANNOTATION);
+        if stamped.metadata.namespace.is_none() {
+            stamped.metadata.namespace.clone_from(&req.namespace);
+        }
+        let seal = policy::seal::seal_review(keys, &stamped, now.as_second());
+        stamped.annotations_mut().insert(REVIEW_SEAL_ANNOTATION.into(), seal);
+        stamped.metadata.namespace.clone_from(&identity.metadata.namespace);
+    } else {
+        for key in review_keys {
+            match old_ann.get(key) {
+                Some(v) => annotations.insert(key.into(), v.clone()),
+                None => annotations.remove(key),
+            };
+        }
+    }
+    let annotations = stamped.metadata.annotations.get_or_insert_with(BTreeMap::new);
     let was = old.is_some_and(|o| o.spec.suspended);
     match (was, identity.spec.suspended) {
         (false, true) => {
@@ -183,7 +246,6 @@ pub fn stamp_suspension(now: jiff::Timestamp, req: &AdmissionRequest<AgentIdenti
             annotations.insert(SUSPENDED_AT_ANNOTATION.into(), now.to_string());
         }
         (true, true) => {
-            let old_ann = old.and_then(|o| o.metadata.annotations.clone()).unwrap_or_default();
             for key in [SUSPENDED_BY_ANNOTATION, SUSPENDED_AT_ANNOTATION] {
                 match old_ann.get(key) {
                     Some(v) => annotations.insert(key.into(), v.clone()),

@@ -201,7 +201,9 @@ async fn mutate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl I
 
 async fn mutate_identities(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
     let now = jiff::Timestamp::now();
-    reply(handle(&shared, "mutate-identities", &body, |r| grants::stamp_suspension(now, r)))
+    let keys = shared.trust.seal_keys();
+    let group = shared.config.review_group.as_deref();
+    reply(handle(&shared, "mutate-identities", &body, |r| grants::stamp_identity(&keys, group, now, r)))
 }
 
 async fn validate_grants(State(shared): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
