@@ -212,9 +212,9 @@ struct RotateArgs {
     /// The operator namespace.
     #[arg(long, default_value = "writ-system", env = "WRIT_NAMESPACE")]
     writ_namespace: String,
-    /// How long the previous key (CA) stays published. Must cover the longest grant TTL (for the signing key) or
-    /// the longest credential TTL (for the CA) the operator allows, plus clock skew. Defaults: 1h5m and 24h5m,
-    /// matching the operator's default `--max-grant-ttl` and `--max-credential-ttl`.
+    /// How long the previous key (CA) stays published. Must cover the longest grant TTL (for the signing key),
+    /// the longest credential TTL (for the CA) or the longest approval wait plus grant TTL (for the seal key) the
+    /// operator allows, plus clock skew. Defaults: 1h5m, 24h5m and 25h5m, matching the operator's defaults.
     #[arg(long)]
     keep: Option<writ::api::Duration>,
     /// Trust domain, for the new CA's name.
@@ -235,6 +235,8 @@ enum RotateWhat {
     SigningKey,
     /// The generated CA (trust bundle).
     Ca,
+    /// The key that seals admission stamps, grant status and access reviews.
+    SealKey,
 }
 
 #[derive(clap::Args)]
@@ -495,6 +497,12 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
             let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(86_400 + 300);
             let ttl = args.ca_ttl.as_secs_i64();
             ("CA", writ::trust::rotate_ca(&client, ns, &args.trust_domain, ttl, keep, now).await?)
+        }
+        RotateWhat::SealKey => {
+            // A grant's admission seal is checked for its whole life: the longest
+            // approval wait plus the longest grant TTL (operator defaults), plus skew.
+            let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(25 * 3600 + 300);
+            ("seal key", writ::trust::rotate_seal_key(&client, ns, keep, now).await?)
         }
     };
     let until = jiff::Timestamp::from_second(rotation.previous_kept_until).map(|t| t.to_string()).unwrap_or_default();

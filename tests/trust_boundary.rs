@@ -392,3 +392,34 @@ async fn a_forged_admission_review_writes_no_audit_line() {
     assert!(forged.is_empty(), "a forged AdmissionReview wrote audit lines: {forged:?}");
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_seal_key_rotation_keeps_admitted_grants_and_admits_new_ones() {
+    let c = cluster();
+    let op = shared_operator().await;
+    let client = c.client().await;
+    let ns = TestNamespace::new(&client, "sealrot").await;
+    example_setup(&c, &client, &ns.name).await;
+    let pod = running_agent_pod(&client, &ns.name, "bot-r", "release-bot").await;
+    let (ok, out) = apply_as(&c, Some("alice"), &ns.name, &grant_yaml("before", "release-bot", &[PATCH], "15m", None));
+    assert!(ok, "{out}");
+    wait_phase(&client, &ns.name, "before", GrantPhase::Active, Duration::from_secs(15)).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["rotate", "seal-key", "--writ-namespace", &op.namespace])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .expect("writ rotate");
+    assert!(out.status.success() && text(&out).contains("rotated the seal key"), "{}", text(&out));
+    // Admitted at once after the rotation, whichever replica's key sealed it.
+    let (ok, out) = apply_as(&c, Some("alice"), &ns.name, &grant_yaml("after", "release-bot", &[PATCH], "15m", None));
+    assert!(ok, "{out}");
+    let after = wait_phase(&client, &ns.name, "after", GrantPhase::Active, Duration::from_secs(15)).await;
+    assert!(after.annotations().contains_key("writ.dev/admission-seal"));
+    wait_for_token(&client, &ns.name, &pod, "after").await;
+    // The grant sealed with the previous key stays Active, its token in place.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let before = grant(&client, &ns.name, "before").await;
+    assert_eq!(phase(&before), GrantPhase::Active, "{}", reason(&before));
+    assert!(token_in(&client, &ns.name, &pod, "before").await.is_some());
+    ns.cleanup().await;
+}

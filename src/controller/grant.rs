@@ -417,7 +417,12 @@ async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error>
     let shared = &ctx.shared;
     let ns = stored.namespace().unwrap_or_default();
     let now = pki::now_unix();
-    let keys = shared.trust.seal_keys();
+    let keys = ctx
+        .seal_keys_confirming(|k| {
+            let ended = trusted(stored, k, now).0.status.is_some_and(|s| s.phase.is_terminal());
+            ended || (crate::policy::seal::verify_grant(k, stored, now).is_ok() && trusted(stored, k, now).1.is_none())
+        })
+        .await;
     let (mut trusted_grant, tampered) = trusted(stored, &keys, now);
     let g = &mut trusted_grant;
     if let Some(why) = &tampered {
