@@ -193,9 +193,11 @@ async fn apply(id: &AgentIdentity, ctx: &Context) -> Result<Action, Error> {
     let spiffe = pki::cert::spiffe_id(&shared.config.trust_domain, &namespace, &name);
     // A review counts only when Writ's webhook stamped and sealed it: an
     // annotation written past admission leaves the review clock where it was.
+    let mut keys = shared.trust.seal_keys();
     let has_review = id.annotations().contains_key(crate::api::REVIEW_SEAL_ANNOTATION);
-    let keys =
-        ctx.seal_keys_confirming(|k| !has_review || crate::policy::seal::verify_review(k, id, now).is_ok()).await;
+    if has_review && crate::policy::seal::verify_review(&keys, id, now).is_err() {
+        keys = ctx.reload_seal_keys().await;
+    }
     let reviewed = reviews_verified(id, &keys, now);
     let (status, next) = desired_status(&reviewed, spiffe, bound as i32, active as i32, now);
     if id.status.as_ref() != Some(&status) {

@@ -43,18 +43,12 @@ pub struct Context {
 }
 
 impl Context {
-    /// The seal keys, re-read from their Secret first when `sealed_by_us`
-    /// says no: a replica's webhook may have sealed with a key made by a
-    /// rotation that this replica's periodic trust reload has not read yet,
-    /// and a seal refused for that would end a grant for good.
-    pub async fn seal_keys_confirming(
-        &self,
-        sealed_by_us: impl Fn(&crate::pki::seal::SealKeys) -> bool,
-    ) -> Arc<crate::pki::seal::SealKeys> {
-        let keys = self.shared.trust.seal_keys();
-        if sealed_by_us(&keys) {
-            return keys;
-        }
+    /// The seal keys as re-read from their Secret: for a seal that names a
+    /// key this replica does not hold. Another replica's webhook may have
+    /// sealed with a key made by a rotation that this replica's periodic
+    /// trust reload has not read yet, and a seal refused for that would end
+    /// a grant for good.
+    pub async fn reload_seal_keys(&self) -> Arc<crate::pki::seal::SealKeys> {
         let config = &self.shared.config;
         if let Err(e) =
             self.shared.trust.reload(&self.shared.client, &config.namespace, config.ca_secret.as_deref()).await
