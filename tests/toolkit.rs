@@ -258,6 +258,27 @@ async fn writ_status_explains_grants_in_every_phase_identities_and_pods() {
     assert_eq!(s["phase"], "Expired");
     assert!(s["next"][0].as_str().is_some_and(|n| n.starts_with("Over")), "{s}");
 
+    // Completed: the agent marked its task done.
+    let (ok, out) = apply_as(&c, Some("alice"), n, &grant_yaml("done", "release-bot", &[WEB], "15m", None));
+    assert!(ok, "{out}");
+    wait_phase(&client, n, "done", GrantPhase::Active, Duration::from_secs(15)).await;
+    let out = c.kubectl(&[
+        "patch",
+        "capabilitygrant",
+        "done",
+        "-n",
+        n,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"completed":true}}"#,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_phase(&client, n, "done", GrantPhase::Completed, Duration::from_secs(15)).await;
+    let s = status_json(&c, &["grant", "done", "-n", n]);
+    assert_eq!(s["phase"], "Completed");
+    let t = status_text(&c, &["grant", "done", "-n", n]);
+    assert!(t.contains("Phase: Completed"), "{t}");
+
     // A grant bound to the pod, revoked below.
     let bound = format!("{}  pod: bot-s\n", grant_yaml("bound", "release-bot", &[WEB], "15m", None));
     let (ok, out) = apply_as(&c, Some("alice"), n, &bound);
