@@ -171,6 +171,28 @@ for k in b["keys"]:
     print("     use=%-9s kty=%-3s crv=%-7s kid=%s%s" % (k["use"], k["kty"], k.get("crv", "-"), k.get("kid", "-"), extra))
 PY
 
+bold "Per-call tokens: the agent exchanges its grant token for one tool call (RFC 8693, mutual TLS on :18444)"
+sed -e 's/name: deploy-web-1234/name: tool-call/' examples/03-grant.yaml \
+  | kubectl -n "$NS" --as alice --as-group release-managers apply -f - | sed 's/^/     /'
+sleep 2
+mkdir -p "$STATE/creds"
+for key in tls.crt tls.key ca.crt grant.tool-call.jwt; do
+  kubectl -n "$NS" get secret "$SECRET" -o jsonpath="{.data.${key//./\\.}}" | base64 -d >"$STATE/creds/$key"
+done
+TOKEN=(--credentials "$STATE/creds" --endpoint https://127.0.0.1:18444 --grant tool-call --resource deploy-api
+  --action k8s:deployments.patch --target k8s:staging/deployments/web)
+say "$ writ token --grant tool-call --resource deploy-api --action k8s:deployments.patch --target k8s:staging/deployments/web"
+"$WRIT" token "${TOKEN[@]}" >"$STATE/per-call.jwt" 2>&1 || true
+say "A token for one audience and one capability, for about a minute, tied to the grant token it came from:"
+run "$WRIT" inspect "$STATE/per-call.jwt"
+PER_CALL=(--token "$STATE/per-call.jwt" --audience deploy-api --action k8s:deployments.patch --resource k8s:staging/deployments/web)
+run "$WRIT" verify "${PER_CALL[@]}" --cert "$STATE/creds/tls.crt" || true
+say "The grant is revoked: new exchanges are refused, and the per-call token already issued with them:"
+run kubectl -n "$NS" delete capabilitygrant tool-call
+sleep 2
+run "$WRIT" token "${TOKEN[@]}" || true
+run "$WRIT" verify "${PER_CALL[@]}" --cert "$STATE/creds/tls.crt" || true
+
 bold "An over-broad grant is rejected before it exists"
 cat <<YAML | kubectl -n "$NS" --as alice --as-group release-managers apply -f - 2>&1 | sed 's/^/     /' || true
 apiVersion: writ.dev/v1alpha1
