@@ -72,6 +72,50 @@ struct Endpoint {
     limiter: RateLimiter,
     /// DPoP proof `jti`s seen within the window (bounded).
     replay: crate::verify::dpop::ReplayCache,
+    /// Subject tokens whose signature already verified.
+    verified: VerifiedTokens,
+}
+
+/// Grant tokens whose signature this endpoint has verified, by SHA-256 of
+/// the token, until their own `exp`: an agent exchanges the same grant token
+/// for every tool call, and its signature cannot change. Only the signature
+/// check is remembered; revocation, the grant's state and the pod are
+/// checked on every exchange. Bounded: emptied when full.
+#[derive(Default)]
+struct VerifiedTokens {
+    map: Mutex<HashMap<[u8; 32], Arc<crate::pki::token::Claims>>>,
+}
+
+const MAX_VERIFIED: usize = 16_384;
+
+impl VerifiedTokens {
+    /// The claims of `token` when its signature is Writ's and it is in date
+    /// at `now`: from the cache, or verified against `jwks()` and remembered.
+    fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        jwks: impl FnOnce() -> crate::pki::JwkSet,
+    ) -> Result<Arc<crate::pki::token::Claims>, crate::verify::VerifyError> {
+        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .unwrap_or([0; 32]);
+        let cached = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        if let Some(claims) = cached.filter(|c| c.nbf <= now && now < c.exp) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(crate::verify::verify_signed(token, &jwks(), now, 0)?);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_VERIFIED {
+            map.retain(|_, c| now < c.exp);
+            if map.len() >= MAX_VERIFIED {
+                map.clear();
+            }
+        }
+        map.insert(key, claims.clone());
+        Ok(claims)
+    }
 }
 
 /// Per-pod token buckets. Bounded: idle full buckets are dropped when the
@@ -111,6 +155,7 @@ pub fn router(shared: Arc<Shared>, settings: ExchangeSettings) -> Router {
         settings,
         limiter: RateLimiter::default(),
         replay: crate::verify::dpop::ReplayCache::default(),
+        verified: VerifiedTokens::default(),
     });
     Router::new()
         .route("/token", post(token))
@@ -253,10 +298,10 @@ async fn exchange(
 
     // The subject token: signed by Writ, in date, bound to this certificate.
     let now = now_unix();
-    let jwks = s.trust.jwks(now);
-    let subject = crate::verify::verify_signed(&req.subject_token, &jwks, now, 0).map_err(|err| {
+    let subject = e.verified.verify(&req.subject_token, now, || s.trust.jwks(now)).map_err(|err| {
         refuse(OAuthError::new(ErrorCode::InvalidGrant, "subject-token-invalid", format!("subject_token: {err}")))
     })?;
+    let subject = &*subject;
     audit.agent = subject.sub.clone();
     audit.pod = format!("{}/{}", subject.grant.namespace, subject.pod.name);
     audit.grant = format!("{}/{}", subject.grant.namespace, subject.grant.name);
@@ -298,8 +343,7 @@ async fn exchange(
         .get(&ObjectRef::new(&subject.grant.name).within(ns))
         .map(|g| crate::controller::grant::trusted(&g.grant(), &s.trust.seal_keys(), now).0);
     let agent_refusal = grant.as_ref().and_then(|g| agent_refusal(s, ns, &g.spec.agent));
-    let facts =
-        Facts { subject: &subject, grant: grant.as_ref(), revoked, agent_refusal: agent_refusal.as_deref(), now };
+    let facts = Facts { subject, grant: grant.as_ref(), revoked, agent_refusal: agent_refusal.as_deref(), now };
     let grant_expires = authorize(&req, &facts).map_err(refuse)?;
 
     // DPoP (RFC 9449): a proof signed with the pod's own certificate key binds the token to that
@@ -310,7 +354,7 @@ async fn exchange(
     let jti = crate::pki::token::new_jti().map_err(internal)?;
     let txn = crate::pki::token::new_jti().map_err(internal)?;
     audit.txn = txn.clone();
-    let mut claims = issued_claims(&subject, &req, grant_expires, e.settings.ttl_secs, now, jti, txn);
+    let mut claims = issued_claims(subject, &req, grant_expires, e.settings.ttl_secs, now, jti, txn);
     claims.cnf.jkt = jkt.clone();
     let expires_in = claims.exp - now;
     let access_token = crate::pki::token::sign(&s.trust.signing_key(), &claims).map_err(internal)?;
