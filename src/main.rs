@@ -364,27 +364,20 @@ fn check(
 ) -> ExitCode {
     let mut opts = writ::check::CheckOptions::new(user, groups);
     opts.namespace = Some(namespace.unwrap_or_else(|| "default".to_string()));
-    match writ::check::check_paths(paths, &opts) {
-        Ok(report) => {
-            print!("{}", report.render_as(output));
-            if report.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+    report_exit(writ::check::check_paths(paths, &opts).map(|r| (r.render_as(output), r.passed())))
 }
 
 fn check_test(test: &std::path::Path, output: writ::check::OutputFormat) -> ExitCode {
-    match writ::check::run_test(test) {
-        Ok(report) => {
-            print!("{}", report.render_as(output));
-            if report.passed() {
+    report_exit(writ::check::run_test(test).map(|r| (r.render_as(output), r.passed())))
+}
+
+/// Prints a rendered report: exit 0 when it passed, 1 when it did not, 2 when
+/// the input could not be read.
+fn report_exit(result: Result<(String, bool), writ::check::CheckError>) -> ExitCode {
+    match result {
+        Ok((rendered, passed)) => {
+            print!("{rendered}");
+            if passed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -177,7 +177,7 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
         return end_early(refusal.reason());
     }
     if let (Some(held), None) = (status.authorised_by.as_deref(), w.authority.policy.as_deref()) {
-        return end_early(format!("DelegationPolicy {held}, which authorised this grant, no longer does"));
+        return end_early(format!("DelegationPolicy {held}, which authorised this grant, does not authorise it now"));
     }
     if grant.spec.completed {
         return (GrantPhase::Completed, "the agent marked the task completed".into());
@@ -187,8 +187,8 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
     }
     match grant.spec.approval.as_ref().map(|a| a.decision) {
         Some(Decision::Denied) => return end_early("an approver denied the grant".into()),
-        // A policy that now requires approval for an Active grant, which
-        // needed none when it was activated, no longer fits it.
+        // An Active grant that its policy now requires approval for was
+        // activated without one: it does not fit the policy as it stands.
         None if w.needs_approval && was_active => {
             return end_early("the authorising policy now requires approval for this grant".into())
         }
