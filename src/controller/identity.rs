@@ -290,9 +290,9 @@ pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), 
             Ok(_) => {}
             // The namespace is being deleted, its AgentIdentities with it: no pod
             // will start there to read a bundle, and a retry would be refused the
-            // same way (an identity reconciled in that window used to fail and
-            // back off until the namespace controller reached it). Not noted as
-            // published: a namespace made again under that name gets its bundle.
+            // same way (failing here would only back off until the namespace
+            // controller removes the identity). Not noted as published: a
+            // namespace made again under that name gets its bundle.
             Err(source) if super::namespace_terminating(&source) => {
                 tracing::debug!(namespace, "namespace terminating; trust bundle not published");
                 return Ok(());
