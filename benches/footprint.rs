@@ -23,7 +23,7 @@ use writ::{
         cert::{KeyAlgorithm, PodCertificateRequest},
         token, CertificateAuthority, CertificateIssuer,
     },
-    runtime::{AgentPod, CachedGrant, CredentialSecret},
+    state::{AgentPod, CachedGrant, CredentialSecret},
 };
 
 /// Heap in use, in glibc chunk sizes.

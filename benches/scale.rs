@@ -219,7 +219,7 @@ where
 
 /// Credential Secrets in `api` that hold a certificate (listed in pages).
 async fn credentials_with_certificate(api: &Api<Secret>) -> usize {
-    let mut params = ListParams::default().labels(writ::controller::credentials::POD_LABEL).limit(500);
+    let mut params = ListParams::default().labels(writ::api::names::POD_LABEL).limit(500);
     let mut count = 0;
     loop {
         let page = api.list(&params).await.expect("list credential Secrets");
@@ -284,7 +284,7 @@ async fn raw_creates(
 /// `namespace`) for a plain client to create there. No finalizer: nothing
 /// would remove it.
 async fn credential_shaped(creds: &Api<Secret>, namespace: &str) -> Secret {
-    let params = ListParams::default().labels(writ::controller::credentials::POD_LABEL).limit(1);
+    let params = ListParams::default().labels(writ::api::names::POD_LABEL).limit(1);
     let cred = creds.list(&params).await.expect("list credential Secrets").items.pop().expect("a credential Secret");
     let owners: Api<ConfigMap> = Api::namespaced(creds.clone().into_client(), namespace);
     let owner = owners.create(&PostParams::default(), &yaml("metadata: {name: owner}")).await.expect("owner");
@@ -314,7 +314,7 @@ async fn set_lease_holder(client: &Client, namespace: &str, holder: &str) {
         "spec": { "holderIdentity": holder, "renewTime": now, "leaseDurationSeconds": 3600 }
     });
     leases
-        .patch(writ::runtime::leader::LEASE_NAME, &PatchParams::default(), &Patch::Merge(patch))
+        .patch(writ::api::names::LEASE_NAME, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .expect("patch the Lease");
 }
@@ -398,12 +398,12 @@ async fn main() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let secrets_meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &ns);
-    let cred_secrets = watcher::Config::default().labels(writ::controller::credentials::POD_LABEL);
+    let cred_secrets = watcher::Config::default().labels(writ::api::names::POD_LABEL);
     let issued = move |range: std::ops::Range<usize>| {
         // The operator creates a credential Secret whole, in one write; that
         // each holds its certificate is checked once both phases are over.
         move |s: &PartialObjectMeta<Secret>| {
-            let pod = s.labels().get(writ::controller::credentials::POD_LABEL)?;
+            let pod = s.labels().get(writ::api::names::POD_LABEL)?;
             let i: usize = pod.strip_prefix("p-")?.parse().ok()?;
             range.contains(&i).then(|| pod.clone())
         }
@@ -741,13 +741,13 @@ async fn main() {
     eprintln!("[scale] namespace {ns} {outcome}");
     // What the teardown revoked, and whether the list had room for it: the
     // report gains a section on it (not a target).
-    let list = writ::publish::revocations::read_persisted(&client, &op_ns).await;
+    let list = writ::state::revocations::read_persisted(&client, &op_ns).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &op_ns);
     let mut parts = Vec::new();
-    for part in 0..writ::publish::revocations::PARTS {
-        let name = writ::publish::revocations::part_name(part);
+    for part in 0..writ::state::revocations::PARTS {
+        let name = writ::state::revocations::part_name(part);
         if let Ok(Some(cm)) = cms.get_opt(&name).await {
-            parts.push(cm.data.and_then(|d| d.get(writ::publish::revocations::KEY).map(String::len)).unwrap_or(0));
+            parts.push(cm.data.and_then(|d| d.get(writ::api::names::REVOCATIONS_KEY).map(String::len)).unwrap_or(0));
         }
     }
     let log = std::fs::read_to_string(std::env::temp_dir().join(format!("writ-bench-{op_ns}.log"))).unwrap_or_default();
@@ -761,10 +761,10 @@ async fn main() {
         list.as_ref().map_or(0, |l| l.tokens.len()),
         list.as_ref().map_or(0, |l| l.certificates.len()),
         parts.len(),
-        writ::publish::revocations::PARTS,
+        writ::state::revocations::PARTS,
         parts.iter().sum::<usize>(),
         parts.iter().max().copied().unwrap_or(0),
-        writ::publish::revocations::MAX_PART_BYTES,
+        writ::state::revocations::MAX_PART_BYTES,
     );
     eprint!("{section}");
     std::fs::write(&out, format!("{report}{section}")).expect("write results");

@@ -1,7 +1,7 @@
 //! Admission webhook throughput and latency over HTTPS on loopback.
 //!
 //! The real webhook router (`writ::webhook::router`) is served by the real TLS
-//! stack (`writ::webhook::server::serve_tls`, rustls + aws-lc-rs, hyper http1) on
+//! stack (`writ::state::tls::serve_tls`, rustls + aws-lc-rs, hyper http1) on
 //! 127.0.0.1, with a `Shared` whose caches hold a realistic namespace (64
 //! AgentIdentities, 24 DelegationPolicies, plus two more namespaces of noise).
 //! A static responder (the same `serve_tls`, an axum router returning a fixed
@@ -57,10 +57,8 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 use writ::{
     api::{AgentIdentity, DelegationPolicy},
-    publish::revocations::RevocationStore,
-    runtime::{metrics::Metrics, RunConfig, Shared},
-    trust::Trust,
-    webhook::{self, paths, server},
+    state::{metrics::Metrics, revocations::RevocationStore, tls as server, trust::Trust, RunConfig, Shared},
+    webhook::{self, paths},
 };
 
 /// The namespace the requests target.
@@ -988,7 +986,7 @@ async fn bench(setup: Setup, handlers: Vec<String>) {
     println!(
         "machine: {cores} cores; server runtime 2 workers, load generator runtime 2 workers + pacer thread (same cores)"
     );
-    println!("TLS: rustls/aws-lc-rs via writ::webhook::server::serve_tls on 127.0.0.1, HTTP/1.1 keep-alive");
+    println!("TLS: rustls/aws-lc-rs via writ::state::tls::serve_tls on 127.0.0.1, HTTP/1.1 keep-alive");
     println!();
 
     for line in handlers {

@@ -15,7 +15,7 @@ pub mod pki;
 pub mod policy;
 pub mod publish;
 pub mod runtime;
+pub mod state;
 pub mod status;
-pub mod trust;
 pub mod verify;
 pub mod webhook;

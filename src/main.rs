@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator: controllers (on the leader), webhooks, trust endpoints, metrics and health.
-    Run(Box<writ::runtime::RunConfig>),
+    Run(Box<writ::state::RunConfig>),
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD with --dir).
     Crds {
         /// Write `<crd-name>.yaml` files into this directory instead of printing.
@@ -281,7 +281,7 @@ struct SuspendArgs {
 /// arenas keep the operator's memory close to what it holds (see
 /// bench/RESULTS.md): the main thread's, the watch thread's (what the caches
 /// keep, apart from the controllers' short-lived buffers; see
-/// `writ::runtime::cache::start_watch_thread`) and one for the first runtime
+/// `writ::state::cache::start_watch_thread`) and one for the first runtime
 /// worker, the next sharing the main thread's; unless glibc's own
 /// `MALLOC_ARENA_MAX` is set in the environment.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -316,7 +316,7 @@ fn main() -> ExitCode {
         Command::Run(config) => {
             limit_malloc_arenas();
             writ::runtime::telemetry::init(config.log_format);
-            writ::runtime::cache::start_watch_thread()
+            writ::state::cache::start_watch_thread()
                 .context("starting the watch thread")
                 .and_then(|()| runtime())
                 .and_then(|rt| rt.block_on(writ::runtime::run(*config)).map(|_| ExitCode::SUCCESS))
@@ -408,14 +408,14 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(a) => Source::parse(a),
         None => Source::ConfigMap { namespace: ns.clone(), name: name.into(), key: key.into() },
     };
-    let bundle_src = source(&args.bundle, writ::publish::TRUST_BUNDLE_CONFIGMAP, "ca.crt");
+    let bundle_src = source(&args.bundle, writ::api::names::TRUST_BUNDLE_CONFIGMAP, "ca.crt");
     let tls_ca = match &args.tls_ca {
         Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
         None => None,
     };
     let bundle = String::from_utf8(bundle_src.load(tls_ca.as_deref()).await?).context("the bundle is not PEM text")?;
     let tls_ca = tls_ca.or_else(|| Some(bundle.clone()));
-    let jwks = source(&args.jwks, writ::publish::JWKS_CONFIGMAP, "jwks.json").load(tls_ca.as_deref()).await?;
+    let jwks = source(&args.jwks, writ::api::names::JWKS_CONFIGMAP, "jwks.json").load(tls_ca.as_deref()).await?;
     let jwks: writ::pki::JwkSet = serde_json::from_slice(&jwks).context("reading the JWKS")?;
     let revocations = match args.revocations.as_deref() {
         Some("none") => RevocationList::default(),
@@ -428,7 +428,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the API server (or give --revocations as a file or URL)")?;
-            writ::publish::revocations::read_persisted(&client, ns).await.context("reading the revocation list")?
+            writ::state::revocations::read_persisted(&client, ns).await.context("reading the revocation list")?
         }
     };
     let verifier = Verifier::new(&bundle, jwks)?
@@ -484,18 +484,18 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     let (what, rotation) = match args.what {
         RotateWhat::SigningKey => {
             let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(3600 + 300);
-            ("signing key", writ::trust::rotate_signing_key(&client, ns, keep, now, args.algorithm).await?)
+            ("signing key", writ::state::trust::rotate_signing_key(&client, ns, keep, now, args.algorithm).await?)
         }
         RotateWhat::Ca => {
             let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(86_400 + 300);
             let ttl = args.ca_ttl.as_secs_i64();
-            ("CA", writ::trust::rotate_ca(&client, ns, &args.trust_domain, ttl, keep, now).await?)
+            ("CA", writ::state::trust::rotate_ca(&client, ns, &args.trust_domain, ttl, keep, now).await?)
         }
         RotateWhat::SealKey => {
             // A grant's admission seal is checked for its whole life: the longest
             // approval wait plus the longest grant TTL (operator defaults), plus skew.
             let keep = args.keep.map(|d| d.as_secs_i64()).unwrap_or(25 * 3600 + 300);
-            ("seal key", writ::trust::rotate_seal_key(&client, ns, keep, now).await?)
+            ("seal key", writ::state::trust::rotate_seal_key(&client, ns, keep, now).await?)
         }
     };
     let until = jiff::Timestamp::from_second(rotation.previous_kept_until).map(|t| t.to_string()).unwrap_or_default();

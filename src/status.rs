@@ -24,10 +24,11 @@ use kube::{
 use serde::Serialize;
 
 use crate::{
+    api::names::credential_keys as keys,
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy, GrantPhase, AGENT_LABEL},
-    controller::credentials::{keys, stored_tokens},
+    controller::credentials::stored_tokens,
     pki::CertificateInfo,
-    runtime::AgentPod,
+    state::AgentPod,
 };
 
 /// How many of the most recent Events a report shows.

@@ -59,10 +59,13 @@ use kube::{
 };
 use tokio::sync::Semaphore;
 use writ::{
-    api::{CapabilityGrant, GrantPhase},
-    controller::credentials::{self, POD_LABEL},
+    api::{
+        names::{credential_keys as keys, POD_LABEL},
+        CapabilityGrant, GrantPhase,
+    },
+    controller::credentials,
     pki::{token, CertificateInfo, JwkSet},
-    publish::revocations::{self, RETENTION_AFTER_EXPIRY_SECS},
+    state::revocations::{self, RETENTION_AFTER_EXPIRY_SECS},
     verify::RevocationList,
 };
 
@@ -375,7 +378,7 @@ impl Seen {
 }
 
 fn certificate(s: &Secret) -> Option<CertificateInfo> {
-    let pem = s.data.as_ref()?.get(credentials::keys::CERT)?;
+    let pem = s.data.as_ref()?.get(keys::CERT)?;
     CertificateInfo::from_pem(&String::from_utf8_lossy(&pem.0)).ok()
 }
 
@@ -769,7 +772,7 @@ async fn check(plan: &Plan, client: &Client, ns: &str, op_ns: &str, op: &Operato
                     continue;
                 }
                 let d = secret_data(held[0]);
-                let Some(cert) = certificate(held[0]).filter(|_| d.contains_key(credentials::keys::KEY)) else {
+                let Some(cert) = certificate(held[0]).filter(|_| d.contains_key(keys::KEY)) else {
                     bad.push((
                         "live pod without certificate and key",
                         format!("pod {name}: no certificate and key in its Secret"),
@@ -834,7 +837,7 @@ async fn check(plan: &Plan, client: &Client, ns: &str, op_ns: &str, op: &Operato
                 }
                 for s in &held {
                     let d = secret_data(s);
-                    if d.contains_key(credentials::keys::KEY) {
+                    if d.contains_key(keys::KEY) {
                         bad.push((
                             "ended pod's Secret still holds key or tokens",
                             format!("ended pod {name}: Secret {} still holds the private key", s.name_any()),
@@ -928,7 +931,7 @@ async fn check(plan: &Plan, client: &Client, ns: &str, op_ns: &str, op: &Operato
                 continue;
             };
             let (_, claims) = token::decode_unverified(jwt).expect("a token in a Secret decodes");
-            let cert = CertificateInfo::from_pem(&d[credentials::keys::CERT]).expect("certificate");
+            let cert = CertificateInfo::from_pem(&d[keys::CERT]).expect("certificate");
             let pod_uid = pods.get(pod).and_then(|p| p.uid());
             let checks = [
                 (claims.jti == record.jti, "its jti is not the one in status.tokens"),
@@ -1012,8 +1015,8 @@ async fn sigkills_during_a_churn_of_grants_and_pods_lose_no_revocation_and_mint_
         .buffer_unordered(8)
         .collect::<Vec<_>>()
         .await;
-    let ca = trust_fingerprint(&client, &op_ns, writ::trust::CA_SECRET).await;
-    let keys = trust_fingerprint(&client, &op_ns, writ::trust::SIGNING_SECRET).await;
+    let ca = trust_fingerprint(&client, &op_ns, writ::api::names::CA_SECRET).await;
+    let keys = trust_fingerprint(&client, &op_ns, writ::api::names::SIGNING_SECRET).await;
     let seen = Arc::new(Mutex::new(Seen::new()));
     let watches = watch_everything(&client, &n, seen.clone());
     eprintln!(
@@ -1078,11 +1081,11 @@ async fn sigkills_during_a_churn_of_grants_and_pods_lose_no_revocation_and_mint_
     let converged = converging.elapsed();
     let mut problems = problems;
     // Not something that converges: the trust material is the same throughout.
-    if trust_fingerprint(&client, &op_ns, writ::trust::CA_SECRET).await != ca {
-        problems.push(("trust material changed", format!("the CA Secret {} changed", writ::trust::CA_SECRET)));
+    if trust_fingerprint(&client, &op_ns, writ::api::names::CA_SECRET).await != ca {
+        problems.push(("trust material changed", format!("the CA Secret {} changed", writ::api::names::CA_SECRET)));
     }
-    if trust_fingerprint(&client, &op_ns, writ::trust::SIGNING_SECRET).await != keys {
-        let what = format!("the signing-key Secret {} changed", writ::trust::SIGNING_SECRET);
+    if trust_fingerprint(&client, &op_ns, writ::api::names::SIGNING_SECRET).await != keys {
+        let what = format!("the signing-key Secret {} changed", writ::api::names::SIGNING_SECRET);
         problems.push(("trust material changed", what));
     }
     for w in watches {

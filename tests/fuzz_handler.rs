@@ -15,10 +15,8 @@ use proptest::prelude::*;
 use tower::ServiceExt as _;
 use writ::{
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy},
-    publish::revocations::RevocationStore,
-    runtime::{metrics::Metrics, RunConfig, Shared},
-    trust::Trust,
-    webhook::{self, paths, server::CertSlot},
+    state::{metrics::Metrics, revocations::RevocationStore, tls::CertSlot, trust::Trust, RunConfig, Shared},
+    webhook::{self, paths},
 };
 
 #[derive(Parser)]

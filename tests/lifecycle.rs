@@ -150,8 +150,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_to_a_waiting_replica_within_tw
     .await;
     let b = Operator::start(&c, &op_ns, "b", &[]).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &op_ns);
-    let holder =
-        || async { leases.get_opt(writ::runtime::leader::LEASE_NAME).await.ok().flatten()?.spec?.holder_identity };
+    let holder = || async { leases.get_opt(writ::api::names::LEASE_NAME).await.ok().flatten()?.spec?.holder_identity };
     // b has looked at the Lease and follows.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(holder().await.as_deref(), Some("a"));
@@ -180,7 +179,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_to_a_waiting_replica_within_tw
 async fn renew_as(leases: &Api<Lease>, holder: &str, renewed: jiff::Timestamp) {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     let lease = Lease {
-        metadata: kube::api::ObjectMeta { name: Some(writ::runtime::leader::LEASE_NAME.into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta { name: Some(writ::api::names::LEASE_NAME.into()), ..Default::default() },
         spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(6),
@@ -190,7 +189,7 @@ async fn renew_as(leases: &Api<Lease>, holder: &str, renewed: jiff::Timestamp) {
     };
     let params = kube::api::PatchParams::apply("skewed-replica").force();
     leases
-        .patch(writ::runtime::leader::LEASE_NAME, &params, &kube::api::Patch::Apply(&lease))
+        .patch(writ::api::names::LEASE_NAME, &params, &kube::api::Patch::Apply(&lease))
         .await
         .expect("renewing the Lease");
 }
@@ -209,8 +208,7 @@ async fn a_holder_whose_clock_runs_minutes_off_keeps_the_lease_while_it_renews_a
         .await
         .expect("operator namespace");
     let leases: Api<Lease> = Api::namespaced(client.clone(), &op_ns);
-    let holder =
-        || async { leases.get_opt(writ::runtime::leader::LEASE_NAME).await.ok().flatten()?.spec?.holder_identity };
+    let holder = || async { leases.get_opt(writ::api::names::LEASE_NAME).await.ok().flatten()?.spec?.holder_identity };
     // Another replica holds the Lease, its clock five minutes behind.
     let behind = jiff::SignedDuration::from_mins(-5);
     renew_as(&leases, "skewed", jiff::Timestamp::now() + behind).await;

@@ -75,8 +75,8 @@ async fn a_restarted_operator_reuses_its_trust_does_not_remint_and_catches_up_on
     let brief = wait_for_token(&client, n, &pod, "brief").await;
     let long = wait_for_token(&client, n, &pod, "long").await;
     let serial = cert_serial(&client, n, &pod).await;
-    let ca = secret_fingerprint(&client, &op_ns, writ::trust::CA_SECRET).await;
-    let keys = secret_fingerprint(&client, &op_ns, writ::trust::SIGNING_SECRET).await;
+    let ca = secret_fingerprint(&client, &op_ns, writ::api::names::CA_SECRET).await;
+    let keys = secret_fingerprint(&client, &op_ns, writ::api::names::SIGNING_SECRET).await;
     let (_, jwks) = op.https_get("/.well-known/jwks.json").await;
     let jwks = writ::pki::JwkSet::from_json(&jwks).expect("jwks");
     let grants: Api<writ::api::CapabilityGrant> = Api::namespaced(client.clone(), n);
@@ -108,8 +108,8 @@ async fn a_restarted_operator_reuses_its_trust_does_not_remint_and_catches_up_on
     assert_eq!(d.get("grant.long.jwt"), Some(&long), "a valid token was re-minted after restart");
     // Same certificate, same CA, same signing key: nothing regenerated.
     assert_eq!(cert_serial(&client, n, &pod).await, serial, "a valid certificate was re-minted after restart");
-    assert_eq!(secret_fingerprint(&client, &op_ns, writ::trust::CA_SECRET).await, ca, "the CA changed");
-    assert_eq!(secret_fingerprint(&client, &op_ns, writ::trust::SIGNING_SECRET).await, keys, "the keys changed");
+    assert_eq!(secret_fingerprint(&client, &op_ns, writ::api::names::CA_SECRET).await, ca, "the CA changed");
+    assert_eq!(secret_fingerprint(&client, &op_ns, writ::api::names::SIGNING_SECRET).await, keys, "the keys changed");
     let issued = op.metric("writ_credentials_total", &[r#"kind="certificate""#, r#"event="issued""#]).await;
     assert_eq!(issued.unwrap_or(0.0), 0.0, "certificates issued after the restart");
     ns.cleanup().await;
@@ -248,7 +248,7 @@ async fn readiness_waits_for_a_user_provided_ca_which_is_then_used() {
     let (_, bundle) = op.https_get("/trust-bundle").await;
     assert_eq!(bundle.trim(), ca.cert_pem().trim());
     let generated: Api<Secret> = Api::namespaced(client.clone(), &op_ns);
-    assert!(generated.get_opt(writ::trust::CA_SECRET).await.expect("get").is_none(), "a CA was generated anyway");
+    assert!(generated.get_opt(writ::api::names::CA_SECRET).await.expect("get").is_none(), "a CA was generated anyway");
     let ns = TestNamespace::new(&client, "byo").await;
     example_setup(&c, &client, &ns.name).await;
     let pod = running_agent_pod(&client, &ns.name, "bot-1", "release-bot").await;
@@ -709,7 +709,8 @@ async fn the_shipped_role_lets_a_replica_watch_the_revocation_list_and_nothing_e
 async fn a_revocation_list_larger_than_a_configmap_is_persisted_over_its_parts() {
     use k8s_openapi::api::core::v1::ConfigMap;
     use writ::{
-        publish::revocations::{part_name, read_persisted, RevocationStore, KEY, MAX_PART_BYTES, PARTS},
+        api::names::REVOCATIONS_KEY as KEY,
+        state::revocations::{part_name, read_persisted, RevocationStore, MAX_PART_BYTES, PARTS},
         verify::{RevokedCertificate, RevokedToken},
     };
     let c = cluster();

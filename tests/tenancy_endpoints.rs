@@ -10,8 +10,9 @@ use common::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use writ::{
+    api::names::REVOCATIONS_KEY as KEY,
     api::{CapabilityGrant, GrantPhase},
-    publish::revocations::{read_persisted, RevocationError, RevocationStore, KEY, PARTS},
+    state::revocations::{read_persisted, RevocationError, RevocationStore, PARTS},
     verify::{RevokedCertificate, RevokedToken},
 };
 
@@ -70,7 +71,7 @@ async fn a_namespace_at_its_revocation_quota_is_refused_and_other_namespaces_sti
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let mut stored = String::new();
     for part in 0..PARTS {
-        if let Some(cm) = cms.get_opt(&writ::publish::revocations::part_name(part)).await.expect("get") {
+        if let Some(cm) = cms.get_opt(&writ::state::revocations::part_name(part)).await.expect("get") {
             stored.push_str(&cm.data.expect("data")[KEY]);
         }
     }

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use writ::{
     api::{CapabilityGrant, GrantPhase},
-    publish::revocations::{RevocationStore, MAX_PART_BYTES, PARTS},
+    state::revocations::{RevocationStore, MAX_PART_BYTES, PARTS},
     verify::RevokedCertificate,
 };
 

@@ -26,7 +26,7 @@ use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Obje
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::oneshot;
 
-use crate::runtime::CredentialSecret;
+use crate::state::CredentialSecret;
 
 /// The outcome of a batched write, shared by every change the patch carried.
 pub type Outcome = Result<(), Arc<kube::Error>>;

@@ -16,41 +16,13 @@ use kube::{
 };
 
 use super::{is_not_found, Context, Error, MANAGER};
+use crate::api::names::{credential_keys as keys, POD_LABEL};
 use crate::{
     api::{AgentIdentity, KeyAlgorithm, AGENT_LABEL},
     pki::{self, cert::PodCertificateRequest},
-    runtime::{AgentPod, CredentialSecret},
+    state::{AgentPod, CredentialSecret},
     verify::{RevokedCertificate, RevokedToken},
 };
-
-/// Secret data keys.
-pub mod keys {
-    /// Certificate chain (leaf first).
-    pub const CERT: &str = "tls.crt";
-    /// The pod's private key (PKCS#8 PEM).
-    pub const KEY: &str = "tls.key";
-    /// The trust bundle.
-    pub const CA: &str = "ca.crt";
-    /// The SPIFFE ID.
-    pub const SPIFFE_ID: &str = "spiffe-id";
-    /// SPIFFE Filesystem Delivery §2.1: the PKCS#8 private key, then the chain leaf first
-    /// without the root, in one file (one read gets a matching key and certificate).
-    pub const SPIFFE_CREDENTIAL_BUNDLE: &str = "credential-bundle.private-key.pem";
-    /// SPIFFE Filesystem Delivery §2.2: `<trust-domain>.spiffe-trust-bundle.pem`, the trust
-    /// domain's CA certificates.
-    pub fn spiffe_trust_bundle(trust_domain: &str) -> String {
-        format!("{trust_domain}.spiffe-trust-bundle.pem")
-    }
-    /// Prefix of capability tokens: `grant.<grant-name>.jwt`.
-    pub const GRANT_PREFIX: &str = "grant.";
-    /// Suffix of capability tokens.
-    pub const GRANT_SUFFIX: &str = ".jwt";
-}
-
-/// Label on credential Secrets naming the pod.
-pub const POD_LABEL: &str = "writ.dev/pod";
-/// Field manager of token entries in credential Secrets.
-pub const TOKEN_MANAGER: &str = "writ-grants";
 
 /// What to do about one pod's credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +50,7 @@ pub enum PodPlan {
 pub fn plan_pod(
     pod: &AgentPod,
     identity: Option<&AgentIdentity>,
-    stored: Option<crate::runtime::CertificateFacts<'_>>,
+    stored: Option<crate::state::CertificateFacts<'_>>,
     expected_spiffe_id: &str,
     max_ttl_secs: i64,
     now: i64,
@@ -145,7 +117,7 @@ pub fn stored_tokens(secret: &Secret) -> Vec<(String, String)> {
 /// Pods with nothing stored yet, finished pods and pods whose identity is
 /// gone are left to the changes that concern them.
 pub fn rotations_due(
-    shared: &crate::runtime::Shared,
+    shared: &crate::state::Shared,
     secrets: &kube::runtime::reflector::Store<CredentialSecret>,
     now: i64,
 ) -> Vec<ObjectRef<AgentPod>> {
@@ -435,7 +407,7 @@ pub async fn exposures(ctx: &Context, pod: &k8s_openapi::api::core::v1::Pod) -> 
     let namespace = pod.namespace().unwrap_or_default();
     let (name, uid) = (pod.name_any(), pod.uid().unwrap_or_default());
     let mut out = Vec::new();
-    for r in crate::webhook::pods::secret_references(spec) {
+    for r in crate::state::secret_references(spec) {
         // The cache holds every credential Secret: a Secret it does not hold
         // is no credential, and costs no request.
         let Ok(Some(secret)) = ctx.secret_writes.read_or_absent(&namespace, &r.secret).await else { continue };
@@ -470,7 +442,7 @@ pub async fn rotate_exposed(
     let tokens: Vec<RevokedToken> = secret
         .tokens
         .iter()
-        .filter_map(crate::runtime::StoredToken::facts)
+        .filter_map(crate::state::StoredToken::facts)
         .map(|f| RevokedToken { jti: f.jti.to_string(), expires_at: f.exp })
         .collect();
     let certs: Vec<RevokedCertificate> = secret
@@ -595,7 +567,7 @@ pub async fn revoke_secret(
     }
     let revoked_tokens: Vec<RevokedToken> = tokens
         .iter()
-        .filter_map(crate::runtime::StoredToken::facts)
+        .filter_map(crate::state::StoredToken::facts)
         .map(|f| RevokedToken { jti: f.jti.to_string(), expires_at: f.exp })
         .collect();
     let revoked_certs: Vec<RevokedCertificate> =
@@ -708,11 +680,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{
-        publish::revocations::RevocationStore,
-        runtime::{metrics::Metrics, RunConfig, Shared},
-        trust::Trust,
-        webhook::server::CertSlot,
+    use crate::state::{
+        metrics::Metrics, revocations::RevocationStore, tls::CertSlot, trust::Trust, RunConfig, Shared,
     };
 
     #[derive(Parser)]
@@ -794,7 +763,7 @@ mod tests {
         );
         let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await.expect("revocations"));
         let metrics = Arc::new(Metrics::default());
-        crate::runtime::trust_read_back(
+        crate::state::trust_read_back(
             &trust,
             &config.trust_domain,
             config.max_grant_ttl.as_secs_i64(),
@@ -961,7 +930,7 @@ mod tests {
         // first already removed the finalizer and the identity is gone.
         let identity: AgentIdentity = serde_json::from_value(json!({
             "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
-            "metadata": {"name": "worker", "namespace": NS, "uid": "i-1", "finalizers": [crate::controller::FINALIZER],
+            "metadata": {"name": "worker", "namespace": NS, "uid": "i-1", "finalizers": [crate::api::names::FINALIZER],
                          "deletionTimestamp": "2026-12-05T00:00:00Z"},
             "spec": {"class": "Agent", "serviceAccountName": "worker", "owner": "o",
                      "ceiling": [{"action": "a", "resource": "r"}]}
@@ -1080,7 +1049,7 @@ mod tests {
         let mut deleting = credential_secret(&ctx, &pod());
         deleting["data"].as_object_mut().expect("data").remove(keys::KEY);
         deleting["metadata"]["deletionTimestamp"] = json!("2026-12-04T06:06:59Z");
-        deleting["metadata"]["finalizers"] = json!([crate::controller::FINALIZER]);
+        deleting["metadata"]["finalizers"] = json!([crate::api::names::FINALIZER]);
         *existing.lock().expect("existing") = Some(deleting);
         log.lock().expect("log").clear();
         let action = reconcile(pod(), ctx).await.expect("reconciled");
@@ -1148,7 +1117,7 @@ mod tests {
             reconcile(pod(), ctx.clone()).await.expect("reconciled");
             // ... or revoke (the pod finished).
             let mut done = (*pod()).clone();
-            done.status.phase = Some(crate::runtime::PodPhase::Succeeded);
+            done.status.phase = Some(crate::state::PodPhase::Succeeded);
             reconcile(Arc::new(done), ctx.clone()).await.expect("reconciled");
             let secrets = format!("/api/v1/namespaces/{NS}/secrets");
             let writes: Vec<_> = credential_requests(&log).into_iter().filter(|(m, _)| *m != Method::GET).collect();

@@ -13,32 +13,22 @@ use kube::{
     Resource, ResourceExt,
 };
 
-use super::{credentials, finalized, is_not_found, time, unix, Context, Error, FINALIZER, MANAGER};
+use super::{finalized, is_not_found, time, unix, Context, Error, FINALIZER, MANAGER};
+use crate::api::conditions::grant::{self as conditions, reason};
+use crate::api::names::{credential_keys, ended_grant_marker};
 use crate::pki::seal::SealKeys;
 use crate::policy::Rule;
-use crate::runtime::metrics::UntrustedLabels;
+use crate::state::metrics::UntrustedLabels;
 use crate::{
     api::{
-        condition::{condition, set_condition},
+        conditions::{condition, set_condition},
         AgentIdentity, CapabilityGrant, CapabilityGrantStatus, Decision, DelegationPolicy, GrantPhase, TokenRecord,
         APPROVAL_TIMEOUT_REASON, APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
     },
     pki::{self, token},
-    runtime::{AgentPod, CachedGrant, CredentialSecret},
+    state::{AgentPod, CachedGrant, CredentialSecret},
     verify::RevokedToken,
 };
-
-/// Condition types.
-pub mod conditions {
-    /// An approver approved (or no approval was needed).
-    pub const APPROVED: &str = "Approved";
-    /// Tokens are issued.
-    pub const ISSUED: &str = "Issued";
-    /// The TTL ran out.
-    pub const EXPIRED: &str = "Expired";
-    /// Ended early.
-    pub const REVOKED: &str = "Revoked";
-}
 
 /// What the controller knows about a grant's surroundings.
 #[derive(Debug, Clone)]
@@ -209,40 +199,6 @@ pub fn next_phase(grant: &CapabilityGrant, w: &World<'_>) -> (GrantPhase, String
     (GrantPhase::Active, "tokens issued to the bound pods".into())
 }
 
-/// The revocation-list entry that marks a grant as ended for good (its
-/// `grant:<uid>` id is no token's): a status rewritten afterwards cannot
-/// revive it.
-pub fn ended_marker(uid: &str) -> String {
-    format!("grant:{uid}")
-}
-
-/// The status the controller can trust: the stored one when its seal
-/// verifies (or when there is none yet), otherwise a fresh Pending status,
-/// with why the stored one was refused. Status is writable by whoever may
-/// write `capabilitygrants/status`; nothing in it counts unless Writ sealed it.
-pub fn trusted(stored: &CapabilityGrant, keys: &SealKeys, now: i64) -> (CapabilityGrant, Option<String>) {
-    let mut g = stored.clone();
-    let Some(st) = stored.status.as_ref() else { return (g, None) };
-    let fresh = st.seal.is_none()
-        && st.phase == GrantPhase::Pending
-        && st.issued_at.is_none()
-        && st.expires_at.is_none()
-        && st.tokens.is_empty()
-        && st.bound_pod_uid.is_none()
-        && st.authorised_by.is_none()
-        && st.approval_deadline.is_none();
-    if fresh {
-        return (g, None);
-    }
-    match crate::policy::seal::verify_status(keys, stored, st, now) {
-        Ok(()) => (g, None),
-        Err(e) => {
-            g.status = Some(CapabilityGrantStatus::default());
-            (g, Some(format!("status-tampered: the stored status is not Writ's ({e}); it was repaired")))
-        }
-    }
-}
-
 /// Whether a phase change is allowed (the state machine's edges).
 pub fn transition_allowed(from: GrantPhase, to: GrantPhase) -> bool {
     use GrantPhase::*;
@@ -262,7 +218,7 @@ fn object(g: &CapabilityGrant) -> String {
 }
 
 fn token_key(grant: &str) -> String {
-    format!("{}{grant}{}", credentials::keys::GRANT_PREFIX, credentials::keys::GRANT_SUFFIX)
+    format!("{}{grant}{}", credential_keys::GRANT_PREFIX, credential_keys::GRANT_SUFFIX)
 }
 
 /// Reconciles a grant (with its finalizer).
@@ -274,7 +230,7 @@ pub async fn reconcile(cached: Arc<CachedGrant>, ctx: Arc<Context>) -> Result<Ac
         match event {
             Finalizer::Apply(g) => apply(&g, &ctx).await,
             Finalizer::Cleanup(g) => {
-                let (trusted, _) = trusted(&g, &ctx.shared.trust.seal_keys(), pki::now_unix());
+                let (trusted, _) = crate::policy::seal::trusted(&g, &ctx.shared.trust.seal_keys(), pki::now_unix());
                 end(&trusted, &ctx, g.status.as_ref(), GrantPhase::Revoked, "the grant was deleted").await?;
                 Ok(Action::await_change())
             }
@@ -418,11 +374,11 @@ async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error>
     let ns = stored.namespace().unwrap_or_default();
     let now = pki::now_unix();
     let mut keys = shared.trust.seal_keys();
-    let (mut trusted_grant, mut tampered) = trusted(stored, &keys, now);
+    let (mut trusted_grant, mut tampered) = crate::policy::seal::trusted(stored, &keys, now);
     let ended = trusted_grant.status.as_ref().is_some_and(|s| s.phase.is_terminal());
     if !ended && (tampered.is_some() || crate::policy::seal::verify_grant(&keys, stored, now).is_err()) {
         keys = ctx.reload_seal_keys().await;
-        (trusted_grant, tampered) = trusted(stored, &keys, now);
+        (trusted_grant, tampered) = crate::policy::seal::trusted(stored, &keys, now);
     }
     let g = &mut trusted_grant;
     if let Some(why) = &tampered {
@@ -436,7 +392,7 @@ async fn apply(stored: &CapabilityGrant, ctx: &Context) -> Result<Action, Error>
     // grant whose status is not terminal either had its end interrupted (a
     // replica stopped in between: the same decision ends it again) or was
     // given an older status; either way it ends now.
-    let ended_before = !current.is_terminal() && shared.revocations.is_token_revoked(&ended_marker(&uid)).await;
+    let ended_before = !current.is_terminal() && shared.revocations.is_token_revoked(&ended_grant_marker(&uid)).await;
     // Ending a grant is final, so "gone" is never taken from a cache alone:
     // a watch that lags (another stream than the one that triggered this
     // reconcile) would deny a grant whose agent or parent was just created.
@@ -773,7 +729,7 @@ async fn end(
         .map(unix)
         .unwrap_or(now + shared.config.limits().max_grant_ttl.as_secs_i64())
         .max(now + 60);
-    revoked.push(RevokedToken { jti: ended_marker(&uid), expires_at: marker_until });
+    revoked.push(RevokedToken { jti: ended_grant_marker(&uid), expires_at: marker_until });
     // Also whatever is stored (a token written just before a crash, before
     // status recorded it): in the one pod a bound grant names (its spec is
     // immutable, and no other pod ever got its token), or any pod of the
@@ -833,7 +789,7 @@ async fn end(
         shared
             .metrics
             .grant_transitions
-            .get_or_create(&crate::runtime::metrics::PhaseLabels { phase: phase.as_str() })
+            .get_or_create(&crate::state::metrics::PhaseLabels { phase: phase.as_str() })
             .inc();
         ctx.event(
             &g.object_ref(&()),
@@ -906,7 +862,7 @@ async fn write_status(
         shared
             .metrics
             .grant_transitions
-            .get_or_create(&crate::runtime::metrics::PhaseLabels { phase: phase.as_str() })
+            .get_or_create(&crate::state::metrics::PhaseLabels { phase: phase.as_str() })
             .inc();
         let warning = matches!(phase, GrantPhase::Denied | GrantPhase::Revoked);
         ctx.event(&g.object_ref(&()), warning, phase.as_str(), "Transition", reason.to_string()).await;
@@ -943,16 +899,18 @@ pub fn desired_status(
         st.revoked_at = Some(now_t.clone());
     }
     let approved = matches!(phase, GrantPhase::Active) || (old.phase == GrantPhase::Active);
-    let approval_reason = if g.spec.approval.is_some() { "ApprovedByApprover" } else { "NoApprovalRequired" };
+    let approval_reason =
+        if g.spec.approval.is_some() { reason::APPROVED_BY_APPROVER } else { reason::NO_APPROVAL_REQUIRED };
     match phase {
         GrantPhase::AwaitingApproval => {
             set_condition(
                 &mut st.conditions,
-                condition(conditions::APPROVED, false, "AwaitingApproval", reason, gen, now_t.clone()),
+                condition(conditions::APPROVED, false, reason::AWAITING_APPROVAL, reason, gen, now_t.clone()),
             );
         }
         GrantPhase::Denied => {
-            let why = if reason.starts_with(APPROVAL_TIMEOUT_REASON) { "ApprovalTimeout" } else { "Denied" };
+            let why =
+                if reason.starts_with(APPROVAL_TIMEOUT_REASON) { reason::APPROVAL_TIMEOUT } else { reason::DENIED };
             set_condition(&mut st.conditions, condition(conditions::APPROVED, false, why, reason, gen, now_t.clone()));
         }
         _ if approved => {
@@ -970,7 +928,7 @@ pub fn desired_status(
         condition(
             conditions::ISSUED,
             issued,
-            if issued { "TokensIssued" } else { "NoTokens" },
+            if issued { reason::TOKENS_ISSUED } else { reason::NO_TOKENS },
             issued_msg,
             gen,
             now_t.clone(),
@@ -979,7 +937,7 @@ pub fn desired_status(
     if phase == GrantPhase::Expired {
         set_condition(
             &mut st.conditions,
-            condition(conditions::EXPIRED, true, "TTLElapsed", reason, gen, now_t.clone()),
+            condition(conditions::EXPIRED, true, reason::TTL_ELAPSED, reason, gen, now_t.clone()),
         );
     }
     if matches!(phase, GrantPhase::Revoked | GrantPhase::Completed | GrantPhase::Expired) {

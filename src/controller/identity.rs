@@ -15,31 +15,16 @@ use kube::{
 };
 
 use super::{credentials, time, unix, Context, Error, FINALIZER, MANAGER};
+use crate::api::conditions::identity::{self as conditions, reason};
+use crate::api::names::{REVIEWED_AT_ANNOTATION, REVIEWED_BY_ANNOTATION, TRUST_BUNDLE_CONFIGMAP};
 use crate::{
     api::{
-        condition::{condition, set_condition},
+        conditions::{condition, set_condition},
         AgentIdentity, AgentIdentityStatus,
     },
     pki,
-    runtime::CredentialSecret,
+    state::CredentialSecret,
 };
-
-/// ConfigMap with the CA bundle, in the operator namespace and every namespace with an AgentIdentity.
-pub const TRUST_BUNDLE_CONFIGMAP: &str = "writ-trust-bundle";
-/// Annotation recording an access review: `<RFC 3339 time>` (set by `writ review`).
-pub use crate::api::REVIEWED_AT_ANNOTATION;
-/// Annotation recording who reviewed (set by `writ review`).
-pub use crate::api::REVIEWED_BY_ANNOTATION;
-
-/// Condition types.
-pub mod conditions {
-    /// Credentials can be issued.
-    pub const READY: &str = "Ready";
-    /// The periodic access review is overdue.
-    pub const REVIEW_OVERDUE: &str = "ReviewOverdue";
-    /// No pod and no active grant for `review.dormantAfter`.
-    pub const DORMANT: &str = "Dormant";
-}
 
 fn object(id: &AgentIdentity) -> String {
     format!("AgentIdentity {}/{}", id.namespace().unwrap_or_default(), id.name_any())
@@ -85,7 +70,7 @@ pub fn desired_status(
         condition(
             conditions::READY,
             true,
-            "CredentialsAvailable",
+            reason::CREDENTIALS_AVAILABLE,
             "pods running as the identity's service account receive credentials",
             generation,
             now_t.clone(),
@@ -107,7 +92,7 @@ pub fn desired_status(
             condition(
                 conditions::REVIEW_OVERDUE,
                 overdue,
-                if overdue { "ReviewOverdue" } else { "ReviewCurrent" },
+                if overdue { reason::REVIEW_OVERDUE } else { reason::REVIEW_CURRENT },
                 format!("access review due at {}", time(due).0),
                 generation,
                 now_t.clone(),
@@ -125,7 +110,7 @@ pub fn desired_status(
                 condition(
                     conditions::DORMANT,
                     dormant,
-                    if dormant { "NoActivity" } else { "Active" },
+                    if dormant { reason::NO_ACTIVITY } else { reason::ACTIVE },
                     format!("no pod and no active grant since {}", time(last).0),
                     generation,
                     now_t,
@@ -261,7 +246,7 @@ pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), 
     let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), namespace);
     let bundle = ctx.shared.trust.bundle_pem();
     let now = pki::now_unix();
-    let spiffe = crate::publish::spiffe_bundle_json(&ctx.shared.trust, now).map_err(|source| Error::Pki {
+    let spiffe = crate::state::trust::spiffe_bundle_json(&ctx.shared.trust, now).map_err(|source| Error::Pki {
         op: "building the SPIFFE bundle for",
         object: format!("namespace {namespace}"),
         source,
@@ -276,13 +261,13 @@ pub async fn publish_trust_bundle(ctx: &Context, namespace: &str) -> Result<(), 
     for (name, key, value, what) in [
         (TRUST_BUNDLE_CONFIGMAP, "ca.crt", bundle, "publishing trust bundle in"),
         (
-            crate::publish::SPIFFE_BUNDLE_CONFIGMAP,
-            crate::publish::SPIFFE_BUNDLE_KEY,
+            crate::api::names::SPIFFE_BUNDLE_CONFIGMAP,
+            crate::api::names::SPIFFE_BUNDLE_KEY,
             spiffe,
             "publishing SPIFFE bundle in",
         ),
     ] {
-        let cm = crate::publish::published_config_map(name, key, value);
+        let cm = crate::state::trust::published_config_map(name, key, value);
         let mut value = serde_json::to_value(&cm).unwrap_or_default();
         value["apiVersion"] = "v1".into();
         value["kind"] = "ConfigMap".into();

@@ -13,12 +13,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
-use crate::runtime::Shared;
-
-/// Finalizer on AgentIdentities and CapabilityGrants: revoke before the object goes.
-pub const FINALIZER: &str = "writ.dev/revoke";
-/// Field manager of everything the controllers write.
-pub const MANAGER: &str = "writ";
+use crate::api::names::{FINALIZER, MANAGER};
+use crate::state::Shared;
+use crate::state::{time, unix};
 
 /// What every reconciler gets.
 pub struct Context {
@@ -62,7 +59,7 @@ impl Context {
     pub fn new(
         shared: Arc<Shared>,
         events: events::Events,
-        secrets: kube::runtime::reflector::Store<crate::runtime::CredentialSecret>,
+        secrets: kube::runtime::reflector::Store<crate::state::CredentialSecret>,
     ) -> Self {
         let secret_writes = batch::SecretWriter::new(shared.client.clone(), secrets);
         let authorities = authorities::AuthorityLists::new(shared.client.clone());
@@ -186,7 +183,7 @@ pub enum Error {
         object: String,
         /// Cause.
         #[source]
-        source: crate::publish::revocations::RevocationError,
+        source: crate::state::revocations::RevocationError,
     },
     /// The finalizer helper failed.
     #[error("finalizer of {object}: {message}")]
@@ -251,18 +248,6 @@ where
 /// Whether a kube error is a 404 (counts as success during cleanup).
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-/// Unix seconds of a Kubernetes timestamp.
-pub fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
-    t.0.as_second()
-}
-
-/// A Kubernetes timestamp from unix seconds.
-pub fn time(secs: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
-    )
 }
 
 /// Lets through only the watch events of an object that change what other

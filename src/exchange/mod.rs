@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{CapabilityGrant, GrantPhase};
 use crate::pki::token::{Capability, Claims};
+pub use crate::state::config::MAX_TTL_SECS;
 
 /// `grant_type` of a token exchange (RFC 8693 §2.1).
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -35,9 +36,6 @@ pub const MAX_CONTEXT_BYTES: usize = 1024;
 pub const MAX_REQUESTED_CAPABILITIES: usize = 16;
 /// Default lifetime of a per-call token, in seconds.
 pub const DEFAULT_TTL_SECS: i64 = 60;
-/// Longest lifetime of a per-call token, in seconds.
-pub const MAX_TTL_SECS: i64 = 300;
-
 /// The OAuth error codes the token endpoint answers with (RFC 6749 §5.2, RFC 8693 §2.2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

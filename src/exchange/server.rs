@@ -36,13 +36,13 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::{authorize, issued_claims, parse_request, ErrorCode, ExchangeResponse, Facts, OAuthError};
-use crate::api::condition;
+use crate::api::conditions as condition;
 use crate::pki::{
     cert::{parse_x509, serial_hex, spiffe_id_of, thumbprint},
     now_unix,
 };
-use crate::runtime::Shared;
-use crate::webhook::server::CertSlot;
+use crate::state::tls::CertSlot;
+use crate::state::Shared;
 
 /// Settings of the token endpoint.
 #[derive(Clone, Copy, Debug)]
@@ -337,11 +337,11 @@ async fn exchange(
 
     // Continuous authorisation against the grant's trusted state.
     let revoked = s.revocations.is_token_revoked(&subject.jti).await
-        || s.revocations.is_token_revoked(&crate::controller::grant::ended_marker(&subject.grant.uid)).await;
+        || s.revocations.is_token_revoked(&crate::api::names::ended_grant_marker(&subject.grant.uid)).await;
     let grant = s
         .grants
         .get(&ObjectRef::new(&subject.grant.name).within(ns))
-        .map(|g| crate::controller::grant::trusted(&g.grant(), &s.trust.seal_keys(), now).0);
+        .map(|g| crate::policy::seal::trusted(&g.grant(), &s.trust.seal_keys(), now).0);
     let agent_refusal = grant.as_ref().and_then(|g| agent_refusal(s, ns, &g.spec.agent));
     let facts = Facts { subject, grant: grant.as_ref(), revoked, agent_refusal: agent_refusal.as_deref(), now };
     let grant_expires = authorize(&req, &facts).map_err(refuse)?;
@@ -398,10 +398,12 @@ fn agent_refusal(s: &Shared, ns: &str, agent: &str) -> Option<String> {
         return Some(format!("agent {agent} is suspended"));
     }
     let conditions = id.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
-    if s.config.refuse_dormant && condition::is_true(conditions, crate::policy::DORMANT_CONDITION) {
+    if s.config.refuse_dormant && condition::is_true(conditions, crate::api::conditions::identity::DORMANT) {
         return Some(format!("agent {agent} is dormant"));
     }
-    if s.config.refuse_review_overdue && condition::is_true(conditions, crate::policy::REVIEW_OVERDUE_CONDITION) {
+    if s.config.refuse_review_overdue
+        && condition::is_true(conditions, crate::api::conditions::identity::REVIEW_OVERDUE)
+    {
         return Some(format!("the access review of agent {agent} is overdue"));
     }
     None
@@ -478,6 +480,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, serving: Arc<Cert
 }
 
 /// Binds the token listener (fails fast on a port clash).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::webhook::server::ServerError> {
-    crate::webhook::server::bind(addr).await
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::state::tls::ServerError> {
+    crate::state::tls::bind(addr).await
 }

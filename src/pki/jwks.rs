@@ -11,12 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::names::{KEYSET_KEY, SIGNING_KEY_KEY};
 use crate::pki::{b64url, b64url_decode, token::TokenAlgorithm, PkiError, SigningKey};
-
-/// Secret data key holding the current signing key, PKCS#8 PEM.
-pub const SECRET_KEY_SIGNING_KEY: &str = "signing-key.pem";
-/// Secret data key holding the rotation state (previous public keys, issuers), JSON.
-pub const SECRET_KEY_KEYSET: &str = "keyset.json";
 
 /// One public key in JWK form. Writ signs with P-256
 /// (`{"kty":"EC","crv":"P-256","x":…,"y":…,"kid":…,"use":"sig","alg":"ES256"}`) or Ed25519
@@ -375,8 +371,8 @@ impl KeySet {
         left.chain(self.current_since).max().unwrap_or(0)
     }
 
-    /// The Secret data that stores this key set: [`SECRET_KEY_SIGNING_KEY`] (PKCS#8 PEM of the
-    /// current key) and [`SECRET_KEY_KEYSET`] (JSON: `currentSince`, `previous`, `issuer`,
+    /// The Secret data that stores this key set: [`SIGNING_KEY_KEY`] (PKCS#8 PEM of the
+    /// current key) and [`KEYSET_KEY`] (JSON: `currentSince`, `previous`, `issuer`,
     /// `previousIssuers`).
     pub fn to_secret_data(&self) -> Result<BTreeMap<String, Vec<u8>>, PkiError> {
         let stored = StoredKeySet {
@@ -386,22 +382,21 @@ impl KeySet {
             previous_issuers: self.previous_issuers.clone(),
         };
         let mut data = BTreeMap::new();
-        data.insert(SECRET_KEY_SIGNING_KEY.to_owned(), self.current.to_pkcs8_pem().into_bytes());
-        data.insert(SECRET_KEY_KEYSET.to_owned(), serde_json::to_vec(&stored)?);
+        data.insert(SIGNING_KEY_KEY.to_owned(), self.current.to_pkcs8_pem().into_bytes());
+        data.insert(KEYSET_KEY.to_owned(), serde_json::to_vec(&stored)?);
         Ok(data)
     }
 
-    /// Loads a key set from Secret data. Only [`SECRET_KEY_SIGNING_KEY`] is required, so a user
+    /// Loads a key set from Secret data. Only [`SIGNING_KEY_KEY`] is required, so a user
     /// can bring their own key (P-256 or Ed25519); every previous key must be a well-formed P-256
     /// or Ed25519 JWK whose `kid` is its thumbprint.
     pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, PkiError> {
-        let pem_bytes = data
-            .get(SECRET_KEY_SIGNING_KEY)
-            .ok_or_else(|| PkiError::KeySet(format!("missing {SECRET_KEY_SIGNING_KEY}")))?;
-        let pem_str = std::str::from_utf8(pem_bytes)
-            .map_err(|_| PkiError::KeySet(format!("{SECRET_KEY_SIGNING_KEY} is not UTF-8")))?;
+        let pem_bytes =
+            data.get(SIGNING_KEY_KEY).ok_or_else(|| PkiError::KeySet(format!("missing {SIGNING_KEY_KEY}")))?;
+        let pem_str =
+            std::str::from_utf8(pem_bytes).map_err(|_| PkiError::KeySet(format!("{SIGNING_KEY_KEY} is not UTF-8")))?;
         let current = SigningKey::from_pkcs8_pem(pem_str)?;
-        let stored: StoredKeySet = match data.get(SECRET_KEY_KEYSET) {
+        let stored: StoredKeySet = match data.get(KEYSET_KEY) {
             Some(bytes) => serde_json::from_slice(bytes)?,
             None => StoredKeySet::default(),
         };
@@ -569,10 +564,7 @@ mod tests {
         set.rotate(20, 900).expect("rotate");
         set.rotate(30, 900).expect("rotate");
         let data = set.to_secret_data().expect("data");
-        assert_eq!(
-            data.keys().map(String::as_str).collect::<Vec<_>>(),
-            vec![SECRET_KEY_KEYSET, SECRET_KEY_SIGNING_KEY]
-        );
+        assert_eq!(data.keys().map(String::as_str).collect::<Vec<_>>(), vec![KEYSET_KEY, SIGNING_KEY_KEY]);
         let back = KeySet::from_secret_data(&data).expect("load");
         assert_eq!(back.current().kid(), set.current().kid());
         assert_eq!(back.current_since(), Some(30));
@@ -585,7 +577,7 @@ mod tests {
     fn a_user_key_alone_is_a_key_set() {
         let key = SigningKey::generate().expect("key");
         let mut data = BTreeMap::new();
-        data.insert(SECRET_KEY_SIGNING_KEY.to_owned(), key.to_pkcs8_pem().into_bytes());
+        data.insert(SIGNING_KEY_KEY.to_owned(), key.to_pkcs8_pem().into_bytes());
         let set = KeySet::from_secret_data(&data).expect("load");
         assert_eq!(set.current().kid(), key.kid());
         assert_eq!(set.current_since(), None);
@@ -597,14 +589,14 @@ mod tests {
         let set = KeySet::generate(0).expect("keys");
         assert!(matches!(KeySet::from_secret_data(&BTreeMap::new()), Err(PkiError::KeySet(_))));
         let mut data = set.to_secret_data().expect("data");
-        data.insert(SECRET_KEY_KEYSET.into(), b"{not json".to_vec());
+        data.insert(KEYSET_KEY.into(), b"{not json".to_vec());
         assert!(KeySet::from_secret_data(&data).is_err());
         let mut tampered = SigningKey::generate().expect("key").public_jwk();
         tampered.kid = "someone-else".into();
         let stored = serde_json::json!({"previous": [{"jwk": tampered, "retireAfter": 5}]});
-        data.insert(SECRET_KEY_KEYSET.into(), serde_json::to_vec(&stored).expect("json"));
+        data.insert(KEYSET_KEY.into(), serde_json::to_vec(&stored).expect("json"));
         assert!(matches!(KeySet::from_secret_data(&data), Err(PkiError::KeySet(_))));
-        data.insert(SECRET_KEY_SIGNING_KEY.into(), vec![0xff, 0xfe]);
+        data.insert(SIGNING_KEY_KEY.into(), vec![0xff, 0xfe]);
         assert!(KeySet::from_secret_data(&data).is_err());
     }
 }

@@ -19,9 +19,7 @@ use aws_lc_rs::{
 use serde::{Deserialize, Serialize};
 
 use super::{b64url, b64url_decode, PkiError};
-
-/// Secret data key holding the seal key set (JSON).
-pub const SECRET_KEY_SEAL_KEYS: &str = "seal-keys.json";
+use crate::api::names::SEAL_KEYS_KEY;
 
 /// Bytes of key material per seal key (HMAC-SHA256's block-sized key).
 const KEY_BYTES: usize = 32;
@@ -110,11 +108,9 @@ impl SealKeys {
         Ok(Self { keys: vec![load(new_key(&rng)?)?] })
     }
 
-    /// Reads the set from Secret data ([`SECRET_KEY_SEAL_KEYS`]).
+    /// Reads the set from Secret data ([`SEAL_KEYS_KEY`]).
     pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, PkiError> {
-        let raw = data
-            .get(SECRET_KEY_SEAL_KEYS)
-            .ok_or_else(|| PkiError::Key(format!("the Secret has no {SECRET_KEY_SEAL_KEYS}")))?;
+        let raw = data.get(SEAL_KEYS_KEY).ok_or_else(|| PkiError::Key(format!("the Secret has no {SEAL_KEYS_KEY}")))?;
         let stored: Vec<StoredKey> = serde_json::from_slice(raw).map_err(PkiError::Json)?;
         if stored.is_empty() {
             return Err(PkiError::Key("the seal key set is empty".into()));
@@ -125,7 +121,7 @@ impl SealKeys {
     /// The set as Secret data.
     pub fn to_secret_data(&self) -> Result<BTreeMap<String, Vec<u8>>, PkiError> {
         let stored: Vec<&StoredKey> = self.keys.iter().map(|(k, _)| k).collect();
-        Ok([(SECRET_KEY_SEAL_KEYS.to_string(), serde_json::to_vec(&stored).map_err(PkiError::Json)?)].into())
+        Ok([(SEAL_KEYS_KEY.to_string(), serde_json::to_vec(&stored).map_err(PkiError::Json)?)].into())
     }
 
     /// The current key's id.

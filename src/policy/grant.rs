@@ -5,7 +5,11 @@
 use jiff::Timestamp;
 
 use crate::api::{
-    condition, AgentIdentity, CapabilityGrant, DelegationPolicy, APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
+    conditions::{
+        self as condition,
+        identity::{DORMANT as DORMANT_CONDITION, REVIEW_OVERDUE as REVIEW_OVERDUE_CONDITION},
+    },
+    AgentIdentity, CapabilityGrant, DelegationPolicy, APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION,
     REQUESTED_GROUPS_ANNOTATION,
 };
 
@@ -14,7 +18,7 @@ use super::grammar::{parse_action, parse_resource, CapabilityPattern};
 use super::requester::{delegate_matches, Requester};
 use super::rules::{Rule, Violation};
 use super::validate::dns_subdomain;
-use super::{Limits, DORMANT_CONDITION, REVIEW_OVERDUE_CONDITION};
+use super::Limits;
 
 /// Everything [`admit_grant`] needs besides the grant, resolved by the caller
 /// (the webhook from its caches, `writ check` from files).

@@ -38,10 +38,6 @@ pub use validate::{validate_identity, validate_policy};
 
 use crate::api::{Duration, MAX_GRANT_CAPABILITIES};
 
-/// AgentIdentity condition: the periodic access review is overdue.
-pub const REVIEW_OVERDUE_CONDITION: &str = "ReviewOverdue";
-/// AgentIdentity condition: no bound pod and no active grant for too long.
-pub const DORMANT_CONDITION: &str = "Dormant";
 /// The shortest pod certificate lifetime an AgentIdentity may ask for.
 pub const MIN_CREDENTIAL_TTL: Duration = Duration::from_secs(10);
 /// The largest `maxDepth` a DelegationPolicy may set.

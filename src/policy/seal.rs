@@ -22,6 +22,7 @@
 use aws_lc_rs::digest;
 use kube::ResourceExt;
 
+use crate::api::GrantPhase;
 use crate::api::{
     CapabilityGrant, CapabilityGrantSpec, CapabilityGrantStatus, ADMISSION_SEAL_ANNOTATION, APPROVAL_SEAL_ANNOTATION,
     APPROVED_BY_ANNOTATION, REQUESTED_BY_ANNOTATION, REQUESTED_GROUPS_ANNOTATION,
@@ -253,6 +254,33 @@ pub fn verify_review(keys: &SealKeys, id: &crate::api::AgentIdentity, now: i64) 
     let value = id.metadata.annotations.as_ref().and_then(|a| a.get(crate::api::REVIEW_SEAL_ANNOTATION));
     let (sealed_at, seal) = split_timed(value.map(String::as_str).unwrap_or(""))?;
     keys.verify(REVIEW, &as_strs(&review_fields(id, sealed_at)), seal, now)
+}
+
+/// The status the controller can trust: the stored one when its seal
+/// verifies (or when there is none yet), otherwise a fresh Pending status,
+/// with why the stored one was refused. Status is writable by whoever may
+/// write `capabilitygrants/status`; nothing in it counts unless Writ sealed it.
+pub fn trusted(stored: &CapabilityGrant, keys: &SealKeys, now: i64) -> (CapabilityGrant, Option<String>) {
+    let mut g = stored.clone();
+    let Some(st) = stored.status.as_ref() else { return (g, None) };
+    let fresh = st.seal.is_none()
+        && st.phase == GrantPhase::Pending
+        && st.issued_at.is_none()
+        && st.expires_at.is_none()
+        && st.tokens.is_empty()
+        && st.bound_pod_uid.is_none()
+        && st.authorised_by.is_none()
+        && st.approval_deadline.is_none();
+    if fresh {
+        return (g, None);
+    }
+    match verify_status(keys, stored, st, now) {
+        Ok(()) => (g, None),
+        Err(e) => {
+            g.status = Some(CapabilityGrantStatus::default());
+            (g, Some(format!("status-tampered: the stored status is not Writ's ({e}); it was repaired")))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ impl Caller {
 }
 
 /// The Writ client certificate a TLS connection presented, verified against
-/// Writ's CA at the handshake (see [`crate::webhook::server::ClientTrust`]).
+/// Writ's CA at the handshake (see [`crate::state::tls::ClientTrust`]).
 #[derive(Clone, Debug)]
 pub struct WritClientCertificate(pub CertificateDer<'static>);
 
@@ -183,7 +183,7 @@ fn token_key(token: &str) -> [u8; 32] {
 /// unless the certificate is revoked or names none.
 pub async fn workload_of(
     cert: &WritClientCertificate,
-    revocations: &Arc<super::revocations::RevocationStore>,
+    revocations: &Arc<crate::state::revocations::RevocationStore>,
 ) -> Option<Caller> {
     let info = crate::pki::cert::CertificateInfo::from_der(&cert.0).ok()?;
     if revocations.is_certificate_revoked(&info.serial_hex).await {

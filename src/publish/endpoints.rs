@@ -29,7 +29,7 @@ use axum::{
 use serde::Deserialize;
 
 use super::caller::{workload_of, Caller, TokenReviewer, WritClientCertificate};
-use crate::{runtime::Shared, webhook::server::PeerCertificate};
+use crate::state::{tls::PeerCertificate, Shared};
 
 /// What the endpoints answer from: the operator's state, and the reviewer of
 /// introspection callers' tokens.

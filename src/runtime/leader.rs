@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::api::names::LEASE_NAME;
 use jiff::Timestamp;
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -33,9 +34,6 @@ use kube::{
     Client,
 };
 use tokio::sync::watch;
-
-/// The Lease's name.
-pub const LEASE_NAME: &str = "writ-leader";
 
 /// How often a follower looks at the Lease at most: a released Lease is
 /// taken within this.

@@ -14,18 +14,20 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use super::{
-    cache::{Cache, Resync},
-    leader::LeaderElector,
-    metrics::Metrics,
-    AgentPod, CachedGrant, CredentialSecret, RunConfig, Shared,
-};
+use super::leader::LeaderElector;
 use crate::{
     api::{AgentIdentity, DelegationPolicy, GrantPhase, AGENT_LABEL},
     controller::{self, credentials, intake, intake::Intake, Context},
-    publish::{self, revocations::RevocationStore},
-    trust::Trust,
-    webhook::{self, register, server},
+    publish,
+    state::{
+        cache::{Cache, Resync},
+        metrics::{self, Metrics},
+        revocations::RevocationStore,
+        tls as server,
+        trust::Trust,
+        AgentPod, CachedGrant, CredentialSecret, RunConfig, Shared,
+    },
+    webhook::{self, register},
 };
 
 /// Lifetime of the webhook serving certificate; re-minted at half-life.
@@ -57,7 +59,7 @@ async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                labels: Some([(register::IGNORE_NAMESPACE_LABEL.to_string(), "disabled".to_string())].into()),
+                labels: Some([(crate::api::names::IGNORE_NAMESPACE_LABEL.to_string(), "disabled".to_string())].into()),
                 ..Default::default()
             },
             ..Default::default()
@@ -181,7 +183,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let metrics = boot_metrics;
 
     ensure_namespace(&client, &config.namespace).await?;
-    let token_settings = crate::trust::TokenSettings {
+    let token_settings = crate::state::trust::TokenSettings {
         algorithm: config.token_algorithm,
         issuer: config.effective_issuer().map_err(|e| anyhow::anyhow!(e))?,
         // A replaced key or issuer is kept as long as the longest token can live, plus skew.
@@ -201,7 +203,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             Ok(t) => break Arc::new(t),
             // A configured CA Secret may be created after the operator (GitOps
             // ordering, cert-manager): wait for it instead of crash-looping.
-            Err(e @ crate::trust::TrustError::Missing { .. }) => {
+            Err(e @ crate::state::trust::TrustError::Missing { .. }) => {
                 boot.set_waiting(e.to_string());
                 tracing::warn!(error = %e, "waiting for the CA Secret");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -210,9 +212,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         }
     };
     // Credentials read back from Secrets count only when this trust issued
-    // them (see [`super::credential_secret`]): registered before any cache
+    // them (see [`crate::state::trust_read_back`]): registered before any cache
     // decodes a Secret.
-    super::credential_secret::trust_read_back(
+    crate::state::trust_read_back(
         &trust,
         &config.trust_domain,
         config.max_grant_ttl.as_secs_i64(),
@@ -232,13 +234,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         identities: Cache::spawn(
             Api::all(client.clone()),
             watcher::Config::default(),
-            strip,
+            crate::state::cache::strip,
             metrics.cache_lists("agentidentities"),
         ),
         policies: Cache::spawn(
             Api::all(client.clone()),
             watcher::Config::default(),
-            strip,
+            crate::state::cache::strip,
             metrics.cache_lists("delegationpolicies"),
         ),
         // Stripped as it is decoded (see [`CachedGrant`]); the resourceVersion
@@ -258,7 +260,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         // leader holds anyway.
         secrets: Cache::spawn(
             Api::all(client.clone()),
-            watcher::Config::default().labels(credentials::POD_LABEL),
+            watcher::Config::default().labels(crate::api::names::POD_LABEL),
             CredentialSecret::trim,
             metrics.cache_lists("secrets"),
         ),
@@ -278,8 +280,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let _ = boot.shared.set(shared.clone());
     if config.per_object_metrics {
-        let source =
-            super::metrics::cache_object_source(&shared, caches.secrets.store(), config.per_object_metrics_max);
+        let source = metrics::cache_object_source(&shared, caches.secrets.store(), config.per_object_metrics_max);
         metrics.set_object_source(source);
     }
 
@@ -401,11 +402,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 shared.metrics.revocation_usage(&shared.revocations.usage(now).await);
                 for phase in GrantPhase::ALL {
                     let n = shared.grants.state().iter().filter(|g| g.phase == phase).count();
-                    shared
-                        .metrics
-                        .grants
-                        .get_or_create(&super::metrics::PhaseLabels { phase: phase.as_str() })
-                        .set(n as i64);
+                    shared.metrics.grants.get_or_create(&metrics::PhaseLabels { phase: phase.as_str() }).set(n as i64);
                 }
             }
         });
@@ -498,25 +495,6 @@ fn release_free_memory() {
     }
 }
 
-/// What the caches keep of an object: everything but `managedFields` (the
-/// field-ownership bookkeeping of server-side apply, often the larger part of
-/// an object) and `kubectl apply`'s copy of the whole object in the
-/// `last-applied-configuration` annotation (grants and policies applied from
-/// GitOps carry one). Nothing in Writ reads either.
-pub(super) fn strip<K: kube::Resource>(obj: &mut K) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-        if annotations.is_empty() {
-            meta.annotations = None;
-        }
-    }
-}
-
-/// The annotation where client-side `kubectl apply` keeps the applied object.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// Reconciles in flight per controller.
 const RECONCILES_IN_FLIGHT: u16 = 32;
 /// Reconciles in flight of the grant controller: each grant is re-triggered
@@ -593,7 +571,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let secrets = &caches.secrets;
     let ctx = Arc::new(Context::new(
         shared.clone(),
-        controller::events::Events::new(client.clone(), "writ", &me),
+        controller::events::Events::new(client.clone(), crate::api::names::EVENT_REPORTER, &me),
         secrets.store(),
     ));
     // This future is dropped when the Lease is lost: token writes still
@@ -793,32 +771,4 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
 
     tracing::info!("controllers started");
     tokio::join!(pods, secrets_controller, identities, grants, forget_seen, relisted, mounts);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::CapabilityGrant;
-
-    #[test]
-    fn caches_drop_field_ownership_and_kubectls_copy_but_keep_writs_annotations() {
-        let mut g: CapabilityGrant = serde_json::from_value(serde_json::json!({
-            "apiVersion": "writ.dev/v1alpha1", "kind": "CapabilityGrant",
-            "metadata": {
-                "name": "g", "namespace": "ci",
-                "annotations": {LAST_APPLIED: "{\"whole\":\"object\"}", "writ.dev/requested-by": "alice"},
-                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
-            },
-            "spec": {"agent": "a", "task": {"id": "T"}, "capabilities": [], "audiences": ["x"], "ttl": "5m"}
-        }))
-        .expect("grant");
-        strip(&mut g);
-        assert!(g.metadata.managed_fields.is_none());
-        assert_eq!(g.annotations().len(), 1);
-        assert_eq!(g.annotations().get("writ.dev/requested-by").map(String::as_str), Some("alice"));
-        let mut only_kubectl = g.clone();
-        only_kubectl.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
-        strip(&mut only_kubectl);
-        assert!(only_kubectl.metadata.annotations.is_none());
-    }
 }

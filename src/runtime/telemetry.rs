@@ -2,7 +2,7 @@
 
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
-use super::config::LogFormat;
+use crate::state::config::LogFormat;
 
 /// Installs the global subscriber (once; later calls are ignored).
 pub fn init(format: LogFormat) {

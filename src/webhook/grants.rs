@@ -17,7 +17,7 @@ use crate::{
     },
     pki::seal::SealKeys,
     policy::{self, GrantContext, Requester},
-    runtime::Shared,
+    state::Shared,
 };
 
 /// How far up a delegation chain the webhook looks (well past any maxDepth).
@@ -125,8 +125,8 @@ pub fn stamp(keys: &SealKeys, now: i64, req: &AdmissionRequest<CapabilityGrant>)
             annotations.remove(APPROVED_BY_ANNOTATION);
             annotations.remove(APPROVAL_SEAL_ANNOTATION);
             let finalizers = stamped.metadata.finalizers.get_or_insert_with(Vec::new);
-            if !finalizers.iter().any(|f| f == crate::controller::FINALIZER) {
-                finalizers.push(crate::controller::FINALIZER.into());
+            if !finalizers.iter().any(|f| f == crate::api::names::FINALIZER) {
+                finalizers.push(crate::api::names::FINALIZER.into());
             }
             if stamped.metadata.namespace.is_none() {
                 stamped.metadata.namespace.clone_from(&req.namespace);
@@ -364,7 +364,7 @@ pub async fn bound_pod(shared: &Shared, req: &AdmissionRequest<CapabilityGrant>)
         None
     })?;
     let agent = pod.labels().get(crate::api::AGENT_LABEL).cloned();
-    let sa = pods::effective_service_account(
+    let sa = crate::state::effective_service_account(
         pod.spec.as_ref().and_then(|s| s.service_account_name.as_deref()),
         pod.spec.as_ref().and_then(|s| s.service_account.as_deref()),
     );
@@ -556,18 +556,18 @@ mod tests {
     fn a_created_grant_gets_the_finalizer_and_the_requester_stamp() {
         let original = grant(&[], json!({REQUESTED_BY_ANNOTATION: "bob"}));
         let out = patched(stamp(&keys(), 1_000, &request("CREATE", original.clone(), None)), original);
-        assert_eq!(out["metadata"]["finalizers"], json!([crate::controller::FINALIZER]));
+        assert_eq!(out["metadata"]["finalizers"], json!([crate::api::names::FINALIZER]));
         assert_eq!(out["metadata"]["annotations"][REQUESTED_BY_ANNOTATION], "alice");
         assert_eq!(out["metadata"]["annotations"]["writ.dev/requested-by-groups"], "release-managers");
     }
 
     #[test]
     fn the_finalizer_is_not_added_twice_nor_on_update() {
-        let with = grant(&["other/f", crate::controller::FINALIZER], json!({}));
+        let with = grant(&["other/f", crate::api::names::FINALIZER], json!({}));
         let out = patched(stamp(&keys(), 1_000, &request("CREATE", with.clone(), None)), with);
-        assert_eq!(out["metadata"]["finalizers"], json!(["other/f", crate::controller::FINALIZER]));
+        assert_eq!(out["metadata"]["finalizers"], json!(["other/f", crate::api::names::FINALIZER]));
         // An update that removes it (the controller, after revoking) keeps it removed.
-        let old = grant(&[crate::controller::FINALIZER], json!({REQUESTED_BY_ANNOTATION: "alice"}));
+        let old = grant(&[crate::api::names::FINALIZER], json!({REQUESTED_BY_ANNOTATION: "alice"}));
         let new = grant(&[], json!({REQUESTED_BY_ANNOTATION: "alice"}));
         let d = stamp(&keys(), 1_000, &request("UPDATE", new, Some(old)));
         assert!(matches!(d, Decision::Allow), "{d:?}");

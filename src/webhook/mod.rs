@@ -5,7 +5,6 @@
 pub mod grants;
 pub mod pods;
 pub mod register;
-pub mod server;
 
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use kube::core::{
     DynamicObject,
 };
 
-use crate::runtime::Shared;
+use crate::state::Shared;
 
 /// Paths of the webhooks on the HTTPS listener.
 pub mod paths {

@@ -5,20 +5,17 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount};
 use kube::core::admission::{AdmissionRequest, Operation};
 
 use super::Decision;
+use crate::api::names::{VOLUME_NAME, WRIT_PREFIX};
+use crate::state::{effective_service_account, secret_references};
 use crate::{
     api::{AgentIdentity, AGENT_LABEL, CREDENTIALS_DIR, CREDENTIAL_SECRET_ANNOTATION},
     policy::{Rule, Violation},
-    runtime::Shared,
+    state::Shared,
 };
-
-/// Name of the injected volume.
-pub const VOLUME_NAME: &str = "writ-credentials";
 
 /// Why a pod may not claim the identity it names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,12 +50,6 @@ pub fn service_account(pod: &Pod) -> &str {
         spec.and_then(|s| s.service_account_name.as_deref()),
         spec.and_then(|s| s.service_account.as_deref()),
     )
-}
-
-/// `serviceAccountName`, else its deprecated alias `serviceAccount`, else
-/// `default`: the API server's rule, for admitted and cached pods alike.
-pub fn effective_service_account<'a>(name: Option<&'a str>, alias: Option<&'a str>) -> &'a str {
-    name.or(alias).filter(|s| !s.is_empty()).unwrap_or("default")
 }
 
 /// The identity a pod claims, if it carries the label.
@@ -132,9 +123,6 @@ pub fn inject(
     Ok(pod)
 }
 
-/// Prefix of the labels and annotations that are Writ's on a pod.
-pub const WRIT_PREFIX: &str = "writ.dev/";
-
 /// The `writ.dev/*` labels and annotations an update adds, changes or
 /// removes, each as a violation of `pod-writ-metadata-immutable` naming the
 /// key. A pod's claim (`writ.dev/agent`) and its credential Secret
@@ -178,58 +166,6 @@ pub fn check_update(req: &AdmissionRequest<Pod>) -> Decision {
     } else {
         Decision::violations(&violations)
     }
-}
-
-/// A Secret a pod reads: where (a field path) and which.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretReference {
-    /// The field naming it, e.g. `spec.volumes[0].secret.secretName`.
-    pub field: String,
-    /// The Secret's name.
-    pub secret: String,
-}
-
-/// Every Secret a pod spec makes readable to its containers: secret and
-/// projected volumes, `env[].valueFrom.secretKeyRef` and
-/// `envFrom[].secretRef` of containers, init containers and ephemeral
-/// containers.
-pub fn secret_references(spec: &PodSpec) -> Vec<SecretReference> {
-    let mut out = Vec::new();
-    let mut push = |field: String, secret: Option<&String>| {
-        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-            out.push(SecretReference { field, secret: secret.clone() });
-        }
-    };
-    for (i, v) in spec.volumes.iter().flatten().enumerate() {
-        if let Some(s) = &v.secret {
-            push(format!("spec.volumes[{i}].secret.secretName"), s.secret_name.as_ref());
-        }
-        for (j, source) in v.projected.iter().flat_map(|p| p.sources.iter().flatten()).enumerate() {
-            if let Some(s) = &source.secret {
-                push(format!("spec.volumes[{i}].projected.sources[{j}].secret.name"), Some(&s.name));
-            }
-        }
-    }
-    let mut from_env = |kind: &str, i: usize, env: Option<&Vec<EnvVar>>, env_from: Option<&Vec<EnvFromSource>>| {
-        for (j, e) in env.into_iter().flatten().enumerate() {
-            let key = e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref());
-            push(format!("spec.{kind}[{i}].env[{j}].valueFrom.secretKeyRef.name"), key.map(|k| &k.name));
-        }
-        for (j, e) in env_from.into_iter().flatten().enumerate() {
-            push(format!("spec.{kind}[{i}].envFrom[{j}].secretRef.name"), e.secret_ref.as_ref().map(|r| &r.name));
-        }
-    };
-    let lists: [(&str, &[Container]); 2] =
-        [("containers", &spec.containers), ("initContainers", spec.init_containers.as_deref().unwrap_or_default())];
-    for (kind, list) in lists {
-        for (i, c) in list.iter().enumerate() {
-            from_env(kind, i, c.env.as_ref(), c.env_from.as_ref());
-        }
-    }
-    for (i, c) in spec.ephemeral_containers.iter().flatten().enumerate() {
-        from_env("ephemeralContainers", i, c.env.as_ref(), c.env_from.as_ref());
-    }
-    out
 }
 
 /// The references of `spec` to another pod's credential Secret, as

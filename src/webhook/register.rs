@@ -15,11 +15,8 @@ use kube::{
 };
 
 use super::paths;
+use crate::api::names::IGNORE_NAMESPACE_LABEL;
 use crate::api::AGENT_LABEL;
-
-/// Label that exempts a namespace from Writ's webhooks (set on the
-/// operator's own namespace and kube-system, so the operator can always start).
-pub const IGNORE_NAMESPACE_LABEL: &str = "writ.dev/webhooks";
 
 /// Where the API server reaches the webhooks.
 #[derive(Clone, Debug)]
@@ -210,7 +207,7 @@ pub fn validating(name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> Validati
 
 /// Creates or updates both configurations (server-side apply, manager `writ`).
 pub async fn apply(client: &Client, name: &str, endpoint: &Endpoint, ca_bundle: &[u8]) -> Result<(), kube::Error> {
-    let pp = PatchParams::apply("writ").force();
+    let pp = PatchParams::apply(crate::api::names::MANAGER).force();
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let mut mc = mutating(name, endpoint, ca_bundle);
     mc.metadata.managed_fields = None;
@@ -276,10 +273,12 @@ pub async fn remove(client: &Client, name: &str) {
 /// endpoint in `writ-system`, empty `caBundle`: the operator patches it).
 pub fn manifests_yaml() -> Result<String, serde_saphyr::SerializeError> {
     let endpoint = Endpoint::Service { namespace: "writ-system".into(), name: "writ-webhook".into() };
-    let mut m = serde_json::to_value(mutating("writ", &endpoint, &[])).unwrap_or_default();
+    let mut m =
+        serde_json::to_value(mutating(crate::api::names::WEBHOOK_CONFIG_NAME, &endpoint, &[])).unwrap_or_default();
     m["apiVersion"] = "admissionregistration.k8s.io/v1".into();
     m["kind"] = "MutatingWebhookConfiguration".into();
-    let mut v = serde_json::to_value(validating("writ", &endpoint, &[])).unwrap_or_default();
+    let mut v =
+        serde_json::to_value(validating(crate::api::names::WEBHOOK_CONFIG_NAME, &endpoint, &[])).unwrap_or_default();
     v["apiVersion"] = "admissionregistration.k8s.io/v1".into();
     v["kind"] = "ValidatingWebhookConfiguration".into();
     for doc in [&mut m, &mut v] {

@@ -32,12 +32,9 @@ use kube::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
+use crate::api::names::{MANAGED_BY, REVOCATIONS_CONFIGMAP, REVOCATIONS_KEY};
 use crate::verify::{RevocationList, RevokedCertificate, RevokedToken};
 
-/// The ConfigMap holding the first part (and the name the others extend).
-pub const CONFIGMAP: &str = "writ-revocations";
-/// Its data key, the same in every part.
-pub const KEY: &str = "revocations.json";
 /// How many ConfigMaps the list is spread over.
 pub const PARTS: usize = 8;
 /// How long an entry outlives the credential's own expiry: verifiers accept a
@@ -62,17 +59,17 @@ pub const QUOTA_FLAG: &str = "--revocation-namespace-quota";
 /// The ConfigMap holding part `part` (0-based) of the list.
 pub fn part_name(part: usize) -> String {
     match part {
-        0 => CONFIGMAP.to_string(),
-        n => format!("{CONFIGMAP}-{n}"),
+        0 => REVOCATIONS_CONFIGMAP.to_string(),
+        n => format!("{REVOCATIONS_CONFIGMAP}-{n}"),
     }
 }
 
 /// Which part a ConfigMap of this name holds, if it holds one.
 pub fn part_of(name: &str) -> Option<usize> {
-    if name == CONFIGMAP {
+    if name == REVOCATIONS_CONFIGMAP {
         return Some(0);
     }
-    let n: usize = name.strip_prefix(CONFIGMAP)?.strip_prefix('-')?.parse().ok()?;
+    let n: usize = name.strip_prefix(REVOCATIONS_CONFIGMAP)?.strip_prefix('-')?.parse().ok()?;
     (1..PARTS).contains(&n).then_some(n).filter(|n| part_name(*n) == name)
 }
 
@@ -90,7 +87,7 @@ pub enum RevocationError {
     },
     /// A persisted part cannot be read; Writ refuses to start over with an
     /// empty one (fix or delete the ConfigMap deliberately).
-    #[error("ConfigMap {namespace}/{name} key {KEY} is not a revocation list: {source}")]
+    #[error("ConfigMap {namespace}/{name} key {REVOCATIONS_KEY} is not a revocation list: {source}")]
     Corrupt {
         /// Namespace.
         namespace: String,
@@ -112,7 +109,7 @@ pub enum RevocationError {
     /// until enough entries reach their expiry to make room.
     #[error(
         "the revocation list is full: {new} new entries ({bytes} bytes) do not fit in the {free} bytes left \
-         in ConfigMaps {namespace}/{CONFIGMAP} and {CONFIGMAP}-1 to -{last} ({PARTS} x {part_bytes} bytes, \
+         in ConfigMaps {namespace}/{REVOCATIONS_CONFIGMAP} and {REVOCATIONS_CONFIGMAP}-1 to -{last} ({PARTS} x {part_bytes} bytes, \
          {held} entries held); the credentials stay issued until older entries expire (each is kept until its \
          credential's own expiry: shorter certificate ttl and grant durations keep the list smaller)",
         last = PARTS - 1
@@ -134,7 +131,7 @@ pub enum RevocationError {
     /// One part would outgrow its ConfigMap (after merging what someone
     /// else wrote to it meanwhile).
     #[error(
-        "ConfigMap {namespace}/{name} key {KEY}: the part would be {bytes} bytes, over the {limit} bytes a part holds"
+        "ConfigMap {namespace}/{name} key {REVOCATIONS_KEY}: the part would be {bytes} bytes, over the {limit} bytes a part holds"
     )]
     PartFull {
         /// Namespace.
@@ -398,7 +395,7 @@ async fn read_part(api: &Api<ConfigMap>, namespace: &str, part: usize) -> Result
 /// The part a ConfigMap holds (none: an empty part).
 fn decode(cm: Option<ConfigMap>, namespace: &str, name: &str) -> Result<Part, RevocationError> {
     let resource_version = cm.as_ref().and_then(|cm| cm.metadata.resource_version.clone());
-    let Some(text) = cm.and_then(|cm| cm.data).and_then(|mut d| d.remove(KEY)) else {
+    let Some(text) = cm.and_then(|cm| cm.data).and_then(|mut d| d.remove(REVOCATIONS_KEY)) else {
         return Ok(Part { resource_version, ..Default::default() });
     };
     let list = serde_json::from_str(&text).map_err(|source| RevocationError::Corrupt {
@@ -553,7 +550,7 @@ impl RevocationStore {
             Ok(outcome) => outcome,
             Err(_) => Err(RevocationError::Batch {
                 message: format!(
-                    "writing the revocation list to ConfigMaps {namespace}/{CONFIGMAP}*: the write was abandoned"
+                    "writing the revocation list to ConfigMaps {namespace}/{REVOCATIONS_CONFIGMAP}*: the write was abandoned"
                 ),
             }),
         }
@@ -745,11 +742,11 @@ impl RevocationStore {
             let cm = ConfigMap {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
-                    labels: Some([("app.kubernetes.io/managed-by".to_string(), "writ".to_string())].into()),
+                    labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
                     resource_version: resource_version.clone(),
                     ..Default::default()
                 },
-                data: Some(BTreeMap::from([(KEY.to_string(), json)])),
+                data: Some(BTreeMap::from([(REVOCATIONS_KEY.to_string(), json)])),
                 ..Default::default()
             };
             let written = match resource_version {
@@ -984,7 +981,7 @@ mod tests {
 
     fn stored_part(stored: &Held, part: usize) -> Option<(RevocationList, usize)> {
         let cm = stored.lock().expect("stored").get(&part_name(part))?.clone();
-        let text = cm["data"][KEY].as_str().expect("the list").to_string();
+        let text = cm["data"][REVOCATIONS_KEY].as_str().expect("the list").to_string();
         Some((serde_json::from_str(&text).expect("a revocation list"), text.len()))
     }
 
@@ -1196,7 +1193,7 @@ mod tests {
             .lock()
             .expect("stored")
             .values()
-            .map(|cm| cm["data"][KEY].as_str().expect("list").to_string())
+            .map(|cm| cm["data"][REVOCATIONS_KEY].as_str().expect("list").to_string())
             .collect();
         let raw = raw.join("\n");
         assert_eq!(raw.matches(r#""ns":"team-a""#).count(), 3, "{raw}");
@@ -1300,7 +1297,7 @@ mod tests {
         stored.lock().expect("stored").insert(
             part_name(1),
             json!({"metadata": {"name": part_name(1), "resourceVersion": "5"},
-                   "data": {KEY: serde_json::to_string(&theirs).expect("json")}}),
+                   "data": {REVOCATIONS_KEY: serde_json::to_string(&theirs).expect("json")}}),
         );
 
         let c = certificates(1, 1, now + 60);
@@ -1332,11 +1329,11 @@ mod tests {
             stored.lock().expect("stored").insert(
                 part_name(part),
                 json!({"metadata": {"name": part_name(part), "resourceVersion": "3"},
-                       "data": {KEY: serde_json::to_string(&list).expect("json")}}),
+                       "data": {REVOCATIONS_KEY: serde_json::to_string(&list).expect("json")}}),
             );
         }
         let (store, _, log) = store_over(&stored, MAX_PART_BYTES).await;
-        stored.lock().expect("stored").remove(CONFIGMAP);
+        stored.lock().expect("stored").remove(REVOCATIONS_CONFIGMAP);
 
         let token = RevokedToken { jti: "after-deletion".into(), expires_at: now + 60 };
         store.revoke(TENANT, vec![token.clone()], vec![], now).await.expect("written again");
@@ -1353,7 +1350,7 @@ mod tests {
     fn watched(name: &str, list: &RevocationList, resource_version: &str) -> ConfigMap {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": NS, "resourceVersion": resource_version},
-            "data": {KEY: serde_json::to_string(list).expect("json")}
+            "data": {REVOCATIONS_KEY: serde_json::to_string(list).expect("json")}
         }))
         .expect("configmap")
     }
@@ -1381,7 +1378,7 @@ mod tests {
         // An unreadable part is an error, and the part held is kept (never
         // forgotten in favour of an empty one).
         let mut corrupt = watched(&part_name(3), &v2, "30");
-        corrupt.data.as_mut().expect("data").insert(KEY.into(), "{not json".into());
+        corrupt.data.as_mut().expect("data").insert(REVOCATIONS_KEY.into(), "{not json".into());
         let err = follower.absorb(corrupt).await.expect_err("corrupt");
         assert!(matches!(err, RevocationError::Corrupt { .. }), "{err}");
         assert!(err.to_string().starts_with("ConfigMap writ-system/writ-revocations-3 key revocations.json"), "{err}");
@@ -1404,9 +1401,9 @@ mod tests {
         let legacy = RevocationList { version: 12, tokens: vec![], certificates: certificates(0, 3, now + 60) };
         let stored = Held::default();
         stored.lock().expect("stored").insert(
-            CONFIGMAP.into(),
-            json!({"metadata": {"name": CONFIGMAP, "resourceVersion": "40"},
-                   "data": {KEY: serde_json::to_string(&legacy).expect("json")}}),
+            REVOCATIONS_CONFIGMAP.into(),
+            json!({"metadata": {"name": REVOCATIONS_CONFIGMAP, "resourceVersion": "40"},
+                   "data": {REVOCATIONS_KEY: serde_json::to_string(&legacy).expect("json")}}),
         );
         let (store, _, log) = store_over(&stored, MAX_PART_BYTES).await;
         assert_eq!(store.snapshot().await, legacy);

@@ -36,7 +36,7 @@ pub struct RunConfig {
     #[arg(long, env = "WRIT_SERVICE_NAME", default_value = "writ-webhook")]
     pub service_name: String,
     /// Name of the webhook configurations (Mutating and Validating).
-    #[arg(long, env = "WRIT_WEBHOOK_CONFIG_NAME", default_value = "writ")]
+    #[arg(long, env = "WRIT_WEBHOOK_CONFIG_NAME", default_value = crate::api::names::WEBHOOK_CONFIG_NAME)]
     pub webhook_config_name: String,
     /// Plain HTTP listener for `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "WRIT_METRICS_ADDR", default_value = "0.0.0.0:9090")]
@@ -97,7 +97,7 @@ pub struct RunConfig {
     #[arg(
         long,
         env = "WRIT_REVOCATION_NAMESPACE_QUOTA",
-        default_value_t = crate::publish::revocations::DEFAULT_NAMESPACE_QUOTA_PERCENT,
+        default_value_t = crate::state::revocations::DEFAULT_NAMESPACE_QUOTA_PERCENT,
         value_parser = clap::value_parser!(u8).range(1..=100)
     )]
     pub revocation_namespace_quota: u8,
@@ -134,8 +134,8 @@ pub struct RunConfig {
 /// Parses `--exchange-ttl`: a duration of 1s to 5m.
 fn parse_exchange_ttl(s: &str) -> Result<Duration, String> {
     let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
-    if !(1..=crate::exchange::MAX_TTL_SECS).contains(&d.as_secs_i64()) {
-        return Err(format!("--exchange-ttl must be between 1s and {}s", crate::exchange::MAX_TTL_SECS));
+    if !(1..=MAX_TTL_SECS).contains(&d.as_secs_i64()) {
+        return Err(format!("--exchange-ttl must be between 1s and {}s", MAX_TTL_SECS));
     }
     Ok(d)
 }
@@ -206,6 +206,9 @@ pub fn validate_issuer(issuer: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Longest lifetime of a per-call token, in seconds.
+pub const MAX_TTL_SECS: i64 = 300;
 
 #[cfg(test)]
 mod tests {

@@ -129,8 +129,8 @@ pub struct Metrics {
     /// per re-list (a watch that fell too far behind, or lost its place).
     pub cache_lists: Family<KindLabels, Counter>,
     /// Bytes of the persisted revocation list over all its parts
-    /// ([`crate::publish::revocations::PARTS`] ConfigMaps of at most
-    /// [`crate::publish::revocations::MAX_PART_BYTES`] each).
+    /// ([`crate::state::revocations::PARTS`] ConfigMaps of at most
+    /// [`crate::state::revocations::MAX_PART_BYTES`] each).
     pub revocation_list_bytes: Gauge,
     /// Entries of the persisted revocation list.
     pub revocation_list_entries: Gauge,
@@ -219,8 +219,8 @@ impl Default for Metrics {
             "revocation_list_bytes",
             format!(
                 "Bytes of the persisted revocation list, all parts ({} ConfigMaps of at most {} bytes each)",
-                crate::publish::revocations::PARTS,
-                crate::publish::revocations::MAX_PART_BYTES
+                crate::state::revocations::PARTS,
+                crate::state::revocations::MAX_PART_BYTES
             ),
             revocation_list_bytes.clone(),
         );
@@ -369,7 +369,7 @@ impl Metrics {
     /// more, the fullest [`QUOTA_REPORTED_NAMESPACES`] of them, so the label
     /// set stays small however many namespaces revoke; a namespace that
     /// drops below leaves the family.
-    pub fn revocation_usage(&self, usage: &crate::publish::revocations::Usage) {
+    pub fn revocation_usage(&self, usage: &crate::state::revocations::Usage) {
         let ratio = |part: usize, whole: usize| if whole == 0 { 0.0 } else { part as f64 / whole as f64 };
         self.revocation_list_capacity_ratio.set(ratio(usage.live, usage.capacity));
         self.revocation_namespace_quota_ratio.clear();
@@ -632,7 +632,7 @@ mod tests {
         let metrics = Metrics::default();
         let mut namespaces: Vec<(String, usize)> = (0..30).map(|i| (format!("ns-{i:02}"), 1_000 - i * 30)).collect();
         namespaces.push(("small".into(), 10));
-        let usage = crate::publish::revocations::Usage { capacity: 8_000, live: 2_000, quota: 1_000, namespaces };
+        let usage = crate::state::revocations::Usage { capacity: 8_000, live: 2_000, quota: 1_000, namespaces };
         metrics.revocation_usage(&usage);
         let text = metrics.render();
         assert!(text.contains("writ_revocation_list_capacity_ratio 0.25"), "{text}");
@@ -642,7 +642,7 @@ mod tests {
         assert!(text.contains(r#"writ_revocation_namespace_quota_ratio{namespace="ns-00"} 1.0"#), "{text}");
         assert!(!text.contains(r#"namespace="small""#), "{text}");
         // Below half its quota, a namespace leaves the family.
-        let usage = crate::publish::revocations::Usage {
+        let usage = crate::state::revocations::Usage {
             capacity: 8_000,
             live: 400,
             quota: 1_000,

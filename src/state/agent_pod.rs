@@ -7,7 +7,10 @@
 //! (serde skips the rest while the watch is decoded), served by the same
 //! `pods` endpoint, so it watches, caches and owns Secrets like a `Pod`.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{
+    api::core::v1::{Container, EnvFromSource, EnvVar, PodSpec},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{AGENT_LABEL, CREDENTIAL_SECRET_ANNOTATION};
@@ -86,10 +89,7 @@ impl AgentPod {
 
     /// The service account the pod runs as (`default` when unset).
     pub fn service_account(&self) -> &str {
-        crate::webhook::pods::effective_service_account(
-            self.spec.service_account_name.as_deref(),
-            self.spec.service_account.as_deref(),
-        )
+        effective_service_account(self.spec.service_account_name.as_deref(), self.spec.service_account.as_deref())
     }
 
     /// Whether the pod has finished (its credential must go).
@@ -184,6 +184,64 @@ pub(super) fn format_uuid(u: &[u8; 16]) -> String {
         s.push_str(&format!("{byte:02x}"));
     }
     s
+}
+
+/// `serviceAccountName`, else its deprecated alias `serviceAccount`, else
+/// `default`: the API server's rule, for admitted and cached pods alike.
+pub fn effective_service_account<'a>(name: Option<&'a str>, alias: Option<&'a str>) -> &'a str {
+    name.or(alias).filter(|s| !s.is_empty()).unwrap_or("default")
+}
+
+/// A Secret a pod reads: where (a field path) and which.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretReference {
+    /// The field naming it, e.g. `spec.volumes[0].secret.secretName`.
+    pub field: String,
+    /// The Secret's name.
+    pub secret: String,
+}
+
+/// Every Secret a pod spec makes readable to its containers: secret and
+/// projected volumes, `env[].valueFrom.secretKeyRef` and
+/// `envFrom[].secretRef` of containers, init containers and ephemeral
+/// containers.
+pub fn secret_references(spec: &PodSpec) -> Vec<SecretReference> {
+    let mut out = Vec::new();
+    let mut push = |field: String, secret: Option<&String>| {
+        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+            out.push(SecretReference { field, secret: secret.clone() });
+        }
+    };
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if let Some(s) = &v.secret {
+            push(format!("spec.volumes[{i}].secret.secretName"), s.secret_name.as_ref());
+        }
+        for (j, source) in v.projected.iter().flat_map(|p| p.sources.iter().flatten()).enumerate() {
+            if let Some(s) = &source.secret {
+                push(format!("spec.volumes[{i}].projected.sources[{j}].secret.name"), Some(&s.name));
+            }
+        }
+    }
+    let mut from_env = |kind: &str, i: usize, env: Option<&Vec<EnvVar>>, env_from: Option<&Vec<EnvFromSource>>| {
+        for (j, e) in env.into_iter().flatten().enumerate() {
+            let key = e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref());
+            push(format!("spec.{kind}[{i}].env[{j}].valueFrom.secretKeyRef.name"), key.map(|k| &k.name));
+        }
+        for (j, e) in env_from.into_iter().flatten().enumerate() {
+            push(format!("spec.{kind}[{i}].envFrom[{j}].secretRef.name"), e.secret_ref.as_ref().map(|r| &r.name));
+        }
+    };
+    let lists: [(&str, &[Container]); 2] =
+        [("containers", &spec.containers), ("initContainers", spec.init_containers.as_deref().unwrap_or_default())];
+    for (kind, list) in lists {
+        for (i, c) in list.iter().enumerate() {
+            from_env(kind, i, c.env.as_ref(), c.env_from.as_ref());
+        }
+    }
+    for (i, c) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        from_env("ephemeralContainers", i, c.env.as_ref(), c.env_from.as_ref());
+    }
+    out
 }
 
 #[cfg(test)]

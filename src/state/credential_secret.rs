@@ -39,18 +39,14 @@ use serde::Deserialize;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::{
+    api::names::{credential_keys as keys, FINALIZER, POD_LABEL},
     api::AGENT_LABEL,
-    controller::{
-        credentials::{keys, POD_LABEL},
-        FINALIZER,
-    },
     pki::{
         cert::{parse_certificates, parse_x509, spiffe_id_of},
         token::{self, Claims, Header, TokenAlgorithm},
         CertificateInfo, JwkSet,
     },
-    runtime::metrics::Metrics,
-    trust::Trust,
+    state::{metrics::Metrics, trust::Trust},
 };
 
 /// A credential Secret as Writ reads it.
@@ -445,7 +441,7 @@ pub struct ReadBackTrust {
     /// DER of each trusted CA certificate.
     anchors: Vec<Vec<u8>>,
     trust_domain: String,
-    /// The issuers Writ's tokens may name: [`crate::trust::legacy_issuer`] and those given
+    /// The issuers Writ's tokens may name: [`crate::state::trust::legacy_issuer`] and those given
     /// with [`ReadBackTrust::with_issuers`].
     issuers: Vec<String>,
     max_token_secs: i64,
@@ -467,7 +463,7 @@ impl ReadBackTrust {
             jwks,
             anchors: parse_certificates(bundle_pem.as_bytes()).unwrap_or_default(),
             trust_domain: trust_domain.to_string(),
-            issuers: vec![crate::trust::legacy_issuer(trust_domain)],
+            issuers: vec![crate::state::trust::legacy_issuer(trust_domain)],
             max_token_secs,
             max_certificate_secs,
         }

@@ -7,12 +7,16 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use k8s_openapi::{api::core::v1::Secret, ByteString};
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Secret},
+    ByteString,
+};
 use kube::{
     api::{Api, ObjectMeta, PostParams},
     Client,
 };
 
+use crate::api::names::{CA_SECRET, MANAGED_BY, PREVIOUS_CA_KEY, PREVIOUS_CA_RETIRE_KEY, SEAL_SECRET, SIGNING_SECRET};
 use crate::pki::{
     ca::{CertificateAuthority, CertificateIssuer},
     cert::{IssuedCertificate, PodCertificateRequest},
@@ -22,19 +26,6 @@ use crate::pki::{
     token::{SigningKey, TokenAlgorithm},
     PkiError,
 };
-
-/// Secret holding the generated CA (`tls.crt`, `tls.key`, and `previous.crt`
-/// with earlier CA certificates still trusted after a rotation).
-pub const CA_SECRET: &str = "writ-ca";
-/// Secret holding the token-signing key set.
-pub const SIGNING_SECRET: &str = "writ-signing-keys";
-/// Secret holding the keys that seal admission stamps and grant status.
-pub const SEAL_SECRET: &str = "writ-seal-keys";
-/// Key in the CA Secret with CA certificates kept in the bundle after rotation.
-pub const PREVIOUS_CA_KEY: &str = "previous.crt";
-/// Key in the CA Secret mapping each previous CA's serial to the unix time
-/// after which nothing it signed can still be valid (it leaves the bundle then).
-pub const PREVIOUS_CA_RETIRE_KEY: &str = "previous.json";
 
 /// Errors while loading or creating trust material.
 #[derive(Debug, thiserror::Error)]
@@ -568,4 +559,22 @@ pub async fn rotate_ca(
         current: next.serial_hex().to_string(),
         previous_kept_until: now + keep_secs,
     })
+}
+
+/// The SPIFFE bundle document to publish at `now` (pretty JSON), or why it cannot be built.
+pub fn spiffe_bundle_json(trust: &Trust, now: i64) -> Result<String, crate::pki::PkiError> {
+    Ok(serde_json::to_string_pretty(&trust.spiffe_bundle(now)?)?)
+}
+
+/// A ConfigMap Writ publishes: one key, labelled as managed by Writ.
+pub fn published_config_map(name: &str, key: &str, value: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(key.to_string(), value)])),
+        ..Default::default()
+    }
 }
