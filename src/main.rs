@@ -281,7 +281,7 @@ struct SuspendArgs {
 /// arenas keep the operator's memory close to what it holds (see
 /// bench/RESULTS.md): the main thread's, the watch thread's (what the caches
 /// keep, apart from the controllers' short-lived buffers; see
-/// `writ::state::cache::start_watch_thread`) and one for the first runtime
+/// `writ::controller::machinery::cache::start_watch_thread`) and one for the first runtime
 /// worker, the next sharing the main thread's; unless glibc's own
 /// `MALLOC_ARENA_MAX` is set in the environment.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -316,7 +316,7 @@ fn main() -> ExitCode {
         Command::Run(config) => {
             limit_malloc_arenas();
             writ::runtime::telemetry::init(config.log_format);
-            writ::state::cache::start_watch_thread()
+            writ::controller::machinery::cache::start_watch_thread()
                 .context("starting the watch thread")
                 .and_then(|()| runtime())
                 .and_then(|rt| rt.block_on(writ::runtime::run(*config)).map(|_| ExitCode::SUCCESS))

@@ -795,7 +795,11 @@ mod tests {
             metrics,
             Arc::new(CertSlot::default()),
         ));
-        Arc::new(Context::new(shared, crate::controller::events::Events::new(client, "test", "test"), secrets))
+        Arc::new(Context::new(
+            shared,
+            crate::controller::machinery::events::Events::new(client, "test", "test"),
+            secrets,
+        ))
     }
 
     fn pod() -> Arc<AgentPod> {

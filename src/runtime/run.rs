@@ -17,10 +17,16 @@ use tokio::sync::watch;
 use super::leader::LeaderElector;
 use crate::{
     api::{AgentIdentity, DelegationPolicy, GrantPhase, AGENT_LABEL},
-    controller::{self, credentials, intake, intake::Intake, Context},
+    controller::{
+        self, credentials,
+        machinery::{
+            cache::{Cache, Resync},
+            intake::{self, Intake},
+        },
+        Context,
+    },
     publish,
     state::{
-        cache::{Cache, Resync},
         metrics::{self, Metrics},
         revocations::RevocationStore,
         tls as server,
@@ -234,13 +240,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         identities: Cache::spawn(
             Api::all(client.clone()),
             watcher::Config::default(),
-            crate::state::cache::strip,
+            crate::state::strip,
             metrics.cache_lists("agentidentities"),
         ),
         policies: Cache::spawn(
             Api::all(client.clone()),
             watcher::Config::default(),
-            crate::state::cache::strip,
+            crate::state::strip,
             metrics.cache_lists("delegationpolicies"),
         ),
         // Stripped as it is decoded (see [`CachedGrant`]); the resourceVersion
@@ -550,7 +556,7 @@ struct Caches {
 
 /// The controllers, on the leader.
 /// Stops a term's Secret writer when the term's controllers are dropped.
-struct StopOnDrop(controller::batch::SecretWriter);
+struct StopOnDrop(controller::machinery::batch::SecretWriter);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
@@ -571,7 +577,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     let secrets = &caches.secrets;
     let ctx = Arc::new(Context::new(
         shared.clone(),
-        controller::events::Events::new(client.clone(), crate::api::names::EVENT_REPORTER, &me),
+        controller::machinery::events::Events::new(client.clone(), crate::api::names::EVENT_REPORTER, &me),
         secrets.store(),
     ));
     // This future is dropped when the Lease is lost: token writes still
@@ -596,7 +602,7 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
     // a second while pods come and go, and re-queueing every pod of the agent
     // on each write kept the controller busy with thousands of no-op
     // reconciles while new pods waited for their credentials.
-    let pod_identity_gate = controller::GenerationGate::seeded(&caches.identities.store());
+    let pod_identity_gate = controller::machinery::gate::GenerationGate::seeded(&caches.identities.store());
     let identity_cache = shared.identities.clone();
     let requests = futures::stream::select_all([
         caches.pods.changes(&resync).map(|p| ObjectRef::from_obj(&*p)).boxed(),
@@ -696,8 +702,8 @@ async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
         shared.grants.clone(),
     );
     let (identity_gate, policy_gate) = (
-        controller::GenerationGate::seeded(&caches.identities.store()),
-        controller::GenerationGate::seeded(&caches.policies.store()),
+        controller::machinery::gate::GenerationGate::seeded(&caches.identities.store()),
+        controller::machinery::gate::GenerationGate::seeded(&caches.policies.store()),
     );
     let (identity_cache, policy_cache) = (shared.identities.clone(), shared.policies.clone());
     let (resync, all) = Resync::channel();

@@ -108,7 +108,7 @@ pub struct CachedGrant {
 
 impl From<CapabilityGrant> for CachedGrant {
     fn from(mut grant: CapabilityGrant) -> Self {
-        super::cache::strip(&mut grant);
+        super::strip(&mut grant);
         let mut metadata = ObjectMeta::default();
         move_identity(&mut grant.metadata, &mut metadata);
         metadata.resource_version = grant.metadata.resource_version.clone();
@@ -247,7 +247,7 @@ mod tests {
         let expiry = expected.status.as_ref().and_then(|s| s.expires_at.as_ref()).map(|t| t.0.as_second());
         assert!(expiry.is_some());
         assert_eq!(cached.expires_at, expiry);
-        super::super::cache::strip(&mut expected);
+        super::super::strip(&mut expected);
         assert!(expected.metadata.managed_fields.is_none() && expected.annotations().len() == 1);
         let json = |g: &CapabilityGrant| serde_json::to_value(g).expect("json");
         assert_eq!(json(&cached.grant()), json(&expected));

@@ -113,7 +113,7 @@ pub struct Metrics {
     /// Reconcile errors per controller and error.
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     /// Objects whose last reconcile failed, waiting to be retried (each
-    /// backs off: see [`crate::controller::retry`]).
+    /// backs off: see [`crate::controller::machinery::retry`]).
     pub reconcile_retrying: Gauge,
     /// Seconds from pod creation to its first credential.
     pub pod_to_credential: Histogram,

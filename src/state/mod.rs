@@ -40,7 +40,6 @@ macro_rules! served_as {
 use served_as;
 
 mod agent_pod;
-pub mod cache;
 mod cached_grant;
 pub mod config;
 mod credential_secret;
@@ -225,4 +224,53 @@ pub fn time(secs: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
     )
+}
+
+/// What the caches keep of an object: everything but `managedFields` (the
+/// field-ownership bookkeeping of server-side apply, often the larger part of
+/// an object) and `kubectl apply`'s copy of the whole object in the
+/// `last-applied-configuration` annotation (grants and policies applied from
+/// GitOps carry one). Nothing in Writ reads either.
+pub fn strip<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// The annotation where client-side `kubectl apply` keeps the applied object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+#[cfg(test)]
+mod tests {
+    use kube::ResourceExt as _;
+
+    use super::*;
+    use crate::api::CapabilityGrant;
+
+    #[test]
+    fn caches_drop_field_ownership_and_kubectls_copy_but_keep_writs_annotations() {
+        let mut g: CapabilityGrant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "writ.dev/v1alpha1", "kind": "CapabilityGrant",
+            "metadata": {
+                "name": "g", "namespace": "ci",
+                "annotations": {LAST_APPLIED: "{\"whole\":\"object\"}", "writ.dev/requested-by": "alice"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
+            },
+            "spec": {"agent": "a", "task": {"id": "T"}, "capabilities": [], "audiences": ["x"], "ttl": "5m"}
+        }))
+        .expect("grant");
+        strip(&mut g);
+        assert!(g.metadata.managed_fields.is_none());
+        assert_eq!(g.annotations().len(), 1);
+        assert_eq!(g.annotations().get("writ.dev/requested-by").map(String::as_str), Some("alice"));
+        let mut only_kubectl = g.clone();
+        only_kubectl.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
+        strip(&mut only_kubectl);
+        assert!(only_kubectl.metadata.annotations.is_none());
+    }
 }
