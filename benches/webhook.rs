@@ -57,7 +57,7 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 use writ::{
     api::{AgentIdentity, DelegationPolicy},
-    state::{metrics::Metrics, revocations::RevocationStore, tls as server, trust::Trust, RunConfig, Shared},
+    state::{revocations::RevocationStore, tls as server, trust::Trust, RunConfig, Shared},
     webhook::{self, paths},
 };
 
@@ -203,18 +203,15 @@ async fn setup() -> Setup {
         .expect("serving certificate");
     serving.set(&cert.chain_pem, &cert.key_pem).expect("load serving certificate");
 
-    let shared = Arc::new(Shared::new(
-        client,
-        config,
-        identities,
-        policies,
-        grants,
-        pods,
-        trust.clone(),
-        revocations,
-        Arc::new(Metrics::default()),
-        serving.clone(),
-    ));
+    let shared = Arc::new(
+        Shared::builder(client, config, trust.clone(), revocations)
+            .identities(identities)
+            .policies(policies)
+            .grants(grants)
+            .pods(pods)
+            .serving(serving.clone())
+            .build(),
+    );
     shared.set_synced();
     assert!(shared.is_ready());
     assert_eq!(shared.identities_in(NAMESPACE).len(), IDENTITIES);

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use tower::ServiceExt as _;
 use writ::{
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy},
-    state::{metrics::Metrics, revocations::RevocationStore, tls::CertSlot, trust::Trust, RunConfig, Shared},
+    state::{revocations::RevocationStore, trust::Trust, RunConfig, Shared},
     webhook::{self, paths},
 };
 
@@ -111,18 +111,14 @@ fn shared() -> &'static Arc<Shared> {
             pw.apply_watcher_event(&watcher::Event::InitDone);
             gw.apply_watcher_event(&watcher::Event::InitDone);
             podw.apply_watcher_event(&watcher::Event::InitDone);
-            let shared = Arc::new(Shared::new(
-                client,
-                config,
-                identities,
-                policies,
-                grants,
-                pods,
-                trust,
-                revocations,
-                Arc::new(Metrics::default()),
-                Arc::new(CertSlot::default()),
-            ));
+            let shared = Arc::new(
+                Shared::builder(client, config, trust, revocations)
+                    .identities(identities)
+                    .policies(policies)
+                    .grants(grants)
+                    .pods(pods)
+                    .build(),
+            );
             shared.set_synced();
             shared
         })

@@ -8,14 +8,21 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use futures::{future, StreamExt as _};
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference, ByteString};
 use kube::{
     api::{Api, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{controller::Action, reflector::ObjectRef},
     ResourceExt,
 };
+use tracing::Instrument as _;
 
-use super::{is_not_found, Context, Error, MANAGER};
+use super::machinery::{
+    cache::Resync,
+    gate::GenerationGate,
+    intake::{self, every_object, through_intake, SWEEP},
+};
+use super::{is_not_found, Caches, Context, Error, MANAGER, RECONCILES_IN_FLIGHT};
 use crate::api::names::{credential_keys as keys, POD_LABEL};
 use crate::{
     api::{AgentIdentity, KeyAlgorithm, AGENT_LABEL},
@@ -667,6 +674,77 @@ pub fn error_policy(pod: Arc<AgentPod>, err: &Error, ctx: Arc<Context>) -> Actio
     super::back_off(&ctx, POD_CONTROLLER, &*pod, err, Duration::from_secs(2))
 }
 
+/// The pod-credentials controller: one reconcile per agent pod, on a change
+/// of the pod, of its credential Secret (by its `writ.dev/pod` label) or of
+/// its identity's spec or existence, on a full pass, and when a sweep finds
+/// its certificate due for rotation.
+pub async fn pod_controller(ctx: Arc<Context>, caches: &Caches) {
+    let (resync, all) = Resync::channel();
+    let pods_store = ctx.shared.pods.clone();
+    // A pod's credential depends on its identity's spec and existence, not
+    // its status: the status (pod and grant counts) is rewritten about once
+    // a second while pods come and go, and re-queueing every pod of the agent
+    // on each write kept the controller busy with no-op reconciles while new
+    // pods waited for their credentials.
+    let identity_gate = GenerationGate::seeded(&caches.identities.store());
+    let identity_cache = ctx.shared.identities.clone();
+    let requests = futures::stream::select_all([
+        caches.pods.changes(&resync).map(|p| ObjectRef::from_obj(&*p)).boxed(),
+        // The pod a credential Secret belongs to, by its `writ.dev/pod` label
+        // (Writ writes it with the pod as the Secret's owner).
+        caches
+            .secrets
+            .changes(&resync)
+            .filter_map(|s| {
+                future::ready(s.pod.as_ref().map(|pod| ObjectRef::new(pod).within(&s.namespace().unwrap_or_default())))
+            })
+            .boxed(),
+        caches
+            .identities
+            .changes(&resync)
+            .flat_map(move |id| {
+                if !identity_gate.changed(id.as_ref(), &identity_cache) {
+                    return futures::stream::iter(Vec::new());
+                }
+                let ns = id.namespace().unwrap_or_default();
+                let name = id.name_any();
+                futures::stream::iter(
+                    pods_store
+                        .state()
+                        .iter()
+                        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.agent() == Some(name.as_str()))
+                        .map(|p| ObjectRef::from_obj(&**p))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .boxed(),
+        every_object(all, caches.pods.store()).boxed(),
+        {
+            let (shared, secrets) = (ctx.shared.clone(), caches.secrets.store());
+            intake::every(SWEEP)
+                .flat_map(move |()| futures::stream::iter(rotations_due(&shared, &secrets, crate::pki::now_unix())))
+                .boxed()
+        },
+    ]);
+    let (controller, intake) = through_intake(caches.pods.store(), requests, RECONCILES_IN_FLIGHT);
+    let run = controller.run(super::forgetting_failures(POD_CONTROLLER, reconcile), error_policy, ctx);
+    intake.drain(run).instrument(tracing::info_span!("controller", name = POD_CONTROLLER)).await;
+}
+
+/// The credential-Secrets controller: one reconcile per credential Secret,
+/// on its change and on a full pass.
+pub async fn secret_controller(ctx: Arc<Context>, caches: &Caches) {
+    let (resync, all) = Resync::channel();
+    let secrets = &caches.secrets;
+    let requests = futures::stream::select(
+        secrets.changes(&resync).map(|s| ObjectRef::from_obj(&*s)),
+        every_object(all, secrets.store()),
+    );
+    let (controller, intake) = through_intake(secrets.store(), requests, RECONCILES_IN_FLIGHT);
+    let run = controller.run(super::forgetting_failures(SECRET_CONTROLLER, reconcile_secret), secret_error_policy, ctx);
+    intake.drain(run).instrument(tracing::info_span!("controller", name = SECRET_CONTROLLER)).await;
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -680,9 +758,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::state::{
-        metrics::Metrics, revocations::RevocationStore, tls::CertSlot, trust::Trust, RunConfig, Shared,
-    };
+    use crate::state::{metrics::Metrics, revocations::RevocationStore, trust::Trust, RunConfig, Shared};
 
     #[derive(Parser)]
     struct Cli {
@@ -783,18 +859,13 @@ mod tests {
         sw.apply_watcher_event(&watcher::Event::InitDone);
         let (pods, mut pw) = reflector::store::<AgentPod>();
         pw.apply_watcher_event(&watcher::Event::Apply((*pod()).clone()));
-        let shared = Arc::new(Shared::new(
-            client.clone(),
-            config,
-            identities,
-            reflector::store().0,
-            reflector::store().0,
-            pods,
-            trust,
-            revocations,
-            metrics,
-            Arc::new(CertSlot::default()),
-        ));
+        let shared = Arc::new(
+            Shared::builder(client.clone(), config, trust, revocations)
+                .identities(identities)
+                .pods(pods)
+                .metrics(metrics)
+                .build(),
+        );
         Arc::new(Context::new(
             shared,
             crate::controller::machinery::events::Events::new(client, "test", "test"),

@@ -4,17 +4,21 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures::{future, StreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{
-        controller::Action,
+        controller::{self, Action, Controller},
         finalizer::{finalizer, Event as Finalizer},
+        reflector::ObjectRef,
     },
     Resource, ResourceExt,
 };
+use tracing::Instrument as _;
 
-use super::{credentials, time, unix, Context, Error, FINALIZER, MANAGER};
+use super::machinery::cache::Resync;
+use super::{credentials, time, unix, Caches, Context, Error, FINALIZER, MANAGER, RECONCILES_IN_FLIGHT};
 use crate::api::conditions::identity::{self as conditions, reason};
 use crate::api::names::{REVIEWED_AT_ANNOTATION, REVIEWED_BY_ANNOTATION, TRUST_BUNDLE_CONFIGMAP};
 use crate::{
@@ -297,4 +301,25 @@ pub const CONTROLLER: &str = "identity";
 /// Error policy: count the error, back off per identity.
 pub fn error_policy(id: Arc<AgentIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
     super::back_off(&ctx, CONTROLLER, &*id, err, Duration::from_secs(2))
+}
+
+/// The identity controller: one reconcile per AgentIdentity, on its change,
+/// a change of one of its pods or grants, and a full pass. An identity's
+/// status counts its pods and active grants: debounced, so that a burst of
+/// grants makes one status write a second, not one per grant.
+pub async fn controller(ctx: Arc<Context>, caches: &Caches) {
+    let (resync, all) = Resync::channel();
+    Controller::for_shared_stream(caches.identities.changes(&resync), caches.identities.store())
+        .watches_shared_stream(caches.pods.changes(&resync), |p| {
+            p.agent().map(|a| ObjectRef::new(a).within(&p.namespace().unwrap_or_default()))
+        })
+        .watches_shared_stream(caches.grants.changes(&resync), |g| {
+            Some(ObjectRef::new(&g.agent).within(&g.namespace().unwrap_or_default()))
+        })
+        .reconcile_all_on(all)
+        .with_config(controller::Config::default().concurrency(RECONCILES_IN_FLIGHT).debounce(Duration::from_secs(1)))
+        .run(super::forgetting_failures(CONTROLLER, reconcile), error_policy, ctx)
+        .for_each(|_| future::ready(()))
+        .instrument(tracing::info_span!("controller", name = CONTROLLER))
+        .await;
 }

@@ -1,18 +1,81 @@
-//! The reconcilers, run by the leader: pod credentials, identity status, grants.
+//! The controllers, run by the leader: pod credentials, credential Secrets,
+//! identity status and grants. Each controller's module holds its reconcile,
+//! its error policy, its pure decisions and the `controller` function that
+//! wires its triggers; [`run`] starts them for a leadership term, and
+//! [`machinery`] holds what they are built from.
 
 pub mod credentials;
 pub mod grant;
 pub mod identity;
 pub mod machinery;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
 use crate::api::names::{FINALIZER, MANAGER};
-use crate::state::Shared;
+use crate::api::{AgentIdentity, DelegationPolicy};
 use crate::state::{time, unix};
-use machinery::{authorities, batch, events, retry};
+use crate::state::{AgentPod, CachedGrant, CredentialSecret, Shared};
+use machinery::{authorities, batch, cache::Cache, events, retry};
+
+/// Reconciles in flight per controller: each holds an API connection.
+pub const RECONCILES_IN_FLIGHT: u16 = 32;
+
+/// The kinds every replica watches, one watch and one cache each, shared by
+/// every controller and the webhooks.
+pub struct Caches {
+    /// AgentIdentities.
+    pub identities: Cache<AgentIdentity>,
+    /// DelegationPolicies.
+    pub policies: Cache<DelegationPolicy>,
+    /// CapabilityGrants.
+    pub grants: Cache<CachedGrant>,
+    /// Agent pods.
+    pub pods: Cache<AgentPod>,
+    /// Credential Secrets.
+    pub secrets: Cache<CredentialSecret>,
+}
+
+/// Runs every controller for one leadership term: until the term ends,
+/// when this future is dropped.
+///
+/// Every controller starts with one full pass, then follows the changes.
+/// Reconciles in flight are bounded ([`RECONCILES_IN_FLIGHT`]); what waits
+/// behind them waits in an intake ([`machinery::intake`]), and timed work
+/// (rotations, expiries) is found by a sweep of the caches each second
+/// rather than kept as a requeue per object.
+pub async fn run(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
+    // Decisions read the shared caches (does this pod's identity exist?): a
+    // controller that ran before they are filled would revoke and re-issue
+    // on the word of an empty cache. (Polled: kube's `Store::wait_until_ready`
+    // wakes only its latest waiter, and the boot task already waits on it.)
+    while !shared.is_all_synced() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = events::Events::new(shared.client.clone(), crate::api::names::EVENT_REPORTER, &me);
+    let ctx = Arc::new(Context::new(shared, events, caches.secrets.store()));
+    // Token writes still queued when the term ends must not go out.
+    let _stop_writes = StopOnDrop(ctx.secret_writes.clone());
+    tracing::info!("controllers started");
+    tokio::join!(
+        credentials::pod_controller(ctx.clone(), &caches),
+        credentials::secret_controller(ctx.clone(), &caches),
+        batch::forget_when_seen(ctx.secret_writes.clone(), &caches.secrets),
+        identity::controller(ctx.clone(), &caches),
+        grant::controller(ctx.clone(), &caches),
+        credentials::guard_credential_mounts(ctx.clone()),
+    );
+}
+
+/// Stops a term's Secret writer when the term's controllers are dropped.
+struct StopOnDrop(batch::SecretWriter);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
 
 /// What every reconciler gets.
 pub struct Context {
@@ -124,8 +187,15 @@ where
     Fut: std::future::Future<Output = Result<kube::runtime::controller::Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "reconcile",
+            controller,
+            namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+            name = obj.meta().name.as_deref().unwrap_or_default(),
+        );
         Box::pin(async move {
-            let out = reconcile(obj.clone(), ctx.clone()).await;
+            let out = reconcile(obj.clone(), ctx.clone()).instrument(span).await;
             if out.is_ok() {
                 if let Some(left) = ctx.retries.succeeded(controller, &*obj) {
                     ctx.shared.metrics.reconcile_retrying.set(left as i64);

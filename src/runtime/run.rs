@@ -5,26 +5,20 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
-use futures::{future, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     api::{Api, ObjectMeta, PostParams},
-    runtime::{controller::Controller, reflector::ObjectRef, watcher},
-    Client, ResourceExt,
+    runtime::watcher,
+    Client,
 };
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::leader::LeaderElector;
 use crate::{
-    api::{AgentIdentity, DelegationPolicy, GrantPhase, AGENT_LABEL},
-    controller::{
-        self, credentials,
-        machinery::{
-            cache::{Cache, Resync},
-            intake::{self, Intake},
-        },
-        Context,
-    },
+    api::{GrantPhase, AGENT_LABEL},
+    controller::{self, machinery::cache::Cache, Caches},
     publish,
     state::{
         metrics::{self, Metrics},
@@ -160,35 +154,76 @@ async fn register_webhooks(client: &Client, config: &RunConfig, ca_bundle: &[u8]
     Ok(())
 }
 
-/// Runs the operator until SIGINT/SIGTERM.
+/// Runs the operator until SIGINT/SIGTERM: five boot steps, each a function
+/// below. Every replica loads trust, fills the caches, serves and maintains;
+/// the leader also runs the controllers.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(config = %config.summary(), "starting writ");
     let kubeconfig = kube::Config::infer().await.context("reading KUBECONFIG or the in-cluster configuration")?;
     let client = super::client::build(kubeconfig).context("connecting to the API server")?;
-    let serving = Arc::new(server::CertSlot::default());
-
     // Listeners first, so a port clash fails fast and /healthz answers during bootstrap.
-    let tls_listener = server::bind(config.webhook_addr).await?;
-    let endpoints_listener = match config.endpoints_addr {
-        Some(addr) => Some(server::bind(addr).await?),
-        None => None,
-    };
-    let metrics_listener = server::bind(config.metrics_addr).await?;
-    let token_listener = server::bind(config.token_addr).await?;
+    let listeners = Listeners::bind(&config).await?;
+    let boot = serve_health(listeners.metrics);
+    let (trust, revocations) = load_trust(&client, &config, &boot).await?;
+    let caches = Arc::new(start_caches(&client, &boot.metrics));
+    let shared = Arc::new(
+        Shared::builder(client, config, trust, revocations)
+            .identities(caches.identities.store())
+            .policies(caches.policies.store())
+            .grants(caches.grants.store())
+            .pods(caches.pods.store())
+            .metrics(boot.metrics.clone())
+            .build(),
+    );
+    let _ = boot.shared.set(shared.clone());
+    let clients = serve(&shared, &caches, listeners.webhooks, listeners.endpoints, listeners.token).await?;
+    maintain(&shared, clients);
+    lead(shared, caches).await
+}
 
-    // Health and metrics (plain HTTP) answer from now on: /readyz says what
-    // the operator is waiting for until it can serve webhooks.
+/// The listeners, bound before anything else.
+struct Listeners {
+    webhooks: tokio::net::TcpListener,
+    endpoints: Option<tokio::net::TcpListener>,
+    metrics: tokio::net::TcpListener,
+    token: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    async fn bind(config: &RunConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            webhooks: server::bind(config.webhook_addr).await?,
+            endpoints: match config.endpoints_addr {
+                Some(addr) => Some(server::bind(addr).await?),
+                None => None,
+            },
+            metrics: server::bind(config.metrics_addr).await?,
+            token: server::bind(config.token_addr).await?,
+        })
+    }
+}
+
+/// Serves health and metrics (plain HTTP) from now on: /readyz says what the
+/// operator is waiting for until it can serve webhooks.
+fn serve_health(listener: tokio::net::TcpListener) -> Arc<Boot> {
     let boot = Arc::new(Boot::default());
     let health = Router::new()
         .route("/metrics", get(|State(b): State<Arc<Boot>>| async move { b.metrics.render() }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|State(b): State<Arc<Boot>>| async move { b.readiness() }))
         .with_state(boot.clone());
-    let boot_metrics = boot.metrics.clone();
-    tokio::spawn(server::serve_plain(metrics_listener, health));
-    let metrics = boot_metrics;
+    tokio::spawn(server::serve_plain(listener, health).instrument(tracing::info_span!("serve", listener = "metrics")));
+    boot
+}
 
-    ensure_namespace(&client, &config.namespace).await?;
+/// Boot step 1, trust: the operator namespace, the CA, signing and seal
+/// keys, and the revocation ledger.
+async fn load_trust(
+    client: &Client,
+    config: &RunConfig,
+    boot: &Boot,
+) -> anyhow::Result<(Arc<Trust>, Arc<RevocationStore>)> {
+    ensure_namespace(client, &config.namespace).await?;
     let token_settings = crate::state::trust::TokenSettings {
         algorithm: config.token_algorithm,
         issuer: config.effective_issuer().map_err(|e| anyhow::anyhow!(e))?,
@@ -197,7 +232,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     let trust = loop {
         match Trust::bootstrap_with(
-            &client,
+            client,
             &config.namespace,
             config.ca_secret.as_deref(),
             config.ca_ttl.as_secs_i64(),
@@ -225,18 +260,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         &config.trust_domain,
         config.max_grant_ttl.as_secs_i64(),
         config.max_credential_ttl.as_secs_i64(),
-        &metrics,
+        &boot.metrics,
     );
     let revocations = Arc::new(
-        RevocationStore::load(&client, &config.namespace)
-            .await?
-            .with_namespace_quota(config.revocation_namespace_quota),
+        RevocationStore::load(client, &config.namespace).await?.with_namespace_quota(config.revocation_namespace_quota),
     );
+    Ok((trust, revocations))
+}
 
-    // Caches (every replica: the webhooks read them; the leader's
-    // controllers share them).
-    let agent_pods = watcher::Config::default().labels(AGENT_LABEL);
-    let caches = Arc::new(Caches {
+/// Boot step 2, caches: one watch per kind, on every replica (the webhooks
+/// read them; the leader's controllers share them).
+fn start_caches(client: &Client, metrics: &Metrics) -> Caches {
+    Caches {
         identities: Cache::spawn(
             Api::all(client.clone()),
             watcher::Config::default(),
@@ -257,7 +292,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             CachedGrant::trim,
             metrics.cache_lists("capabilitygrants"),
         ),
-        pods: Cache::spawn(Api::all(client.clone()), agent_pods, AgentPod::trim, metrics.cache_lists("pods")),
+        pods: Cache::spawn(
+            Api::all(client.clone()),
+            watcher::Config::default().labels(AGENT_LABEL),
+            AgentPod::trim,
+            metrics.cache_lists("pods"),
+        ),
         // Only the leader's controllers read credential Secrets, but every
         // replica keeps them cached: a replica that takes over acts at once
         // instead of first listing every credential Secret in the cluster
@@ -270,28 +310,26 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             CredentialSecret::trim,
             metrics.cache_lists("secrets"),
         ),
-    });
-    let shared = Arc::new(Shared::new(
-        client.clone(),
-        config.clone(),
-        caches.identities.store(),
-        caches.policies.store(),
-        caches.grants.store(),
-        caches.pods.store(),
-        trust.clone(),
-        revocations.clone(),
-        metrics.clone(),
-        serving.clone(),
-    ));
-
-    let _ = boot.shared.set(shared.clone());
-    if config.per_object_metrics {
-        let source = metrics::cache_object_source(&shared, caches.secrets.store(), config.per_object_metrics_max);
-        metrics.set_object_source(source);
     }
+}
 
-    // Serving certificate, then the HTTPS listener (webhooks + trust endpoints).
-    mint_serving(&trust, &config, &serving)?;
+/// Boot step 3, serve: the webhooks and trust endpoints (HTTPS), the token
+/// exchange (mutual TLS), readiness as the caches fill, the webhook
+/// registration and the published ConfigMaps. Returns the client-certificate
+/// trust, which follows CA rotations.
+async fn serve(
+    shared: &Arc<Shared>,
+    caches: &Caches,
+    webhooks: tokio::net::TcpListener,
+    endpoints: Option<tokio::net::TcpListener>,
+    token: tokio::net::TcpListener,
+) -> anyhow::Result<Arc<server::ClientTrust>> {
+    let (config, trust, serving) = (&shared.config, &shared.trust, &shared.serving);
+    if config.per_object_metrics {
+        let source = metrics::cache_object_source(shared, caches.secrets.store(), config.per_object_metrics_max);
+        shared.metrics.set_object_source(source);
+    }
+    mint_serving(trust, config, serving)?;
     // Client certificates are requested (introspection callers, and the API
     // server under --webhook-client-ca), never required.
     let webhook_client_ca = match &config.webhook_client_ca {
@@ -310,111 +348,122 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         hooks = server::require_webhook_client(hooks);
     }
     let router = hooks.merge(publish::endpoints::router(shared.clone()));
-    tokio::spawn(server::serve_tls_with_clients(tls_listener, tls.clone(), router, Some(clients.clone())));
-    if let Some(listener) = endpoints_listener {
+    tokio::spawn(
+        server::serve_tls_with_clients(webhooks, tls.clone(), router, Some(clients.clone()))
+            .instrument(tracing::info_span!("serve", listener = "webhooks")),
+    );
+    if let Some(listener) = endpoints {
         let router = publish::endpoints::router(shared.clone());
-        tokio::spawn(server::serve_tls_with_clients(listener, tls, router, Some(clients.clone())));
+        tokio::spawn(
+            server::serve_tls_with_clients(listener, tls, router, Some(clients.clone()))
+                .instrument(tracing::info_span!("serve", listener = "endpoints")),
+        );
     }
-    // The token exchange on its own listener (mutual TLS with pod certificates).
     let exchange = crate::exchange::server::ExchangeSettings {
         ttl_secs: config.exchange_ttl.as_secs_i64(),
         rate_per_sec: f64::from(config.exchange_rate.max(1)),
         burst: f64::from(config.exchange_burst.max(1)),
     };
-    tokio::spawn(crate::exchange::server::serve(token_listener, shared.clone(), serving.clone(), exchange));
+    tokio::spawn(
+        crate::exchange::server::serve(token, shared.clone(), serving.clone(), exchange)
+            .instrument(tracing::info_span!("serve", listener = "token")),
+    );
 
     // Admission reads only the identity and policy caches: the replica
     // serves once they are filled, while the grant, pod and Secret caches (ten
     // thousand objects each at scale, most of a restart's wait) are still
-    // being listed. The controllers wait for those (`run_controllers`).
+    // being listed. The controllers wait for those.
     {
         let (shared, secrets) = (shared.clone(), caches.secrets.store());
-        tokio::spawn(async move {
-            let _ = tokio::join!(shared.identities.wait_until_ready(), shared.policies.wait_until_ready());
-            shared.set_synced();
-            tracing::info!("identity and policy caches synced; webhooks ready");
-            let _ = tokio::join!(
-                shared.grants.wait_until_ready(),
-                shared.pods.wait_until_ready(),
-                secrets.wait_until_ready()
-            );
-            shared.set_all_synced();
-            tracing::info!("grant, pod and credential Secret caches synced");
-        });
+        tokio::spawn(
+            async move {
+                let _ = tokio::join!(shared.identities.wait_until_ready(), shared.policies.wait_until_ready());
+                shared.set_synced();
+                tracing::info!("identity and policy caches synced; webhooks ready");
+                let _ = tokio::join!(
+                    shared.grants.wait_until_ready(),
+                    shared.pods.wait_until_ready(),
+                    secrets.wait_until_ready()
+                );
+                shared.set_all_synced();
+                tracing::info!("grant, pod and credential Secret caches synced");
+            }
+            .instrument(tracing::info_span!("caches-synced")),
+        );
     }
 
-    register_webhooks(&client, &config, trust.bundle_pem().as_bytes()).await?;
-    publish::publish_configmaps(&shared).await;
+    register_webhooks(&shared.client, config, trust.bundle_pem().as_bytes()).await?;
+    publish::publish_configmaps(shared).await;
+    Ok(clients)
+}
 
-    // Every replica serves `/revocations` and introspection, so each follows
-    // the revocation list as the leader writes it: through a watch of its
-    // ConfigMaps. Re-reading it every 5 s, as replicas did, left a revoked
-    // token active on a follower for up to 5 s, and read up to a mebibyte
-    // each time.
-    tokio::spawn(follow_revocations(client.clone(), config.namespace.clone(), shared.revocations.clone()));
-
-    // Followers keep their copies of leader-written state fresh; everyone
-    // keeps the grant gauges and the published ConfigMaps current.
-    {
-        let shared = shared.clone();
-        let serving = serving.clone();
-        let clients = clients.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            let mut published = (shared.trust.bundle_pem(), shared.trust.jwks(crate::pki::now_unix()));
-            let mut serving_minted = crate::pki::now_unix();
-            for round in 0u64.. {
-                tick.tick().await;
-                release_free_memory();
-                // A backstop for the watch (e.g. RBAC without list/watch on
-                // ConfigMaps in this namespace): a full re-read once a minute.
-                if round % 12 == 11 {
-                    if let Err(e) = shared.revocations.refresh().await {
-                        tracing::warn!(error = %e, "re-reading the revocation list");
-                    }
-                }
-                let _ = shared
-                    .trust
-                    .reload(&shared.client, &shared.config.namespace, shared.config.ca_secret.as_deref())
-                    .await;
-                // A CA or signing-key rotation (or a retirement) changes what
-                // is published: re-issue the serving certificate from the
-                // current CA, re-point the webhooks' caBundle, republish.
-                let now = crate::pki::now_unix();
-                let current = (shared.trust.bundle_pem(), shared.trust.jwks(now));
-                let ca_changed = current.0 != published.0;
-                if ca_changed || now - serving_minted > SERVING_CERT_TTL / 2 {
-                    match mint_serving(&shared.trust, &shared.config, &serving) {
-                        Ok(()) => serving_minted = now,
-                        Err(e) => tracing::error!(error = %format!("{e:#}"), "re-issuing the serving certificate"),
-                    }
-                }
-                if ca_changed {
-                    if let Err(e) = clients.set_writ_bundle(&current.0) {
-                        tracing::error!(error = %e, "trusting the new CA bundle for client certificates");
-                    }
-                    if let Err(e) = register_webhooks(&shared.client, &shared.config, current.0.as_bytes()).await {
-                        tracing::error!(error = %format!("{e:#}"), "updating the webhooks' caBundle");
-                    }
-                }
-                if current != published {
-                    tracing::info!(ca_changed, "trust material changed; republishing");
-                    publish::publish_configmaps(&shared).await;
-                    published = current;
-                }
-                let (bytes, entries) = shared.revocations.size().await;
-                shared.metrics.revocation_list_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-                shared.metrics.revocation_list_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
-                shared.metrics.revocation_usage(&shared.revocations.usage(now).await);
-                for phase in GrantPhase::ALL {
-                    let n = shared.grants.state().iter().filter(|g| g.phase == phase).count();
-                    shared.metrics.grants.get_or_create(&metrics::PhaseLabels { phase: phase.as_str() }).set(n as i64);
+/// Boot step 4, maintain: every replica follows the revocation list as the
+/// leader writes it (it serves `/revocations` and introspection), keeps its
+/// copy of the trust material fresh, re-issues the serving certificate and
+/// republishes on a rotation, and keeps the grant gauges current.
+fn maintain(shared: &Arc<Shared>, clients: Arc<server::ClientTrust>) {
+    let follow = follow_revocations(shared.client.clone(), shared.config.namespace.clone(), shared.revocations.clone());
+    tokio::spawn(follow.instrument(tracing::info_span!("follow-revocations")));
+    let shared = shared.clone();
+    let maintenance = async move {
+        let serving = shared.serving.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut published = (shared.trust.bundle_pem(), shared.trust.jwks(crate::pki::now_unix()));
+        let mut serving_minted = crate::pki::now_unix();
+        for round in 0u64.. {
+            tick.tick().await;
+            release_free_memory();
+            // A backstop for the watch (e.g. RBAC without list/watch on
+            // ConfigMaps in this namespace): a full re-read once a minute.
+            if round % 12 == 11 {
+                if let Err(e) = shared.revocations.refresh().await {
+                    tracing::warn!(error = %e, "re-reading the revocation list");
                 }
             }
-        });
-    }
+            let _ =
+                shared.trust.reload(&shared.client, &shared.config.namespace, shared.config.ca_secret.as_deref()).await;
+            // A CA or signing-key rotation (or a retirement) changes what
+            // is published: re-issue the serving certificate from the
+            // current CA, re-point the webhooks' caBundle, republish.
+            let now = crate::pki::now_unix();
+            let current = (shared.trust.bundle_pem(), shared.trust.jwks(now));
+            let ca_changed = current.0 != published.0;
+            if ca_changed || now - serving_minted > SERVING_CERT_TTL / 2 {
+                match mint_serving(&shared.trust, &shared.config, &serving) {
+                    Ok(()) => serving_minted = now,
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "re-issuing the serving certificate"),
+                }
+            }
+            if ca_changed {
+                if let Err(e) = clients.set_writ_bundle(&current.0) {
+                    tracing::error!(error = %e, "trusting the new CA bundle for client certificates");
+                }
+                if let Err(e) = register_webhooks(&shared.client, &shared.config, current.0.as_bytes()).await {
+                    tracing::error!(error = %format!("{e:#}"), "updating the webhooks' caBundle");
+                }
+            }
+            if current != published {
+                tracing::info!(ca_changed, "trust material changed; republishing");
+                publish::publish_configmaps(&shared).await;
+                published = current;
+            }
+            let (bytes, entries) = shared.revocations.size().await;
+            shared.metrics.revocation_list_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            shared.metrics.revocation_list_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+            shared.metrics.revocation_usage(&shared.revocations.usage(now).await);
+            for phase in GrantPhase::ALL {
+                let n = shared.grants.state().iter().filter(|g| g.phase == phase).count();
+                shared.metrics.grants.get_or_create(&metrics::PhaseLabels { phase: phase.as_str() }).set(n as i64);
+            }
+        }
+    };
+    tokio::spawn(maintenance.instrument(tracing::info_span!("maintain")));
+}
 
-    // Leader election: the controllers run only on the leader.
+/// Boot step 5, lead: leader election; the controllers run while this
+/// replica leads, until SIGINT/SIGTERM, when it hands the Lease over.
+async fn lead(shared: Arc<Shared>, caches: Arc<controller::Caches>) -> anyhow::Result<()> {
+    let (client, config) = (&shared.client, &shared.config);
     let me = config
         .replica_id
         .clone()
@@ -423,7 +472,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("writ-{}", std::process::id()));
     let (tx, mut rx) = watch::channel(false);
     let elector = LeaderElector::new(client.clone(), &config.namespace, me.clone(), config.lease_duration.to_std());
-    let election = tokio::spawn(elector.clone().run(tx));
+    let election = tokio::spawn(elector.clone().run(tx).instrument(tracing::info_span!("leader-election")));
 
     let mut running: Option<tokio::task::JoinHandle<()>> = None;
     let shutdown = shutdown_signal();
@@ -443,12 +492,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             changed = rx.changed() => {
                 if changed.is_err() { return Ok(()); }
                 let leading = *rx.borrow();
-                metrics.leader.set(i64::from(leading));
+                shared.metrics.leader.set(i64::from(leading));
                 match (leading, running.is_some()) {
                     (true, false) => {
-                        let _ = revocations.refresh().await;
-                        let _ = trust.reload(&client, &config.namespace, config.ca_secret.as_deref()).await;
-                        running = Some(tokio::spawn(run_controllers(shared.clone(), caches.clone(), me.clone())));
+                        let _ = shared.revocations.refresh().await;
+                        let _ = shared.trust.reload(client, &config.namespace, config.ca_secret.as_deref()).await;
+                        let term = controller::run(shared.clone(), caches.clone(), me.clone());
+                        running = Some(tokio::spawn(term.instrument(tracing::info_span!("controllers", replica = %me))));
                     }
                     (false, true) => {
                         if let Some(h) = running.take() { h.abort(); }
@@ -499,282 +549,4 @@ fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// Reconciles in flight per controller.
-const RECONCILES_IN_FLIGHT: u16 = 32;
-/// Reconciles in flight of the grant controller: each grant is re-triggered
-/// by its own status write and by its token's Secret write, so a burst of new
-/// grants queued behind those at 32 (p99 time to Active 26 s at 10k).
-const GRANT_RECONCILES_IN_FLIGHT: u16 = 256;
-
-/// Requests a controller's intake lets into kube's scheduler, per reconcile
-/// it runs at a time (see [`Intake`]).
-const INTAKE_PER_RECONCILE: usize = 4;
-/// How often the caches are swept for timed work: certificates due for
-/// rotation, grants past their expiry.
-const SWEEP: Duration = Duration::from_secs(1);
-
-/// A controller on `store` that takes every request from `requests` through
-/// an [`Intake`] sized for `in_flight` reconciles at a time (drain its results
-/// with [`Intake::drain`]).
-fn through_intake<K>(
-    store: kube::runtime::reflector::Store<K>,
-    requests: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
-    in_flight: u16,
-) -> (Controller<K>, Intake)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(in_flight));
-    let controller = Controller::for_shared_stream(futures::stream::pending(), store)
-        .reconcile_on(intake.feed(requests))
-        .with_config(kube::runtime::controller::Config::default().concurrency(in_flight));
-    (controller, intake)
-}
-
-/// A reference to every cached object each time `passes` asks (a full pass),
-/// read from the cache as the intake takes them.
-fn every_object<K>(
-    passes: impl futures::Stream<Item = ()> + Send + 'static,
-    store: kube::runtime::reflector::Store<K>,
-) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
-where
-    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    passes.flat_map(move |()| futures::stream::iter(store.state()).map(|obj| ObjectRef::from_obj(&*obj)))
-}
-
-/// The kinds every replica watches.
-struct Caches {
-    identities: Cache<AgentIdentity>,
-    policies: Cache<DelegationPolicy>,
-    grants: Cache<CachedGrant>,
-    pods: Cache<AgentPod>,
-    secrets: Cache<CredentialSecret>,
-}
-
-/// The controllers, on the leader.
-/// Stops a term's Secret writer when the term's controllers are dropped.
-struct StopOnDrop(controller::machinery::batch::SecretWriter);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.stop();
-    }
-}
-
-async fn run_controllers(shared: Arc<Shared>, caches: Arc<Caches>, me: String) {
-    // Decisions read the shared caches (does this pod's identity exist?): a
-    // controller that ran before they are filled would revoke and re-issue
-    // on the word of an empty cache (found by the SIGKILL churn test).
-    // (Polled: kube's `Store::wait_until_ready` wakes only its latest waiter,
-    // and the boot task already waits on it.)
-    while !shared.is_all_synced() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = shared.client.clone();
-    let secrets = &caches.secrets;
-    let ctx = Arc::new(Context::new(
-        shared.clone(),
-        controller::machinery::events::Events::new(client.clone(), crate::api::names::EVENT_REPORTER, &me),
-        secrets.store(),
-    ));
-    // This future is dropped when the Lease is lost: token writes still
-    // queued then must not go out.
-    let _stop_writes = StopOnDrop(ctx.secret_writes.clone());
-
-    // Every controller starts with one full pass (its `Resync` channel holds
-    // the first request), then follows the changes. Reconciles in flight are
-    // bounded: each holds an API connection, and a backlog of thousands of
-    // pods (a new leader, a re-list) reconciled all at once had the operator
-    // open thousands of TLS connections, several times the memory of its
-    // caches, for a slower result than a few dozen at a time. What waits
-    // behind them waits in an `Intake` (at most `INTAKE_PER_RECONCILE` times
-    // as many requests go into kube's scheduler, whose tables never shrink),
-    // and timed work (rotations, expiries) is found by a sweep of the caches
-    // each second rather than kept there as a requeue per object.
-    let bounded = |n| kube::runtime::controller::Config::default().concurrency(n);
-    let (resync, all) = Resync::channel();
-    let pods_store = shared.pods.clone();
-    // A pod's credential depends on its identity's spec and existence, not
-    // its status: the status (pod and grant counts) is rewritten about once
-    // a second while pods come and go, and re-queueing every pod of the agent
-    // on each write kept the controller busy with thousands of no-op
-    // reconciles while new pods waited for their credentials.
-    let pod_identity_gate = controller::machinery::gate::GenerationGate::seeded(&caches.identities.store());
-    let identity_cache = shared.identities.clone();
-    let requests = futures::stream::select_all([
-        caches.pods.changes(&resync).map(|p| ObjectRef::from_obj(&*p)).boxed(),
-        // The pod a credential Secret belongs to, by its `writ.dev/pod` label
-        // (Writ writes it with the pod as the Secret's owner).
-        secrets
-            .changes(&resync)
-            .filter_map(|s| {
-                future::ready(s.pod.as_ref().map(|pod| ObjectRef::new(pod).within(&s.namespace().unwrap_or_default())))
-            })
-            .boxed(),
-        caches
-            .identities
-            .changes(&resync)
-            .flat_map(move |id| {
-                if !pod_identity_gate.changed(id.as_ref(), &identity_cache) {
-                    return futures::stream::iter(Vec::new());
-                }
-                let ns = id.namespace().unwrap_or_default();
-                let name = id.name_any();
-                futures::stream::iter(
-                    pods_store
-                        .state()
-                        .iter()
-                        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.agent() == Some(name.as_str()))
-                        .map(|p| ObjectRef::from_obj(&**p))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .boxed(),
-        every_object(all, caches.pods.store()).boxed(),
-        {
-            let (shared, secrets) = (shared.clone(), secrets.store());
-            intake::every(SWEEP)
-                .flat_map(move |()| {
-                    futures::stream::iter(credentials::rotations_due(&shared, &secrets, crate::pki::now_unix()))
-                })
-                .boxed()
-        },
-    ]);
-    let (controller, intake) = through_intake(caches.pods.store(), requests, RECONCILES_IN_FLIGHT);
-    let pods = intake.drain(controller.run(
-        controller::forgetting_failures(credentials::POD_CONTROLLER, credentials::reconcile),
-        credentials::error_policy,
-        ctx.clone(),
-    ));
-
-    let (resync, all) = Resync::channel();
-    let requests = futures::stream::select(
-        secrets.changes(&resync).map(|s| ObjectRef::from_obj(&*s)),
-        every_object(all, secrets.store()),
-    );
-    let (controller, intake) = through_intake(secrets.store(), requests, RECONCILES_IN_FLIGHT);
-    let secrets_controller = intake.drain(controller.run(
-        controller::forgetting_failures(credentials::SECRET_CONTROLLER, credentials::reconcile_secret),
-        credentials::secret_error_policy,
-        ctx.clone(),
-    ));
-
-    // Our writes to credential Secrets are remembered (so that reads do not
-    // return an older cached version) until the cache has them.
-    let (resync, relisted) = Resync::channel();
-    let writes = ctx.secret_writes.clone();
-    let forget_seen = secrets.changes(&resync).for_each(move |s| {
-        writes.seen(&s);
-        future::ready(())
-    });
-    // Re-lists need nothing here: a record the watch never confirms goes
-    // with the next sweep.
-    let relisted = relisted.for_each(|()| future::ready(()));
-
-    let (resync, all) = Resync::channel();
-    let identities = Controller::for_shared_stream(caches.identities.changes(&resync), caches.identities.store())
-        .watches_shared_stream(caches.pods.changes(&resync), |p| {
-            p.agent().map(|a| ObjectRef::new(a).within(&p.namespace().unwrap_or_default()))
-        })
-        .watches_shared_stream(caches.grants.changes(&resync), |g| {
-            Some(ObjectRef::new(&g.agent).within(&g.namespace().unwrap_or_default()))
-        })
-        .reconcile_all_on(all)
-        // An identity's status counts its pods and active grants: during a
-        // burst of grants, one status write a second instead of one per grant.
-        .with_config(bounded(RECONCILES_IN_FLIGHT).debounce(Duration::from_secs(1)))
-        .run(
-            controller::forgetting_failures(controller::identity::CONTROLLER, controller::identity::reconcile),
-            controller::identity::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| future::ready(()));
-
-    let (g1, g2, g3, g4, g5, g6) = (
-        shared.grants.clone(),
-        shared.grants.clone(),
-        shared.grants.clone(),
-        shared.grants.clone(),
-        shared.grants.clone(),
-        shared.grants.clone(),
-    );
-    let (identity_gate, policy_gate) = (
-        controller::machinery::gate::GenerationGate::seeded(&caches.identities.store()),
-        controller::machinery::gate::GenerationGate::seeded(&caches.policies.store()),
-    );
-    let (identity_cache, policy_cache) = (shared.identities.clone(), shared.policies.clone());
-    let (resync, all) = Resync::channel();
-    let each = |refs: Vec<ObjectRef<CachedGrant>>| futures::stream::iter(refs);
-    let requests = futures::stream::select_all([
-        caches.grants.changes(&resync).map(|g| ObjectRef::from_obj(&*g)).boxed(),
-        caches
-            .pods
-            .changes(&resync)
-            .flat_map(move |p| {
-                // The grants that bind this pod: its agent's, unless bound to another pod.
-                let agent = p.agent().unwrap_or_default().to_string();
-                let pod = p.name_any();
-                each(controller::grant::grants_where(&g1, &p.namespace().unwrap_or_default(), |g| {
-                    g.agent == agent && g.pod.as_ref().is_none_or(|bound| *bound == pod)
-                }))
-            })
-            .boxed(),
-        secrets.changes(&resync).flat_map(move |s| each(controller::grant::grants_for_secret(&g2, &s))).boxed(),
-        caches
-            .grants
-            .changes(&resync)
-            .flat_map(move |parent| {
-                let name = parent.name_any();
-                each(controller::grant::grants_where(&g3, &parent.namespace().unwrap_or_default(), |g| {
-                    g.parent.as_deref() == Some(&name)
-                }))
-            })
-            .boxed(),
-        caches
-            .identities
-            .changes(&resync)
-            .flat_map(move |id| {
-                if !identity_gate.changed(id.as_ref(), &identity_cache) {
-                    return each(Vec::new());
-                }
-                let name = id.name_any();
-                each(controller::grant::grants_where(&g4, &id.namespace().unwrap_or_default(), |g| g.agent == name))
-            })
-            .boxed(),
-        caches
-            .policies
-            .changes(&resync)
-            .flat_map(move |p| {
-                if !policy_gate.changed(p.as_ref(), &policy_cache) {
-                    return each(Vec::new());
-                }
-                each(controller::grant::grants_where(&g5, &p.namespace().unwrap_or_default(), |_| true))
-            })
-            .boxed(),
-        every_object(all, caches.grants.store()).boxed(),
-        intake::every(SWEEP)
-            .flat_map(move |()| {
-                let now = crate::pki::now_unix();
-                let mut due = controller::grant::expired(&g6, now);
-                due.extend(controller::grant::approval_overdue(&g6, now));
-                each(due)
-            })
-            .boxed(),
-    ]);
-    let (grant_controller, intake) = through_intake(caches.grants.store(), requests, GRANT_RECONCILES_IN_FLIGHT);
-    let grants = intake.drain(grant_controller.run(
-        controller::forgetting_failures(controller::grant::CONTROLLER, controller::grant::reconcile),
-        controller::grant::error_policy,
-        ctx.clone(),
-    ));
-
-    // Pods reading another pod's credential Secret (past the `Ignore`
-    // webhook) have that credential rotated.
-    let mounts = credentials::guard_credential_mounts(ctx.clone());
-
-    tracing::info!("controllers started");
-    tokio::join!(pods, secrets_controller, identities, grants, forget_seen, relisted, mounts);
 }

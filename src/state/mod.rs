@@ -73,6 +73,52 @@ use revocations::RevocationStore;
 use tls::CertSlot;
 use trust::Trust;
 
+/// Builds a [`Shared`] (see [`Shared::builder`]).
+pub struct SharedBuilder(Shared);
+
+impl SharedBuilder {
+    /// The AgentIdentity cache.
+    pub fn identities(mut self, store: Store<AgentIdentity>) -> Self {
+        self.0.identities = store;
+        self
+    }
+
+    /// The DelegationPolicy cache.
+    pub fn policies(mut self, store: Store<DelegationPolicy>) -> Self {
+        self.0.policies = store;
+        self
+    }
+
+    /// The CapabilityGrant cache.
+    pub fn grants(mut self, store: Store<CachedGrant>) -> Self {
+        self.0.grants = store;
+        self
+    }
+
+    /// The agent pod cache.
+    pub fn pods(mut self, store: Store<AgentPod>) -> Self {
+        self.0.pods = store;
+        self
+    }
+
+    /// The metrics registry.
+    pub fn metrics(mut self, metrics: Arc<metrics::Metrics>) -> Self {
+        self.0.metrics = metrics;
+        self
+    }
+
+    /// The serving certificate slot.
+    pub fn serving(mut self, serving: Arc<CertSlot>) -> Self {
+        self.0.serving = serving;
+        self
+    }
+
+    /// The shared state.
+    pub fn build(self) -> Shared {
+        self.0
+    }
+}
+
 /// What every part of a running operator shares: the client, the
 /// configuration, caches of the watched kinds, trust material, the
 /// revocation list, metrics and readiness.
@@ -102,34 +148,29 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Assembles the shared state.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    /// Starts building the shared state from what it cannot do without: the
+    /// client, the configuration, trust material and the revocation ledger.
+    /// The caches' stores, metrics and the serving certificate start empty.
+    pub fn builder(
         client: Client,
         config: RunConfig,
-        identities: Store<AgentIdentity>,
-        policies: Store<DelegationPolicy>,
-        grants: Store<CachedGrant>,
-        pods: Store<AgentPod>,
         trust: Arc<Trust>,
         revocations: Arc<RevocationStore>,
-        metrics: Arc<metrics::Metrics>,
-        serving: Arc<CertSlot>,
-    ) -> Self {
-        Self {
+    ) -> SharedBuilder {
+        SharedBuilder(Self {
             client,
             config,
-            identities,
-            policies,
-            grants,
-            pods,
+            identities: kube::runtime::reflector::store().0,
+            policies: kube::runtime::reflector::store().0,
+            grants: kube::runtime::reflector::store().0,
+            pods: kube::runtime::reflector::store().0,
             trust,
             revocations,
-            metrics,
-            serving,
+            metrics: Arc::default(),
+            serving: Arc::default(),
             synced: AtomicBool::new(false),
             all_synced: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Marks the caches admission reads (identities and policies) as synced.

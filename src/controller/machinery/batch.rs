@@ -306,6 +306,21 @@ fn base64_std(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
 }
 
+/// Forgets each of `writer`'s writes once the cache of credential Secrets
+/// has it (reads then come from the cache again); runs for the term.
+pub async fn forget_when_seen(writer: SecretWriter, secrets: &super::cache::Cache<CredentialSecret>) {
+    use futures::StreamExt as _;
+    let (resync, relisted) = super::cache::Resync::channel();
+    let seen = secrets.changes(&resync).for_each(move |s| {
+        writer.seen(&s);
+        futures::future::ready(())
+    });
+    // Re-lists need nothing here: a record the watch never confirms goes
+    // with the next sweep.
+    let relisted = relisted.for_each(|()| futures::future::ready(()));
+    futures::future::join(seen, relisted).await;
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -151,6 +151,43 @@ pub fn every(period: Duration) -> impl Stream<Item = ()> + Send + 'static {
     })
 }
 
+/// Requests a controller's intake lets into kube's scheduler, per reconcile
+/// it runs at a time.
+pub const INTAKE_PER_RECONCILE: usize = 4;
+/// How often the caches are swept for timed work: certificates due for
+/// rotation, grants past their expiry.
+pub const SWEEP: Duration = Duration::from_secs(1);
+
+/// A controller on `store` that takes every request from `requests` through
+/// an [`Intake`] sized for `in_flight` reconciles at a time (drain its results
+/// with [`Intake::drain`]).
+pub fn through_intake<K>(
+    store: kube::runtime::reflector::Store<K>,
+    requests: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
+    in_flight: u16,
+) -> (controller::Controller<K>, Intake)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let intake = Intake::new(INTAKE_PER_RECONCILE * usize::from(in_flight));
+    let controller = controller::Controller::for_shared_stream(futures::stream::pending(), store)
+        .reconcile_on(intake.feed(requests))
+        .with_config(controller::Config::default().concurrency(in_flight));
+    (controller, intake)
+}
+
+/// A reference to every cached object each time `passes` asks (a full pass),
+/// read from the cache as the intake takes them.
+pub fn every_object<K>(
+    passes: impl futures::Stream<Item = ()> + Send + 'static,
+    store: kube::runtime::reflector::Store<K>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    passes.flat_map(move |()| futures::stream::iter(store.state()).map(|obj| ObjectRef::from_obj(&*obj)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
