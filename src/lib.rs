@@ -17,5 +17,7 @@ pub mod publish;
 pub mod runtime;
 pub mod state;
 pub mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod verify;
 pub mod webhook;

@@ -4,7 +4,7 @@
 //! what each layer holds and why.
 //!
 //! ```text
-//! api  <-  policy, pki, verify  <-  state  <-  controller, webhook, publish, exchange
+//! api  <-  testing  <-  policy, pki, verify  <-  state  <-  controller, webhook, publish, exchange
 //!      <-  runtime  <-  check, inspect, status  <-  main
 //! ```
 
@@ -12,6 +12,9 @@ use std::{collections::BTreeSet, path::Path};
 
 const LAYERS: &[&[&str]] = &[
     &["api"],
+    // The test kit (feature `testing`): builders of the API types and fake
+    // API servers, below everything that tests with it.
+    &["testing"],
     &["policy", "pki", "verify"],
     &["state"],
     &["controller", "webhook", "publish", "exchange"],

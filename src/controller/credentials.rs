@@ -750,44 +750,31 @@ mod tests {
     use std::sync::Mutex;
 
     use base64::Engine;
-    use bytes::Bytes;
-    use clap::Parser;
-    use http::{Method, Request, Response, StatusCode};
-    use http_body_util::{BodyExt, Full};
+    use http::Method;
     use kube::runtime::{reflector, watcher};
     use serde_json::json;
 
     use super::*;
-    use crate::state::{metrics::Metrics, revocations::RevocationStore, trust::Trust, RunConfig, Shared};
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        run: RunConfig,
-    }
+    use crate::state::Shared;
+    use crate::testing::{ApiServer, Reply};
 
     const NS: &str = "team";
     const SECRET: &str = "worker-0-writ";
 
-    /// A fake API server: creates of the pod's credential Secret conflict
-    /// (it exists, the cache has not seen it yet), reads of it return
-    /// `existing`; other writes succeed and other reads find nothing.
-    /// Records every request.
-    fn fake_api(
-        existing: Arc<Mutex<Option<serde_json::Value>>>,
-        log: Arc<Mutex<Vec<(Method, String)>>>,
-    ) -> kube::Client {
+    /// What the fake API server holds as the pod's credential Secret.
+    type Existing = Arc<Mutex<Option<serde_json::Value>>>;
+
+    /// The test kit's API server: creates of the pod's credential Secret
+    /// conflict (it exists, the cache has not seen it yet), reads of it
+    /// return `existing`; other writes succeed and other reads find nothing.
+    fn fake_api(existing: Existing, log: ApiServer) -> kube::Client {
         let conflict =
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409});
         fake_api_refusing_creates(existing, log, conflict)
     }
 
     /// [`fake_api`] with creates of Secrets refused with `refusal` (a Status).
-    fn fake_api_refusing_creates(
-        existing: Arc<Mutex<Option<serde_json::Value>>>,
-        log: Arc<Mutex<Vec<(Method, String)>>>,
-        refusal: serde_json::Value,
-    ) -> kube::Client {
+    fn fake_api_refusing_creates(existing: Existing, log: ApiServer, refusal: serde_json::Value) -> kube::Client {
         fake_api_refusing(existing, log, refusal, |method, path| {
             method == Method::POST && path == format!("/api/v1/namespaces/{NS}/secrets")
         })
@@ -795,82 +782,36 @@ mod tests {
 
     /// [`fake_api`] with the requests `refused` picks refused with `refusal`.
     fn fake_api_refusing(
-        existing: Arc<Mutex<Option<serde_json::Value>>>,
-        log: Arc<Mutex<Vec<(Method, String)>>>,
+        existing: Existing,
+        log: ApiServer,
         refusal: serde_json::Value,
         refused: fn(&Method, &str) -> bool,
     ) -> kube::Client {
-        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
-            let (existing, log, refusal) = (existing.clone(), log.clone(), refusal.clone());
-            async move {
-                let (method, path) = (req.method().clone(), req.uri().path().to_string());
-                let body = req.into_body().collect().await?.to_bytes();
-                log.lock().expect("log").push((method.clone(), path.clone()));
-                let status = |code: u16, reason: &str| {
-                    Bytes::from(
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code})
-                            .to_string(),
-                    )
-                };
-                let (code, body) = match (&method, path.as_str()) {
-                    (m, p) if refused(m, p) => (
-                        StatusCode::from_u16(refusal["code"].as_u64().unwrap_or(500) as u16).expect("status code"),
-                        Bytes::from(refusal.to_string()),
-                    ),
-                    (&Method::GET, p) if p == format!("/api/v1/namespaces/{NS}/secrets/{SECRET}") => {
-                        match existing.lock().expect("existing").clone() {
-                            Some(s) => (StatusCode::OK, Bytes::from(s.to_string())),
-                            None => (StatusCode::NOT_FOUND, status(404, "NotFound")),
-                        }
-                    }
-                    (&Method::POST | &Method::PUT | &Method::PATCH, _) => (StatusCode::CREATED, body),
-                    _ => (StatusCode::NOT_FOUND, status(404, "NotFound")),
-                };
-                Ok::<_, kube::Error>(Response::builder().status(code).body(Full::new(body)).expect("response"))
+        log.answering(move |req| {
+            if refused(&req.method, &req.path) {
+                return Reply { code: refusal["code"].as_u64().unwrap_or(500) as u16, body: refusal.clone() };
             }
-        });
-        kube::Client::new(service, "default")
+            match req.method {
+                Method::GET if req.path == format!("/api/v1/namespaces/{NS}/secrets/{SECRET}") => {
+                    existing.lock().expect("existing").clone().map_or_else(Reply::not_found, Reply::ok)
+                }
+                Method::POST | Method::PUT | Method::PATCH => Reply::created(req.body.clone()),
+                _ => Reply::not_found(),
+            }
+        })
     }
 
     async fn context(client: kube::Client) -> Arc<Context> {
-        let config = Cli::try_parse_from(["writ"]).expect("defaults").run;
-        let trust = Arc::new(
-            Trust::bootstrap(&client, &config.namespace, None, 86_400, &config.trust_domain).await.expect("trust"),
-        );
-        let revocations = Arc::new(RevocationStore::load(&client, &config.namespace).await.expect("revocations"));
-        let metrics = Arc::new(Metrics::default());
-        crate::state::trust_read_back(
-            &trust,
-            &config.trust_domain,
-            config.max_grant_ttl.as_secs_i64(),
-            config.max_credential_ttl.as_secs_i64(),
-            &metrics,
-        );
         let (identities, mut iw) = reflector::store::<AgentIdentity>();
-        let identity: AgentIdentity = serde_json::from_value(json!({
-            "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
-            "metadata": {"name": "worker", "namespace": NS},
-            "spec": {"class": "Agent", "serviceAccountName": "worker", "owner": "o",
-                     "ceiling": [{"action": "a", "resource": "r"}]}
-        }))
-        .expect("identity");
-        iw.apply_watcher_event(&watcher::Event::Apply(identity));
+        iw.apply_watcher_event(&watcher::Event::Apply(
+            AgentIdentity::test(NS, "worker").running_as("worker").ceiling(&[("a", "r")]),
+        ));
         let (secrets, mut sw) = reflector::store::<CredentialSecret>();
         sw.apply_watcher_event(&watcher::Event::InitDone);
         let (pods, mut pw) = reflector::store::<AgentPod>();
         pw.apply_watcher_event(&watcher::Event::Apply((*pod()).clone()));
-        let shared = Arc::new(
-            Shared::builder(client.clone(), config, trust, revocations)
-                .identities(identities)
-                .pods(pods)
-                .metrics(metrics)
-                .build(),
-        );
-        Arc::new(Context::new(
-            shared,
-            crate::controller::machinery::events::Events::new(client, "test", "test"),
-            secrets,
-        ))
+        let shared = Arc::new(Shared::test(client).await.identities(identities).pods(pods).build());
+        Context::test(shared, secrets)
     }
 
     fn pod() -> Arc<AgentPod> {
@@ -922,20 +863,20 @@ mod tests {
         json!([{"apiVersion": "v1", "kind": "Pod", "name": pod.name_any(), "uid": pod.uid(), "controller": true}])
     }
 
-    fn credential_requests(log: &Mutex<Vec<(Method, String)>>) -> Vec<(Method, String)> {
-        let log = log.lock().expect("log");
-        log.iter().filter(|(_, p)| p.starts_with(&format!("/api/v1/namespaces/{NS}/secrets"))).cloned().collect()
+    fn credential_requests(log: &ApiServer) -> Vec<(Method, String)> {
+        let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+        log.requests().into_iter().filter(|r| r.path.starts_with(&secrets)).map(|r| (r.method, r.path)).collect()
     }
 
     #[tokio::test]
     async fn a_new_pods_secret_is_created_without_a_read_and_kept_if_the_create_finds_it() {
-        let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+        let (existing, log) = (Existing::default(), ApiServer::new());
         let ctx = context(fake_api(existing.clone(), log.clone())).await;
         let pod = pod();
         // The Secret exists on the server (another leader wrote it just now)
         // but the cache has not seen it.
         *existing.lock().expect("existing") = Some(credential_secret(&ctx, &pod));
-        log.lock().expect("log").clear();
+        log.drain();
         let action = reconcile(pod.clone(), ctx.clone()).await.expect("reconciled");
         let secrets = format!("/api/v1/namespaces/{NS}/secrets");
         assert_eq!(
@@ -969,64 +910,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_trust_bundle_is_not_published_into_a_terminating_namespace_and_that_is_no_error() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let bundle = |method: &Method, path: &str| {
-            method == Method::PATCH && path == format!("/api/v1/namespaces/{NS}/configmaps/writ-trust-bundle")
-        };
-        let refusal = namespace_terminating("configmaps", "writ-trust-bundle");
-        let ctx = context(fake_api_refusing(Arc::default(), log.clone(), refusal, bundle)).await;
-        log.lock().expect("log").clear();
-        crate::controller::identity::publish_trust_bundle(&ctx, NS).await.expect("no error: the namespace is going");
-        // Not noted as published: asked again, it tries again (a namespace
-        // made again under that name gets its bundle).
-        crate::controller::identity::publish_trust_bundle(&ctx, NS).await.expect("no error");
-        let tried = log.lock().expect("log").iter().filter(|(m, p)| bundle(m, p)).count();
-        assert_eq!(tried, 2);
-
-        // Any other refusal is an error (retried by the error policy).
-        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                               "reason": "Forbidden", "message": "configmaps is forbidden: RBAC"});
-        let ctx = context(fake_api_refusing(Arc::default(), log.clone(), forbidden, bundle)).await;
-        let err = crate::controller::identity::publish_trust_bundle(&ctx, NS).await.expect_err("refused");
-        assert!(err.to_string().starts_with("publishing trust bundle in ConfigMap team/writ-trust-bundle"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn an_identity_whose_finalizer_went_with_it_is_done_and_not_retried() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let identity_patch = |method: &Method, path: &str| {
-            method == Method::PATCH && path == format!("/apis/writ.dev/v1alpha1/namespaces/{NS}/agentidentities/worker")
-        };
-        let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
-                          "message": "agentidentities.writ.dev \"worker\" not found"});
-        let ctx = context(fake_api_refusing(Arc::default(), log.clone(), gone, identity_patch)).await;
-        // A second pass from a cache that has not yet seen the deletion: the
-        // first already removed the finalizer and the identity is gone.
-        let identity: AgentIdentity = serde_json::from_value(json!({
-            "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
-            "metadata": {"name": "worker", "namespace": NS, "uid": "i-1", "finalizers": [crate::api::names::FINALIZER],
-                         "deletionTimestamp": "2026-12-05T00:00:00Z"},
-            "spec": {"class": "Agent", "serviceAccountName": "worker", "owner": "o",
-                     "ceiling": [{"action": "a", "resource": "r"}]}
-        }))
-        .expect("identity");
-        log.lock().expect("log").clear();
-        let action = crate::controller::identity::reconcile(Arc::new(identity), ctx).await.expect("gone is done");
-        assert_eq!(action, Action::await_change());
-        assert_eq!(
-            log.lock().expect("log").iter().filter(|(m, p)| identity_patch(m, p)).count(),
-            1,
-            "one removal tried"
-        );
-    }
-
-    #[tokio::test]
     async fn a_pod_in_a_terminating_namespace_gets_one_refused_create_and_no_retry() {
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = ApiServer::new();
         let refusal = namespace_terminating("secrets", SECRET);
-        let ctx = context(fake_api_refusing_creates(Arc::default(), log.clone(), refusal)).await;
-        log.lock().expect("log").clear();
+        let ctx = context(fake_api_refusing_creates(Existing::default(), log.clone(), refusal)).await;
+        log.drain();
         let action = reconcile(pod(), ctx.clone()).await.expect("not an error: nothing to retry");
         assert_eq!(action, Action::await_change());
         assert_eq!(credential_requests(&log), vec![(Method::POST, format!("/api/v1/namespaces/{NS}/secrets"))]);
@@ -1034,16 +922,16 @@ mod tests {
         // Any other refusal is an error (retried by the error policy).
         let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
                                "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
-        let ctx = context(fake_api_refusing_creates(Arc::default(), log.clone(), forbidden)).await;
+        let ctx = context(fake_api_refusing_creates(Existing::default(), log.clone(), forbidden)).await;
         assert!(reconcile(pod(), ctx).await.is_err(), "an RBAC refusal is not the namespace going away");
     }
 
     #[tokio::test]
     async fn a_pod_that_keeps_failing_is_retried_ever_later_until_it_reconciles() {
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = ApiServer::new();
         let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
                                "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
-        let ctx = context(fake_api_refusing_creates(Arc::default(), log, forbidden)).await;
+        let ctx = context(fake_api_refusing_creates(Existing::default(), log, forbidden)).await;
         let reconcile = crate::controller::forgetting_failures(POD_CONTROLLER, reconcile);
         // What the log gets at `warn`.
         #[derive(Clone, Default)]
@@ -1117,7 +1005,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_written_into_a_secret_being_deleted() {
-        let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+        let (existing, log) = (Existing::default(), ApiServer::new());
         let ctx = context(fake_api(existing.clone(), log.clone())).await;
         // Revoked (no key) and being deleted, Writ's finalizer still on it:
         // what a pod's reconcile reads while its namespace is deleted.
@@ -1126,7 +1014,7 @@ mod tests {
         deleting["metadata"]["deletionTimestamp"] = json!("2026-12-04T06:06:59Z");
         deleting["metadata"]["finalizers"] = json!([crate::api::names::FINALIZER]);
         *existing.lock().expect("existing") = Some(deleting);
-        log.lock().expect("log").clear();
+        log.drain();
         let action = reconcile(pod(), ctx).await.expect("reconciled");
         let secrets = format!("/api/v1/namespaces/{NS}/secrets");
         assert_eq!(
@@ -1139,7 +1027,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_secret_found_by_the_create_without_a_valid_certificate_is_replaced() {
-        let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+        let (existing, log) = (Existing::default(), ApiServer::new());
         let ctx = context(fake_api(existing.clone(), log.clone())).await;
         // Writ's Secret for this pod, left over with no certificate in it.
         *existing.lock().expect("existing") = Some(json!({
@@ -1147,7 +1035,7 @@ mod tests {
             "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "42", "labels": owned_labels(),
                          "ownerReferences": owner_of(&pod())}, "data": {}
         }));
-        log.lock().expect("log").clear();
+        log.drain();
         reconcile(pod(), ctx).await.expect("reconciled");
         let secrets = format!("/api/v1/namespaces/{NS}/secrets");
         assert_eq!(
@@ -1182,12 +1070,12 @@ mod tests {
             ("owned by another uid", |s| s["metadata"]["ownerReferences"][0]["uid"] = json!("u-2")),
         ];
         for (what, make) in cases {
-            let (existing, log) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+            let (existing, log) = (Existing::default(), ApiServer::new());
             let ctx = context(fake_api(existing.clone(), log.clone())).await;
             let mut foreign = valid(&ctx);
             make(&mut foreign);
             *existing.lock().expect("existing") = Some(foreign);
-            log.lock().expect("log").clear();
+            log.drain();
             // Writ would issue (a new pod) ...
             reconcile(pod(), ctx.clone()).await.expect("reconciled");
             // ... or revoke (the pod finished).
@@ -1201,10 +1089,9 @@ mod tests {
                 "{what}: only creates (refused: it exists), never a write to it: {writes:?}"
             );
             let revoked = log
-                .lock()
-                .expect("log")
+                .requests()
                 .iter()
-                .any(|(m, p)| *m != Method::GET && p.contains("configmaps/writ-revocations"));
+                .any(|r| r.method != Method::GET && r.path.contains("configmaps/writ-revocations"));
             assert!(!revoked, "{what}: nothing revoked");
             let refused = ctx.shared.metrics.render();
             assert!(refused.contains("writ_untrusted_total{what=\"secret\""), "{what}: counted\n{refused}");

@@ -323,3 +323,96 @@ pub async fn controller(ctx: Arc<Context>, caches: &Caches) {
         .instrument(tracing::info_span!("controller", name = CONTROLLER))
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+    use serde_json::json;
+
+    use super::*;
+    use crate::state::Shared;
+    use crate::testing::{ApiServer, Reply};
+
+    const NS: &str = "team";
+
+    /// A context over the test kit's API server, which answers the requests
+    /// `refused` picks with `refusal`, other writes with what they sent and
+    /// other reads with 404.
+    async fn refusing(log: &ApiServer, refusal: serde_json::Value, refused: fn(&Method, &str) -> bool) -> Arc<Context> {
+        let client = log.answering(move |req| {
+            if refused(&req.method, &req.path) {
+                return Reply { code: refusal["code"].as_u64().unwrap_or(500) as u16, body: refusal.clone() };
+            }
+            match req.method {
+                Method::POST | Method::PUT | Method::PATCH => Reply::created(req.body.clone()),
+                _ => Reply::not_found(),
+            }
+        });
+        let shared = Arc::new(Shared::test(client).await.build());
+        Context::test(shared, kube::runtime::reflector::store().0)
+    }
+
+    /// The API server's refusal of a write of `name` (of `kind`) into a
+    /// namespace being deleted.
+    fn namespace_terminating(kind: &str, name: &str) -> serde_json::Value {
+        json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": format!("{kind} \"{name}\" is forbidden: unable to create new content in namespace {NS} because it is being terminated"),
+            "details": {"name": name, "kind": kind, "causes": [{"reason": "NamespaceTerminating",
+                "message": format!("namespace {NS} is being terminated"), "field": "metadata.namespace"}]}
+        })
+    }
+
+    #[tokio::test]
+    async fn a_trust_bundle_is_not_published_into_a_terminating_namespace_and_that_is_no_error() {
+        let log = ApiServer::new();
+        let bundle = |method: &Method, path: &str| {
+            method == Method::PATCH && path == format!("/api/v1/namespaces/{NS}/configmaps/writ-trust-bundle")
+        };
+        let refusal = namespace_terminating("configmaps", "writ-trust-bundle");
+        let ctx = refusing(&log, refusal, bundle).await;
+        log.drain();
+        publish_trust_bundle(&ctx, NS).await.expect("no error: the namespace is going");
+        // Not noted as published: asked again, it tries again (a namespace
+        // made again under that name gets its bundle).
+        publish_trust_bundle(&ctx, NS).await.expect("no error");
+        let tried = log.requests().iter().filter(|r| bundle(&r.method, &r.path)).count();
+        assert_eq!(tried, 2);
+
+        // Any other refusal is an error (retried by the error policy).
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                               "reason": "Forbidden", "message": "configmaps is forbidden: RBAC"});
+        let ctx = refusing(&log, forbidden, bundle).await;
+        let err = publish_trust_bundle(&ctx, NS).await.expect_err("refused");
+        assert!(err.to_string().starts_with("publishing trust bundle in ConfigMap team/writ-trust-bundle"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_identity_whose_finalizer_went_with_it_is_done_and_not_retried() {
+        let log = ApiServer::new();
+        let identity_patch = |method: &Method, path: &str| {
+            method == Method::PATCH && path == format!("/apis/writ.dev/v1alpha1/namespaces/{NS}/agentidentities/worker")
+        };
+        let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
+                          "message": "agentidentities.writ.dev \"worker\" not found"});
+        let ctx = refusing(&log, gone, identity_patch).await;
+        // A second pass from a cache that has not yet seen the deletion: the
+        // first already removed the finalizer and the identity is gone.
+        let identity: AgentIdentity = serde_json::from_value(json!({
+            "apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": {"name": "worker", "namespace": NS, "uid": "i-1", "finalizers": [crate::api::names::FINALIZER],
+                         "deletionTimestamp": "2026-12-05T00:00:00Z"},
+            "spec": {"class": "Agent", "serviceAccountName": "worker", "owner": "o",
+                     "ceiling": [{"action": "a", "resource": "r"}]}
+        }))
+        .expect("identity");
+        log.drain();
+        let action = reconcile(Arc::new(identity), ctx).await.expect("gone is done");
+        assert_eq!(action, Action::await_change());
+        assert_eq!(
+            log.requests().iter().filter(|r| identity_patch(&r.method, &r.path)).count(),
+            1,
+            "one removal tried"
+        );
+    }
+}

@@ -206,6 +206,19 @@ where
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+impl Context {
+    /// A reconcilers' context for tests over `shared`, with the credential
+    /// Secrets cache `secrets`.
+    pub fn test(
+        shared: Arc<Shared>,
+        secrets: kube::runtime::reflector::Store<crate::state::CredentialSecret>,
+    ) -> Arc<Self> {
+        let events = events::Events::new(shared.client.clone(), "test", "test");
+        Arc::new(Self::new(shared, events, secrets))
+    }
+}
+
 /// Errors of the reconcilers.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

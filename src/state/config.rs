@@ -140,6 +140,19 @@ fn parse_exchange_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+#[cfg(any(test, feature = "testing"))]
+impl RunConfig {
+    /// The configuration `writ run` has with no flags and no environment.
+    pub fn test() -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunConfig,
+        }
+        <Cli as clap::Parser>::try_parse_from(["writ"]).expect("the defaults parse").run
+    }
+}
+
 impl RunConfig {
     /// The admission limits derived from this configuration.
     pub fn limits(&self) -> crate::policy::Limits {

@@ -255,6 +255,34 @@ impl Shared {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+impl Shared {
+    /// Shared state for tests, over `client` (usually a fake API server from
+    /// [`crate::testing`]): the default configuration, trust material
+    /// bootstrapped through the client, and the revocation list it holds;
+    /// the caches empty until given to the builder.
+    pub async fn test(client: Client) -> SharedBuilder {
+        let config = RunConfig::test();
+        let trust = Arc::new(
+            Trust::bootstrap(&client, &config.namespace, None, 86_400, &config.trust_domain)
+                .await
+                .expect("trust material through the fake API server"),
+        );
+        let revocations = RevocationStore::load(&client, &config.namespace)
+            .await
+            .expect("the revocation list through the fake API server");
+        let metrics = Arc::new(metrics::Metrics::default());
+        trust_read_back(
+            &trust,
+            &config.trust_domain,
+            config.max_grant_ttl.as_secs_i64(),
+            config.max_credential_ttl.as_secs_i64(),
+            &metrics,
+        );
+        Self::builder(client, config, trust, Arc::new(revocations)).metrics(metrics)
+    }
+}
+
 /// Unix seconds of a Kubernetes timestamp.
 pub fn unix(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
     t.0.as_second()
