@@ -194,9 +194,6 @@ pub async fn workload_of(
 
 #[cfg(test)]
 mod tests {
-    use http::{Request, Response};
-    use http_body_util::{BodyExt, Full};
-
     use super::*;
 
     fn sa(namespace: &str, name: &str) -> Caller {
@@ -231,36 +228,24 @@ mod tests {
 
     #[tokio::test]
     async fn reviews_are_cached_briefly_and_never_by_the_token_itself() {
-        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = asked.clone();
-        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
-            let count = count.clone();
-            async move {
-                assert_eq!(req.uri().path(), "/apis/authentication.k8s.io/v1/tokenreviews");
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect().await?.to_bytes())?;
-                let good = body["spec"]["token"] == GOOD;
-                let status = if good {
-                    serde_json::json!({"authenticated": true, "user": {"username": "system:serviceaccount:ci:deploy-api"}})
-                } else {
-                    serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
-                };
-                let answer = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                    "spec": {}, "status": status});
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    Response::builder()
-                        .status(201)
-                        .body(Full::new(bytes::Bytes::from(answer.to_string())))
-                        .expect("response"),
-                )
-            }
+        let server = crate::testing::ApiServer::new();
+        let client = server.answering(|req| {
+            assert_eq!(req.path, "/apis/authentication.k8s.io/v1/tokenreviews");
+            let status = if req.body["spec"]["token"] == GOOD {
+                serde_json::json!({"authenticated": true, "user": {"username": "system:serviceaccount:ci:deploy-api"}})
+            } else {
+                serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+            };
+            crate::testing::Reply::created(serde_json::json!({"apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview", "spec": {}, "status": status}))
         });
-        let reviewer = TokenReviewer::new(Client::new(service, "default"));
+        let asked = || server.requests().len();
+        let reviewer = TokenReviewer::new(client);
         assert_eq!(reviewer.review(GOOD).await.expect("review"), Some(sa("ci", "deploy-api")));
         assert_eq!(reviewer.review(GOOD).await.expect("review"), Some(sa("ci", "deploy-api")));
         assert_eq!(reviewer.review("aGVhZGVy.YmFk.c2ln").await.expect("review"), None);
         assert_eq!(reviewer.review("aGVhZGVy.YmFk.c2ln").await.expect("review"), None);
-        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2, "one review per token while cached");
+        assert_eq!(asked(), 2, "one review per token while cached");
         assert_eq!(reviewer.cached(), 2);
         let keys: Vec<[u8; 32]> = reviewer.lock().keys().copied().collect();
         assert!(keys.iter().all(|k| !k.windows(4).any(|w| w == b"aGVh")), "tokens are kept only as hashes");
@@ -272,11 +257,11 @@ mod tests {
         assert!(reviewer.cached() <= CACHE_ENTRIES, "{}", reviewer.cached());
 
         // What is no JWT is refused without a review.
-        let asked_before = asked.load(std::sync::atomic::Ordering::SeqCst);
+        let asked_before = asked();
         let long = format!("a.{}.c", "b".repeat(MAX_TOKEN_BYTES));
         for junk in ["", "not-a-token", "a.b", "a.b.c.d", "a..c", "a.b c.d", "a.b.c\n", long.as_str()] {
             assert_eq!(reviewer.review(junk).await.expect("review"), None, "{junk:?}");
         }
-        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), asked_before, "no review of junk");
+        assert_eq!(asked(), asked_before, "no review of junk");
     }
 }

@@ -889,89 +889,43 @@ fn merge(list: &mut StoredList, tokens: Vec<StoredToken>, certificates: Vec<Stor
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex as StdMutex;
-
-    use bytes::Bytes;
-    use http::{Method, Request, Response, StatusCode};
-    use http_body_util::{BodyExt, Full};
+    use http::Method;
     use serde_json::json;
 
     use super::*;
+    use crate::testing::{objects_in, ApiServer, Objects, Reply};
 
     /// What the fake API server holds: ConfigMaps by name.
-    type Held = Arc<StdMutex<BTreeMap<String, serde_json::Value>>>;
-    /// The requests it answered: method and ConfigMap name.
-    type Log = Arc<StdMutex<Vec<(Method, String)>>>;
+    type Held = Objects;
+    /// The fake API server, which logs the requests it answered.
+    type Log = ApiServer;
 
     const NS: &str = "writ-system";
     /// The namespace the tests' revocations are for.
     const TENANT: &str = "team-a";
 
-    fn status(code: StatusCode, reason: &str) -> (StatusCode, Bytes) {
-        let body =
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code.as_u16(), "reason": reason});
-        (code, Bytes::from(body.to_string()))
-    }
-
-    /// An API server holding ConfigMaps in one namespace, with optimistic
-    /// concurrency on their resourceVersions, logging each request.
+    /// The test kit's API server holding the ConfigMaps of namespace `NS`
+    /// in `stored`, with optimistic concurrency on their resourceVersions,
+    /// logging each request in `log`.
     fn fake_api(stored: Held, log: Log) -> Client {
-        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
-            let (stored, log) = (stored.clone(), log.clone());
-            async move {
-                let method = req.method().clone();
-                let path = req.uri().path().to_string();
-                let body = req.into_body().collect().await?.to_bytes();
-                let prefix = format!("/api/v1/namespaces/{NS}/configmaps");
-                let name = match path.strip_prefix(&prefix) {
-                    Some("") => serde_json::from_slice::<serde_json::Value>(&body)?["metadata"]["name"]
-                        .as_str()
-                        .expect("a name")
-                        .to_string(),
-                    Some(rest) => rest.trim_start_matches('/').to_string(),
-                    None => panic!("unexpected request {method} {path}"),
-                };
-                log.lock().expect("log").push((method.clone(), name.clone()));
-                let mut stored = stored.lock().expect("stored");
-                let version = |cm: &serde_json::Value| cm["metadata"]["resourceVersion"].as_str().map(str::to_string);
-                let (code, body) = match (&method, stored.get(&name)) {
-                    (&Method::GET, Some(cm)) => (StatusCode::OK, Bytes::from(cm.to_string())),
-                    (&Method::GET, None) => status(StatusCode::NOT_FOUND, "NotFound"),
-                    (&Method::POST, Some(_)) => status(StatusCode::CONFLICT, "AlreadyExists"),
-                    (&Method::PUT, None) => status(StatusCode::NOT_FOUND, "NotFound"),
-                    (&Method::PUT, current)
-                        if current.and_then(version) != version(&serde_json::from_slice(&body)?) =>
-                    {
-                        status(StatusCode::CONFLICT, "Conflict")
-                    }
-                    (_, current) => {
-                        let mut cm: serde_json::Value = serde_json::from_slice(&body)?;
-                        let next = current.and_then(version).map_or(1, |v| v.parse::<u64>().expect("rv") + 1);
-                        cm["metadata"]["resourceVersion"] = next.to_string().into();
-                        stored.insert(name, cm.clone());
-                        (StatusCode::OK, Bytes::from(cm.to_string()))
-                    }
-                };
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    Response::builder().status(code).body(Full::new(body)).expect("response"),
-                )
-            }
-        });
-        Client::new(service, NS)
+        let collection = format!("/api/v1/namespaces/{NS}/configmaps");
+        log.answering(move |req| {
+            objects_in(&collection, &stored, req)
+                .unwrap_or_else(|| panic!("unexpected request {} {}", req.method, req.path))
+        })
     }
 
     /// A store loaded from the fake API server holding `stored`, with parts
     /// of at most `part_limit` bytes; its client; the log from after the load.
     async fn store_over(stored: &Held, part_limit: usize) -> (Arc<RevocationStore>, Client, Log) {
-        let log = Log::default();
+        let log = ApiServer::new().in_namespace(NS);
         let client = fake_api(stored.clone(), log.clone());
         let store = RevocationStore::load(&client, NS)
             .await
             .expect("load")
             .with_part_limit(part_limit)
             .with_namespace_quota(100);
-        assert_eq!(log.lock().expect("log").len(), PARTS, "the load reads each part once");
-        log.lock().expect("log").clear();
+        assert_eq!(log.drain().len(), PARTS, "the load reads each part once");
         (Arc::new(store), client, log)
     }
 
@@ -985,8 +939,9 @@ mod tests {
         Some((serde_json::from_str(&text).expect("a revocation list"), text.len()))
     }
 
+    /// The requests answered since the last drain: method and ConfigMap name.
     fn drain(log: &Log) -> Vec<(Method, String)> {
-        std::mem::take(&mut *log.lock().expect("log"))
+        log.drain().into_iter().map(|r| (r.method.clone(), r.name())).collect()
     }
 
     #[test]
@@ -1227,26 +1182,18 @@ mod tests {
         // An API server with no ConfigMaps whose writes hang until released.
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let gate = release.clone();
-        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        let client = ApiServer::new().in_namespace(NS).client(move |req| {
             let gate = gate.clone();
             async move {
-                let method = req.method().clone();
-                let body = req.into_body().collect().await?.to_bytes();
-                let (code, body) = match method {
-                    Method::GET => status(StatusCode::NOT_FOUND, "NotFound"),
-                    _ => {
-                        let _permit = gate.acquire().await.expect("gate");
-                        let mut cm: serde_json::Value = serde_json::from_slice(&body)?;
-                        cm["metadata"]["resourceVersion"] = "1".into();
-                        (StatusCode::CREATED, Bytes::from(cm.to_string()))
-                    }
-                };
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    Response::builder().status(code).body(Full::new(body)).expect("response"),
-                )
+                if req.method == Method::GET {
+                    return Reply::not_found();
+                }
+                let _permit = gate.acquire().await.expect("gate");
+                let mut cm = req.body;
+                cm["metadata"]["resourceVersion"] = "1".into();
+                Reply::created(cm)
             }
         });
-        let client = Client::new(service, NS);
         let store = Arc::new(RevocationStore::load(&client, NS).await.expect("load"));
         let now = 1_800_000_000;
         let token = move |jti: &str| RevokedToken { jti: jti.into(), expires_at: now + 60 };

@@ -239,6 +239,11 @@ impl Verifier {
         Call { request: Request::read(req).await, send }
     }
 
+    /// Whether no request comes within `wait`.
+    pub async fn quiet_for(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.handle.next_request()).await.is_err()
+    }
+
     /// The next request, which must be `method` on `path`.
     pub async fn expect(&mut self, method: Method, path: &str) -> Call {
         let call = self.next().await;

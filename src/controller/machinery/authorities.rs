@@ -94,35 +94,31 @@ async fn list(client: &Client, ns: &str) -> Result<(Vec<AgentIdentity>, Vec<Dele
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use bytes::Bytes;
-    use http::{Request, Response};
-    use http_body_util::Full;
     use serde_json::json;
 
     use super::*;
+    use crate::testing::{ApiServer, Reply};
 
-    /// A fake API server whose lists of identities wait for `gate` and
-    /// name their one identity after how many lists of identities came
+    /// The test kit's API server, whose lists of identities wait for `gate`
+    /// and name their one identity after how many lists of identities came
     /// before (`gen-0`, `gen-1`, …); lists of policies are empty.
     fn fake_api(lists: Arc<AtomicUsize>, gate: Arc<tokio::sync::Semaphore>) -> Client {
-        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        ApiServer::new().client(move |req| {
             let (lists, gate) = (lists.clone(), gate.clone());
             async move {
-                let path = req.uri().path().to_string();
-                let body = if path.ends_with("/agentidentities") {
-                    let n = lists.fetch_add(1, Ordering::SeqCst);
-                    gate.acquire().await.expect("gate").forget();
-                    json!({"apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentityList", "metadata": {},
-                           "items": [{"apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
-                                      "metadata": {"name": format!("gen-{n}"), "namespace": "team"},
-                                      "spec": {"class": "Agent", "serviceAccountName": "a", "owner": "o", "ceiling": []}}]})
-                } else {
-                    json!({"apiVersion": "writ.dev/v1alpha1", "kind": "DelegationPolicyList", "metadata": {}, "items": []})
-                };
-                Ok::<_, kube::Error>(Response::new(Full::new(Bytes::from(body.to_string()))))
+                if !req.path.ends_with("/agentidentities") {
+                    return Reply::ok(
+                        json!({"apiVersion": "writ.dev/v1alpha1", "kind": "DelegationPolicyList", "metadata": {}, "items": []}),
+                    );
+                }
+                let n = lists.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.expect("gate").forget();
+                Reply::ok(json!({"apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentityList", "metadata": {},
+                       "items": [{"apiVersion": "writ.dev/v1alpha1", "kind": "AgentIdentity",
+                                  "metadata": {"name": format!("gen-{n}"), "namespace": "team"},
+                                  "spec": {"class": "Agent", "serviceAccountName": "a", "owner": "o", "ceiling": []}}]}))
             }
-        });
-        Client::new(service, "default")
+        })
     }
 
     fn generation(listed: &Listed) -> String {

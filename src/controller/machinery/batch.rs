@@ -324,19 +324,16 @@ pub async fn forget_when_seen(writer: SecretWriter, secrets: &super::cache::Cach
 #[cfg(test)]
 mod tests {
 
-    use http::{Request, Response};
-    use http_body_util::BodyExt;
-    use kube::{client::Body, runtime::reflector, runtime::watcher};
+    use kube::runtime::{reflector, watcher};
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::testing::{Call, Reply, Verifier};
 
-    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-    fn writer() -> (SecretWriter, Handle, reflector::store::Writer<CredentialSecret>) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    fn writer() -> (SecretWriter, Verifier, reflector::store::Writer<CredentialSecret>) {
+        let (client, verifier) = Verifier::new();
         let (cache, feed) = reflector::store::<CredentialSecret>();
-        (SecretWriter::new(kube::Client::new(service, "default"), cache), handle, feed)
+        (SecretWriter::new(client, cache), verifier, feed)
     }
 
     fn secret(rv: u64, data: Value) -> Value {
@@ -344,20 +341,16 @@ mod tests {
                "metadata": {"name": "cred", "namespace": "ns", "resourceVersion": rv.to_string()}, "data": data})
     }
 
-    async fn next(handle: &mut Handle) -> (String, String, Value, tower_test::mock::SendResponse<Response<Body>>) {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-            .await
-            .expect("a request in time")
-            .expect("a request");
-        let (method, path) = (req.method().to_string(), req.uri().path().to_string());
-        let body = req.into_body().collect().await.expect("body").to_bytes();
-        (method, path, serde_json::from_slice(&body).unwrap_or(Value::Null), send)
+    /// The next request: method, path, body, and the call to answer.
+    async fn next(handle: &mut Verifier) -> (String, String, Value, Call) {
+        let call = handle.next().await;
+        let (method, path, body) =
+            (call.request.method.to_string(), call.request.path.clone(), call.request.body.clone());
+        (method, path, body, call)
     }
 
-    fn respond(send: tower_test::mock::SendResponse<Response<Body>>, v: &Value) {
-        send.send_response(
-            Response::builder().body(Body::from(serde_json::to_vec(v).expect("json"))).expect("response"),
-        );
+    fn respond(send: Call, v: &Value) {
+        send.reply(Reply::ok(v.clone()));
     }
 
     #[tokio::test]
@@ -411,10 +404,7 @@ mod tests {
         assert!(err.to_string().contains("leadership term ended"), "{err}");
         let later = w.write("ns", "cred", "grant.c.jwt", Some("T".into())).await;
         assert!(later.is_err(), "a change asked for after the stop fails at once");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err(),
-            "no patch after the stop"
-        );
+        assert!(handle.quiet_for(Duration::from_millis(200)).await, "no patch after the stop");
         assert_eq!(w.patches_sent(), 1);
     }
 
@@ -493,12 +483,7 @@ mod tests {
         let (_, _, _, send) = next(&mut handle).await;
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
                             "message": "secrets \"cred\" not found", "code": 404});
-        send.send_response(
-            Response::builder()
-                .status(404)
-                .body(Body::from(serde_json::to_vec(&status).expect("json")))
-                .expect("response"),
-        );
+        send.reply(Reply { code: 404, body: status });
         let err = first.await.expect("task").expect_err("the 404 reaches the caller");
         assert!(crate::controller::is_not_found(&err), "{err}");
     }

@@ -137,10 +137,11 @@ enum Plan {
 mod tests {
     use super::*;
 
+    /// Events over the test kit's scripted API server, which these tests
+    /// never answer: they check the series cache, not the writes.
     fn events() -> Events {
-        let (service, _handle) =
-            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-        Events::new(kube::Client::new(service, "default"), "writ", "test")
+        let (client, _unanswered) = crate::testing::Verifier::new();
+        Events::new(client, "writ", "test")
     }
 
     fn on(name: &str, rv: &str) -> ObjectReference {
