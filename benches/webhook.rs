@@ -33,17 +33,13 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{extract::State, routing::post, Router};
 use bytes::Bytes;
-use clap::Parser;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -58,6 +54,7 @@ use tokio_rustls::TlsConnector;
 use writ::{
     api::{AgentIdentity, DelegationPolicy},
     state::{revocations::RevocationStore, tls as server, trust::Trust, RunConfig, Shared},
+    testing::{ApiServer, Reply},
     webhook::{self, paths},
 };
 
@@ -117,52 +114,25 @@ struct Setup {
     floor: SocketAddr,
     tls: TlsConnector,
     shared: Arc<Shared>,
-    api_calls: Arc<AtomicU64>,
+    api_calls: ApiServer,
     requests: Arc<Vec<(&'static str, Bytes)>>,
 }
 
-/// `writ run`'s configuration with its defaults (as `writ run` without flags;
-/// `WRIT_*` environment variables apply, as they would to the operator).
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    run: RunConfig,
-}
-
-/// A kube `Client` whose "API server" is an in-process function: GET is 404
-/// (so the trust material and the revocation list start empty), POST/PUT
-/// echo the object (so `Trust::bootstrap` "creates" its Secrets).
-fn fake_client(calls: Arc<AtomicU64>) -> kube::Client {
-    let service = tower::service_fn(move |req: Request<kube::client::Body>| {
-        let calls = calls.clone();
-        async move {
-            calls.fetch_add(1, Ordering::Relaxed);
-            let method = req.method().clone();
-            let body = req.into_body().collect().await?.to_bytes();
-            let (status, body) = match method {
-                Method::POST | Method::PUT => (StatusCode::CREATED, body),
-                _ => (
-                    StatusCode::NOT_FOUND,
-                    Bytes::from_static(
-                        br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"not found","reason":"NotFound","code":404}"#,
-                    ),
-                ),
-            };
-            let resp = Response::builder()
-                .status(status)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(body))
-                .expect("response");
-            Ok::<_, kube::Error>(resp)
-        }
-    });
-    kube::Client::new(service, NAMESPACE)
+/// A kube `Client` over the test kit's API server: GET is 404 (so the trust
+/// material and the revocation list start empty), POST/PUT echo the object
+/// (so `Trust::bootstrap` "creates" its Secrets).
+fn fake_client(server: &ApiServer) -> kube::Client {
+    server.answering(|req| match req.method {
+        Method::POST | Method::PUT => Reply::created(req.body.clone()),
+        _ => Reply::not_found(),
+    })
 }
 
 async fn setup() -> Setup {
-    let api_calls = Arc::new(AtomicU64::new(0));
-    let client = fake_client(api_calls.clone());
-    let config = Cli::try_parse_from(["writ"]).expect("default RunConfig").run;
+    let api_calls = ApiServer::new().in_namespace(NAMESPACE);
+    let client = fake_client(&api_calls);
+    // `writ run`'s defaults; `WRIT_*` environment variables apply, as they would to the operator.
+    let config = RunConfig::test();
 
     let trust = Arc::new(
         Trust::bootstrap(&client, &config.namespace, None, config.ca_ttl.as_secs_i64(), &config.trust_domain)
@@ -999,7 +969,7 @@ async fn bench(setup: Setup, handlers: Vec<String>) {
         let (_, conns) = closed_loop(conns, requests.clone(), WARMUP).await;
         pools.push((name, conns));
     }
-    let api_before = api_calls.load(Ordering::Relaxed);
+    let api_before = api_calls.requests().len() as u64;
     let mut rows = Vec::new();
 
     // Rounds alternate between the targets, so noise from other processes
@@ -1031,7 +1001,7 @@ async fn bench(setup: Setup, handlers: Vec<String>) {
     println!("other procs: cores busy with other processes on the machine during the phase (noise; ideally ~0)");
     println!();
 
-    let api_during = api_calls.load(Ordering::Relaxed) - api_before;
+    let api_during = api_calls.requests().len() as u64 - api_before;
     let errors: usize = rows.iter().map(|r| r.errors).sum();
     println!("API server requests during load: {api_during} (grants without parent: no ancestor lookups)");
     println!("responses not `allowed: true`: {errors}");

@@ -5,7 +5,7 @@
 # WRIT_KEEP_CLUSTER=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench --bench crypto --bench webhook --bench footprint
+cargo bench --features testing --bench crypto --bench webhook --bench footprint
 hack/with-cluster.sh bench bash -c '
   cargo run --quiet -- crds | kubectl apply --server-side --force-conflicts -f - >/dev/null
   cargo bench --bench grants

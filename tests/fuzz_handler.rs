@@ -6,24 +6,17 @@
 
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
-use clap::Parser;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
 use kube::runtime::{reflector, watcher};
 use proptest::prelude::*;
 use tower::ServiceExt as _;
 use writ::{
     api::{AgentIdentity, CapabilityGrant, DelegationPolicy},
     state::{revocations::RevocationStore, trust::Trust, RunConfig, Shared},
+    testing::{ApiServer, Reply},
     webhook::{self, paths},
 };
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    run: RunConfig,
-}
 
 /// The AgentIdentities the fake API server holds in namespace `lagging`,
 /// which the handler's cache has not seen (a watch that lags behind).
@@ -35,31 +28,16 @@ const LAGGING_IDENTITIES: &str = r#"{"apiVersion":"writ.dev/v1alpha1","kind":"Ag
 /// `lagging` answers [`LAGGING_IDENTITIES`], of `broken` a 500; any other
 /// GET is 404. The handler needs nothing else for grants without a parent.
 fn fake_client() -> kube::Client {
-    let service = tower::service_fn(|req: Request<kube::client::Body>| async move {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let body = req.into_body().collect().await?.to_bytes();
-        let (status, body) = match method {
-            Method::POST | Method::PUT => (StatusCode::CREATED, body),
-            Method::GET if path == "/apis/writ.dev/v1alpha1/namespaces/lagging/agentidentities" => {
-                (StatusCode::OK, Bytes::from_static(LAGGING_IDENTITIES.as_bytes()))
-            }
-            Method::GET if path == "/apis/writ.dev/v1alpha1/namespaces/broken/agentidentities" => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Bytes::from_static(
-                    br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"InternalError","code":500}"#,
-                ),
-            ),
-            _ => (
-                StatusCode::NOT_FOUND,
-                Bytes::from_static(
-                    br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#,
-                ),
-            ),
-        };
-        Ok::<_, kube::Error>(Response::builder().status(status).body(Full::new(body)).expect("response"))
-    });
-    kube::Client::new(service, "default")
+    ApiServer::new().answering(|req| match req.method {
+        Method::POST | Method::PUT => Reply::created(req.body.clone()),
+        Method::GET if req.path == "/apis/writ.dev/v1alpha1/namespaces/lagging/agentidentities" => {
+            Reply::ok(serde_json::from_str(LAGGING_IDENTITIES).expect("the lagging identities"))
+        }
+        Method::GET if req.path == "/apis/writ.dev/v1alpha1/namespaces/broken/agentidentities" => {
+            Reply::status(500, "InternalError")
+        }
+        _ => Reply::not_found(),
+    })
 }
 
 fn rt() -> &'static tokio::runtime::Runtime {
@@ -79,7 +57,7 @@ fn shared() -> &'static Arc<Shared> {
     SHARED.get_or_init(|| {
         rt().block_on(async {
             let client = fake_client();
-            let config = Cli::try_parse_from(["writ"]).expect("defaults").run;
+            let config = RunConfig::test();
             let trust = Arc::new(
                 Trust::bootstrap(&client, &config.namespace, None, 86_400, &config.trust_domain).await.expect("trust"),
             );
