@@ -151,3 +151,53 @@ fn rand_suffix() -> String {
     aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b).expect("random");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// One test's world: the cluster, an admin client and a namespace of its own
+/// (see [`with_namespace`]).
+pub struct Scenario {
+    /// The cluster.
+    pub c: Cluster,
+    /// An admin client.
+    pub client: Client,
+    /// The test's namespace.
+    pub ns: String,
+}
+
+impl Scenario {
+    /// Creates `manifest` in the namespace as `user` (`None`: admin),
+    /// asserting that admission lets it through; returns kubectl's output.
+    pub fn accepts(&self, user: Option<&str>, manifest: &str) -> String {
+        let (ok, out) = apply_as(&self.c, user, &self.ns, manifest);
+        assert!(ok, "refused, but should be admitted:\n{manifest}\n{out}");
+        out
+    }
+
+    /// Creates `manifest` in the namespace as `user` (`None`: admin),
+    /// asserting that admission refuses it with a message holding every one
+    /// of `fragments`; returns the refusal.
+    pub fn rejects(&self, user: Option<&str>, manifest: &str, fragments: &[&str]) -> String {
+        let (ok, out) = apply_as(&self.c, user, &self.ns, manifest);
+        assert!(!ok, "admitted, but should be rejected for {fragments:?}:\n{manifest}");
+        for f in fragments {
+            assert!(out.contains(f), "rejection lacks {f:?}: {out}");
+        }
+        out
+    }
+}
+
+/// Runs `test` with the shared operator up and a namespace of its own,
+/// named after `prefix`, which is deleted afterwards (a failing test leaves
+/// it for inspection; test namespaces carry the `writ.dev/test` label).
+pub async fn with_namespace<F, Fut, T>(prefix: &str, test: F) -> T
+where
+    F: FnOnce(Scenario) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let c = super::cluster();
+    let _op = super::shared_operator().await;
+    let client = c.client().await;
+    let ns = super::TestNamespace::new(&client, prefix).await;
+    let out = test(Scenario { c, client, ns: ns.name.clone() }).await;
+    ns.cleanup().await;
+    out
+}
