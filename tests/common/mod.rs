@@ -316,3 +316,5 @@ pub use scenario::*;
 
 mod fixtures;
 pub use fixtures::*;
+
+pub mod invariants;
