@@ -768,13 +768,14 @@ mod tests {
     /// conflict (it exists, the cache has not seen it yet), reads of it
     /// return `existing`; other writes succeed and other reads find nothing.
     fn fake_api(existing: Existing, log: ApiServer) -> kube::Client {
-        let conflict =
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409});
+        let conflict = Reply::of_status(
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409}),
+        );
         fake_api_refusing_creates(existing, log, conflict)
     }
 
     /// [`fake_api`] with creates of Secrets refused with `refusal` (a Status).
-    fn fake_api_refusing_creates(existing: Existing, log: ApiServer, refusal: serde_json::Value) -> kube::Client {
+    fn fake_api_refusing_creates(existing: Existing, log: ApiServer, refusal: Reply) -> kube::Client {
         fake_api_refusing(existing, log, refusal, |method, path| {
             method == Method::POST && path == format!("/api/v1/namespaces/{NS}/secrets")
         })
@@ -784,12 +785,12 @@ mod tests {
     fn fake_api_refusing(
         existing: Existing,
         log: ApiServer,
-        refusal: serde_json::Value,
+        refusal: Reply,
         refused: fn(&Method, &str) -> bool,
     ) -> kube::Client {
         log.answering(move |req| {
             if refused(&req.method, &req.path) {
-                return Reply { code: refusal["code"].as_u64().unwrap_or(500) as u16, body: refusal.clone() };
+                return refusal.clone();
             }
             match req.method {
                 Method::GET if req.path == format!("/api/v1/namespaces/{NS}/secrets/{SECRET}") => {
@@ -898,21 +899,10 @@ mod tests {
         assert_eq!(due, vec![ObjectRef::from_obj(&*pod)], "due by its expiry");
     }
 
-    /// The API server's refusal of a write of `name` (of `kind`) into a
-    /// namespace being deleted.
-    fn namespace_terminating(kind: &str, name: &str) -> serde_json::Value {
-        json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
-            "message": format!("{kind} \"{name}\" is forbidden: unable to create new content in namespace {NS} because it is being terminated"),
-            "details": {"name": name, "kind": kind, "causes": [{"reason": "NamespaceTerminating",
-                "message": format!("namespace {NS} is being terminated"), "field": "metadata.namespace"}]}
-        })
-    }
-
     #[tokio::test]
     async fn a_pod_in_a_terminating_namespace_gets_one_refused_create_and_no_retry() {
         let log = ApiServer::new();
-        let refusal = namespace_terminating("secrets", SECRET);
+        let refusal = Reply::namespace_terminating(NS, "secrets", SECRET);
         let ctx = context(fake_api_refusing_creates(Existing::default(), log.clone(), refusal)).await;
         log.drain();
         let action = reconcile(pod(), ctx.clone()).await.expect("not an error: nothing to retry");
@@ -920,8 +910,9 @@ mod tests {
         assert_eq!(credential_requests(&log), vec![(Method::POST, format!("/api/v1/namespaces/{NS}/secrets"))]);
 
         // Any other refusal is an error (retried by the error policy).
-        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                               "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
+        let forbidden =
+            Reply::of_status(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                               "reason": "Forbidden", "message": "secrets is forbidden: RBAC"}));
         let ctx = context(fake_api_refusing_creates(Existing::default(), log.clone(), forbidden)).await;
         assert!(reconcile(pod(), ctx).await.is_err(), "an RBAC refusal is not the namespace going away");
     }
@@ -929,8 +920,9 @@ mod tests {
     #[tokio::test]
     async fn a_pod_that_keeps_failing_is_retried_ever_later_until_it_reconciles() {
         let log = ApiServer::new();
-        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                               "reason": "Forbidden", "message": "secrets is forbidden: RBAC"});
+        let forbidden =
+            Reply::of_status(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                               "reason": "Forbidden", "message": "secrets is forbidden: RBAC"}));
         let ctx = context(fake_api_refusing_creates(Existing::default(), log, forbidden)).await;
         let reconcile = crate::controller::forgetting_failures(POD_CONTROLLER, reconcile);
         // What the log gets at `warn`.

@@ -338,10 +338,10 @@ mod tests {
     /// A context over the test kit's API server, which answers the requests
     /// `refused` picks with `refusal`, other writes with what they sent and
     /// other reads with 404.
-    async fn refusing(log: &ApiServer, refusal: serde_json::Value, refused: fn(&Method, &str) -> bool) -> Arc<Context> {
+    async fn refusing(log: &ApiServer, refusal: Reply, refused: fn(&Method, &str) -> bool) -> Arc<Context> {
         let client = log.answering(move |req| {
             if refused(&req.method, &req.path) {
-                return Reply { code: refusal["code"].as_u64().unwrap_or(500) as u16, body: refusal.clone() };
+                return refusal.clone();
             }
             match req.method {
                 Method::POST | Method::PUT | Method::PATCH => Reply::created(req.body.clone()),
@@ -352,24 +352,13 @@ mod tests {
         Context::test(shared, kube::runtime::reflector::store().0)
     }
 
-    /// The API server's refusal of a write of `name` (of `kind`) into a
-    /// namespace being deleted.
-    fn namespace_terminating(kind: &str, name: &str) -> serde_json::Value {
-        json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
-            "message": format!("{kind} \"{name}\" is forbidden: unable to create new content in namespace {NS} because it is being terminated"),
-            "details": {"name": name, "kind": kind, "causes": [{"reason": "NamespaceTerminating",
-                "message": format!("namespace {NS} is being terminated"), "field": "metadata.namespace"}]}
-        })
-    }
-
     #[tokio::test]
     async fn a_trust_bundle_is_not_published_into_a_terminating_namespace_and_that_is_no_error() {
         let log = ApiServer::new();
         let bundle = |method: &Method, path: &str| {
             method == Method::PATCH && path == format!("/api/v1/namespaces/{NS}/configmaps/writ-trust-bundle")
         };
-        let refusal = namespace_terminating("configmaps", "writ-trust-bundle");
+        let refusal = Reply::namespace_terminating(NS, "configmaps", "writ-trust-bundle");
         let ctx = refusing(&log, refusal, bundle).await;
         log.drain();
         publish_trust_bundle(&ctx, NS).await.expect("no error: the namespace is going");
@@ -380,8 +369,9 @@ mod tests {
         assert_eq!(tried, 2);
 
         // Any other refusal is an error (retried by the error policy).
-        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
-                               "reason": "Forbidden", "message": "configmaps is forbidden: RBAC"});
+        let forbidden =
+            Reply::of_status(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                               "reason": "Forbidden", "message": "configmaps is forbidden: RBAC"}));
         let ctx = refusing(&log, forbidden, bundle).await;
         let err = publish_trust_bundle(&ctx, NS).await.expect_err("refused");
         assert!(err.to_string().starts_with("publishing trust bundle in ConfigMap team/writ-trust-bundle"), "{err}");
@@ -393,8 +383,10 @@ mod tests {
         let identity_patch = |method: &Method, path: &str| {
             method == Method::PATCH && path == format!("/apis/writ.dev/v1alpha1/namespaces/{NS}/agentidentities/worker")
         };
-        let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
-                          "message": "agentidentities.writ.dev \"worker\" not found"});
+        let gone = Reply::of_status(
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
+                          "message": "agentidentities.writ.dev \"worker\" not found"}),
+        );
         let ctx = refusing(&log, gone, identity_patch).await;
         // A second pass from a cache that has not yet seen the deletion: the
         // first already removed the finalizer and the identity is gone.

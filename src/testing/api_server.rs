@@ -76,6 +76,23 @@ impl Reply {
         Self { code, body }
     }
 
+    /// A `Status` as the API server sends one, with the HTTP status its `code` names.
+    pub fn of_status(status: Value) -> Self {
+        let code = status["code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(500);
+        Self { code, body: status }
+    }
+
+    /// The API server's refusal (403, cause `NamespaceTerminating`) of a
+    /// create of `name` (of `kind`) in `namespace`, which is being deleted.
+    pub fn namespace_terminating(namespace: &str, kind: &str, name: &str) -> Self {
+        Self::of_status(json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": format!("{kind} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated"),
+            "details": {"name": name, "kind": kind, "causes": [{"reason": "NamespaceTerminating",
+                "message": format!("namespace {namespace} is being terminated"), "field": "metadata.namespace"}]}
+        }))
+    }
+
     /// 404 `NotFound`.
     pub fn not_found() -> Self {
         Self::status(404, "NotFound")
