@@ -761,6 +761,107 @@ mod tests {
     const NS: &str = "team";
     const SECRET: &str = "worker-0-writ";
 
+    #[test]
+    fn what_a_pods_credential_needs_as_a_table() {
+        let (spiffe, other) = ("spiffe://td/ns/team/agent/worker", "spiffe://td/ns/team/agent/other");
+        let now = 1_800_000_000;
+        let identity = AgentIdentity::test(NS, "worker");
+        // The identity's credential: 1 h, rotated 20 min before expiry (the defaults).
+        let (ttl, before) =
+            (identity.spec.credential.ttl.as_secs_i64(), identity.spec.credential.rotate_before.as_secs_i64());
+        let cert = |not_before: i64, not_after: i64, id: &'static str| crate::state::CertificateFacts {
+            serial_hex: "01",
+            not_before,
+            not_after,
+            spiffe_id: Some(id),
+            thumbprint: "t",
+        };
+        let fresh = cert(now - 60, now - 60 + ttl, spiffe);
+        let running = AgentPod::test(NS, "worker-0", "worker");
+        let mut deleting_identity = identity.clone();
+        deleting_identity.metadata.deletion_timestamp = Some(crate::state::time(now));
+        let mut unlabelled = running.clone();
+        unlabelled.agent = None;
+        let mut no_secret = running.clone();
+        no_secret.credential_secret = None;
+        type Case<'a> =
+            (&'a str, AgentPod, Option<&'a AgentIdentity>, Option<crate::state::CertificateFacts<'a>>, PodPlan);
+        let suspended = identity.clone().suspended();
+        let cases: Vec<Case> = vec![
+            ("no agent label", unlabelled, Some(&identity), None, PodPlan::Ignore),
+            ("no credential Secret named", no_secret, Some(&identity), None, PodPlan::Ignore),
+            (
+                "finished",
+                running.clone().in_phase(crate::state::PodPhase::Succeeded),
+                Some(&identity),
+                Some(fresh),
+                PodPlan::Revoke("pod finished".into()),
+            ),
+            (
+                "no identity",
+                running.clone(),
+                None,
+                Some(fresh),
+                PodPlan::Revoke("AgentIdentity worker does not exist".into()),
+            ),
+            (
+                "identity being deleted",
+                running.clone(),
+                Some(&deleting_identity),
+                Some(fresh),
+                PodPlan::Revoke("AgentIdentity worker is being deleted".into()),
+            ),
+            (
+                "identity suspended",
+                running.clone(),
+                Some(&suspended),
+                Some(fresh),
+                PodPlan::Revoke("AgentIdentity worker is suspended".into()),
+            ),
+            (
+                "another service account",
+                running.clone().running_as("intruder"),
+                Some(&identity),
+                None,
+                PodPlan::Reject(
+                    "pod runs as service account \"intruder\", AgentIdentity worker requires \"worker\"".into(),
+                ),
+            ),
+            ("no certificate yet", running.clone(), Some(&identity), None, PodPlan::Issue { rotation: false }),
+            (
+                "a fresh certificate",
+                running.clone(),
+                Some(&identity),
+                Some(fresh),
+                PodPlan::Keep { rotate_at: fresh.not_after - before },
+            ),
+            (
+                "due for rotation",
+                running.clone(),
+                Some(&identity),
+                Some(cert(now - ttl + 60, now + 60, spiffe)),
+                PodPlan::Issue { rotation: true },
+            ),
+            (
+                "another identity's certificate",
+                running.clone(),
+                Some(&identity),
+                Some(cert(now - 60, now - 60 + ttl, other)),
+                PodPlan::Issue { rotation: true },
+            ),
+            (
+                "longer than the identity allows",
+                running.clone(),
+                Some(&identity),
+                Some(cert(now - 60, now + 2 * ttl, spiffe)),
+                PodPlan::Issue { rotation: true },
+            ),
+        ];
+        for (what, pod, identity, stored, want) in cases {
+            assert_eq!(plan_pod(&pod, identity, stored, spiffe, 86_400, now), want, "{what}");
+        }
+    }
+
     /// What the fake API server holds as the pod's credential Secret.
     type Existing = Arc<Mutex<Option<serde_json::Value>>>;
 

@@ -335,6 +335,83 @@ mod tests {
 
     const NS: &str = "team";
 
+    #[test]
+    fn an_identitys_status_as_a_table() {
+        use crate::api::{Duration as D, ReviewSpec};
+        let now = 1_800_000_000;
+        let hour = 3600;
+        let spiffe = "spiffe://td/ns/team/agent/bot";
+        let created = |ago: i64, review: Option<ReviewSpec>| {
+            let mut id = AgentIdentity::test(NS, "bot");
+            id.metadata.creation_timestamp = Some(time(now - ago));
+            id.spec.review = review;
+            id
+        };
+        let review = |every: i64, dormant: Option<i64>| {
+            Some(ReviewSpec {
+                every: D::from_secs(every as u64),
+                dormant_after: dormant.map(|d| D::from_secs(d as u64)),
+            })
+        };
+        // (case, identity, bound pods, active grants, [(condition, status, reason)], next check)
+        type Case<'a> = (&'a str, AgentIdentity, i32, i32, Vec<(&'a str, &'a str, &'a str)>, Option<i64>);
+        let cases: Vec<Case> = vec![
+            ("no review asked", created(2 * hour, None), 0, 0, vec![("Ready", "True", "CredentialsAvailable")], None),
+            (
+                "review current",
+                created(hour / 2, review(hour, None)),
+                0,
+                0,
+                vec![("Ready", "True", "CredentialsAvailable"), ("ReviewOverdue", "False", "ReviewCurrent")],
+                Some(now + hour / 2),
+            ),
+            (
+                "review overdue",
+                created(2 * hour, review(hour, None)),
+                0,
+                0,
+                vec![("Ready", "True", "CredentialsAvailable"), ("ReviewOverdue", "True", "ReviewOverdue")],
+                None,
+            ),
+            (
+                "idle too long",
+                created(2 * hour, review(10 * hour, Some(hour))),
+                0,
+                0,
+                vec![
+                    ("Ready", "True", "CredentialsAvailable"),
+                    ("ReviewOverdue", "False", "ReviewCurrent"),
+                    ("Dormant", "True", "NoActivity"),
+                ],
+                Some(now + 8 * hour),
+            ),
+            (
+                "a bound pod keeps it active",
+                created(2 * hour, review(10 * hour, Some(hour))),
+                1,
+                0,
+                vec![
+                    ("Ready", "True", "CredentialsAvailable"),
+                    ("ReviewOverdue", "False", "ReviewCurrent"),
+                    ("Dormant", "False", "Active"),
+                ],
+                Some(now + hour),
+            ),
+        ];
+        for (what, id, pods, grants, want, next) in cases {
+            let (st, next_check) = desired_status(&id, spiffe.into(), pods, grants, now);
+            let got: Vec<(&str, &str, &str)> =
+                st.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
+            assert_eq!(got, want, "{what}");
+            assert_eq!(next_check, next, "{what}: next check");
+            assert_eq!(
+                (st.bound_pods, st.active_grants, st.spiffe_id.as_deref()),
+                (pods, grants, Some(spiffe)),
+                "{what}"
+            );
+        }
+    }
+
     /// A context over the test kit's API server, which answers the requests
     /// `refused` picks with `refusal`, other writes with what they sent and
     /// other reads with 404.

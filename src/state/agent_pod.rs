@@ -77,6 +77,35 @@ pub enum PodPhase {
 
 super::served_as!(AgentPod, k8s_openapi::api::core::v1::Pod);
 
+#[cfg(any(test, feature = "testing"))]
+impl AgentPod {
+    /// A running pod `name` in `ns` claiming agent `agent`, running as the
+    /// service account of the same name, with credential Secret `<name>-writ`:
+    /// as the pod cache holds it (trimmed).
+    pub fn test(ns: &str, name: &str, agent: &str) -> Self {
+        let mut pod = Self::named(ns, name);
+        pod.metadata.uid = Some(format!("uid-{name}"));
+        pod.metadata.labels = Some([(AGENT_LABEL.to_string(), agent.to_string())].into());
+        pod.metadata.annotations = Some([(CREDENTIAL_SECRET_ANNOTATION.to_string(), format!("{name}-writ"))].into());
+        pod.spec.service_account_name = Some(agent.to_string());
+        pod.status.phase = Some(PodPhase::Running);
+        pod.trim();
+        pod
+    }
+
+    /// Running as service account `sa`.
+    pub fn running_as(mut self, sa: &str) -> Self {
+        self.spec.service_account_name = Some(sa.to_string());
+        self
+    }
+
+    /// In phase `phase`.
+    pub fn in_phase(mut self, phase: PodPhase) -> Self {
+        self.status.phase = Some(phase);
+        self
+    }
+}
+
 impl AgentPod {
     /// A pod known only by its namespace and name (a deleted pod, seen
     /// through its credential Secret).
