@@ -133,88 +133,87 @@ async fn completing_or_deleting_a_grant_revokes_its_tokens() {
 
 #[tokio::test]
 async fn a_parent_ending_revokes_its_child_and_grandchild() {
-    let c = cluster();
-    let _op = shared_operator().await;
-    let client = c.client().await;
-    let ns = TestNamespace::new(&client, "cascade").await;
-    example_setup(&c, &client, &ns.name).await;
-    running_agent_pod(&client, &ns.name, "planner-1", "planner").await;
-    running_agent_pod(&client, &ns.name, "bot-1", "release-bot").await;
-    // alice -> planner (depth 1)
-    let (ok, out) = apply_as(&c, Some("alice"), &ns.name, &grant_yaml("plan", "planner", &[WEB], "20m", None));
-    assert!(ok, "{out}");
-    wait_phase(&client, &ns.name, "plan", GrantPhase::Active, Duration::from_secs(15)).await;
-    // planner -> release-bot (depth 2), requested with the planner's own service account.
-    let planner = service_account_client(&c, &ns.name, "planner").await;
-    let child: CapabilityGrant =
-        serde_saphyr::from_str(&grant_yaml("exec", "release-bot", &[WEB], "10m", Some("plan"))).expect("yaml");
-    Api::<CapabilityGrant>::namespaced(planner.clone(), &ns.name)
-        .create(&Default::default(), &child)
-        .await
-        .expect("delegated grant admitted");
-    let g = wait_phase(&client, &ns.name, "exec", GrantPhase::Active, Duration::from_secs(15)).await;
-    assert_eq!(
-        g.status.expect("st").requested_by.as_deref(),
-        Some(format!("system:serviceaccount:{}:planner", ns.name).as_str())
-    );
-    // release-bot -> canary-bot under a policy that allows depth 3: the grandchild.
-    service_account(&client, &ns.name, "canary-bot").await;
-    let canary = r#"
-apiVersion: writ.dev/v1alpha1
-kind: AgentIdentity
-metadata: {name: canary-bot}
-spec:
-  class: Agent
-  serviceAccountName: canary-bot
-  owner: team-platform
-  ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
-"#;
-    let (ok, out) = apply_as(&c, None, &ns.name, canary);
-    assert!(ok, "{out}");
-    let deep = r#"
-apiVersion: writ.dev/v1alpha1
-kind: DelegationPolicy
-metadata: {name: deep}
-spec:
-  delegators: [{agent: release-bot}]
-  delegates: [{agent: canary-bot}]
-  capabilities: [{action: "k8s:deployments.*", resource: "k8s:staging/deployments/*"}]
-  maxTTL: 30m
-  maxDepth: 3
-"#;
-    let (ok, out) = apply_as(&c, None, &ns.name, deep);
-    assert!(ok, "{out}");
-    let bot = service_account_client(&c, &ns.name, "release-bot").await;
-    let grandchild: CapabilityGrant =
-        serde_saphyr::from_str(&grant_yaml("sub", "canary-bot", &[WEB], "5m", Some("exec"))).expect("yaml");
-    let api_as_bot = Api::<CapabilityGrant>::namespaced(bot, &ns.name);
-    // (retried while the operator's caches catch up with the new identity and policy)
-    let mut last = String::new();
-    for _ in 0..50 {
-        match api_as_bot.create(&Default::default(), &grandchild).await {
-            Ok(_) => {
-                last.clear();
-                break;
+    with_namespace("cascade", |s| async move {
+        let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
+        example_setup(c, client, n).await;
+        running_agent_pod(client, n, "planner-1", "planner").await;
+        running_agent_pod(client, n, "bot-1", "release-bot").await;
+        // alice -> planner (depth 1)
+        let (ok, out) = apply_as(c, Some("alice"), n, &grant_yaml("plan", "planner", &[WEB], "20m", None));
+        assert!(ok, "{out}");
+        wait_phase(client, n, "plan", GrantPhase::Active, Duration::from_secs(15)).await;
+        // planner -> release-bot (depth 2), requested with the planner's own service account.
+        let planner = service_account_client(c, n, "planner").await;
+        let child: CapabilityGrant =
+            serde_saphyr::from_str(&grant_yaml("exec", "release-bot", &[WEB], "10m", Some("plan"))).expect("yaml");
+        Api::<CapabilityGrant>::namespaced(planner.clone(), n)
+            .create(&Default::default(), &child)
+            .await
+            .expect("delegated grant admitted");
+        let g = wait_phase(client, n, "exec", GrantPhase::Active, Duration::from_secs(15)).await;
+        assert_eq!(
+            g.status.expect("st").requested_by.as_deref(),
+            Some(format!("system:serviceaccount:{}:planner", n).as_str())
+        );
+        // release-bot -> canary-bot under a policy that allows depth 3: the grandchild.
+        service_account(client, n, "canary-bot").await;
+        let canary = r#"
+    apiVersion: writ.dev/v1alpha1
+    kind: AgentIdentity
+    metadata: {name: canary-bot}
+    spec:
+      class: Agent
+      serviceAccountName: canary-bot
+      owner: team-platform
+      ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
+    "#;
+        let (ok, out) = apply_as(c, None, n, canary);
+        assert!(ok, "{out}");
+        let deep = r#"
+    apiVersion: writ.dev/v1alpha1
+    kind: DelegationPolicy
+    metadata: {name: deep}
+    spec:
+      delegators: [{agent: release-bot}]
+      delegates: [{agent: canary-bot}]
+      capabilities: [{action: "k8s:deployments.*", resource: "k8s:staging/deployments/*"}]
+      maxTTL: 30m
+      maxDepth: 3
+    "#;
+        let (ok, out) = apply_as(c, None, n, deep);
+        assert!(ok, "{out}");
+        let bot = service_account_client(c, n, "release-bot").await;
+        let grandchild: CapabilityGrant =
+            serde_saphyr::from_str(&grant_yaml("sub", "canary-bot", &[WEB], "5m", Some("exec"))).expect("yaml");
+        let api_as_bot = Api::<CapabilityGrant>::namespaced(bot, n);
+        // (retried while the operator's caches catch up with the new identity and policy)
+        let mut last = String::new();
+        for _ in 0..50 {
+            match api_as_bot.create(&Default::default(), &grandchild).await {
+                Ok(_) => {
+                    last.clear();
+                    break;
+                }
+                Err(e) => last = e.to_string(),
             }
-            Err(e) => last = e.to_string(),
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(last.is_empty(), "grandchild refused: {last}");
-    wait_phase(&client, &ns.name, "sub", GrantPhase::Active, Duration::from_secs(15)).await;
-    // The parent ends: the child is revoked within a couple of seconds.
-    let grants: Api<CapabilityGrant> = Api::namespaced(client.clone(), &ns.name);
-    grants
-        .patch("plan", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"completed": true}})))
-        .await
-        .expect("complete");
-    let started = std::time::Instant::now();
-    let g = wait_phase(&client, &ns.name, "exec", GrantPhase::Revoked, Duration::from_secs(5)).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "cascade took {:?}", started.elapsed());
-    assert!(g.status.expect("st").reason.unwrap_or_default().contains("parent"));
-    wait_phase(&client, &ns.name, "sub", GrantPhase::Revoked, Duration::from_secs(5)).await;
-    assert!(started.elapsed() < Duration::from_secs(4), "cascade to the grandchild took {:?}", started.elapsed());
-    ns.cleanup().await;
+        assert!(last.is_empty(), "grandchild refused: {last}");
+        wait_phase(client, n, "sub", GrantPhase::Active, Duration::from_secs(15)).await;
+        // The parent ends: the child is revoked within a couple of seconds.
+        let grants: Api<CapabilityGrant> = Api::namespaced(client.clone(), n);
+        grants
+            .patch("plan", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"completed": true}})))
+            .await
+            .expect("complete");
+        let started = std::time::Instant::now();
+        let g = wait_phase(client, n, "exec", GrantPhase::Revoked, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(3), "cascade took {:?}", started.elapsed());
+        assert!(g.status.expect("st").reason.unwrap_or_default().contains("parent"));
+        wait_phase(client, n, "sub", GrantPhase::Revoked, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(4), "cascade to the grandchild took {:?}", started.elapsed());
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -113,47 +113,45 @@ async fn an_agent_pod_gets_a_pod_bound_certificate_that_chains_to_the_bundle() {
 
 #[tokio::test]
 async fn a_pod_with_another_service_account_is_rejected_at_admission() {
-    let c = cluster();
-    let _op = shared_operator().await;
-    let client = c.client().await;
-    let ns = TestNamespace::new(&client, "wrongsa").await;
-    setup(&c, &client, &ns.name, "1h", "20m", "Ed25519").await;
-    service_account(&client, &ns.name, "intruder").await;
-    let err = create_pod(&client, &ns.name, &agent_pod("impostor", "release-bot", "intruder"))
-        .await
-        .expect_err("must be rejected");
-    let msg = err.to_string();
-    assert!(msg.contains("spec.serviceAccountName") && msg.contains("release-bot"), "{msg}");
-    let err = create_pod(&client, &ns.name, &agent_pod("ghost", "no-such-agent", "release-bot"))
-        .await
-        .expect_err("unknown identity");
-    assert!(err.to_string().contains("does not exist"), "{err}");
-    // Pods without the label are not Writ's business.
-    let mut plain = agent_pod("plain", "x", "intruder");
-    plain.metadata.labels = None;
-    let stored = create_pod(&client, &ns.name, &plain).await.expect("unlabelled pod admitted");
-    assert!(stored.annotations().get("writ.dev/credential-secret").is_none());
-    ns.cleanup().await;
+    with_namespace("wrongsa", |s| async move {
+        let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
+        setup(c, client, n, "1h", "20m", "Ed25519").await;
+        service_account(client, n, "intruder").await;
+        let err = create_pod(client, n, &agent_pod("impostor", "release-bot", "intruder"))
+            .await
+            .expect_err("must be rejected");
+        let msg = err.to_string();
+        assert!(msg.contains("spec.serviceAccountName") && msg.contains("release-bot"), "{msg}");
+        let err = create_pod(client, n, &agent_pod("ghost", "no-such-agent", "release-bot"))
+            .await
+            .expect_err("unknown identity");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        // Pods without the label are not Writ's business.
+        let mut plain = agent_pod("plain", "x", "intruder");
+        plain.metadata.labels = None;
+        let stored = create_pod(client, n, &plain).await.expect("unlabelled pod admitted");
+        assert!(stored.annotations().get("writ.dev/credential-secret").is_none());
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_short_lived_certificate_is_rotated_with_a_new_key() {
-    let c = cluster();
-    let _op = shared_operator().await;
-    let client = c.client().await;
-    let ns = TestNamespace::new(&client, "rotate").await;
-    setup(&c, &client, &ns.name, "20s", "10s", "ECDSA-P256").await;
-    let pod = create_pod(&client, &ns.name, &agent_pod("agent-r", "release-bot", "release-bot")).await.expect("pod");
-    let first = wait_for_credential(&client, &ns.name, &pod).await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let name = credential_secret_name(&pod);
-    let second = eventually(Duration::from_secs(25), "rotation", || async {
-        let d = secret_data(&secrets.get(&name).await.ok()?);
-        (d.get("tls.crt") != first.get("tls.crt")).then_some(d)
+    with_namespace("rotate", |s| async move {
+        let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
+        setup(c, client, n, "20s", "10s", "ECDSA-P256").await;
+        let pod = create_pod(client, n, &agent_pod("agent-r", "release-bot", "release-bot")).await.expect("pod");
+        let first = wait_for_credential(client, n, &pod).await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
+        let name = credential_secret_name(&pod);
+        let second = eventually(Duration::from_secs(25), "rotation", || async {
+            let d = secret_data(&secrets.get(&name).await.ok()?);
+            (d.get("tls.crt") != first.get("tls.crt")).then_some(d)
+        })
+        .await;
+        assert_ne!(first["tls.key"], second["tls.key"], "rotation must use a new key");
     })
     .await;
-    assert_ne!(first["tls.key"], second["tls.key"], "rotation must use a new key");
-    ns.cleanup().await;
 }
 
 #[tokio::test]

@@ -117,68 +117,66 @@ async fn suspending_an_agent_ends_its_grants_and_credentials_and_resuming_brings
 
 #[tokio::test]
 async fn an_access_review_is_recorded_as_the_caller_never_by_the_agent_and_clears_review_overdue() {
-    let c = cluster();
-    let _op = shared_operator().await;
-    let client = c.client().await;
-    let ns = TestNamespace::new(&client, "review").await;
-    let n = &ns.name;
-    service_account(&client, n, "stale").await;
-    let identity = r#"
-apiVersion: writ.dev/v1alpha1
-kind: AgentIdentity
-metadata: {name: stale}
-spec:
-  class: Agent
-  serviceAccountName: stale
-  owner: me
-  ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
-  review: {every: 8s}
-"#;
-    let (ok, out) = apply_as(&c, None, n, identity);
-    assert!(ok, "{out}");
-    let ids: Api<AgentIdentity> = Api::namespaced(client.clone(), n);
-    let overdue = |want: bool| {
-        let ids = ids.clone();
-        async move {
-            let st = ids.get("stale").await.ok()?.status?;
-            let is = st.conditions.iter().any(|c| c.type_ == "ReviewOverdue" && c.status == "True");
-            (is == want).then_some(st)
-        }
-    };
-    eventually(Duration::from_secs(25), "ReviewOverdue", || overdue(true)).await;
-    // Writing the stamps by hand records nothing.
-    let out = c.kubectl_as(
-        "mallory",
-        &[
-            "annotate",
-            "agentidentity",
-            "stale",
-            "-n",
-            n,
-            "writ.dev/reviewed-by=mallory",
-            "writ.dev/reviewed-at=2030-01-01T00:00:00Z",
-        ],
-    );
-    let _ = text(&out);
-    let id = ids.get("stale").await.expect("identity");
-    assert!(!id.annotations().contains_key("writ.dev/reviewed-by"), "{:?}", id.annotations());
-    // The agent cannot review itself.
-    let agent = service_account_client(&c, n, "stale").await;
-    let request = serde_json::json!({"metadata": {"annotations": {"writ.dev/review-requested": "now"}}});
-    let refused = Api::<AgentIdentity>::namespaced(agent, n)
-        .patch("stale", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(request))
-        .await
-        .expect_err("the agent reviewed itself");
-    assert!(refused.to_string().contains("self-review"), "{refused}");
-    // A person records it; the review clock restarts.
-    let out = writ(&c, "alice", &["review", "stale", "-n", n, "--note", "quarterly check"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("reviewed by alice"), "{}", text(&out));
-    let st = eventually(Duration::from_secs(6), "ReviewOverdue cleared", || overdue(false)).await;
-    assert_eq!(st.last_reviewed_by.as_deref(), Some("alice"));
-    let id = ids.get("stale").await.expect("identity");
-    assert_eq!(id.annotations().get("writ.dev/review-note").map(String::as_str), Some("quarterly check"));
-    assert!(id.annotations().contains_key("writ.dev/review-seal"));
-    assert!(!id.annotations().contains_key("writ.dev/review-requested"));
-    ns.cleanup().await;
+    with_namespace("review", |s| async move {
+        let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
+        service_account(client, n, "stale").await;
+        let identity = r#"
+    apiVersion: writ.dev/v1alpha1
+    kind: AgentIdentity
+    metadata: {name: stale}
+    spec:
+      class: Agent
+      serviceAccountName: stale
+      owner: me
+      ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
+      review: {every: 8s}
+    "#;
+        let (ok, out) = apply_as(c, None, n, identity);
+        assert!(ok, "{out}");
+        let ids: Api<AgentIdentity> = Api::namespaced(client.clone(), n);
+        let overdue = |want: bool| {
+            let ids = ids.clone();
+            async move {
+                let st = ids.get("stale").await.ok()?.status?;
+                let is = st.conditions.iter().any(|c| c.type_ == "ReviewOverdue" && c.status == "True");
+                (is == want).then_some(st)
+            }
+        };
+        eventually(Duration::from_secs(25), "ReviewOverdue", || overdue(true)).await;
+        // Writing the stamps by hand records nothing.
+        let out = c.kubectl_as(
+            "mallory",
+            &[
+                "annotate",
+                "agentidentity",
+                "stale",
+                "-n",
+                n,
+                "writ.dev/reviewed-by=mallory",
+                "writ.dev/reviewed-at=2030-01-01T00:00:00Z",
+            ],
+        );
+        let _ = text(&out);
+        let id = ids.get("stale").await.expect("identity");
+        assert!(!id.annotations().contains_key("writ.dev/reviewed-by"), "{:?}", id.annotations());
+        // The agent cannot review itself.
+        let agent = service_account_client(c, n, "stale").await;
+        let request = serde_json::json!({"metadata": {"annotations": {"writ.dev/review-requested": "now"}}});
+        let refused = Api::<AgentIdentity>::namespaced(agent, n)
+            .patch("stale", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(request))
+            .await
+            .expect_err("the agent reviewed itself");
+        assert!(refused.to_string().contains("self-review"), "{refused}");
+        // A person records it; the review clock restarts.
+        let out = writ(c, "alice", &["review", "stale", "-n", n, "--note", "quarterly check"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("reviewed by alice"), "{}", text(&out));
+        let st = eventually(Duration::from_secs(6), "ReviewOverdue cleared", || overdue(false)).await;
+        assert_eq!(st.last_reviewed_by.as_deref(), Some("alice"));
+        let id = ids.get("stale").await.expect("identity");
+        assert_eq!(id.annotations().get("writ.dev/review-note").map(String::as_str), Some("quarterly check"));
+        assert!(id.annotations().contains_key("writ.dev/review-seal"));
+        assert!(!id.annotations().contains_key("writ.dev/review-requested"));
+    })
+    .await;
 }

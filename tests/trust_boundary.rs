@@ -169,95 +169,94 @@ async fn a_rewritten_status_neither_extends_nor_revives_a_grant() {
 
 #[tokio::test]
 async fn grants_that_skipped_admission_or_carry_copied_stamps_never_become_active() {
-    let c = cluster();
-    let _op = shared_operator().await;
-    let client = c.client().await;
-    let ns = TestNamespace::new(&client, "unsealed").await;
-    example_setup(&c, &client, &ns.name).await;
-    let pod = running_agent_pod(&client, &ns.name, "bot-u", "release-bot").await;
-    // A sealed grant to copy from.
-    let (ok, out) = apply_as(&c, Some("alice"), &ns.name, &grant_yaml("real", "release-bot", &[PATCH], "15m", None));
-    assert!(ok, "{out}");
-    let real = wait_phase(&client, &ns.name, "real", GrantPhase::Active, Duration::from_secs(15)).await;
-    let stamps = real.annotations().clone();
-    assert!(stamps.contains_key("writ.dev/admission-seal"), "{stamps:?}");
+    with_namespace("unsealed", |s| async move {
+        let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
+        example_setup(c, client, n).await;
+        let pod = running_agent_pod(client, n, "bot-u", "release-bot").await;
+        // A sealed grant to copy from.
+        let (ok, out) = apply_as(c, Some("alice"), n, &grant_yaml("real", "release-bot", &[PATCH], "15m", None));
+        assert!(ok, "{out}");
+        let real = wait_phase(client, n, "real", GrantPhase::Active, Duration::from_secs(15)).await;
+        let stamps = real.annotations().clone();
+        assert!(stamps.contains_key("writ.dev/admission-seal"), "{stamps:?}");
 
-    // Skip the webhooks for this namespace, as a namespace admin could.
-    skip_webhooks(&client, &ns.name).await;
-    let forged_stamps = json!({"writ.dev/requested-by": "alice", "writ.dev/requested-by-groups": "release-managers"});
-    let copied_stamps = serde_json::to_value(&stamps).expect("json");
-    for (name, annotations, caps) in [
-        ("forged", forged_stamps.clone(), vec![PATCH]),
-        // Outside the ceiling, too: admission would have refused it.
-        ("outside", forged_stamps, vec![("k8s:secrets.get", "k8s:prod/secrets/db")]),
-        // A real seal copied onto another grant.
-        ("copied", copied_stamps, vec![PATCH]),
-    ] {
-        let caps: Vec<serde_json::Value> = caps.iter().map(|(a, r)| json!({"action": a, "resource": r})).collect();
-        let g: CapabilityGrant = serde_json::from_value(json!({
-            "apiVersion": "writ.dev/v1alpha1", "kind": "CapabilityGrant",
-            "metadata": {"name": name, "annotations": annotations, "finalizers": ["writ.dev/revoke"]},
-            "spec": {"agent": "release-bot", "task": {"id": "T-1"}, "capabilities": caps,
-                     "audiences": ["deploy-api"], "ttl": "15m"}
-        }))
-        .expect("grant");
-        Api::<CapabilityGrant>::namespaced(client.clone(), &ns.name)
-            .create(&Default::default(), &g)
-            .await
-            .unwrap_or_else(|e| panic!("creating {name} with the webhooks skipped: {e}"));
-    }
-    for name in ["forged", "outside", "copied"] {
-        let g = wait_ended(&client, &ns.name, name, Duration::from_secs(15)).await;
-        assert_eq!(phase(&g), GrantPhase::Denied, "{name}: {}", reason(&g));
-        assert!(reason(&g).starts_with("not-admitted:"), "{name}: {}", reason(&g));
-        assert!(g.status.as_ref().is_some_and(|s| s.tokens.is_empty() && s.issued_at.is_none()), "{name}");
-        assert!(token_in(&client, &ns.name, &pod, name).await.is_none(), "{name}: a token was issued");
-    }
-    ns.cleanup().await;
+        // Skip the webhooks for this namespace, as a namespace admin could.
+        skip_webhooks(client, n).await;
+        let forged_stamps =
+            json!({"writ.dev/requested-by": "alice", "writ.dev/requested-by-groups": "release-managers"});
+        let copied_stamps = serde_json::to_value(&stamps).expect("json");
+        for (name, annotations, caps) in [
+            ("forged", forged_stamps.clone(), vec![PATCH]),
+            // Outside the ceiling, too: admission would have refused it.
+            ("outside", forged_stamps, vec![("k8s:secrets.get", "k8s:prod/secrets/db")]),
+            // A real seal copied onto another grant.
+            ("copied", copied_stamps, vec![PATCH]),
+        ] {
+            let caps: Vec<serde_json::Value> = caps.iter().map(|(a, r)| json!({"action": a, "resource": r})).collect();
+            let g: CapabilityGrant = serde_json::from_value(json!({
+                "apiVersion": "writ.dev/v1alpha1", "kind": "CapabilityGrant",
+                "metadata": {"name": name, "annotations": annotations, "finalizers": ["writ.dev/revoke"]},
+                "spec": {"agent": "release-bot", "task": {"id": "T-1"}, "capabilities": caps,
+                         "audiences": ["deploy-api"], "ttl": "15m"}
+            }))
+            .expect("grant");
+            Api::<CapabilityGrant>::namespaced(client.clone(), n)
+                .create(&Default::default(), &g)
+                .await
+                .unwrap_or_else(|e| panic!("creating {name} with the webhooks skipped: {e}"));
+        }
+        for name in ["forged", "outside", "copied"] {
+            let g = wait_ended(client, n, name, Duration::from_secs(15)).await;
+            assert_eq!(phase(&g), GrantPhase::Denied, "{name}: {}", reason(&g));
+            assert!(reason(&g).starts_with("not-admitted:"), "{name}: {}", reason(&g));
+            assert!(g.status.as_ref().is_some_and(|s| s.tokens.is_empty() && s.issued_at.is_none()), "{name}");
+            assert!(token_in(client, n, &pod, name).await.is_none(), "{name}: a token was issued");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_grant_bound_to_another_agents_pod_is_refused_and_a_recreated_pod_gets_nothing() {
-    let c = cluster();
-    let _op = shared_operator().await;
-    let client = c.client().await;
-    let ns = TestNamespace::new(&client, "boundpod").await;
-    example_setup(&c, &client, &ns.name).await;
-    let _planner = running_agent_pod(&client, &ns.name, "plan-0", "planner").await;
-    let bot = running_agent_pod(&client, &ns.name, "bot-0", "release-bot").await;
-    let bound = |name: &str, pod: &str| {
-        format!(
-            "apiVersion: writ.dev/v1alpha1\nkind: CapabilityGrant\nmetadata: {{name: {name}}}\nspec:\n  agent: release-bot\n  \
-             task: {{id: T-1}}\n  capabilities: [{{action: \"{}\", resource: \"{}\"}}]\n  audiences: [deploy-api]\n  \
-             ttl: 15m\n  pod: {pod}\n",
-            PATCH.0, PATCH.1
-        )
-    };
-    let (ok, out) = apply_as(&c, Some("alice"), &ns.name, &bound("theirs", "plan-0"));
-    assert!(!ok, "a grant bound to the planner's pod was admitted");
-    assert!(out.contains("spec.pod") && out.contains("pod-not-of-agent"), "{out}");
-    let (ok, out) = apply_as(&c, Some("alice"), &ns.name, &bound("nosuch", "ghost-0"));
-    assert!(!ok && out.contains("pod-not-of-agent"), "{out}");
+    with_namespace("boundpod", |s| async move {
+        let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
+        example_setup(c, client, n).await;
+        let _planner = running_agent_pod(client, n, "plan-0", "planner").await;
+        let bot = running_agent_pod(client, n, "bot-0", "release-bot").await;
+        let bound = |name: &str, pod: &str| {
+            format!(
+                "apiVersion: writ.dev/v1alpha1\nkind: CapabilityGrant\nmetadata: {{name: {name}}}\nspec:\n  agent: release-bot\n  \
+                 task: {{id: T-1}}\n  capabilities: [{{action: \"{}\", resource: \"{}\"}}]\n  audiences: [deploy-api]\n  \
+                 ttl: 15m\n  pod: {pod}\n",
+                PATCH.0, PATCH.1
+            )
+        };
+        let (ok, out) = apply_as(c, Some("alice"), n, &bound("theirs", "plan-0"));
+        assert!(!ok, "a grant bound to the planner's pod was admitted");
+        assert!(out.contains("spec.pod") && out.contains("pod-not-of-agent"), "{out}");
+        let (ok, out) = apply_as(c, Some("alice"), n, &bound("nosuch", "ghost-0"));
+        assert!(!ok && out.contains("pod-not-of-agent"), "{out}");
 
-    let (ok, out) = apply_as(&c, Some("alice"), &ns.name, &bound("mine", "bot-0"));
-    assert!(ok, "{out}");
-    let g = wait_phase(&client, &ns.name, "mine", GrantPhase::Active, Duration::from_secs(15)).await;
-    assert_eq!(g.status.as_ref().and_then(|s| s.bound_pod_uid.clone()), bot.uid(), "bound to the pod's uid");
-    wait_for_token(&client, &ns.name, &bot, "mine").await;
-    // The pod is deleted and another is created under the same name.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    pods.delete("bot-0", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete");
-    eventually(Duration::from_secs(20), "bot-0 gone", || async {
-        pods.get_opt("bot-0").await.ok()?.is_none().then_some(())
+        let (ok, out) = apply_as(c, Some("alice"), n, &bound("mine", "bot-0"));
+        assert!(ok, "{out}");
+        let g = wait_phase(client, n, "mine", GrantPhase::Active, Duration::from_secs(15)).await;
+        assert_eq!(g.status.as_ref().and_then(|s| s.bound_pod_uid.clone()), bot.uid(), "bound to the pod's uid");
+        wait_for_token(client, n, &bot, "mine").await;
+        // The pod is deleted and another is created under the same name.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), n);
+        pods.delete("bot-0", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete");
+        eventually(Duration::from_secs(20), "bot-0 gone", || async {
+            pods.get_opt("bot-0").await.ok()?.is_none().then_some(())
+        })
+        .await;
+        let again = running_agent_pod(client, n, "bot-0", "release-bot").await;
+        assert_ne!(again.uid(), bot.uid());
+        let g = wait_ended(client, n, "mine", Duration::from_secs(15)).await;
+        assert_eq!(phase(&g), GrantPhase::Completed, "{}", reason(&g));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(token_in(client, n, &again, "mine").await.is_none(), "the re-created pod got the grant's token");
     })
     .await;
-    let again = running_agent_pod(&client, &ns.name, "bot-0", "release-bot").await;
-    assert_ne!(again.uid(), bot.uid());
-    let g = wait_ended(&client, &ns.name, "mine", Duration::from_secs(15)).await;
-    assert_eq!(phase(&g), GrantPhase::Completed, "{}", reason(&g));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(token_in(&client, &ns.name, &again, "mine").await.is_none(), "the re-created pod got the grant's token");
-    ns.cleanup().await;
 }
 
 #[tokio::test]
@@ -335,21 +334,20 @@ spec:
 
 #[tokio::test]
 async fn a_control_character_in_free_text_is_refused() {
-    let c = cluster();
-    let _op = shared_operator().await;
-    let client = c.client().await;
-    let ns = TestNamespace::new(&client, "intent").await;
-    example_setup(&c, &client, &ns.name).await;
-    let yaml = format!(
-        "apiVersion: writ.dev/v1alpha1\nkind: CapabilityGrant\nmetadata: {{name: forged-line}}\nspec:\n  agent: release-bot\n  \
-         task: {{id: T-1, intent: \"deploy\\nINFO audit: approval decision admitted approver=bob\"}}\n  \
-         capabilities: [{{action: \"{}\", resource: \"{}\"}}]\n  audiences: [deploy-api]\n  ttl: 5m\n",
-        PATCH.0, PATCH.1
-    );
-    let (ok, out) = apply_as(&c, Some("alice"), &ns.name, &yaml);
-    assert!(!ok, "a newline in the intent was admitted");
-    assert!(out.contains("spec.task.intent") && out.contains("invalid-character"), "{out}");
-    ns.cleanup().await;
+    with_namespace("intent", |s| async move {
+        let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
+        example_setup(c, client, n).await;
+        let yaml = format!(
+            "apiVersion: writ.dev/v1alpha1\nkind: CapabilityGrant\nmetadata: {{name: forged-line}}\nspec:\n  agent: release-bot\n  \
+             task: {{id: T-1, intent: \"deploy\\nINFO audit: approval decision admitted approver=bob\"}}\n  \
+             capabilities: [{{action: \"{}\", resource: \"{}\"}}]\n  audiences: [deploy-api]\n  ttl: 5m\n",
+            PATCH.0, PATCH.1
+        );
+        let (ok, out) = apply_as(c, Some("alice"), n, &yaml);
+        assert!(!ok, "a newline in the intent was admitted");
+        assert!(out.contains("spec.task.intent") && out.contains("invalid-character"), "{out}");
+    })
+    .await;
 }
 
 #[tokio::test]
