@@ -9,4 +9,4 @@ cargo bench --features testing --bench crypto --bench webhook --bench footprint
 hack/with-cluster.sh bench bash -c '
   cargo run --quiet -- crds | kubectl apply --server-side --force-conflicts -f - >/dev/null
   cargo bench --bench grants
-  cargo bench --bench exchange'
+  EXCHANGES=1000000 cargo bench --bench exchange'

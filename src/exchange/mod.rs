@@ -11,8 +11,6 @@
 pub mod client;
 pub mod server;
 
-use std::collections::HashSet;
-
 use serde::{Deserialize, Serialize};
 
 use crate::api::{CapabilityGrant, GrantPhase};
@@ -396,7 +394,14 @@ pub fn authorize(req: &ExchangeRequest, f: &Facts<'_>) -> Result<i64, OAuthError
     if grant.metadata.uid.as_deref() != Some(f.subject.grant.uid.as_str()) {
         return Err(grant_err("grant-gone", format!("subject_token: grant {name} was re-created")));
     }
-    let status = grant.status.clone().unwrap_or_default();
+    let no_status;
+    let status = match grant.status.as_ref() {
+        Some(st) => st,
+        None => {
+            no_status = crate::api::CapabilityGrantStatus::default();
+            &no_status
+        }
+    };
     if status.phase != GrantPhase::Active {
         return Err(grant_err("grant-not-active", format!("subject_token: grant {name} is {}", status.phase.as_str())));
     }
@@ -420,10 +425,12 @@ pub fn authorize(req: &ExchangeRequest, f: &Facts<'_>) -> Result<i64, OAuthError
             format!("resource: {:?} is not an audience of grant {name}", req.target),
         ));
     }
-    let approved: HashSet<(&str, &str)> =
-        status.approved.iter().map(|c| (c.action.as_str(), c.resource.as_str())).collect();
+    // A grant approves at most `MAX_GRANT_CAPABILITIES` and a request asks
+    // for at most `MAX_REQUESTED_CAPABILITIES`: a linear search is the cheapest.
     for c in &req.capabilities {
-        if !approved.contains(&(c.action.as_str(), c.resource.as_str())) || !f.subject.grants(&c.action, &c.resource) {
+        if !status.approved.iter().any(|a| a.action == c.action && a.resource == c.resource)
+            || !f.subject.grants(&c.action, &c.resource)
+        {
             return Err(OAuthError::new(
                 ErrorCode::InvalidScope,
                 "capability-not-granted",

@@ -36,13 +36,14 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::{authorize, issued_claims, parse_request, ErrorCode, ExchangeResponse, Facts, OAuthError};
-use crate::api::conditions as condition;
+use crate::api::{conditions as condition, CapabilityGrant};
 use crate::pki::{
     cert::{parse_x509, serial_hex, spiffe_id_of, thumbprint},
     now_unix,
+    seal::SealKeys,
 };
 use crate::state::tls::CertSlot;
-use crate::state::Shared;
+use crate::state::{CachedGrant, Shared};
 
 /// Settings of the token endpoint.
 #[derive(Clone, Copy, Debug)]
@@ -61,9 +62,43 @@ impl Default for ExchangeSettings {
     }
 }
 
-/// The client certificate of a connection (leaf DER), if it presented one.
+/// The client certificate of a connection, if it presented one: read once
+/// per TLS connection, since it cannot change on a connection while the
+/// requests on it are many (keep-alive).
 #[derive(Clone, Debug)]
-struct Peer(Option<Arc<Vec<u8>>>);
+struct Peer(Option<Arc<ClientCert>>);
+
+/// A client certificate (chain and validity verified in the handshake) and
+/// what every exchange compares against it.
+#[derive(Debug)]
+struct ClientCert {
+    /// The leaf, DER.
+    der: Vec<u8>,
+    /// Its serial, SPIFFE ID and thumbprint; `None` when it does not parse.
+    facts: Option<CertFacts>,
+}
+
+/// What an exchange reads of the client certificate.
+#[derive(Debug)]
+struct CertFacts {
+    /// The serial in canonical hex (the revocation list's form).
+    serial: String,
+    /// The URI SAN (empty when there is none).
+    spiffe: String,
+    /// `x5t#S256`: base64url SHA-256 of the DER.
+    thumbprint: String,
+}
+
+impl ClientCert {
+    fn new(der: Vec<u8>) -> Self {
+        let facts = parse_x509(&der).ok().map(|leaf| CertFacts {
+            serial: serial_hex(&leaf),
+            spiffe: spiffe_id_of(&leaf).unwrap_or_default(),
+            thumbprint: thumbprint(&der),
+        });
+        ClientCert { der, facts }
+    }
+}
 
 /// State of the token endpoint.
 struct Endpoint {
@@ -74,6 +109,50 @@ struct Endpoint {
     replay: crate::verify::dpop::ReplayCache,
     /// Subject tokens whose signature already verified.
     verified: VerifiedTokens,
+    /// Decoded grants with their trusted status.
+    grants: TrustedGrants,
+}
+
+/// Decoded grants with the status [`crate::policy::seal::trusted`]
+/// gives them, by grant uid. An entry is used only for the very cache object
+/// it was made from (the informer replaces a grant's object on every change,
+/// and the entry holds the old one, so the pointer cannot be reused), the
+/// same seal keys, and the same second (the seal verdict depends on the
+/// time only through key retirement, at one-second resolution): the result
+/// is the one `trusted` gives for that object now. Bounded: emptied when full.
+#[derive(Default)]
+struct TrustedGrants {
+    map: Mutex<HashMap<String, TrustedGrant>>,
+}
+
+struct TrustedGrant {
+    stored: Arc<CachedGrant>,
+    keys: Arc<SealKeys>,
+    at: i64,
+    trusted: Arc<CapabilityGrant>,
+}
+
+const MAX_TRUSTED_GRANTS: usize = 16_384;
+
+impl TrustedGrants {
+    /// `stored` decoded, with its trusted status at `now` under `keys`.
+    fn get(&self, uid: &str, stored: Arc<CachedGrant>, keys: Arc<SealKeys>, now: i64) -> Arc<CapabilityGrant> {
+        {
+            let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = map.get(uid) {
+                if Arc::ptr_eq(&t.stored, &stored) && Arc::ptr_eq(&t.keys, &keys) && t.at == now {
+                    return t.trusted.clone();
+                }
+            }
+        }
+        let trusted = Arc::new(crate::policy::seal::trusted(&stored.grant(), &keys, now).0);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_TRUSTED_GRANTS && !map.contains_key(uid) {
+            map.clear();
+        }
+        map.insert(uid.to_owned(), TrustedGrant { stored, keys, at: now, trusted: trusted.clone() });
+        trusted
+    }
 }
 
 /// Grant tokens whose signature this endpoint has verified, by SHA-256 of
@@ -135,15 +214,24 @@ impl RateLimiter {
         if map.len() >= MAX_BUCKETS && !map.contains_key(key) {
             map.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
         }
-        let (tokens, at) = map.entry(key.to_owned()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        // The key is copied only for a pod's first exchange.
+        if let Some(bucket) = map.get_mut(key) {
+            return spend(bucket, now, rate, burst);
         }
+        spend(map.entry(key.to_owned()).or_insert((burst, now)), now, rate, burst)
+    }
+}
+
+/// Refills `bucket` for the time since it was last used and takes one token from it.
+fn spend(bucket: &mut (f64, Instant), now: Instant, rate: f64, burst: f64) -> Result<(), u64> {
+    let (tokens, at) = bucket;
+    *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+    *at = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        Ok(())
+    } else {
+        Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
     }
 }
 
@@ -156,6 +244,7 @@ pub fn router(shared: Arc<Shared>, settings: ExchangeSettings) -> Router {
         limiter: RateLimiter::default(),
         replay: crate::verify::dpop::ReplayCache::default(),
         verified: VerifiedTokens::default(),
+        grants: TrustedGrants::default(),
     });
     Router::new()
         .route("/token", post(token))
@@ -266,7 +355,7 @@ async fn exchange(
 ) -> Result<ExchangeResponse, Refusal> {
     let refuse = |err: OAuthError| (err, None);
     let s = &e.shared;
-    let Some(der) = peer.0 else {
+    let Some(cert) = peer.0 else {
         return Err(refuse(OAuthError::new(
             ErrorCode::InvalidClient,
             "no-client-certificate",
@@ -283,12 +372,14 @@ async fn exchange(
 
     // The client: a current Writ certificate (chain and validity checked in
     // the handshake), not revoked.
-    let leaf = parse_x509(&der).map_err(|_| {
-        refuse(OAuthError::new(ErrorCode::InvalidClient, "bad-client-certificate", "unreadable client certificate"))
-    })?;
-    let serial = serial_hex(&leaf);
-    let spiffe = spiffe_id_of(&leaf).unwrap_or_default();
-    if s.revocations.is_certificate_revoked(&serial).await {
+    let Some(client) = cert.facts.as_ref() else {
+        return Err(refuse(OAuthError::new(
+            ErrorCode::InvalidClient,
+            "bad-client-certificate",
+            "unreadable client certificate",
+        )));
+    };
+    if s.revocations.is_certificate_revoked(&client.serial).await {
         return Err(refuse(OAuthError::new(
             ErrorCode::InvalidClient,
             "certificate-revoked",
@@ -313,7 +404,7 @@ async fn exchange(
             "subject_token: a per-call token cannot be exchanged again",
         )));
     }
-    if spiffe != subject.sub || thumbprint(&der) != subject.cnf.x5t_s256 {
+    if client.spiffe != subject.sub || client.thumbprint != subject.cnf.x5t_s256 {
         return Err(refuse(OAuthError::new(
             ErrorCode::InvalidGrant,
             "not-this-pods-token",
@@ -341,14 +432,14 @@ async fn exchange(
     let grant = s
         .grants
         .get(&ObjectRef::new(&subject.grant.name).within(ns))
-        .map(|g| crate::policy::seal::trusted(&g.grant(), &s.trust.seal_keys(), now).0);
+        .map(|g| e.grants.get(&subject.grant.uid, g, s.trust.seal_keys(), now));
     let agent_refusal = grant.as_ref().and_then(|g| agent_refusal(s, ns, &g.spec.agent));
-    let facts = Facts { subject, grant: grant.as_ref(), revoked, agent_refusal: agent_refusal.as_deref(), now };
+    let facts = Facts { subject, grant: grant.as_deref(), revoked, agent_refusal: agent_refusal.as_deref(), now };
     let grant_expires = authorize(&req, &facts).map_err(refuse)?;
 
     // DPoP (RFC 9449): a proof signed with the pod's own certificate key binds the token to that
     // key (`cnf.jkt`) as well, so it stays bound where a gateway terminates TLS.
-    let jkt = dpop_binding(e, headers, &der, now).map_err(refuse)?;
+    let jkt = dpop_binding(e, headers, &cert.der, now).map_err(refuse)?;
 
     let internal = |_| refuse(OAuthError::new(ErrorCode::InvalidRequest, "internal", "the token could not be issued"));
     let jti = crate::pki::token::new_jti().map_err(internal)?;
@@ -465,7 +556,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, serving: Arc<Cert
                 }
                 Err(_) => return,
             };
-            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
+            let leaf = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| Arc::new(ClientCert::new(c.to_vec())));
             let peer_cert = Peer(leaf);
             let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer_cert.clone());
@@ -482,4 +578,54 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, serving: Arc<Cert
 /// Binds the token listener (fails fast on a port clash).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::state::tls::ServerError> {
     crate::state::tls::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CapabilityGrantStatus, Duration, GrantPhase};
+    use crate::policy::{seal::seal_status, testing::grant};
+
+    fn sealed(keys: &SealKeys, phase: GrantPhase) -> Arc<CachedGrant> {
+        let mut g = grant(
+            "ns",
+            "g",
+            "bot",
+            &[("k8s:deployments.get", "k8s:staging/deployments/web")],
+            Duration::from_secs(600),
+        );
+        g.metadata.uid = Some("uid-1".into());
+        let mut st = CapabilityGrantStatus { phase, ..Default::default() };
+        st.seal = Some(seal_status(keys, &g, &st));
+        g.status = Some(st);
+        Arc::new(CachedGrant::from(g))
+    }
+
+    fn phase(g: &CapabilityGrant) -> Option<GrantPhase> {
+        g.status.as_ref().map(|s| s.phase)
+    }
+
+    #[test]
+    fn a_trusted_grant_is_reused_only_for_the_same_object_keys_and_second() {
+        let keys = Arc::new(SealKeys::generate().expect("keys"));
+        let cache = TrustedGrants::default();
+        let active = sealed(&keys, GrantPhase::Active);
+        let first = cache.get("uid-1", active.clone(), keys.clone(), 100);
+        assert_eq!(phase(&first), Some(GrantPhase::Active));
+        let again = cache.get("uid-1", active.clone(), keys.clone(), 100);
+        assert!(Arc::ptr_eq(&first, &again), "the same object, keys and second reuse the decoded grant");
+
+        // A change to the grant is a new object in the grant cache: seen at once.
+        let revoked = sealed(&keys, GrantPhase::Revoked);
+        assert_eq!(phase(&cache.get("uid-1", revoked, keys.clone(), 100)), Some(GrantPhase::Revoked));
+
+        // Other seal keys: the seal is checked again, and the status is not trusted.
+        let other = Arc::new(SealKeys::generate().expect("keys"));
+        assert_eq!(phase(&cache.get("uid-1", active.clone(), other, 100)), Some(GrantPhase::Pending));
+
+        // The next second: checked again.
+        let later = cache.get("uid-1", active, keys, 101);
+        assert_eq!(phase(&later), Some(GrantPhase::Active));
+        assert!(!Arc::ptr_eq(&first, &later));
+    }
 }
