@@ -9,9 +9,11 @@
 //! token listener with the pod's own certificate over `CONNECTIONS`
 //! keep-alive HTTP/1.1 + TLS connections:
 //!
-//! 1. closed loop for `SECONDS_PER_PHASE` (default 5): the saturation rate; then, in this process,
-//!    one thread signing the same claims for as long (the bare signing rate;
-//!    the server, the load generator and the signer share the machine);
+//! 1. for `SECONDS_PER_PHASE` (default 5) seconds each, in alternate
+//!    one-second slices so that both see the same background load: a closed
+//!    loop (the saturation rate) and, in this process, one thread signing the
+//!    same claims with an ES256 key (the bare signing rate; the server, the
+//!    load generator and the signer share the machine);
 //! 2. open loop at 1,000/s for `SECONDS_PER_PHASE`, paced by a thread,
 //!    latency measured from each request's scheduled time (no coordinated
 //!    omission);
@@ -146,33 +148,42 @@ async fn main() {
         assert_eq!(exchange(c, &form, token_port).await, 200, "the exchange works");
     }
 
-    // 1. Closed loop, then the bare signing rate.
-    let done = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for mut c in conns.drain(..) {
-        let (done, form) = (done.clone(), form.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < until {
-                assert_eq!(exchange(&mut c, &form, token_port).await, 200);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            c
-        }));
-    }
-    for t in tasks {
-        conns.push(t.await.expect("task"));
-    }
-    let exchanges_per_sec = done.load(Ordering::Relaxed) as f64 / seconds as f64;
+    // 1. Closed loop and the bare signing rate, in alternate one-second
+    // slices, so that both see the same load from the rest of the machine.
     let (_, claims) = writ::pki::token::decode_unverified(&data["grant.g.jwt"]).expect("grant token");
     let key = writ::pki::SigningKey::generate().expect("key");
-    let started = Instant::now();
-    let mut signed = 0u64;
-    while started.elapsed() < Duration::from_secs(seconds) {
-        std::hint::black_box(writ::pki::token::sign(&key, &claims).expect("sign"));
-        signed += 1;
+    let (mut exchanged, mut exchanging) = (0u64, Duration::ZERO);
+    let (mut signed, mut signing) = (0u64, Duration::ZERO);
+    for _ in 0..seconds {
+        let done = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let until = started + Duration::from_secs(1);
+        let mut tasks = Vec::new();
+        for mut c in conns.drain(..) {
+            let (done, form) = (done.clone(), form.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < until {
+                    assert_eq!(exchange(&mut c, &form, token_port).await, 200);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                c
+            }));
+        }
+        for t in tasks {
+            conns.push(t.await.expect("task"));
+        }
+        exchanging += started.elapsed();
+        exchanged += done.load(Ordering::Relaxed);
+
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(1) {
+            std::hint::black_box(writ::pki::token::sign(&key, &claims).expect("sign"));
+            signed += 1;
+        }
+        signing += started.elapsed();
     }
-    let signs_per_sec = signed as f64 / started.elapsed().as_secs_f64();
+    let exchanges_per_sec = exchanged as f64 / exchanging.as_secs_f64();
+    let signs_per_sec = signed as f64 / signing.as_secs_f64();
 
     // 2. Open loop at 1,000/s over the connections. A pacing thread hands
     // each request's scheduled time to the connections in turn (a thread's
