@@ -114,21 +114,23 @@ struct Endpoint {
 }
 
 /// Decoded grants with the status [`crate::policy::seal::trusted`]
-/// gives them, by grant uid. An entry is used only for the very cache object
-/// it was made from (the informer replaces a grant's object on every change,
-/// and the entry holds the old one, so the pointer cannot be reused), the
-/// same seal keys, and the same second (the seal verdict depends on the
-/// time only through key retirement, at one-second resolution): the result
-/// is the one `trusted` gives for that object now. Bounded: emptied when full.
+/// gives them, by grant uid, for the current second only. An entry is used
+/// only for the very cache object it was made from (the informer replaces a
+/// grant's object on every change, and the entry holds the old one, so the
+/// pointer cannot be reused) and the same seal keys, within the second it
+/// was made in (the seal verdict depends on the time only through key
+/// retirement, at one-second resolution): the result is the one `trusted`
+/// gives for that object now. The map is emptied when the second changes, so
+/// it holds only the grants exchanged within one second (and at most
+/// [`MAX_TRUSTED_GRANTS`]).
 #[derive(Default)]
 struct TrustedGrants {
-    map: Mutex<HashMap<String, TrustedGrant>>,
+    map: Mutex<(i64, HashMap<String, TrustedGrant>)>,
 }
 
 struct TrustedGrant {
     stored: Arc<CachedGrant>,
     keys: Arc<SealKeys>,
-    at: i64,
     trusted: Arc<CapabilityGrant>,
 }
 
@@ -138,19 +140,22 @@ impl TrustedGrants {
     /// `stored` decoded, with its trusted status at `now` under `keys`.
     fn get(&self, uid: &str, stored: Arc<CachedGrant>, keys: Arc<SealKeys>, now: i64) -> Arc<CapabilityGrant> {
         {
-            let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = map.get(uid) {
-                if Arc::ptr_eq(&t.stored, &stored) && Arc::ptr_eq(&t.keys, &keys) && t.at == now {
+            let guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            let (second, map) = &*guard;
+            if let Some(t) = map.get(uid).filter(|_| *second == now) {
+                if Arc::ptr_eq(&t.stored, &stored) && Arc::ptr_eq(&t.keys, &keys) {
                     return t.trusted.clone();
                 }
             }
         }
         let trusted = Arc::new(crate::policy::seal::trusted(&stored.grant(), &keys, now).0);
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_TRUSTED_GRANTS && !map.contains_key(uid) {
+        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (second, map) = &mut *guard;
+        if *second != now || (map.len() >= MAX_TRUSTED_GRANTS && !map.contains_key(uid)) {
             map.clear();
+            *second = now;
         }
-        map.insert(uid.to_owned(), TrustedGrant { stored, keys, at: now, trusted: trusted.clone() });
+        map.insert(uid.to_owned(), TrustedGrant { stored, keys, trusted: trusted.clone() });
         trusted
     }
 }
@@ -623,9 +628,13 @@ mod tests {
         let other = Arc::new(SealKeys::generate().expect("keys"));
         assert_eq!(phase(&cache.get("uid-1", active.clone(), other, 100)), Some(GrantPhase::Pending));
 
-        // The next second: checked again.
-        let later = cache.get("uid-1", active, keys, 101);
+        // The next second: checked again, and the previous second's entries are dropped.
+        let later = cache.get("uid-1", active.clone(), keys.clone(), 101);
         assert_eq!(phase(&later), Some(GrantPhase::Active));
         assert!(!Arc::ptr_eq(&first, &later));
+        let other_grant = sealed(&keys, GrantPhase::Active);
+        cache.get("uid-2", other_grant, keys.clone(), 102);
+        let map = cache.map.lock().expect("lock");
+        assert_eq!((map.0, map.1.len()), (102, 1), "only the current second's grants are kept");
     }
 }
