@@ -367,7 +367,7 @@ pub struct Facts<'a> {
     /// The verified claims of the subject token.
     pub subject: &'a Claims,
     /// The grant the subject token names, with its trusted status
-    /// ([`crate::controller::grant::trusted`]); `None` when it no longer exists.
+    /// ([`crate::policy::seal::trusted`]); `None` when it no longer exists.
     pub grant: Option<&'a CapabilityGrant>,
     /// Whether the subject token's `jti` or the grant's ended marker is on the revocation list.
     pub revoked: bool,

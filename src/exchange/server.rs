@@ -589,7 +589,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::state::tls::Se
 mod tests {
     use super::*;
     use crate::api::{CapabilityGrantStatus, Duration, GrantPhase};
-    use crate::policy::{seal::seal_status, testing::grant};
+    use crate::policy::seal::seal_status;
+    use crate::testing::objects::grant;
 
     fn sealed(keys: &SealKeys, phase: GrantPhase) -> Arc<CachedGrant> {
         let mut g = grant(
