@@ -3,6 +3,10 @@
 //! the example identities and policies in its caches (the kube client talks to
 //! an in-process fake that the handler must not need). Never a panic, always a
 //! 200 with a well-formed AdmissionReview. `PROPTEST_CASES` raises the bound.
+//!
+//! It builds its state with the test kit, so it runs with the `testing`
+//! feature (`make test` enables every feature).
+#![cfg(feature = "testing")]
 
 use std::sync::{Arc, OnceLock};
 
