@@ -8,7 +8,6 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -578,11 +577,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, serving: Arc<Cert
             }
         });
     }
-}
-
-/// Binds the token listener (fails fast on a port clash).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::state::tls::ServerError> {
-    crate::state::tls::bind(addr).await
 }
 
 #[cfg(test)]
