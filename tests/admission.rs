@@ -211,41 +211,41 @@ async fn malformed_identities_and_policies_and_overdue_agents_are_refused() {
         let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
         example_setup(c, client, n).await;
         let bad_identity = r#"
-    apiVersion: writ.dev/v1alpha1
-    kind: AgentIdentity
-    metadata: {name: sloppy}
-    spec:
-      class: Agent
-      serviceAccountName: sloppy
-      owner: me
-      ceiling: [{action: "k8s:deployments.get", resource: "k8s:staging/../prod/*"}]
-    "#;
+apiVersion: writ.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: sloppy}
+spec:
+  class: Agent
+  serviceAccountName: sloppy
+  owner: me
+  ceiling: [{action: "k8s:deployments.get", resource: "k8s:staging/../prod/*"}]
+"#;
         let (ok, out) = apply_as(c, None, n, bad_identity);
         assert!(!ok && out.contains("spec.ceiling[0].resource"), "{out}");
         let bad_policy = r#"
-    apiVersion: writ.dev/v1alpha1
-    kind: DelegationPolicy
-    metadata: {name: sloppy}
-    spec:
-      delegators: [{user: alice, group: everyone}]
-      delegates: [{agent: release-bot}]
-      capabilities: [{action: "k8s:deployments.get", resource: "k8s:staging/deployments/*"}]
-      maxTTL: 30m
-    "#;
+apiVersion: writ.dev/v1alpha1
+kind: DelegationPolicy
+metadata: {name: sloppy}
+spec:
+  delegators: [{user: alice, group: everyone}]
+  delegates: [{agent: release-bot}]
+  capabilities: [{action: "k8s:deployments.get", resource: "k8s:staging/deployments/*"}]
+  maxTTL: 30m
+"#;
         let (ok, out) = apply_as(c, None, n, bad_policy);
         assert!(!ok && out.contains("spec.delegators[0]"), "{out}");
         // An agent whose access review is overdue gets no new grant.
         let overdue = r#"
-    apiVersion: writ.dev/v1alpha1
-    kind: AgentIdentity
-    metadata: {name: stale}
-    spec:
-      class: Agent
-      serviceAccountName: stale
-      owner: me
-      ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
-      review: {every: 1s}
-    "#;
+apiVersion: writ.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: stale}
+spec:
+  class: Agent
+  serviceAccountName: stale
+  owner: me
+  ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
+  review: {every: 1s}
+"#;
         s.accepts(None, overdue);
         let ids: Api<writ::api::AgentIdentity> = Api::namespaced(client.clone(), n);
         eventually(Duration::from_secs(15), "ReviewOverdue", || async {
@@ -254,15 +254,15 @@ async fn malformed_identities_and_policies_and_overdue_agents_are_refused() {
         })
         .await;
         let policy = r#"
-    apiVersion: writ.dev/v1alpha1
-    kind: DelegationPolicy
-    metadata: {name: stale-flow}
-    spec:
-      delegators: [{group: release-managers}]
-      delegates: [{agent: stale}]
-      capabilities: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
-      maxTTL: 30m
-    "#;
+apiVersion: writ.dev/v1alpha1
+kind: DelegationPolicy
+metadata: {name: stale-flow}
+spec:
+  delegators: [{group: release-managers}]
+  delegates: [{agent: stale}]
+  capabilities: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
+  maxTTL: 30m
+"#;
         s.accepts(None, policy);
         s.rejects(Some("alice"), &grant_yaml("late", "stale", &[WEB], "5m", None), &["review-overdue"]);
     })

@@ -158,28 +158,28 @@ async fn a_parent_ending_revokes_its_child_and_grandchild() {
         // release-bot -> canary-bot under a policy that allows depth 3: the grandchild.
         service_account(client, n, "canary-bot").await;
         let canary = r#"
-    apiVersion: writ.dev/v1alpha1
-    kind: AgentIdentity
-    metadata: {name: canary-bot}
-    spec:
-      class: Agent
-      serviceAccountName: canary-bot
-      owner: team-platform
-      ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
-    "#;
+apiVersion: writ.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: canary-bot}
+spec:
+  class: Agent
+  serviceAccountName: canary-bot
+  owner: team-platform
+  ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
+"#;
         let (ok, out) = apply_as(c, None, n, canary);
         assert!(ok, "{out}");
         let deep = r#"
-    apiVersion: writ.dev/v1alpha1
-    kind: DelegationPolicy
-    metadata: {name: deep}
-    spec:
-      delegators: [{agent: release-bot}]
-      delegates: [{agent: canary-bot}]
-      capabilities: [{action: "k8s:deployments.*", resource: "k8s:staging/deployments/*"}]
-      maxTTL: 30m
-      maxDepth: 3
-    "#;
+apiVersion: writ.dev/v1alpha1
+kind: DelegationPolicy
+metadata: {name: deep}
+spec:
+  delegators: [{agent: release-bot}]
+  delegates: [{agent: canary-bot}]
+  capabilities: [{action: "k8s:deployments.*", resource: "k8s:staging/deployments/*"}]
+  maxTTL: 30m
+  maxDepth: 3
+"#;
         let (ok, out) = apply_as(c, None, n, deep);
         assert!(ok, "{out}");
         let bot = service_account_client(c, n, "release-bot").await;

@@ -121,16 +121,16 @@ async fn an_access_review_is_recorded_as_the_caller_never_by_the_agent_and_clear
         let (c, client, n) = (&s.c, &s.client, s.ns.as_str());
         service_account(client, n, "stale").await;
         let identity = r#"
-    apiVersion: writ.dev/v1alpha1
-    kind: AgentIdentity
-    metadata: {name: stale}
-    spec:
-      class: Agent
-      serviceAccountName: stale
-      owner: me
-      ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
-      review: {every: 8s}
-    "#;
+apiVersion: writ.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: stale}
+spec:
+  class: Agent
+  serviceAccountName: stale
+  owner: me
+  ceiling: [{action: "k8s:deployments.patch", resource: "k8s:staging/deployments/*"}]
+  review: {every: 8s}
+"#;
         let (ok, out) = apply_as(c, None, n, identity);
         assert!(ok, "{out}");
         let ids: Api<AgentIdentity> = Api::namespaced(client.clone(), n);
